@@ -1,0 +1,29 @@
+"""vdc_torch — decide whether a model should be retrained on new image data, and on what.
+
+Data flows one way: files -> decoded images (``decode``) -> fingerprints (``fingerprint``) -> indexes (``index``)
+-> matches (``matching``) -> decision (``gate``) -> report (``report``).
+"""
+
+from __future__ import annotations
+
+from .data import Dataset
+from .errors import DatasetNotFoundError, ImageDecodeError, InvalidParameterError, ManifestError, VdcError
+from .gate import Action, DatasetGate, Decision, Policy, decide
+from .matching import MatchConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Action",
+    "Dataset",
+    "DatasetGate",
+    "DatasetNotFoundError",
+    "Decision",
+    "ImageDecodeError",
+    "InvalidParameterError",
+    "ManifestError",
+    "MatchConfig",
+    "Policy",
+    "VdcError",
+    "decide",
+]
