@@ -1,0 +1,377 @@
+"""Stage 2: the fingerprint of one decoded image, and of a whole dataset in parallel.
+
+A :class:`Fingerprint` holds everything later stages need, all derived from the single decode:
+
+* ``byte_digest`` / ``pixel_digest`` — exact identity of the file and of its decoded pixels;
+* ``exif_identity`` — camera make, model, capture time (with sub-seconds), unique id, body serial;
+* ``phash`` / ``phash_mirror`` — 64-bit perceptual hashes of the content and of its mirror image;
+* ``crop_hashes`` — pHashes of nine 80 % crops, so a cropped copy finds its original through the index;
+* ``thumb`` — a 32×32 RGB thumbnail of the content for metric verification;
+* ``detail`` — the content as a gray image of at most 256 px (PNG/JPEG bytes) for lazy local features.
+
+Uniform borders (letterboxing, frames) are trimmed before anything perceptual is computed, so a bordered copy
+fingerprints like its original.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.utils.data
+
+from .decode import DEFAULT_DECODE_SIDE, DEFAULT_MAX_PIXELS, DecodedImage, decode_file, decode_object, digest
+from .errors import ImageDecodeError, InvalidParameterError
+from .hashes import HASH_METHODS, compute_hash
+
+log = logging.getLogger(__name__)
+
+#: Bumped whenever a change alters fingerprint values; manifests of another version are recomputed or refused.
+FINGERPRINT_VERSION = 1
+THUMB_SIDE = 32
+DETAIL_SIDE = 256
+#: Crops whose pHashes are indexed: (top, left) offsets as fractions of the content, each keeping 80 %.
+CROP_KEEP = 0.8
+CROP_OFFSETS: tuple[tuple[float, float], ...] = tuple((t, l) for t in (0.0, 0.1, 0.2) for l in (0.0, 0.1, 0.2))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A sample that could not be used (``fatal``) or was used with a caveat (e.g. malformed EXIF)."""
+
+    index: int
+    path: str
+    reason: str
+    fatal: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "path": self.path, "reason": self.reason, "fatal": self.fatal}
+
+
+@dataclass
+class Fingerprint:
+    """All fingerprints of one image, from one decode."""
+
+    width: int
+    height: int
+    pixel_digest: bytes
+    phash: int
+    phash_mirror: int
+    crop_hashes: np.ndarray  # (len(CROP_OFFSETS),) uint64
+    thumb: np.ndarray  # (THUMB_SIDE, THUMB_SIDE, 3) uint8 RGB
+    detail: bytes  # encoded gray image, max side DETAIL_SIDE
+    byte_digest: bytes | None = None
+    exif_identity: str | None = None
+    file_size: int | None = None
+    mtime_ns: int | None = None
+    extra_hashes: dict[str, str] = field(default_factory=dict)  # method -> ImageHash string
+    warnings: list[str] = field(default_factory=list)
+
+
+def content_box(gray: np.ndarray, tol: int = 12, max_trim: float = 0.3) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` of the content after trimming uniform borders on each side.
+
+    A side is trimmed while its lines stay within ``tol`` of that side's outermost line colour; no side loses
+    more than ``max_trim`` of the image, so flat images are left whole.
+    """
+    h, w = gray.shape
+    g = gray.astype(np.int16)
+
+    def run(lines: np.ndarray, limit: int) -> int:
+        edge = lines[0]
+        colour = int(np.median(edge))
+        if int(edge.max()) - int(edge.min()) > 2 * tol:
+            return 0
+        outside = (np.abs(lines[:limit] - colour) > tol).mean(axis=1) > 0.02
+        hits = np.flatnonzero(outside)
+        return int(hits[0]) if hits.size else limit
+
+    top = run(g, int(h * max_trim))
+    bottom = run(g[::-1], int(h * max_trim))
+    left = run(g.T, int(w * max_trim))
+    right = run(g.T[::-1], int(w * max_trim))
+    return top, h - bottom, left, w - right
+
+
+def _phash64(gray32: np.ndarray) -> int:
+    return compute_hash("p", gray32).to_uint64()
+
+
+def fingerprint_decoded(decoded: DecodedImage, extra_hashes: Sequence[str] = ()) -> Fingerprint:
+    """Compute every fingerprint of one decoded image (no further reading or decoding)."""
+    pixels = decoded.pixels
+    pixel_digest = digest(np.ascontiguousarray(pixels).data)
+    h, w = pixels.shape[:2]
+    scale = min(1.0, DETAIL_SIDE / max(h, w))
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+    else:
+        small = pixels
+    gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+    top, bottom, left, right = content_box(gray)
+    gray = gray[top:bottom, left:right]
+    content = small[top:bottom, left:right]
+    thumb = cv2.resize(content, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+    gray32 = cv2.cvtColor(thumb, cv2.COLOR_RGB2GRAY)
+    ch, cw = gray.shape
+    crops = np.empty(len(CROP_OFFSETS), dtype=np.uint64)
+    kh, kw = max(1, round(ch * CROP_KEEP)), max(1, round(cw * CROP_KEEP))
+    for i, (t, l) in enumerate(CROP_OFFSETS):
+        y, x = round(ch * t), round(cw * l)
+        crop = cv2.resize(gray[y : y + kh, x : x + kw], (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+        crops[i] = _phash64(crop)
+    ext = ".png" if ch * cw <= 64 * 64 else ".jpg"
+    ok, encoded = cv2.imencode(ext, gray, [cv2.IMWRITE_JPEG_QUALITY, 92] if ext == ".jpg" else [])
+    if not ok:
+        raise ImageDecodeError(f"could not encode the detail image ({gray.shape})")
+    extras: dict[str, str] = {}
+    if extra_hashes:
+        bgr = cv2.cvtColor(content, cv2.COLOR_RGB2BGR)
+        extras = {m: str(compute_hash(m, bgr)) for m in extra_hashes}
+    return Fingerprint(
+        width=decoded.width,
+        height=decoded.height,
+        pixel_digest=pixel_digest,
+        phash=_phash64(gray32),
+        phash_mirror=_phash64(np.ascontiguousarray(gray32[:, ::-1])),
+        crop_hashes=crops,
+        thumb=thumb,
+        detail=encoded.tobytes(),
+        byte_digest=decoded.byte_digest,
+        exif_identity=decoded.exif_identity,
+        file_size=decoded.file_size,
+        mtime_ns=decoded.mtime_ns,
+        extra_hashes=extras,
+        warnings=list(decoded.warnings),
+    )
+
+
+def decode_detail(detail: bytes) -> np.ndarray:
+    """The gray detail image stored in a fingerprint, as a uint8 array."""
+    image = cv2.imdecode(np.frombuffer(detail, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise ImageDecodeError("stored detail image is corrupt")
+    return image
+
+
+# -- a whole dataset ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class FingerprintTable:
+    """Fingerprints of a dataset, column by column (row ``i`` is the ``i``-th usable sample)."""
+
+    sample_index: np.ndarray  # (n,) int64: position of the row's sample in its dataset
+    paths: list[str]
+    labels: list[str | None]
+    width: np.ndarray  # (n,) int32
+    height: np.ndarray  # (n,) int32
+    byte_digest: list[bytes | None]
+    pixel_digest: list[bytes]
+    exif_identity: list[str | None]
+    phash: np.ndarray  # (n,) uint64
+    phash_mirror: np.ndarray  # (n,) uint64
+    crop_hashes: np.ndarray  # (n, k) uint64
+    thumbs: np.ndarray  # (n, 32, 32, 3) uint8
+    details: list[bytes]
+    file_size: list[int | None]
+    mtime_ns: list[int | None]
+    extra_hashes: list[dict[str, str]]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @classmethod
+    def empty(cls) -> FingerprintTable:
+        return cls.from_rows([], [], [], [])
+
+    @classmethod
+    def from_rows(
+        cls,
+        indices: Sequence[int],
+        paths: Sequence[str],
+        labels: Sequence[str | None],
+        fps: Sequence[Fingerprint],
+    ) -> FingerprintTable:
+        """Build the columns from per-sample fingerprints."""
+        k = len(CROP_OFFSETS)
+        return cls(
+            sample_index=np.asarray(indices, dtype=np.int64),
+            paths=list(paths),
+            labels=list(labels),
+            width=np.asarray([f.width for f in fps], dtype=np.int32),
+            height=np.asarray([f.height for f in fps], dtype=np.int32),
+            byte_digest=[f.byte_digest for f in fps],
+            pixel_digest=[f.pixel_digest for f in fps],
+            exif_identity=[f.exif_identity for f in fps],
+            phash=np.asarray([f.phash for f in fps], dtype=np.uint64),
+            phash_mirror=np.asarray([f.phash_mirror for f in fps], dtype=np.uint64),
+            crop_hashes=np.stack([f.crop_hashes for f in fps]) if fps else np.zeros((0, k), np.uint64),
+            thumbs=np.stack([f.thumb for f in fps]) if fps else np.zeros((0, THUMB_SIDE, THUMB_SIDE, 3), np.uint8),
+            details=[f.detail for f in fps],
+            file_size=[f.file_size for f in fps],
+            mtime_ns=[f.mtime_ns for f in fps],
+            extra_hashes=[f.extra_hashes for f in fps],
+        )
+
+    def fingerprint(self, row: int) -> Fingerprint:
+        """Row ``row`` as a :class:`Fingerprint` record."""
+        return Fingerprint(
+            width=int(self.width[row]), height=int(self.height[row]), pixel_digest=self.pixel_digest[row],
+            phash=int(self.phash[row]), phash_mirror=int(self.phash_mirror[row]),
+            crop_hashes=self.crop_hashes[row], thumb=self.thumbs[row], detail=self.details[row],
+            byte_digest=self.byte_digest[row], exif_identity=self.exif_identity[row],
+            file_size=self.file_size[row], mtime_ns=self.mtime_ns[row], extra_hashes=self.extra_hashes[row],
+        )
+
+    def rows(self, rows: Sequence[int]) -> FingerprintTable:
+        """A new table holding only ``rows`` (in that order)."""
+        r = list(rows)
+        return FingerprintTable(
+            sample_index=self.sample_index[r], paths=[self.paths[i] for i in r], labels=[self.labels[i] for i in r],
+            width=self.width[r], height=self.height[r], byte_digest=[self.byte_digest[i] for i in r],
+            pixel_digest=[self.pixel_digest[i] for i in r], exif_identity=[self.exif_identity[i] for i in r],
+            phash=self.phash[r], phash_mirror=self.phash_mirror[r], crop_hashes=self.crop_hashes[r],
+            thumbs=self.thumbs[r], details=[self.details[i] for i in r], file_size=[self.file_size[i] for i in r],
+            mtime_ns=[self.mtime_ns[i] for i in r], extra_hashes=[self.extra_hashes[i] for i in r],
+        )
+
+    @staticmethod
+    def concat(tables: Sequence[FingerprintTable]) -> FingerprintTable:
+        """Rows of all ``tables`` one after another."""
+        tables = [t for t in tables if len(t)] or [FingerprintTable.empty()]
+        first = tables[0]
+        kwargs: dict[str, Any] = {}
+        for name in first.__dataclass_fields__:
+            values = [getattr(t, name) for t in tables]
+            kwargs[name] = np.concatenate(values) if isinstance(values[0], np.ndarray) else sum(values, [])
+        return FingerprintTable(**kwargs)
+
+
+class _FingerprintTask(torch.utils.data.Dataset):
+    """Internal: item ``i`` is ``(i, Fingerprint | Problem)`` for sample ``i`` of a vdc_torch Dataset."""
+
+    def __init__(self, dataset: Any, indices: Sequence[int], extra_hashes: Sequence[str], decode_side: int | None,
+                 max_pixels: int) -> None:
+        self.dataset = dataset
+        self.indices = list(indices)
+        self.extra_hashes = tuple(extra_hashes)
+        self.decode_side = decode_side
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[int, Fingerprint | Problem]:
+        index = self.indices[position]
+        path = self.dataset.samples[index][0]
+        try:
+            if self.dataset.is_file_backed:
+                decoded = decode_file(path, decode_side=self.decode_side, max_pixels=self.max_pixels)
+            else:
+                image, _ = self.dataset.raw_item(index)
+                decoded = decode_object(image, name=path)
+            return index, fingerprint_decoded(decoded, self.extra_hashes)
+        except ImageDecodeError as exc:
+            return index, Problem(index, path, str(exc))
+        except Exception as exc:  # never let one sample end the run
+            log.debug("unexpected failure on %s", path, exc_info=True)
+            return index, Problem(index, path, f"{path}: unexpected {type(exc).__name__}: {exc}")
+
+
+def _collate_list(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+def _worker_init(_: int) -> None:
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def default_workers() -> int:
+    """Worker processes used by default: every core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def compute_fingerprints(
+    dataset: Any,
+    *,
+    indices: Iterable[int] | None = None,
+    workers: int | None = None,
+    extra_hashes: Sequence[str] = (),
+    progress: bool = False,
+    decode_side: int | None = DEFAULT_DECODE_SIDE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    desc: str = "fingerprinting",
+    on_result: Callable[[int, Fingerprint], None] | None = None,
+) -> tuple[FingerprintTable, list[Problem]]:
+    """Fingerprint the samples of a :class:`vdc_torch.Dataset` (all, or ``indices``) on ``workers`` processes.
+
+    Returns the table of usable samples (in index order) and one :class:`Problem` per unusable sample or caveat.
+    """
+    for method in extra_hashes:
+        if method not in HASH_METHODS:
+            raise InvalidParameterError(f"extra hash {method!r} is not one of {', '.join(HASH_METHODS)}")
+    todo = list(range(len(dataset))) if indices is None else list(indices)
+    workers = default_workers() if workers is None else max(0, int(workers))
+    if len(todo) < 256:
+        workers = 0  # starting processes costs more than it saves
+    task = _FingerprintTask(dataset, todo, extra_hashes, decode_side, max_pixels)
+    loader = torch.utils.data.DataLoader(
+        task,
+        batch_size=64,
+        num_workers=workers,
+        collate_fn=_collate_list,
+        worker_init_fn=_worker_init if workers else None,
+        persistent_workers=False,
+        multiprocessing_context="fork" if workers and os.name == "posix" else None,
+    )
+    results: dict[int, Fingerprint] = {}
+    problems: list[Problem] = []
+    bar = _progress(len(todo), desc, progress)
+    for batch in loader:
+        for index, result in batch:
+            if isinstance(result, Problem):
+                problems.append(result)
+            else:
+                results[index] = result
+                problems.extend(Problem(index, dataset.samples[index][0], w, fatal=False) for w in result.warnings)
+                if on_result is not None:
+                    on_result(index, result)
+        bar.update(len(batch))
+    bar.close()
+    order = sorted(results)
+    table = FingerprintTable.from_rows(
+        order,
+        [dataset.samples[i][0] for i in order],
+        [dataset.label_name(dataset.samples[i][1]) for i in order],
+        [results[i] for i in order],
+    )
+    problems.sort(key=lambda p: (p.index, not p.fatal))
+    return table, problems
+
+
+class _NoBar:
+    def update(self, n: int) -> None:  # noqa: D102
+        pass
+
+    def close(self) -> None:  # noqa: D102
+        pass
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", leave=False)

@@ -1,0 +1,333 @@
+"""Stage 5: DatasetGate, its Policy and the Decision it returns.
+
+The decision itself is one pure function, :func:`decide`, of the counts and the policy, so it is easy to read and
+to test with a table of cases.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch.utils.data
+
+from .data import Dataset
+from .errors import InvalidParameterError
+from .fingerprint import FingerprintTable, Problem, compute_fingerprints
+from .manifest import load_manifest, save_manifest
+from .matching import MatchConfig, match_tables
+
+log = logging.getLogger(__name__)
+
+
+class Action(str, Enum):
+    """What to do with the new dataset."""
+
+    SKIP = "skip"
+    TRAIN = "train"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Policy:
+    """When to skip training.
+
+    Skip only when ``overlap >= skip_overlap``, there is no label conflict and the novel delta has fewer than
+    ``min_delta_to_train`` samples; otherwise train on the delta. The default 0.95 means: if at least 19 of 20
+    readable new samples were already trained on and what is left is smaller than a couple of batches, a training
+    run cannot be worth its cost. ``similar`` matches never count toward the overlap unless ``count_similar``.
+    """
+
+    skip_overlap: float = 0.95
+    min_delta_to_train: int = 64
+    count_similar: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.skip_overlap <= 1.0:
+            raise InvalidParameterError(f"skip_overlap={self.skip_overlap!r} must lie in [0, 1]")
+        if self.min_delta_to_train < 0:
+            raise InvalidParameterError(f"min_delta_to_train={self.min_delta_to_train!r} must be >= 0")
+
+
+def decide(overlap: float, delta_size: int, conflicts: int, readable: int, policy: Policy) -> tuple[Action, str]:
+    """The action and a one-sentence reason, from the counts alone."""
+    pct = f"{overlap:.1%}"
+    if readable == 0:
+        return Action.SKIP, "Skip: the new dataset has no readable samples."
+    if conflicts:
+        return Action.TRAIN, (
+            f"Train on the delta: {conflicts} matched sample(s) carry a different label than in the reference "
+            f"(overlap {pct}, {delta_size} novel samples)."
+        )
+    if overlap >= policy.skip_overlap and delta_size < policy.min_delta_to_train:
+        return Action.SKIP, (
+            f"Skip: {pct} of the {readable} readable new samples were already trained on "
+            f"(threshold {policy.skip_overlap:.0%}) and only {delta_size} novel samples remain "
+            f"(fewer than {policy.min_delta_to_train})."
+        )
+    if overlap >= policy.skip_overlap:
+        return Action.TRAIN, (
+            f"Train on the delta: overlap is {pct}, but {delta_size} novel samples remain "
+            f"(at least {policy.min_delta_to_train})."
+        )
+    return Action.TRAIN, (
+        f"Train on the delta: only {pct} of the {readable} readable new samples were already trained on "
+        f"(below {policy.skip_overlap:.0%}); {delta_size} novel, deduplicated samples."
+    )
+
+
+@dataclass
+class Decision:
+    """The gate's answer for one new dataset."""
+
+    action: Action
+    reason: str
+    overlap: float
+    delta: torch.utils.data.Subset
+    matches: pd.DataFrame
+    conflicts: pd.DataFrame
+    problems: pd.DataFrame
+    internal_duplicates: pd.DataFrame
+    counts: dict[str, int] = field(default_factory=dict)
+    policy: Policy = field(default_factory=Policy)
+    config: MatchConfig = field(default_factory=MatchConfig)
+
+    def __str__(self) -> str:
+        return self.reason
+
+    @property
+    def delta_indices(self) -> list[int]:
+        """Indices (in the new dataset) of the novel, deduplicated samples."""
+        return list(self.delta.indices)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything as JSON-able Python values."""
+        return {
+            "action": str(self.action),
+            "reason": self.reason,
+            "overlap": self.overlap,
+            "counts": dict(self.counts),
+            "delta_indices": self.delta_indices,
+            "matches": _records(self.matches),
+            "conflicts": _records(self.conflicts),
+            "internal_duplicates": _records(self.internal_duplicates),
+            "problems": _records(self.problems),
+            "policy": asdict(self.policy),
+            "config": self.config.to_dict(),
+        }
+
+    def to_json(self, path: str | os.PathLike[str] | None = None, indent: int = 2) -> str:
+        """The decision as JSON text (also written to ``path`` when given)."""
+        text = json.dumps(self.to_dict(), indent=indent, default=_json_default)
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return json.loads(frame.to_json(orient="records")) if len(frame) else []
+
+
+def as_dataset(data: Any) -> Dataset:
+    """A :class:`Dataset` view of a folder path, a ``Dataset`` or any torch dataset of ``(image, label)``."""
+    if isinstance(data, Dataset):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return Dataset(data)
+    if isinstance(data, torch.utils.data.Subset):
+        inner = as_dataset(data.dataset)
+        view = Dataset.__new__(Dataset)
+        view.__dict__.update(inner.__dict__)
+        view.select(list(data.indices))
+        return view
+    if isinstance(data, torch.utils.data.Dataset):
+        return Dataset.from_torch(data)
+    raise InvalidParameterError(
+        f"dataset of type {type(data).__name__} is not supported; pass a folder path, a vdc_torch.Dataset "
+        "or a torch Dataset whose items are (image, label)"
+    )
+
+
+def _relative(path: str, root: str) -> str:
+    if root and not path.startswith("<"):
+        try:
+            rel = os.path.relpath(path, root)
+            if not rel.startswith(".."):
+                return rel
+        except ValueError:
+            pass
+    return path
+
+
+class DatasetGate:
+    """Decides whether a new dataset is worth training on, against the reference the model was trained on.
+
+    >>> gate = DatasetGate(reference="data/train_v1")            # doctest: +SKIP
+    >>> decision = gate.check("data/train_v2"); decision.action   # doctest: +SKIP
+    >>> gate.save("ckpt/reference.vdc")                           # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        reference: Any = None,
+        *,
+        policy: Policy | None = None,
+        config: MatchConfig | None = None,
+        workers: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.policy = policy or Policy()
+        self.config = config or MatchConfig()
+        self.workers = workers
+        self.progress = progress
+        self._reference = as_dataset(reference) if reference is not None else None
+        self._table: FingerprintTable | None = None if reference is not None else FingerprintTable.empty()
+        self.reference_problems: list[Problem] = []
+        self.meta: dict[str, Any] = {}
+
+    # -- reference -----------------------------------------------------------------------------------------
+    @property
+    def reference_table(self) -> FingerprintTable:
+        """Fingerprints of the reference (computed on first use)."""
+        if self._table is None:
+            assert self._reference is not None
+            self._table, self.reference_problems = self._fingerprint(self._reference, "reference")
+            self.meta.setdefault("reference_root", self._reference.root)
+        return self._table
+
+    def _fingerprint(self, dataset: Dataset, desc: str) -> tuple[FingerprintTable, list[Problem]]:
+        table, problems = compute_fingerprints(dataset, workers=self.workers, progress=self.progress, desc=desc)
+        table.paths = [_relative(p, dataset.root) for p in table.paths]
+        fatal = sum(p.fatal for p in problems)
+        if fatal:
+            log.warning("%s: %d of %d samples could not be used", desc, fatal, len(dataset))
+        return table, problems
+
+    def __len__(self) -> int:
+        return len(self.reference_table)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], **kwargs: Any) -> DatasetGate:
+        """A gate whose reference is a saved manifest (the reference images are not needed)."""
+        table, meta = load_manifest(path)
+        gate = cls(None, **kwargs)
+        gate._table = table
+        gate.meta = meta
+        return gate
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the reference manifest atomically to ``path``."""
+        meta = {k: v for k, v in self.meta.items() if k not in ("format", "format_version", "saved_at", "samples")}
+        return save_manifest(path, self.reference_table, meta)
+
+    def update(self, dataset: Any) -> int:
+        """Add a dataset the model has now been trained on to the reference; returns the rows added."""
+        data = as_dataset(dataset)
+        table, problems = self._fingerprint(data, "update")
+        base = self.reference_table
+        table.sample_index = table.sample_index + (int(base.sample_index.max()) + 1 if len(base) else 0)
+        self._table = FingerprintTable.concat([base, table])
+        self.reference_problems.extend(problems)
+        return len(table)
+
+    # -- the check -------------------------------------------------------------------------------------------
+    def check(self, new_dataset: Any) -> Decision:
+        """Compare ``new_dataset`` with the reference and decide: skip, or train on the returned delta."""
+        data = as_dataset(new_dataset)
+        ref = self.reference_table
+        new, problems = self._fingerprint(data, "new")
+        matched = match_tables(new, ref, self.config)
+        internal = match_tables(new, new, self.config, same_table=True)
+        return self._decision(new_dataset, data, new, ref, matched, internal, problems)
+
+    def _decision(
+        self,
+        original: Any,
+        data: Dataset,
+        new: FingerprintTable,
+        ref: FingerprintTable,
+        matched: pd.DataFrame,
+        internal: pd.DataFrame,
+        problems: list[Problem],
+    ) -> Decision:
+        counted_kinds = {"exact", "near_duplicate"} | ({"similar"} if self.policy.count_similar else set())
+        matches = _public_matches(matched, new, ref, prefix_new="new", prefix_ref="ref")
+        seen = matches[matches["kind"].isin(list(counted_kinds))]
+        internal_dups = _public_matches(internal, new, new, prefix_new="new", prefix_ref="first")
+        internal_dups = internal_dups[internal_dups["kind"] != "similar"].reset_index(drop=True)
+        seen_set = set(seen["new_index"].tolist())
+        dup_set = set(internal_dups["new_index"].tolist())
+        readable = [int(i) for i in new.sample_index]
+        delta_indices = [i for i in readable if i not in seen_set and i not in dup_set]
+        conflicts = seen[
+            seen["new_label"].notna() & seen["ref_label"].notna() & (seen["new_label"] != seen["ref_label"])
+        ].reset_index(drop=True)
+        overlap = len(seen_set) / len(readable) if readable else 0.0
+        action, reason = decide(overlap, len(delta_indices), len(conflicts), len(readable), self.policy)
+        problem_frame = pd.DataFrame([p.to_dict() for p in problems], columns=["index", "path", "reason", "fatal"])
+        skipped = int(problem_frame["fatal"].sum()) if len(problem_frame) else 0
+        if skipped:
+            reason += f" {skipped} unreadable sample(s) were left out (see problems)."
+        counts = {
+            "new": len(data),
+            "readable": len(readable),
+            "unreadable": skipped,
+            "reference": len(ref),
+            "exact": int((matches["kind"] == "exact").sum()),
+            "near_duplicate": int((matches["kind"] == "near_duplicate").sum()),
+            "similar": int((matches["kind"] == "similar").sum()),
+            "internal_duplicates": len(internal_dups),
+            "delta": len(delta_indices),
+            "conflicts": len(conflicts),
+        }
+        subset_base = original if isinstance(original, torch.utils.data.Dataset) else data
+        if isinstance(original, torch.utils.data.Subset):
+            subset_base, delta_indices = original.dataset, [original.indices[i] for i in delta_indices]
+        return Decision(
+            action=action, reason=reason, overlap=overlap,
+            delta=torch.utils.data.Subset(subset_base, delta_indices),
+            matches=matches.reset_index(drop=True), conflicts=conflicts, problems=problem_frame,
+            internal_duplicates=internal_dups, counts=counts, policy=self.policy, config=self.config,
+        )
+
+
+def _public_matches(
+    frame: pd.DataFrame, new: FingerprintTable, ref: FingerprintTable, prefix_new: str, prefix_ref: str
+) -> pd.DataFrame:
+    """Translate table rows into dataset indices, paths and labels."""
+    columns = [f"{prefix_new}_index", f"{prefix_new}_path", f"{prefix_ref}_index", f"{prefix_ref}_path",
+               "kind", "method", "score", "evidence", f"{prefix_new}_label", f"{prefix_ref}_label"]
+    if not len(frame):
+        return pd.DataFrame(columns=columns)
+    q = frame["new_row"].to_numpy(dtype=np.int64)
+    r = frame["ref_row"].to_numpy(dtype=np.int64)
+    out = pd.DataFrame({
+        f"{prefix_new}_index": new.sample_index[q],
+        f"{prefix_new}_path": [new.paths[i] for i in q],
+        f"{prefix_ref}_index": ref.sample_index[r],
+        f"{prefix_ref}_path": [ref.paths[i] for i in r],
+        "kind": frame["kind"].to_numpy(),
+        "method": frame["method"].to_numpy(),
+        "score": frame["score"].to_numpy(dtype=np.float64).round(4),
+        "evidence": frame["evidence"].to_numpy(),
+        f"{prefix_new}_label": [new.labels[i] for i in q],
+        f"{prefix_ref}_label": [ref.labels[i] for i in r],
+    })
+    return out.sort_values(f"{prefix_new}_index").reset_index(drop=True)[columns]

@@ -1,0 +1,301 @@
+"""Stage 4: the matching cascade — candidates from the indexes, verified, one best match per new sample.
+
+Order of evidence, cheapest and surest first:
+
+1. ``bytes``   — identical file bytes                                           -> ``exact``
+2. ``pixels``  — identical decoded pixels (re-saved, renamed, EXIF stripped)    -> ``exact``
+3. ``exif``    — same camera, capture time and ids, *confirmed by pixels*       -> ``near_duplicate``
+4. ``phash``   — perceptual hash within ``hash_radius``, verified on thumbnails  -> ``near_duplicate``/``similar``
+5. ``mirror``  — the same for the mirror image (flip augmentation)               -> policy decides
+6. ``crop``/``features`` — crop hashes and hash candidates that failed the thumbnail check, verified by
+   local features (ratio test + RANSAC inliers + coverage)                       -> ``near_duplicate``
+
+Each stage only looks at new samples that earlier stages left unmatched (or matched only as ``similar``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from . import features as local_features
+from .fingerprint import CROP_OFFSETS, FingerprintTable, decode_detail
+from .index import ExactIndex, HammingIndex
+
+log = logging.getLogger(__name__)
+
+KINDS = ("exact", "near_duplicate", "similar")
+_KIND_RANK = {"exact": 0, "near_duplicate": 1, "similar": 2}
+MATCH_COLUMNS = ["new_row", "ref_row", "kind", "method", "score", "evidence"]
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    """Thresholds of the cascade (every one named and overridable).
+
+    ``near_duplicate_similarity`` / ``similar_similarity`` apply to the thumbnail similarity (normalised
+    cross-correlation of 32×32 gray thumbnails, 1.0 = identical up to brightness and contrast).
+    """
+
+    hash_radius: int = 12  # pHash Hamming radius (of 64 bits) for candidates
+    crop_radius: int = 10  # radius against the indexed crop hashes
+    near_duplicate_similarity: float = 0.90
+    min_detail_similarity: float = 0.30  # NCC of the high-pass thumbnails (fine structure) for a near-duplicate
+    similar_similarity: float = 0.75
+    max_color_difference: float = 14.0  # mean |Δa|+|Δb| (Lab, 0–255 scale) between two colourful thumbnails
+    exif_min_similarity: float = 0.6  # EXIF identity must be confirmed by pixels at least this similar
+    mirror_is_duplicate: bool = True  # a horizontally flipped copy counts (models trained with flip augmentation)
+    crop_is_duplicate: bool = True  # a cropped copy counts (models trained with crop augmentation)
+    use_features: bool = True  # verify crops/rotations with local features
+    extractor: str = "sift"
+    max_features: int = 400
+    min_inliers: int = 12
+    min_coverage: float = 0.25
+    max_feature_candidates: int = 5  # per new sample, best hash candidates sent to feature verification
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- verification primitives --------------------------------------------------------------------------------
+
+
+def normalized_thumbs(thumbs: np.ndarray, high_pass: bool = False) -> np.ndarray:
+    """(n, 32, 32, 3) uint8 -> (n, 1024) float32 zero-mean, unit-norm gray vectors (for NCC by dot product).
+
+    ``high_pass=True`` keeps only fine structure (the thumbnail minus its Gaussian blur, sigma 1.5 px): two
+    different pictures with the same overall light distribution correlate in gray but not in fine structure.
+    """
+    if len(thumbs) == 0:
+        return np.zeros((0, thumbs.shape[1] * thumbs.shape[2]), np.float32)
+    gray = thumbs.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    if high_pass:
+        from scipy.ndimage import gaussian_filter
+
+        gray = gray - gaussian_filter(gray, sigma=(0, 1.5, 1.5), mode="reflect", truncate=3.0)
+    flat = gray.reshape(len(thumbs), -1)
+    flat = flat - flat.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(flat, axis=1, keepdims=True)
+    return flat / np.maximum(norm, 1e-3)
+
+
+def chroma_thumbs(thumbs: np.ndarray) -> np.ndarray:
+    """(n, 32, 32, 3) uint8 RGB -> (n, 32, 32, 2) float32 Lab chroma (a, b) centred on 0."""
+    if len(thumbs) == 0:
+        return np.zeros((0, thumbs.shape[1], thumbs.shape[2], 2), np.float32)
+    n, h, w, _ = thumbs.shape
+    lab = cv2.cvtColor(thumbs.reshape(n * h, w, 3), cv2.COLOR_RGB2LAB).reshape(n, h, w, 3)
+    return lab[..., 1:].astype(np.float32) - 128.0
+
+
+class ThumbVerifier:
+    """Thumbnail checks for candidate pairs, vectorised over the pairs (only candidate rows are touched)."""
+
+    def __init__(self, new: FingerprintTable, ref: FingerprintTable, config: MatchConfig) -> None:
+        self.config = config
+        self.new_thumbs = new.thumbs
+        self.ref_thumbs = ref.thumbs
+
+    def _pair_thumbs(self, q: np.ndarray, r: np.ndarray, mirror: bool) -> tuple[np.ndarray, np.ndarray]:
+        new = self.new_thumbs[q]
+        return (new[:, :, ::-1] if mirror else new), self.ref_thumbs[r]
+
+    def similarity(self, q: np.ndarray, r: np.ndarray, mirror: bool = False) -> np.ndarray:
+        """NCC of gray thumbnails for pairs ``(q[i], r[i])``, set to -1 where colours disagree."""
+        if len(q) == 0:
+            return np.zeros(0, np.float32)
+        a, b = self._pair_thumbs(q, r, mirror)
+        ncc = np.einsum("ij,ij->i", normalized_thumbs(a), normalized_thumbs(b))
+        new_chroma, ref_chroma = chroma_thumbs(a), chroma_thumbs(b)
+        colourful = (np.abs(new_chroma).mean(axis=(1, 2, 3)) > 4.0) & (np.abs(ref_chroma).mean(axis=(1, 2, 3)) > 4.0)
+        difference = np.abs(new_chroma - ref_chroma).sum(axis=3).mean(axis=(1, 2))
+        ncc = np.where(colourful & (difference > self.config.max_color_difference), -1.0, ncc)
+        return ncc.astype(np.float32)
+
+    def detail_similarity(self, q: np.ndarray, r: np.ndarray, mirror: bool = False) -> np.ndarray:
+        """NCC of the high-pass thumbnails (fine structure) for pairs ``(q[i], r[i])``."""
+        if len(q) == 0:
+            return np.zeros(0, np.float32)
+        a, b = self._pair_thumbs(q, r, mirror)
+        return np.einsum("ij,ij->i", normalized_thumbs(a, True), normalized_thumbs(b, True)).astype(np.float32)
+
+
+class FeatureCache:
+    """Local features of table rows, extracted lazily from the stored detail images, once per row."""
+
+    def __init__(self, table: FingerprintTable, extractor: str, max_features: int) -> None:
+        self.table = table
+        self.extractor = extractor
+        self.max_features = max_features
+        self._plain: dict[int, local_features.LocalFeatures] = {}
+        self._mirror: dict[int, local_features.LocalFeatures] = {}
+
+    def get(self, row: int, mirror: bool = False) -> local_features.LocalFeatures:
+        store = self._mirror if mirror else self._plain
+        if row not in store:
+            image = decode_detail(self.table.details[row])
+            extract = local_features.extract_flipped if mirror else local_features.extract
+            store[row] = extract(image, self.extractor, self.max_features)
+        return store[row]
+
+
+# -- the cascade ---------------------------------------------------------------------------------------------
+
+
+def _rows(q: Any, r: Any, kind: str, method: str, score: Any, evidence: Any) -> pd.DataFrame:
+    q = np.atleast_1d(np.asarray(q, dtype=np.int64))
+    return pd.DataFrame({
+        "new_row": q,
+        "ref_row": np.atleast_1d(np.asarray(r, dtype=np.int64)),
+        "kind": kind,
+        "method": method,
+        "score": np.broadcast_to(np.asarray(score, dtype=np.float64), q.shape),
+        "evidence": np.broadcast_to(np.asarray(evidence, dtype=object), q.shape) if np.ndim(evidence) == 0
+        else np.asarray(evidence, dtype=object),
+    })
+
+
+def match_tables(
+    new: FingerprintTable,
+    ref: FingerprintTable,
+    config: MatchConfig = MatchConfig(),
+    *,
+    same_table: bool = False,
+) -> pd.DataFrame:
+    """Run the cascade; one row per matched new row (its best match), columns :data:`MATCH_COLUMNS`.
+
+    With ``same_table=True`` (``new is ref``) a row is only matched to an *earlier* row, which finds the
+    duplicates inside one dataset: every later copy points at its first occurrence.
+    """
+    found: list[pd.DataFrame] = []
+    settled = np.zeros(len(new), dtype=bool)  # matched as exact or near-duplicate
+
+    def allowed(q: np.ndarray, r: np.ndarray) -> np.ndarray:
+        keep = ~settled[q]
+        if same_table:
+            keep &= r < q
+        return keep
+
+    def add(frame: pd.DataFrame) -> None:
+        if len(frame):
+            found.append(frame)
+            strong = frame.loc[frame["kind"] != "similar", "new_row"].to_numpy()
+            settled[strong] = True
+
+    # 1-2. exact bytes and pixels
+    for method, new_keys, ref_keys in (
+        ("bytes", new.byte_digest, ref.byte_digest),
+        ("pixels", new.pixel_digest, ref.pixel_digest),
+    ):
+        pairs = np.asarray(ExactIndex(ref_keys).pairs(new_keys), dtype=np.int64).reshape(-1, 2)
+        q, r = pairs[:, 0], pairs[:, 1]
+        keep = allowed(q, r)
+        add(_first_per_query(_rows(q[keep], r[keep], "exact", method, 1.0, f"identical {method}")))
+
+    verifier = ThumbVerifier(new, ref, config)
+
+    # 3. EXIF identity confirmed by pixels
+    pairs = np.asarray(ExactIndex(ref.exif_identity).pairs(new.exif_identity), dtype=np.int64).reshape(-1, 2)
+    q, r = pairs[:, 0], pairs[:, 1]
+    keep = allowed(q, r)
+    q, r = q[keep], r[keep]
+    sim = verifier.similarity(q, r)
+    ok = sim >= config.exif_min_similarity
+    add(_best_per_query(_rows(q[ok], r[ok], "near_duplicate", "exif", sim[ok],
+                              [f"same EXIF identity, thumbnail similarity {s:.3f}" for s in sim[ok]])))
+
+    # 4-5. perceptual hash candidates, verified on thumbnails
+    global_index = HammingIndex(ref.phash)
+    feature_candidates: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]] = []
+    for mirror in (False, True):
+        queries = new.phash_mirror if mirror else new.phash
+        q, r, dist = global_index.search(queries, config.hash_radius)
+        keep = allowed(q, r)
+        if same_table and mirror:
+            keep &= q != r
+        q, r, dist = q[keep], r[keep], dist[keep]
+        sim = verifier.similarity(q, r, mirror=mirror)
+        fine = verifier.detail_similarity(q, r, mirror=mirror)
+        near = (sim >= config.near_duplicate_similarity) & (fine >= config.min_detail_similarity)
+        similar = ~near & (sim >= config.similar_similarity)
+        method = "mirror" if mirror else "phash"
+        near_kind = "near_duplicate" if (config.mirror_is_duplicate or not mirror) else "similar"
+        evidence = [
+            f"pHash distance {d}, thumbnail similarity {s:.3f}, fine-structure similarity {f:.3f}"
+            for d, s, f in zip(dist, sim, fine)
+        ]
+        ev = np.asarray(evidence, dtype=object)
+        add(_best_per_query(_rows(q[near], r[near], near_kind, method, sim[near], ev[near])))
+        found.append(_rows(q[similar], r[similar], "similar", method, sim[similar], ev[similar]))
+        feature_candidates.append((q[~near], r[~near], dist[~near], mirror))
+
+    # 6. crops (and rotations that failed the thumbnail check), verified by local features
+    if config.use_features and len(ref):
+        k = len(CROP_OFFSETS)
+        crop_index = HammingIndex(ref.crop_hashes.reshape(-1), owners=np.repeat(np.arange(len(ref)), k))
+        q, r, dist = crop_index.search(new.phash, config.crop_radius)
+        feature_candidates.insert(0, (q, r, dist, False))
+        add(_verify_with_features(new, ref, feature_candidates, settled, same_table, config))
+
+    if not found:
+        return pd.DataFrame(columns=MATCH_COLUMNS)
+    return _best_per_query(pd.concat(found, ignore_index=True))
+
+
+def _verify_with_features(
+    new: FingerprintTable,
+    ref: FingerprintTable,
+    candidates: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]],
+    settled: np.ndarray,
+    same_table: bool,
+    config: MatchConfig,
+) -> pd.DataFrame:
+    frames = []
+    for q, r, dist, mirror in candidates:
+        frames.append(pd.DataFrame({"q": q, "r": r, "dist": dist, "mirror": mirror}))
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["q", "r", "dist", "mirror"])
+    table = table[~settled[table["q"].to_numpy(dtype=np.int64)]] if len(table) else table
+    if same_table and len(table):
+        table = table[table["r"] < table["q"]]
+    if not len(table):
+        return pd.DataFrame(columns=MATCH_COLUMNS)
+    table = table.sort_values(["q", "dist"]).drop_duplicates(["q", "r", "mirror"])
+    table = table.groupby("q", sort=True).head(config.max_feature_candidates)
+    new_cache = FeatureCache(new, config.extractor, config.max_features)
+    ref_cache = FeatureCache(ref, config.extractor, config.max_features)
+    rows = []
+    for q, group in table.groupby("q", sort=True):
+        for r, dist, mirror in zip(group["r"], group["dist"], group["mirror"]):
+            result = local_features.verify(
+                new_cache.get(int(q), mirror=bool(mirror)), ref_cache.get(int(r)),
+                min_inliers=config.min_inliers,
+            )
+            if result.matched and result.coverage >= config.min_coverage:
+                kind = "near_duplicate"
+                if (mirror and not config.mirror_is_duplicate) or (not config.crop_is_duplicate and result.scale < 0.95):
+                    kind = "similar"
+                score = min(1.0, result.inliers / max(1, len(new_cache.get(int(q), mirror=bool(mirror)))))
+                rows.append(_rows(q, r, kind, f"{config.extractor}{'-mirror' if mirror else ''}", score,
+                                  f"pHash distance {dist}, {result.inliers} inliers of {result.good_matches} "
+                                  f"matches, coverage {result.coverage:.2f}, scale {result.scale:.2f}, "
+                                  f"rotation {result.rotation_deg:.1f} deg"))
+                break
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=MATCH_COLUMNS)
+
+
+def _first_per_query(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop_duplicates("new_row", keep="first") if len(frame) else frame
+
+
+def _best_per_query(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep each new row's strongest match: best kind first, then highest score, then lowest ref row."""
+    if not len(frame):
+        return pd.DataFrame(columns=MATCH_COLUMNS) if frame.empty else frame
+    frame = frame.assign(_rank=frame["kind"].map(_KIND_RANK))
+    frame = frame.sort_values(["new_row", "_rank", "score", "ref_row"], ascending=[True, True, False, True])
+    return frame.drop_duplicates("new_row").drop(columns="_rank").reset_index(drop=True)
