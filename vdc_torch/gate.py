@@ -100,6 +100,11 @@ class Decision:
     counts: dict[str, int] = field(default_factory=dict)
     policy: Policy = field(default_factory=Policy)
     config: MatchConfig = field(default_factory=MatchConfig)
+    #: Fingerprints behind the decision (for reports: thumbnails and detail images), not serialised.
+    new_fingerprints: FingerprintTable | None = field(default=None, repr=False)
+    reference_fingerprints: FingerprintTable | None = field(default=None, repr=False)
+    new_root: str = ""
+    reference_root: str = ""
 
     def __str__(self) -> str:
         return self.reason
@@ -123,6 +128,8 @@ class Decision:
             "problems": _records(self.problems),
             "policy": asdict(self.policy),
             "config": self.config.to_dict(),
+            "new_root": self.new_root,
+            "reference_root": self.reference_root,
         }
 
     def to_json(self, path: str | os.PathLike[str] | None = None, indent: int = 2) -> str:
@@ -305,6 +312,8 @@ class DatasetGate:
             delta=torch.utils.data.Subset(subset_base, delta_indices),
             matches=matches.reset_index(drop=True), conflicts=conflicts, problems=problem_frame,
             internal_duplicates=internal_dups, counts=counts, policy=self.policy, config=self.config,
+            new_fingerprints=new, reference_fingerprints=ref, new_root=data.root,
+            reference_root=str(self.meta.get("reference_root", "")),
         )
 
 
