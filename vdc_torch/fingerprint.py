@@ -15,9 +15,11 @@ fingerprints like its original.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -313,16 +315,37 @@ def compute_fingerprints(
     decode_side: int | None = DEFAULT_DECODE_SIDE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     desc: str = "fingerprinting",
-    on_result: Callable[[int, Fingerprint], None] | None = None,
+    cache: Any = None,
+    distributed: bool = True,
 ) -> tuple[FingerprintTable, list[Problem]]:
     """Fingerprint the samples of a :class:`vdc_torch.Dataset` (all, or ``indices``) on ``workers`` processes.
 
+    ``cache`` (a :class:`vdc_torch.cache.FingerprintCache`) supplies fingerprints of unchanged files without
+    decoding them and learns the new ones. Under an initialised ``torch.distributed`` process group (and
+    ``distributed=True``) each rank fingerprints its shard and every rank receives the whole table.
     Returns the table of usable samples (in index order) and one :class:`Problem` per unusable sample or caveat.
     """
     for method in extra_hashes:
         if method not in HASH_METHODS:
             raise InvalidParameterError(f"extra hash {method!r} is not one of {', '.join(HASH_METHODS)}")
     todo = list(range(len(dataset))) if indices is None else list(indices)
+    rank, world = _rank_and_world() if distributed else (0, 1)
+    todo = todo[rank::world]
+    use_cache = cache is not None and dataset.is_file_backed
+    cached_indices: list[int] = []
+    cached_rows: list[int] = []
+    if use_cache:
+        from .cache import file_key
+
+        missing = []
+        for index in todo:
+            row = cache.lookup_row(file_key(dataset.samples[index][0]))
+            if row is None:
+                missing.append(index)
+            else:
+                cached_indices.append(index)
+                cached_rows.append(row)
+        todo = missing
     workers = default_workers() if workers is None else max(0, int(workers))
     if len(todo) < 256:
         workers = 0  # starting processes costs more than it saves
@@ -346,19 +369,105 @@ def compute_fingerprints(
             else:
                 results[index] = result
                 problems.extend(Problem(index, dataset.samples[index][0], w, fatal=False) for w in result.warnings)
-                if on_result is not None:
-                    on_result(index, result)
         bar.update(len(batch))
     bar.close()
     order = sorted(results)
-    table = FingerprintTable.from_rows(
-        order,
-        [dataset.samples[i][0] for i in order],
-        [dataset.label_name(dataset.samples[i][1]) for i in order],
-        [results[i] for i in order],
-    )
+    fresh = _labelled(FingerprintTable.from_rows(order, [], [], [results[i] for i in order]), dataset, order)
+    if use_cache:
+        for index in order:
+            cache.add(dataset.samples[index][0], results[index])
+        cache.save()
+        cached = _labelled(cache.table.rows(cached_rows), dataset, cached_indices)
+        fresh = FingerprintTable.concat([fresh, cached])
+    if world > 1:
+        fresh, problems = _all_gather(fresh, problems)
+    table = fresh.rows(np.argsort(fresh.sample_index, kind="stable"))
     problems.sort(key=lambda p: (p.index, not p.fatal))
     return table, problems
+
+
+def _labelled(table: FingerprintTable, dataset: Any, indices: Sequence[int]) -> FingerprintTable:
+    """Set the sample indices, paths and labels of ``table``'s rows from ``dataset``."""
+    table.sample_index = np.asarray(indices, dtype=np.int64)
+    table.paths = [dataset.samples[i][0] for i in indices]
+    table.labels = [dataset.label_name(dataset.samples[i][1]) for i in indices]
+    return table
+
+
+# -- moving tables between processes (no pickle) -------------------------------------------------------------
+
+
+def table_to_bytes(table: FingerprintTable) -> bytes:
+    """Serialise a table to ``.npz`` bytes without pickle (variable-length columns as blobs + offsets)."""
+    buffer = io.BytesIO()
+    arrays: dict[str, np.ndarray] = {}
+    for name in table.__dataclass_fields__:
+        value = getattr(table, name)
+        if isinstance(value, np.ndarray):
+            arrays[name] = value
+        else:
+            items = [json.dumps(v, sort_keys=True).encode() if isinstance(v, dict) else v for v in value]
+            present = np.array([v is not None for v in items], dtype=bool)
+            blobs = [v if isinstance(v, bytes) else (b"" if v is None else str(v).encode()) for v in items]
+            kinds = {type(v).__name__ for v in value if v is not None}
+            arrays[f"{name}.blob"] = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+            arrays[f"{name}.offsets"] = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
+            arrays[f"{name}.present"] = present
+            arrays[f"{name}.kind"] = np.array(sorted(kinds)[0] if kinds else "NoneType")
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def table_from_bytes(data: bytes) -> FingerprintTable:
+    """Inverse of :func:`table_to_bytes` (``allow_pickle=False``)."""
+    arrays = np.load(io.BytesIO(data), allow_pickle=False)
+    kwargs: dict[str, Any] = {}
+    for name in FingerprintTable.__dataclass_fields__:
+        if name in arrays:
+            kwargs[name] = arrays[name]
+            continue
+        blob = arrays[f"{name}.blob"].tobytes()
+        offsets = arrays[f"{name}.offsets"]
+        present = arrays[f"{name}.present"]
+        kind = str(arrays[f"{name}.kind"])
+        convert = {"bytes": bytes, "str": lambda b: b.decode(), "int": lambda b: int(b.decode()),
+                   "dict": lambda b: json.loads(b.decode())}.get(kind, lambda b: b.decode())
+        kwargs[name] = [
+            convert(blob[offsets[i] : offsets[i + 1]]) if present[i] else None for i in range(len(present))
+        ]
+    return FingerprintTable(**kwargs)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_gather(table: FingerprintTable, problems: list[Problem]) -> tuple[FingerprintTable, list[Problem]]:
+    """Every rank's table and problems, concatenated, on every rank (byte tensors; works on gloo and nccl)."""
+    import torch.distributed as dist
+
+    payload = table_to_bytes(table)
+    problem_payload = json.dumps([p.to_dict() for p in problems]).encode()
+    world = dist.get_world_size()
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    gathered_tables, gathered_problems = [], []
+    for blob, out in ((payload, gathered_tables), (problem_payload, gathered_problems)):
+        size = torch.tensor([len(blob)], dtype=torch.int64, device=device)
+        sizes = [torch.zeros_like(size) for _ in range(world)]
+        dist.all_gather(sizes, size)
+        longest = int(max(s.item() for s in sizes))
+        tensor = torch.zeros(longest, dtype=torch.uint8, device=device)
+        tensor[: len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8).to(device) if blob else tensor[:0]
+        received = [torch.zeros(longest, dtype=torch.uint8, device=device) for _ in range(world)]
+        dist.all_gather(received, tensor)
+        out.extend(r[: int(s.item())].cpu().numpy().tobytes() for r, s in zip(received, sizes))
+    merged = FingerprintTable.concat([table_from_bytes(b) for b in gathered_tables])
+    merged_problems = [Problem(**record) for b in gathered_problems for record in json.loads(b.decode())]
+    return merged, merged_problems
 
 
 class _NoBar:

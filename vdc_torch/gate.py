@@ -6,6 +6,7 @@ to test with a table of cases.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -18,11 +19,12 @@ import numpy as np
 import pandas as pd
 import torch.utils.data
 
+from .cache import FingerprintCache
 from .data import Dataset
 from .errors import InvalidParameterError
-from .fingerprint import FingerprintTable, Problem, compute_fingerprints
+from .fingerprint import FINGERPRINT_VERSION, FingerprintTable, Problem, compute_fingerprints
 from .manifest import load_manifest, save_manifest
-from .matching import MatchConfig, match_tables
+from .matching import MATCH_COLUMNS, MATCHING_VERSION, MatchConfig, match_tables
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +174,16 @@ def as_dataset(data: Any) -> Dataset:
     )
 
 
+def _match_key(new: FingerprintTable, ref: FingerprintTable, config: MatchConfig) -> str:
+    """A digest of everything the match tables depend on: fingerprint and cascade versions, config, pixels."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([FINGERPRINT_VERSION, MATCHING_VERSION, config.to_dict()], sort_keys=True).encode())
+    for table in (ref, new):
+        h.update(len(table).to_bytes(8, "little"))
+        h.update(b"".join(table.pixel_digest))
+    return "matches:" + h.hexdigest()
+
+
 def _relative(path: str, root: str) -> str:
     if root and not path.startswith("<"):
         try:
@@ -186,6 +198,10 @@ def _relative(path: str, root: str) -> str:
 class DatasetGate:
     """Decides whether a new dataset is worth training on, against the reference the model was trained on.
 
+    ``reference`` is a folder, a :class:`Dataset` or any torch dataset of ``(image, label)`` (or ``None`` with
+    :meth:`load`). ``workers`` processes fingerprint in parallel (default: all cores); ``cache`` names a
+    fingerprint cache file so unchanged files are not decoded again on the next run.
+
     >>> gate = DatasetGate(reference="data/train_v1")            # doctest: +SKIP
     >>> decision = gate.check("data/train_v2"); decision.action   # doctest: +SKIP
     >>> gate.save("ckpt/reference.vdc")                           # doctest: +SKIP
@@ -199,11 +215,14 @@ class DatasetGate:
         config: MatchConfig | None = None,
         workers: int | None = None,
         progress: bool = False,
+        cache: str | os.PathLike[str] | None = None,
     ) -> None:
         self.policy = policy or Policy()
         self.config = config or MatchConfig()
         self.workers = workers
         self.progress = progress
+        self.cache_path = cache
+        self._cache: FingerprintCache | None = None
         self._reference = as_dataset(reference) if reference is not None else None
         self._table: FingerprintTable | None = None if reference is not None else FingerprintTable.empty()
         self.reference_problems: list[Problem] = []
@@ -219,8 +238,19 @@ class DatasetGate:
             self.meta.setdefault("reference_root", self._reference.root)
         return self._table
 
+    @property
+    def cache(self) -> FingerprintCache | None:
+        """The fingerprint cache (opened on first use), or ``None`` when the gate has none."""
+        if self.cache_path is None:
+            return None
+        if self._cache is None:
+            self._cache = FingerprintCache(self.cache_path)
+        return self._cache
+
     def _fingerprint(self, dataset: Dataset, desc: str) -> tuple[FingerprintTable, list[Problem]]:
-        table, problems = compute_fingerprints(dataset, workers=self.workers, progress=self.progress, desc=desc)
+        table, problems = compute_fingerprints(
+            dataset, workers=self.workers, progress=self.progress, desc=desc, cache=self.cache
+        )
         table.paths = [_relative(p, dataset.root) for p in table.paths]
         fatal = sum(p.fatal for p in problems)
         if fatal:
@@ -260,9 +290,23 @@ class DatasetGate:
         data = as_dataset(new_dataset)
         ref = self.reference_table
         new, problems = self._fingerprint(data, "new")
+        matched, internal = self._match(new, ref)
+        return self._decision(new_dataset, data, new, ref, matched, internal, problems)
+
+    def _match(self, new: FingerprintTable, ref: FingerprintTable) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Cross and internal matches; reused from the cache when fingerprints and config are unchanged."""
+        key = _match_key(new, ref, self.config) if self.cache is not None else None
+        stored = self.cache.result(key) if self.cache is not None and key is not None else None
+        if stored is not None:
+            return pd.DataFrame(stored["cross"], columns=MATCH_COLUMNS), pd.DataFrame(
+                stored["internal"], columns=MATCH_COLUMNS
+            )
         matched = match_tables(new, ref, self.config)
         internal = match_tables(new, new, self.config, same_table=True)
-        return self._decision(new_dataset, data, new, ref, matched, internal, problems)
+        if self.cache is not None and key is not None:
+            self.cache.store_result(key, {"cross": _records(matched), "internal": _records(internal)})
+            self.cache.save()
+        return matched, internal
 
     def _decision(
         self,

@@ -30,6 +30,8 @@ from .index import ExactIndex, HammingIndex
 log = logging.getLogger(__name__)
 
 KINDS = ("exact", "near_duplicate", "similar")
+#: Bumped whenever the cascade changes its results for the same fingerprints and config (invalidates caches).
+MATCHING_VERSION = 1
 _KIND_RANK = {"exact": 0, "near_duplicate": 1, "similar": 2}
 MATCH_COLUMNS = ["new_row", "ref_row", "kind", "method", "score", "evidence"]
 

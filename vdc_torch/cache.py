@@ -1,0 +1,136 @@
+"""An incremental fingerprint cache: unchanged files are never decoded twice.
+
+Entries are keyed by file identity — absolute path, size and modification time (ns) — and, for files that were
+renamed, moved or touched, by the digest of their bytes. The cache is a manifest file (same SQLite format, same
+atomic save), so it is as crash-safe and pickle-free as a manifest.
+
+>>> gate = DatasetGate(reference="data/train", cache="~/.cache/vdc/fingerprints.vdc")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ManifestError
+from .fingerprint import Fingerprint, FingerprintTable
+from .manifest import load_manifest, save_manifest
+
+log = logging.getLogger(__name__)
+
+FileKey = tuple[str, int, int]
+#: How many match results (one per reference/new/config combination) the cache keeps.
+MAX_RESULTS = 8
+
+
+def file_key(path: str) -> FileKey | None:
+    """(absolute path, size, mtime_ns) of a file, or ``None`` when it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return os.path.abspath(path), st.st_size, st.st_mtime_ns
+
+
+class FingerprintCache:
+    """Fingerprints of files seen before, loaded from and saved to one cache file."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(os.path.expanduser(str(path)))
+        self._table = FingerprintTable.empty()
+        self._results: dict[str, Any] = {}
+        if self.path.exists():
+            try:
+                self._table, meta = load_manifest(self.path)
+                self._results = dict(meta.get("results", {}))
+            except ManifestError as exc:
+                log.warning("ignoring the fingerprint cache %s: %s", self.path, exc)
+        self._dirty = False
+        self._by_key: dict[FileKey, int] = {}
+        self._by_digest: dict[bytes, int] = {}
+        self._index(0)
+        self._pending: list[tuple[str, Fingerprint]] = []
+        self.hits = 0
+
+    def _index(self, start: int) -> None:
+        t = self._table
+        for row in range(start, len(t)):
+            if t.file_size[row] is not None and t.mtime_ns[row] is not None:
+                self._by_key[(t.paths[row], int(t.file_size[row]), int(t.mtime_ns[row]))] = row
+            if t.byte_digest[row] is not None:
+                self._by_digest[t.byte_digest[row]] = row
+
+    def __len__(self) -> int:
+        return len(self._table) + len(self._pending)
+
+    @property
+    def table(self) -> FingerprintTable:
+        """The cached fingerprints (rows addressed by :meth:`lookup_row`)."""
+        return self._table
+
+    def lookup_row(self, key: FileKey | None) -> int | None:
+        """The cache row of an unchanged file, or ``None``."""
+        row = self._by_key.get(key) if key is not None else None
+        if row is not None:
+            self.hits += 1
+        return row
+
+    def lookup(self, key: FileKey | None) -> Fingerprint | None:
+        """The cached fingerprint of an unchanged file, or ``None``."""
+        row = self.lookup_row(key)
+        return None if row is None else self._table.fingerprint(row)
+
+    def lookup_digest(self, byte_digest: bytes | None) -> Fingerprint | None:
+        """The cached fingerprint of a file with these exact bytes (renamed or touched), or ``None``."""
+        row = self._by_digest.get(byte_digest) if byte_digest is not None else None
+        if row is None:
+            return None
+        self.hits += 1
+        return self._table.fingerprint(row)
+
+    @property
+    def digests(self) -> set[bytes]:
+        """Byte digests the cache knows."""
+        return set(self._by_digest)
+
+    def add(self, path: str, fingerprint: Fingerprint) -> None:
+        """Remember the fingerprint of a file just computed (written on :meth:`save`)."""
+        if fingerprint.byte_digest is not None and fingerprint.file_size is not None:
+            self._pending.append((os.path.abspath(path), fingerprint))
+
+    def result(self, key: str) -> Any:
+        """A stored computation result (JSON value) for ``key``, or ``None``."""
+        return self._results.get(key)
+
+    def store_result(self, key: str, value: Any, keep: int = MAX_RESULTS) -> None:
+        """Remember a JSON-able result under ``key`` (the newest ``keep`` results are kept); call :meth:`save`."""
+        self._results.pop(key, None)
+        self._results[key] = value
+        while len(self._results) > keep:
+            self._results.pop(next(iter(self._results)))
+        self._dirty = True
+
+    def save(self) -> None:
+        """Merge new entries into the cache file atomically (entries for the same path are replaced)."""
+        if not self._pending:
+            if self._dirty:
+                save_manifest(self.path, self._table, {"kind": "fingerprint-cache", "results": self._results})
+                self._dirty = False
+            return
+        new_paths = {p for p, _ in self._pending}
+        keep = [i for i, p in enumerate(self._table.paths) if p not in new_paths]
+        added = FingerprintTable.from_rows(
+            np.arange(len(self._pending)), [p for p, _ in self._pending], [None] * len(self._pending),
+            [f for _, f in self._pending],
+        )
+        self._table = FingerprintTable.concat([self._table.rows(keep), added])
+        self._table.sample_index = np.arange(len(self._table), dtype=np.int64)
+        self._pending = []
+        self._by_key, self._by_digest = {}, {}
+        self._index(0)
+        save_manifest(self.path, self._table, {"kind": "fingerprint-cache", "results": self._results})
+        self._dirty = False
