@@ -1,0 +1,103 @@
+"""One safe decode per sample: orientation, EXIF identity, modes, and clear errors for bad files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import EXIF_JPG
+from PIL import Image
+
+from vdc_torch.decode import decode_bytes, decode_file, decode_object
+from vdc_torch.errors import ImageDecodeError
+from vdc_torch.fingerprint import fingerprint_decoded
+from vdc_torch.matching import normalized_thumbs
+
+ORIENTATION = EXIF_JPG / "orientation"
+
+
+@pytest.mark.parametrize("kind", ["landscape", "portrait"])
+def test_every_exif_orientation_decodes_upright(kind: str) -> None:
+    decoded = [decode_file(ORIENTATION / f"{kind}_{i}.jpg") for i in range(1, 9)]
+    shapes = {d.pixels.shape[:2] for d in decoded}
+    assert len(shapes) == 1  # all stand the same way once orientation is applied
+    thumbs = normalized_thumbs(np.stack([fingerprint_decoded(d).thumb for d in decoded]))
+    similarity = thumbs @ thumbs[0]
+    assert similarity.min() > 0.95
+
+
+def test_exif_identity_has_camera_and_capture_time() -> None:
+    decoded = decode_file(EXIF_JPG / "Canon_40D.jpg")
+    make, model, taken = decoded.exif_identity.split("|")[:3]
+    assert make == "Canon" and model == "Canon EOS 40D"
+    assert taken.startswith("2008:05:30 15:56:01")
+    assert decoded.byte_digest is not None and len(decoded.byte_digest) == 16
+
+
+def test_large_jpeg_is_decoded_reduced_but_reports_full_size() -> None:
+    path = EXIF_JPG / "Reconyx_HC500_Hyperfire.jpg"  # 2048 x 1536
+    with Image.open(path) as im:
+        full = im.size
+    decoded = decode_file(path, decode_side=128)
+    assert (decoded.width, decoded.height) == full
+    assert max(decoded.pixels.shape[:2]) < max(full)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty file"),
+        (b"<!DOCTYPE html><html><body>404</body></html>", "not an image: the file holds text"),
+        (b"hello, this is a text file\n", "not an image: the file holds plain text"),
+        (bytes(range(256)) * 4, "not a recognised image format"),
+    ],
+)
+def test_non_images_get_specific_reasons(tmp_path: Path, data: bytes, reason: str) -> None:
+    path = tmp_path / "sample.jpg"
+    path.write_bytes(data)
+    with pytest.raises(ImageDecodeError, match=reason):
+        decode_file(path)
+
+
+def test_truncated_jpeg_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    data = (EXIF_JPG / "Canon_40D.jpg").read_bytes()
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageDecodeError, match="cut.jpg.*(truncated|corrupt)"):
+        decode_file(path, decode_side=None)
+
+
+def test_decompression_bomb_refused_without_decoding() -> None:
+    buffer = io.BytesIO()
+    Image.new("1", (30000, 30000)).save(buffer, format="PNG")
+    with pytest.raises(ImageDecodeError, match="decompression bomb"):
+        decode_bytes(buffer.getvalue(), name="bomb.png", max_pixels=100_000_000)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "CMYK", "P", "RGBA", "LA", "1", "L"])
+def test_every_pil_mode_becomes_rgb_uint8(mode: str) -> None:
+    with Image.open(EXIF_JPG / "Canon_40D.jpg") as im:
+        base = im.convert("RGB").resize((64, 48))
+    if mode == "I;16":
+        image = Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257))
+    else:
+        image = base.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="TIFF" if mode in ("CMYK", "I;16") else "PNG")
+    decoded = decode_bytes(buffer.getvalue())
+    assert decoded.pixels.dtype == np.uint8 and decoded.pixels.shape == (48, 64, 3)
+    assert decoded.pixels.mean() > 10  # 16-bit scaled, not saturated or black
+
+
+def test_in_memory_tensor_and_array() -> None:
+    import torch
+
+    tensor = torch.rand(3, 20, 30)
+    decoded = decode_object(tensor)
+    assert decoded.pixels.shape == (20, 30, 3) and decoded.pixels.dtype == np.uint8
+    array = (np.random.default_rng(0).random((20, 30)) * 255).astype(np.uint8)
+    assert decode_object(array).pixels.shape == (20, 30, 3)
+    with pytest.raises(ImageDecodeError, match="unsupported sample type"):
+        decode_object("not an image")

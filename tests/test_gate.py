@@ -1,0 +1,171 @@
+"""DatasetGate end to end on real photos: overlap, delta, skip, manifest, conflicts, the decision table."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch.utils.data
+from conftest import COWS, COWS_DUPLICATES, build_scenario
+from PIL import Image
+
+from vdc_torch import Action, Dataset, DatasetGate, Policy, decide
+
+
+def delta_names(decision) -> set[str]:
+    base = decision.delta.dataset
+    return {os.path.basename(base.samples[i][0]) for i in decision.delta.indices}
+
+
+def test_half_new_dataset_trains_on_exactly_the_new_photos(scenario) -> None:
+    decision = DatasetGate(reference=scenario.reference).check(scenario.new)
+    assert decision.action == Action.TRAIN
+    assert abs(decision.overlap - scenario.true_overlap) <= 0.02
+    assert delta_names(decision) == scenario.novel
+    assert set(decision.matches["new_path"]) >= scenario.copies
+    matched_copies = decision.matches[decision.matches["new_path"].isin(scenario.copies)]
+    assert set(matched_copies["kind"]) <= {"exact", "near_duplicate"}
+    assert isinstance(decision.delta, torch.utils.data.Subset)
+    assert "Train" in str(decision)
+
+
+def test_saved_manifest_decides_the_same_without_reference_images(scenario, tmp_path: Path) -> None:
+    gate = DatasetGate(reference=scenario.reference)
+    manifest = gate.save(tmp_path / "ckpt" / "reference.vdc")
+    shutil.rmtree(scenario.reference)
+    decision = DatasetGate.load(manifest).check(scenario.new)
+    assert abs(decision.overlap - scenario.true_overlap) <= 0.02
+    assert delta_names(decision) == scenario.novel
+    assert decision.action == Action.TRAIN
+
+
+def test_reencoded_copy_of_the_whole_reference_is_skipped(photos, tmp_path: Path) -> None:
+    ref, new = tmp_path / "ref", tmp_path / "new"
+    ref.mkdir()
+    new.mkdir()
+    for i, f in enumerate(photos[:20]):
+        shutil.copy(f, ref / f.name)
+        with Image.open(f) as im:
+            im.convert("RGB").save(new / f"export_{i}.jpg", quality=70)
+    decision = DatasetGate(reference=ref).check(new)
+    assert decision.action == Action.SKIP
+    assert decision.overlap == 1.0
+    assert len(decision.delta) == 0
+
+
+def test_exact_copies_and_internal_duplicates_of_the_original_examples() -> None:
+    decision = DatasetGate(reference=COWS).check(COWS_DUPLICATES)
+    assert decision.overlap == 1.0
+    assert set(decision.matches["kind"]) == {"exact"}
+    assert set(decision.matches["method"]) == {"bytes"}
+    # "V00001 (copy).png" and "V00001.png" are the same file: one is an internal duplicate of the other
+    assert len(decision.internal_duplicates) == 1
+
+
+def test_duplicates_inside_the_new_dataset_leave_one_copy_in_the_delta(photos, tmp_path: Path) -> None:
+    ref, new = tmp_path / "ref", tmp_path / "new"
+    ref.mkdir()
+    new.mkdir()
+    for f in photos[:5]:
+        shutil.copy(f, ref / f.name)
+    for f in photos[5:10]:
+        shutil.copy(f, new / f.name)
+        with Image.open(f) as im:
+            im.convert("RGB").resize((im.width // 2, im.height // 2)).save(new / f"half_{f.stem}.png")
+    decision = DatasetGate(reference=ref).check(new)
+    assert decision.overlap == 0.0
+    assert len(decision.delta) == 5
+    assert len(decision.internal_duplicates) == 5
+
+
+def test_label_conflicts_prevent_a_skip(photos, tmp_path: Path) -> None:
+    for split in ("ref", "new"):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+    for i, f in enumerate(photos[:6]):
+        cls = "cat" if i < 3 else "dog"
+        shutil.copy(f, tmp_path / "ref" / cls / f.name)
+        flipped = "dog" if i == 0 else cls  # one copy relabelled
+        shutil.copy(f, tmp_path / "new" / flipped / f.name)
+    decision = DatasetGate(reference=tmp_path / "ref").check(tmp_path / "new")
+    assert decision.overlap == 1.0
+    assert len(decision.conflicts) == 1
+    row = decision.conflicts.iloc[0]
+    assert (row["new_label"], row["ref_label"]) == ("dog", "cat")
+    assert decision.action == Action.TRAIN
+
+
+def test_update_grows_the_reference_so_the_same_data_is_then_skipped(scenario, tmp_path: Path) -> None:
+    gate = DatasetGate(reference=scenario.reference)
+    first = gate.check(scenario.new)
+    assert first.action == Action.TRAIN
+    added = gate.update(first.delta)
+    assert added == len(first.delta)
+    path = gate.save(tmp_path / "reference.vdc")
+    second = DatasetGate.load(path).check(scenario.new)
+    assert second.overlap == 1.0
+    assert second.action == Action.SKIP
+
+
+def test_decision_serialises_to_json(scenario, tmp_path: Path) -> None:
+    decision = DatasetGate(reference=scenario.reference).check(scenario.new)
+    data = json.loads(decision.to_json(tmp_path / "d.json"))
+    assert data["action"] == "train"
+    assert data["overlap"] == pytest.approx(decision.overlap)
+    assert len(data["matches"]) == len(decision.matches)
+    assert sorted(data["delta_indices"]) == sorted(decision.delta.indices)
+    assert json.loads((tmp_path / "d.json").read_text())["counts"]["delta"] == len(decision.delta)
+
+
+def test_gate_accepts_an_in_memory_torch_dataset(photos) -> None:
+    images = [Image.open(f).convert("RGB").resize((128, 96)) for f in photos[:8]]
+
+    class InMemory(torch.utils.data.Dataset):
+        def __init__(self, items):
+            self.items = items
+
+        def __len__(self):
+            return len(self.items)
+
+        def __getitem__(self, i):
+            return self.items[i], 0
+
+    reference = InMemory(images[:4])
+    new = InMemory([im.resize((100, 75)) for im in images[2:6]])
+    decision = DatasetGate(reference=reference).check(new)
+    assert decision.overlap == 0.5
+    assert sorted(decision.delta.indices) == [2, 3]
+    assert decision.delta.dataset is new
+
+
+@pytest.mark.parametrize(
+    ("overlap", "delta", "conflicts", "readable", "expected"),
+    [
+        (1.0, 0, 0, 100, Action.SKIP),
+        (0.96, 4, 0, 100, Action.SKIP),
+        (0.96, 4, 1, 100, Action.TRAIN),  # a label conflict is a reason to retrain
+        (0.97, 3000, 0, 100000, Action.TRAIN),  # high overlap but a large delta
+        (0.50, 50, 0, 100, Action.TRAIN),
+        (0.0, 0, 0, 0, Action.SKIP),  # nothing readable
+    ],
+)
+def test_decide_table(overlap: float, delta: int, conflicts: int, readable: int, expected: Action) -> None:
+    action, reason = decide(overlap, delta, conflicts, readable, Policy())
+    assert action == expected
+    assert reason.startswith(expected.value.capitalize())
+
+
+def test_policy_rejects_impossible_thresholds() -> None:
+    with pytest.raises(ValueError, match="skip_overlap=1.5"):
+        Policy(skip_overlap=1.5)
+
+
+def test_gate_works_on_a_vdc_dataset_with_dataloader(scenario) -> None:
+    new = Dataset(scenario.new)
+    decision = DatasetGate(reference=Dataset(scenario.reference)).check(new)
+    assert decision.delta.dataset is new
+    names = {os.path.basename(new.samples[i][0]) for i in decision.delta.indices}
+    assert names == scenario.novel

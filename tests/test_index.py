@@ -1,0 +1,43 @@
+"""Indexes: every Hamming backend returns exactly the brute-force pairs within the radius."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vdc_torch.index import ExactIndex, HammingIndex
+
+
+def brute_force(queries: np.ndarray, codes: np.ndarray, radius: int) -> set[tuple[int, int, int]]:
+    dist = np.bitwise_count(queries[:, None] ^ codes[None, :])
+    q, c = np.nonzero(dist <= radius)
+    return {(int(a), int(b), int(dist[a, b])) for a, b in zip(q, c)}
+
+
+@pytest.mark.parametrize("backend", ["numpy", "flat", "multihash"])
+@pytest.mark.parametrize("radius", [0, 3, 8, 12])
+def test_hamming_backends_agree_with_brute_force(backend: str, radius: int) -> None:
+    rng = np.random.default_rng(radius)
+    codes = rng.integers(0, 2**63, size=3000, dtype=np.uint64) * 2 + 1
+    queries = codes[:400].copy()
+    # flip a random number (0..radius+2) of bits in each query so distances straddle the radius
+    for i in range(len(queries)):
+        for bit in rng.choice(64, size=rng.integers(0, radius + 3), replace=False):
+            queries[i] ^= np.uint64(1) << np.uint64(bit)
+    index = HammingIndex(codes, backend=backend)
+    q, owners, dist = index.search(queries, radius)
+    assert set(zip(q.tolist(), owners.tolist(), dist.tolist())) == brute_force(queries, codes, radius)
+
+
+def test_owners_map_several_codes_to_one_row() -> None:
+    codes = np.array([0, 2**64 - 1, 0b1111, 12345], dtype=np.uint64)
+    index = HammingIndex(codes, owners=np.array([7, 7, 8, 9]))
+    q, owners, dist = index.search(np.array([0b0111], dtype=np.uint64), 3)
+    assert (owners.tolist(), dist.tolist()) == ([8, 7], [1, 3])  # sorted by distance; code 0 belongs to row 7
+
+
+def test_exact_index_pairs_and_ignores_missing_keys() -> None:
+    index = ExactIndex([b"a", None, b"b", b"a"])
+    assert index.get(b"a") == [0, 3]
+    assert index.get(None) == []
+    assert index.pairs([b"b", None, b"a"]) == [(0, 2), (2, 0), (2, 3)]
