@@ -200,7 +200,9 @@ class DatasetGate:
 
     ``reference`` is a folder, a :class:`Dataset` or any torch dataset of ``(image, label)`` (or ``None`` with
     :meth:`load`). ``workers`` processes fingerprint in parallel (default: all cores); ``cache`` names a
-    fingerprint cache file so unchanged files are not decoded again on the next run.
+    fingerprint cache file so unchanged files are not decoded again on the next run. ``encoder`` (a module
+    mapping an image batch to embeddings, best a :class:`vdc_torch.encoder.LayerEncoder` over an intermediate
+    layer of the model being trained) adds nearest neighbours in the model's feature space as a method.
 
     >>> gate = DatasetGate(reference="data/train_v1")            # doctest: +SKIP
     >>> decision = gate.check("data/train_v2"); decision.action   # doctest: +SKIP
@@ -216,12 +218,14 @@ class DatasetGate:
         workers: int | None = None,
         progress: bool = False,
         cache: str | os.PathLike[str] | None = None,
+        encoder: torch.nn.Module | None = None,
     ) -> None:
         self.policy = policy or Policy()
         self.config = config or MatchConfig()
         self.workers = workers
         self.progress = progress
         self.cache_path = cache
+        self.encoder = encoder
         self._cache: FingerprintCache | None = None
         self._reference = as_dataset(reference) if reference is not None else None
         self._table: FingerprintTable | None = None if reference is not None else FingerprintTable.empty()
@@ -295,14 +299,19 @@ class DatasetGate:
 
     def _match(self, new: FingerprintTable, ref: FingerprintTable) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Cross and internal matches; reused from the cache when fingerprints and config are unchanged."""
-        key = _match_key(new, ref, self.config) if self.cache is not None else None
+        key = _match_key(new, ref, self.config) if self.cache is not None and self.encoder is None else None
         stored = self.cache.result(key) if self.cache is not None and key is not None else None
         if stored is not None:
             return pd.DataFrame(stored["cross"], columns=MATCH_COLUMNS), pd.DataFrame(
                 stored["internal"], columns=MATCH_COLUMNS
             )
-        matched = match_tables(new, ref, self.config)
-        internal = match_tables(new, new, self.config, same_table=True)
+        new_emb = ref_emb = None
+        if self.encoder is not None:
+            from .encoder import embed_thumbs
+
+            new_emb, ref_emb = embed_thumbs(self.encoder, new.thumbs), embed_thumbs(self.encoder, ref.thumbs)
+        matched = match_tables(new, ref, self.config, new_embeddings=new_emb, ref_embeddings=ref_emb)
+        internal = match_tables(new, new, self.config, same_table=True, new_embeddings=new_emb, ref_embeddings=new_emb)
         if self.cache is not None and key is not None:
             self.cache.store_result(key, {"cross": _records(matched), "internal": _records(internal)})
             self.cache.save()

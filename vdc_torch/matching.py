@@ -59,6 +59,8 @@ class MatchConfig:
     min_inliers: int = 12
     min_coverage: float = 0.25
     max_feature_candidates: int = 5  # per new sample, best hash candidates sent to feature verification
+    encoder_similarity: float = 0.90  # cosine of model embeddings for an encoder candidate to count
+    encoder_min_thumb_similarity: float = 0.0  # pixel sanity check of encoder candidates (gray thumbnail NCC)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -168,11 +170,15 @@ def match_tables(
     config: MatchConfig = MatchConfig(),
     *,
     same_table: bool = False,
+    new_embeddings: np.ndarray | None = None,
+    ref_embeddings: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Run the cascade; one row per matched new row (its best match), columns :data:`MATCH_COLUMNS`.
 
     With ``same_table=True`` (``new is ref``) a row is only matched to an *earlier* row, which finds the
-    duplicates inside one dataset: every later copy points at its first occurrence.
+    duplicates inside one dataset: every later copy points at its first occurrence. ``new_embeddings`` and
+    ``ref_embeddings`` (unit rows from a model encoder) add a last stage: nearest neighbours in the model's
+    feature space with cosine ``>= config.encoder_similarity``.
     """
     found: list[pd.DataFrame] = []
     settled = np.zeros(len(new), dtype=bool)  # matched as exact or near-duplicate
@@ -243,6 +249,23 @@ def match_tables(
         q, r, dist = crop_index.search(new.phash, config.crop_radius)
         feature_candidates.insert(0, (q, r, dist, False))
         add(_verify_with_features(new, ref, feature_candidates, settled, same_table, config))
+
+    # 7. model embeddings: nearest neighbours in the feature space of the model being trained
+    if new_embeddings is not None and ref_embeddings is not None and len(ref) and len(new):
+        from .encoder import nearest_neighbours
+
+        sims, ids = nearest_neighbours(new_embeddings, ref_embeddings, k=8 if same_table else 1)
+        q = np.repeat(np.arange(len(new)), sims.shape[1])
+        r, cos = ids.reshape(-1).astype(np.int64), sims.reshape(-1)
+        keep = (r >= 0) & allowed(q, np.maximum(r, 0)) & (cos >= config.encoder_similarity)
+        if same_table:
+            keep &= r != q
+        q, r, cos = q[keep], r[keep], cos[keep]
+        pixel = verifier.similarity(q, r)
+        ok = pixel >= config.encoder_min_thumb_similarity
+        add(_best_per_query(_rows(q[ok], r[ok], "near_duplicate", "encoder", cos[ok],
+                                  [f"model embedding cosine {c:.3f}, thumbnail similarity {p:.3f}"
+                                   for c, p in zip(cos[ok], pixel[ok])])))
 
     if not found:
         return pd.DataFrame(columns=MATCH_COLUMNS)
