@@ -16,6 +16,7 @@ Each stage only looks at new samples that earlier stages left unmatched (or matc
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,14 +25,14 @@ import numpy as np
 import pandas as pd
 
 from . import features as local_features
-from .fingerprint import CROP_OFFSETS, FingerprintTable, decode_detail
+from .fingerprint import CROP_OFFSETS, FingerprintTable, decode_detail, default_workers
 from .index import ExactIndex, HammingIndex
 
 log = logging.getLogger(__name__)
 
 KINDS = ("exact", "near_duplicate", "similar")
 #: Bumped whenever the cascade changes its results for the same fingerprints and config (invalidates caches).
-MATCHING_VERSION = 1
+MATCHING_VERSION = 2
 _KIND_RANK = {"exact": 0, "near_duplicate": 1, "similar": 2}
 MATCH_COLUMNS = ["new_row", "ref_row", "kind", "method", "score", "evidence"]
 
@@ -59,6 +60,7 @@ class MatchConfig:
     min_inliers: int = 12
     min_coverage: float = 0.25
     max_feature_candidates: int = 5  # per new sample, best hash candidates sent to feature verification
+    feature_min_thumb_similarity: float = 0.5  # hash candidates need this gray NCC before feature verification
     encoder_similarity: float = 0.90  # cosine of model embeddings for an encoder candidate to count
     encoder_min_thumb_similarity: float = 0.0  # pixel sanity check of encoder candidates (gray thumbnail NCC)
 
@@ -108,6 +110,13 @@ class ThumbVerifier:
     def _pair_thumbs(self, q: np.ndarray, r: np.ndarray, mirror: bool) -> tuple[np.ndarray, np.ndarray]:
         new = self.new_thumbs[q]
         return (new[:, :, ::-1] if mirror else new), self.ref_thumbs[r]
+
+    def gray_similarity(self, q: np.ndarray, r: np.ndarray, mirror: bool = False) -> np.ndarray:
+        """NCC of gray thumbnails for pairs ``(q[i], r[i])`` (no colour check)."""
+        if len(q) == 0:
+            return np.zeros(0, np.float32)
+        a, b = self._pair_thumbs(q, r, mirror)
+        return np.einsum("ij,ij->i", normalized_thumbs(a), normalized_thumbs(b)).astype(np.float32)
 
     def similarity(self, q: np.ndarray, r: np.ndarray, mirror: bool = False) -> np.ndarray:
         """NCC of gray thumbnails for pairs ``(q[i], r[i])``, set to -1 where colours disagree."""
@@ -219,7 +228,7 @@ def match_tables(
 
     # 4-5. perceptual hash candidates, verified on thumbnails
     global_index = HammingIndex(ref.phash)
-    feature_candidates: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]] = []
+    feature_candidates: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool, bool]] = []
     for mirror in (False, True):
         queries = new.phash_mirror if mirror else new.phash
         q, r, dist = global_index.search(queries, config.hash_radius)
@@ -240,15 +249,15 @@ def match_tables(
         ev = np.asarray(evidence, dtype=object)
         add(_best_per_query(_rows(q[near], r[near], near_kind, method, sim[near], ev[near])))
         found.append(_rows(q[similar], r[similar], "similar", method, sim[similar], ev[similar]))
-        feature_candidates.append((q[~near], r[~near], dist[~near], mirror))
+        feature_candidates.append((q[~near], r[~near], dist[~near], mirror, False))
 
     # 6. crops (and rotations that failed the thumbnail check), verified by local features
     if config.use_features and len(ref):
         k = len(CROP_OFFSETS)
         crop_index = HammingIndex(ref.crop_hashes.reshape(-1), owners=np.repeat(np.arange(len(ref)), k))
         q, r, dist = crop_index.search(new.phash, config.crop_radius)
-        feature_candidates.insert(0, (q, r, dist, False))
-        add(_verify_with_features(new, ref, feature_candidates, settled, same_table, config))
+        feature_candidates.insert(0, (q, r, dist, False, True))
+        add(_verify_with_features(new, ref, feature_candidates, settled, same_table, config, verifier))
 
     # 7. model embeddings: nearest neighbours in the feature space of the model being trained
     if new_embeddings is not None and ref_embeddings is not None and len(ref) and len(new):
@@ -275,42 +284,84 @@ def match_tables(
 def _verify_with_features(
     new: FingerprintTable,
     ref: FingerprintTable,
-    candidates: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]],
+    candidates: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool, bool]],
     settled: np.ndarray,
     same_table: bool,
     config: MatchConfig,
+    verifier: ThumbVerifier,
 ) -> pd.DataFrame:
-    frames = []
-    for q, r, dist, mirror in candidates:
-        frames.append(pd.DataFrame({"q": q, "r": r, "dist": dist, "mirror": mirror}))
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["q", "r", "dist", "mirror"])
-    table = table[~settled[table["q"].to_numpy(dtype=np.int64)]] if len(table) else table
-    if same_table and len(table):
+    """Verify candidate pairs with local features; each tuple is ``(q, r, dist, mirror, from_crop_index)``."""
+    frames = [pd.DataFrame({"q": q, "r": r, "dist": d, "mirror": m, "crop": c}) for q, r, d, m, c in candidates]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not len(table):
+        return pd.DataFrame(columns=MATCH_COLUMNS)
+    table = table[~settled[table["q"].to_numpy(dtype=np.int64)]]
+    if same_table:
         table = table[table["r"] < table["q"]]
+    # cheap pre-filter: hash candidates must look roughly alike (crop candidates are not aligned, so exempt)
+    parts = []
+    for mirror, group in table.groupby("mirror"):
+        gray = verifier.gray_similarity(group["q"].to_numpy(np.int64), group["r"].to_numpy(np.int64), bool(mirror))
+        parts.append(group[group["crop"].to_numpy() | (gray >= config.feature_min_thumb_similarity)])
+    table = pd.concat(parts) if parts else table
     if not len(table):
         return pd.DataFrame(columns=MATCH_COLUMNS)
     table = table.sort_values(["q", "dist"]).drop_duplicates(["q", "r", "mirror"])
     table = table.groupby("q", sort=True).head(config.max_feature_candidates)
+    groups = [
+        (int(q), list(zip(g["r"].astype(int), g["dist"].astype(int), g["mirror"].astype(bool))))
+        for q, g in table.groupby("q", sort=True)
+    ]
+    global _FEATURE_JOB
+    _FEATURE_JOB = (new, ref, config)
+    workers = min(default_workers(), max(1, len(table) // 300))
+    try:
+        if workers > 1 and os.name == "posix":
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            chunks = [groups[i::workers] for i in range(workers)]
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_one_thread) as pool:
+                results = [row for part in pool.map(_verify_groups, chunks) for row in part]
+        else:
+            results = _verify_groups(groups)
+    finally:
+        _FEATURE_JOB = None
+    rows = [_rows(*row) for row in sorted(results)]
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=MATCH_COLUMNS)
+
+
+_FEATURE_JOB: tuple[FingerprintTable, FingerprintTable, MatchConfig] | None = None
+
+
+def _one_thread() -> None:
+    cv2.setNumThreads(1)
+
+
+def _verify_groups(groups: list[tuple[int, list[tuple[int, int, bool]]]]) -> list[tuple[Any, ...]]:
+    """Verify each query's candidates in order and keep its first verified one (runs in worker processes)."""
+    assert _FEATURE_JOB is not None
+    new, ref, config = _FEATURE_JOB
     new_cache = FeatureCache(new, config.extractor, config.max_features)
     ref_cache = FeatureCache(ref, config.extractor, config.max_features)
-    rows = []
-    for q, group in table.groupby("q", sort=True):
-        for r, dist, mirror in zip(group["r"], group["dist"], group["mirror"]):
-            result = local_features.verify(
-                new_cache.get(int(q), mirror=bool(mirror)), ref_cache.get(int(r)),
-                min_inliers=config.min_inliers,
+    found = []
+    for q, candidates in groups:
+        for r, dist, mirror in candidates:
+            query = new_cache.get(q, mirror=mirror)
+            result = local_features.verify(query, ref_cache.get(r), min_inliers=config.min_inliers)
+            if not (result.matched and result.coverage >= config.min_coverage):
+                continue
+            kind = "near_duplicate"
+            if (mirror and not config.mirror_is_duplicate) or (not config.crop_is_duplicate and result.scale < 0.95):
+                kind = "similar"
+            score = min(1.0, result.inliers / max(1, len(query)))
+            evidence = (
+                f"pHash distance {dist}, {result.inliers} inliers of {result.good_matches} matches, "
+                f"coverage {result.coverage:.2f}, scale {result.scale:.2f}, rotation {result.rotation_deg:.1f} deg"
             )
-            if result.matched and result.coverage >= config.min_coverage:
-                kind = "near_duplicate"
-                if (mirror and not config.mirror_is_duplicate) or (not config.crop_is_duplicate and result.scale < 0.95):
-                    kind = "similar"
-                score = min(1.0, result.inliers / max(1, len(new_cache.get(int(q), mirror=bool(mirror)))))
-                rows.append(_rows(q, r, kind, f"{config.extractor}{'-mirror' if mirror else ''}", score,
-                                  f"pHash distance {dist}, {result.inliers} inliers of {result.good_matches} "
-                                  f"matches, coverage {result.coverage:.2f}, scale {result.scale:.2f}, "
-                                  f"rotation {result.rotation_deg:.1f} deg"))
-                break
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=MATCH_COLUMNS)
+            found.append((q, r, kind, f"{config.extractor}{'-mirror' if mirror else ''}", score, evidence))
+            break
+    return found
 
 
 def _first_per_query(frame: pd.DataFrame) -> pd.DataFrame:
