@@ -35,7 +35,7 @@ from .hashes import HASH_METHODS, compute_hash
 log = logging.getLogger(__name__)
 
 #: Bumped whenever a change alters fingerprint values; manifests of another version are recomputed or refused.
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 1  # unchanged by the batched pHash: it is bit-identical to OpenCV's
 THUMB_SIDE = 32
 DETAIL_SIDE = 256
 #: Crops whose pHashes are indexed: (top, left) offsets as fractions of the content, each keeping 80 %.
@@ -101,8 +101,33 @@ def content_box(gray: np.ndarray, tol: int = 12, max_trim: float = 0.3) -> tuple
     return top, h - bottom, left, w - right
 
 
-def _phash64(gray32: np.ndarray) -> int:
-    return compute_hash("p", gray32).to_uint64()
+def _dct_rows(n: int = THUMB_SIDE, k: int = 8) -> np.ndarray:
+    """The first ``k`` rows of the orthonormal DCT-II matrix of size ``n`` (what ``cv2.dct`` applies)."""
+    rows, cols = np.arange(k)[:, None], np.arange(n)[None, :]
+    scale = np.where(rows == 0, np.sqrt(1.0 / n), np.sqrt(2.0 / n))
+    return (np.cos(np.pi * (2 * cols + 1) * rows / (2 * n)) * scale).astype(np.float32)
+
+
+_DCT8 = _dct_rows()
+#: Sign of each low-frequency DCT coefficient under a horizontal flip: (-1) ** horizontal frequency.
+_MIRROR_SIGN = np.tile((-1.0) ** np.arange(8), 8).astype(np.float32)
+_BIG_ENDIAN_WEIGHTS = (np.uint64(1) << np.arange(63, -1, -1, dtype=np.uint64)).astype(np.uint64)
+
+
+def phash_batch(gray32: np.ndarray, mirror: bool = False) -> np.ndarray:
+    """OpenCV's pHash of each (32, 32) uint8 image in a stack, as uint64 (``ImageHash.to_uint64`` order).
+
+    Bit-identical to ``cv2.img_hash.pHash``: 8×8 low-frequency DCT block, DC zeroed, bit = coefficient > mean,
+    bits packed little-endian per byte. ``mirror=True`` gives the pHash of the horizontally flipped images
+    from the same coefficients (odd horizontal frequencies change sign).
+    """
+    coeffs = (_DCT8 @ gray32.astype(np.float32) @ _DCT8.T).reshape(len(gray32), 64)
+    if mirror:
+        coeffs = coeffs * _MIRROR_SIGN
+    coeffs[:, 0] = 0.0
+    bits = coeffs > coeffs.mean(axis=1, keepdims=True)
+    packed = np.packbits(bits, axis=1, bitorder="little")  # (n, 8) bytes as OpenCV lays them out
+    return np.ascontiguousarray(packed).view(">u8").reshape(-1).astype(np.uint64)
 
 
 def fingerprint_decoded(decoded: DecodedImage, extra_hashes: Sequence[str] = ()) -> Fingerprint:
@@ -121,14 +146,14 @@ def fingerprint_decoded(decoded: DecodedImage, extra_hashes: Sequence[str] = ())
     gray = gray[top:bottom, left:right]
     content = small[top:bottom, left:right]
     thumb = cv2.resize(content, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
-    gray32 = cv2.cvtColor(thumb, cv2.COLOR_RGB2GRAY)
     ch, cw = gray.shape
-    crops = np.empty(len(CROP_OFFSETS), dtype=np.uint64)
+    stack = np.empty((1 + len(CROP_OFFSETS), THUMB_SIDE, THUMB_SIDE), dtype=np.uint8)
+    stack[0] = cv2.cvtColor(thumb, cv2.COLOR_RGB2GRAY)
     kh, kw = max(1, round(ch * CROP_KEEP)), max(1, round(cw * CROP_KEEP))
-    for i, (t, l) in enumerate(CROP_OFFSETS):
+    for i, (t, l) in enumerate(CROP_OFFSETS, start=1):
         y, x = round(ch * t), round(cw * l)
-        crop = cv2.resize(gray[y : y + kh, x : x + kw], (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
-        crops[i] = _phash64(crop)
+        stack[i] = cv2.resize(gray[y : y + kh, x : x + kw], (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+    hashes = phash_batch(stack)
     ext = ".png" if ch * cw <= 64 * 64 else ".jpg"
     ok, encoded = cv2.imencode(ext, gray, [cv2.IMWRITE_JPEG_QUALITY, 92] if ext == ".jpg" else [])
     if not ok:
@@ -141,9 +166,9 @@ def fingerprint_decoded(decoded: DecodedImage, extra_hashes: Sequence[str] = ())
         width=decoded.width,
         height=decoded.height,
         pixel_digest=pixel_digest,
-        phash=_phash64(gray32),
-        phash_mirror=_phash64(np.ascontiguousarray(gray32[:, ::-1])),
-        crop_hashes=crops,
+        phash=int(hashes[0]),
+        phash_mirror=int(phash_batch(stack[:1], mirror=True)[0]),
+        crop_hashes=hashes[1:],
         thumb=thumb,
         detail=encoded.tobytes(),
         byte_digest=decoded.byte_digest,

@@ -1,0 +1,43 @@
+"""Fingerprints of one decoded image: OpenCV-identical pHashes, border trimming, crop hashes."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from conftest import COWS, EXIF_JPG
+
+from vdc_torch.decode import decode_file
+from vdc_torch.fingerprint import content_box, fingerprint_decoded, phash_batch
+from vdc_torch.hashes import compute_hash
+
+
+def real_gray32() -> np.ndarray:
+    files = sorted(COWS.glob("*.png")) + sorted(EXIF_JPG.glob("*.jpg"))[:20]
+    images = [cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in files]
+    return np.stack([cv2.resize(im, (32, 32), interpolation=cv2.INTER_AREA) for im in images if im is not None])
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_batched_phash_is_bit_identical_to_opencv(mirror: bool) -> None:
+    stack = real_gray32()
+    ours = phash_batch(stack, mirror=mirror)
+    source = stack[:, :, ::-1] if mirror else stack
+    theirs = [compute_hash("p", np.ascontiguousarray(g)).to_uint64() for g in source]
+    assert ours.tolist() == theirs
+
+
+def test_letterboxed_copy_fingerprints_like_its_original() -> None:
+    decoded = decode_file(EXIF_JPG / "Reconyx_HC500_Hyperfire.jpg")
+    original = fingerprint_decoded(decoded)
+    h, w = decoded.pixels.shape[:2]
+    decoded.pixels = cv2.copyMakeBorder(decoded.pixels, h // 6, h // 6, w // 10, w // 10, cv2.BORDER_CONSTANT, value=0)
+    boxed = fingerprint_decoded(decoded)
+    assert bin(original.phash ^ boxed.phash).count("1") <= 4
+
+
+def test_content_box_leaves_textured_images_whole() -> None:
+    gray = cv2.imread(str(sorted(COWS.glob("*.png"))[0]), cv2.IMREAD_GRAYSCALE)
+    assert content_box(gray) == (0, gray.shape[0], 0, gray.shape[1])
+    framed = cv2.copyMakeBorder(gray, 7, 7, 5, 5, cv2.BORDER_CONSTANT, value=255)
+    assert content_box(framed) == (7, 7 + gray.shape[0], 5, 5 + gray.shape[1])
