@@ -52,3 +52,4 @@ def test_corrupt_cache_is_ignored_with_a_warning(scenario, tmp_path: Path, caplo
     decision = DatasetGate(reference=scenario.reference, cache=cache, workers=0).check(scenario.new)
     assert abs(decision.overlap - scenario.true_overlap) <= 0.02
     assert "ignoring the fingerprint cache" in caplog.text
+    assert cache.read_bytes() == b"this is not a cache"  # a file we cannot read is never overwritten

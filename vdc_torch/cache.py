@@ -43,12 +43,14 @@ class FingerprintCache:
         self.path = Path(os.path.expanduser(str(path)))
         self._table = FingerprintTable.empty()
         self._results: dict[str, Any] = {}
+        self.writable = True
         if self.path.exists():
             try:
                 self._table, meta = load_manifest(self.path)
                 self._results = dict(meta.get("results", {}))
             except ManifestError as exc:
-                log.warning("ignoring the fingerprint cache %s: %s", self.path, exc)
+                self.writable = False  # never overwrite a file we cannot read: it may be the user's
+                log.warning("ignoring the fingerprint cache %s (it will not be written either): %s", self.path, exc)
         self._dirty = False
         self._by_key: dict[FileKey, int] = {}
         self._by_digest: dict[bytes, int] = {}
@@ -116,6 +118,8 @@ class FingerprintCache:
 
     def save(self) -> None:
         """Merge new entries into the cache file atomically (entries for the same path are replaced)."""
+        if not self.writable:
+            return
         if not self._pending:
             if self._dirty:
                 save_manifest(self.path, self._table, {"kind": "fingerprint-cache", "results": self._results})
