@@ -22,8 +22,7 @@ def photo_files() -> list[Path]:
     """Readable real camera photos (distinct scenes) from exif-samples."""
     files = sorted(EXIF_JPG.glob("*.jpg")) + sorted((EXIF_JPG / "gps").glob("*.jpg"))
     files += sorted((EXIF_JPG / "exif-org").glob("*.jpg"))
-    # corrupted.jpg is damaged; the photoshop import is an edited export of Canon_40D.jpg (a real near-duplicate)
-    return [f for f in files if f.name not in ("corrupted.jpg", "Canon_40D_photoshop_import.jpg")]
+    return [f for f in files if f.name != "corrupted.jpg"]  # corrupted.jpg is damaged on purpose
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("exact", "near_duplicate", "similar")
 #: Bumped whenever the cascade changes its results for the same fingerprints and config (invalidates caches).
-MATCHING_VERSION = 2
+MATCHING_VERSION = 3
 _KIND_RANK = {"exact": 0, "near_duplicate": 1, "similar": 2}
 MATCH_COLUMNS = ["new_row", "ref_row", "kind", "method", "score", "evidence"]
 
@@ -58,7 +58,8 @@ class MatchConfig:
     extractor: str = "sift"
     max_features: int = 400
     min_inliers: int = 12
-    min_coverage: float = 0.25
+    min_coverage: float = 0.15  # share of the image the verified matches must span (features.verify)
+    crop_coverage_ratio: float = 0.8  # reference coverage below this share of the new one: a crop
     max_feature_candidates: int = 5  # per new sample, best hash candidates sent to feature verification
     feature_min_thumb_similarity: float = 0.5  # hash candidates need this gray NCC before feature verification
     encoder_similarity: float = 0.90  # cosine of model embeddings for an encoder candidate to count
@@ -348,16 +349,21 @@ def _verify_groups(groups: list[tuple[int, list[tuple[int, int, bool]]]]) -> lis
     for q, candidates in groups:
         for r, dist, mirror in candidates:
             query = new_cache.get(q, mirror=mirror)
-            result = local_features.verify(query, ref_cache.get(r), min_inliers=config.min_inliers)
-            if not (result.matched and result.coverage >= config.min_coverage):
+            result = local_features.verify(
+                query, ref_cache.get(r), min_inliers=config.min_inliers, min_coverage=config.min_coverage
+            )
+            if not result.matched:
                 continue
+            # matches spread over a crop span a smaller share of its original than of the crop itself
+            cropped = result.coverage_b < config.crop_coverage_ratio * result.coverage_a
             kind = "near_duplicate"
-            if (mirror and not config.mirror_is_duplicate) or (not config.crop_is_duplicate and result.scale < 0.95):
+            if (mirror and not config.mirror_is_duplicate) or (cropped and not config.crop_is_duplicate):
                 kind = "similar"
             score = min(1.0, result.inliers / max(1, len(query)))
             evidence = (
                 f"pHash distance {dist}, {result.inliers} inliers of {result.good_matches} matches, "
-                f"coverage {result.coverage:.2f}, scale {result.scale:.2f}, rotation {result.rotation_deg:.1f} deg"
+                f"coverage {result.coverage_a:.2f} new / {result.coverage_b:.2f} reference, "
+                f"scale {result.scale:.2f}, rotation {result.rotation_deg:.1f} deg{', crop' if cropped else ''}"
             )
             found.append((q, r, kind, f"{config.extractor}{'-mirror' if mirror else ''}", score, evidence))
             break
