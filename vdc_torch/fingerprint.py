@@ -318,8 +318,23 @@ def _collate_list(batch: list[Any]) -> list[Any]:
 
 
 def _worker_init(_: int) -> None:
-    cv2.setNumThreads(1)
     torch.set_num_threads(1)
+
+
+class single_threaded_opencv:
+    """Context: OpenCV on one thread while worker processes are forked, restored afterwards.
+
+    Calling ``cv2.setNumThreads`` inside a forked child can deadlock when the parent has used OpenCV's thread
+    pool (seen after a torch backward pass); setting it in the parent before the fork is safe, and each worker
+    then runs OpenCV on one thread, so workers do not oversubscribe the cores.
+    """
+
+    def __enter__(self) -> None:
+        self.previous = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        cv2.setNumThreads(self.previous)
 
 
 def default_workers() -> int:
@@ -387,14 +402,15 @@ def compute_fingerprints(
     results: dict[int, Fingerprint] = {}
     problems: list[Problem] = []
     bar = _progress(len(todo), desc, progress)
-    for batch in loader:
-        for index, result in batch:
-            if isinstance(result, Problem):
-                problems.append(result)
-            else:
-                results[index] = result
-                problems.extend(Problem(index, dataset.samples[index][0], w, fatal=False) for w in result.warnings)
-        bar.update(len(batch))
+    with single_threaded_opencv():
+        for batch in loader:
+            for index, result in batch:
+                if isinstance(result, Problem):
+                    problems.append(result)
+                else:
+                    results[index] = result
+                    problems.extend(Problem(index, dataset.samples[index][0], w, fatal=False) for w in result.warnings)
+            bar.update(len(batch))
     bar.close()
     order = sorted(results)
     fresh = _labelled(FingerprintTable.from_rows(order, [], [], [results[i] for i in order]), dataset, order)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from . import features as local_features
-from .fingerprint import CROP_OFFSETS, FingerprintTable, decode_detail, default_workers
+from .fingerprint import CROP_OFFSETS, FingerprintTable, decode_detail, default_workers, single_threaded_opencv
 from .index import ExactIndex, HammingIndex
 
 log = logging.getLogger(__name__)
@@ -322,7 +322,7 @@ def _verify_with_features(
             from concurrent.futures import ProcessPoolExecutor
 
             chunks = [groups[i::workers] for i in range(workers)]
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_one_thread) as pool:
+            with single_threaded_opencv(), ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
                 results = [row for part in pool.map(_verify_groups, chunks) for row in part]
         else:
             results = _verify_groups(groups)
@@ -333,10 +333,6 @@ def _verify_with_features(
 
 
 _FEATURE_JOB: tuple[FingerprintTable, FingerprintTable, MatchConfig] | None = None
-
-
-def _one_thread() -> None:
-    cv2.setNumThreads(1)
 
 
 def _verify_groups(groups: list[tuple[int, list[tuple[int, int, bool]]]]) -> list[tuple[Any, ...]]:
