@@ -275,8 +275,9 @@ class DatasetGate:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the reference manifest atomically to ``path``."""
+        table = self.reference_table  # fingerprints first: computing them records the reference root
         meta = {k: v for k, v in self.meta.items() if k not in ("format", "format_version", "saved_at", "samples")}
-        return save_manifest(path, self.reference_table, meta)
+        return save_manifest(path, table, meta)
 
     def update(self, dataset: Any) -> int:
         """Add a dataset the model has now been trained on to the reference; returns the rows added."""
