@@ -1,0 +1,8 @@
+"""``python -m vdc_torch`` runs the ``vdc`` command line (see :mod:`vdc_torch.cli`)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
