@@ -9,6 +9,7 @@ from __future__ import annotations
 from .data import Dataset
 from .errors import DatasetNotFoundError, ImageDecodeError, InvalidParameterError, ManifestError, VdcError
 from .gate import Action, DatasetGate, Decision, Policy, decide
+from .hooks import commit_training, pretrain_gate
 from .matching import MatchConfig
 
 __version__ = "0.1.0"
@@ -25,5 +26,7 @@ __all__ = [
     "MatchConfig",
     "Policy",
     "VdcError",
+    "commit_training",
     "decide",
+    "pretrain_gate",
 ]
