@@ -202,3 +202,28 @@ def test_index_never_writes_into_the_dataset_folder(scenario, tmp_path: Path) ->
     before = sorted(p.name for p in scenario.reference.iterdir())
     assert main(["index", str(scenario.reference), "-o", str(tmp_path / "m.vdc"), "-q"]) == 0
     assert sorted(p.name for p in scenario.reference.iterdir()) == before
+
+
+def test_gate_encoder_option_imports_a_module_factory(scenario, tmp_path, monkeypatch) -> None:
+    import json
+    import sys
+
+    from vdc_torch import cli
+
+    (tmp_path / "my_encoders.py").write_text(
+        "import torch\n"
+        "from torch import nn\n"
+        "from vdc_torch.encoder import LayerEncoder\n"
+        "def tiny():\n"
+        "    torch.manual_seed(0)\n"
+        "    return LayerEncoder(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), layer='1', grid=2)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "d.json"
+    code = cli.main(["gate", "--reference", str(scenario.reference), "--new", str(scenario.new),
+                     "--encoder", "my_encoders:tiny", "--json", str(out), "-q"])
+    assert code == 0
+    assert json.loads(out.read_text())["action"] == "train"
+    assert cli.main(["gate", "--reference", str(scenario.reference), "--new", str(scenario.new),
+                     "--encoder", "my_encoders:absent", "-q"]) == 1
+    sys.modules.pop("my_encoders", None)

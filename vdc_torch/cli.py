@@ -164,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="let 'similar' matches count as already trained on")
     p.add_argument("--skip-exit-code", type=_exit_code, default=EXIT_SKIP, metavar="CODE",
                    help=f"exit code for 'skip' (default {EXIT_SKIP})")
+    p.add_argument("--encoder", metavar="MODULE:NAME",
+                   help="add model features as a method: NAME in MODULE is a torch module mapping an image batch "
+                        "to embeddings, or a function returning one (e.g. mypkg.models:gate_encoder)")
+    p.add_argument("--cache", metavar="FILE",
+                   help="fingerprint cache file: unchanged files are not decoded again on the next run")
 
     p = sub.add_parser("update", parents=[common, workers],
                        help="after training on DIR, add its novel samples to the manifest",
@@ -248,11 +253,36 @@ def _open_gate(reference: str, args: argparse.Namespace, policy: Any) -> Any:
     from .gate import DatasetGate
 
     kwargs = {"policy": policy, "workers": args.workers, "progress": _progress(args)}
+    if getattr(args, "encoder", None):
+        kwargs["encoder"] = load_encoder(args.encoder)
+    if getattr(args, "cache", None):
+        kwargs["cache"] = args.cache
     if os.path.isfile(reference):
         return DatasetGate.load(reference, **kwargs)
     if os.path.isdir(reference):  # absolute, so a saved manifest and reports find the images from anywhere
         return DatasetGate(reference=os.path.abspath(reference), **kwargs)
     raise DatasetNotFoundError(f"reference {reference!r} is neither a manifest file nor an image folder")
+
+
+def load_encoder(spec: str) -> Any:
+    """Import ``MODULE:NAME``; NAME is a torch module or a zero-argument function returning one."""
+    import importlib
+
+    import torch
+
+    from .errors import InvalidParameterError
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise InvalidParameterError(f"--encoder={spec!r} is not of the form MODULE:NAME (e.g. mypkg.models:encoder)")
+    try:
+        target = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise InvalidParameterError(f"--encoder={spec!r} cannot be imported: {exc}") from exc
+    encoder = target if isinstance(target, torch.nn.Module) else target() if callable(target) else target
+    if not isinstance(encoder, torch.nn.Module):
+        raise InvalidParameterError(f"--encoder={spec!r} gave {type(encoder).__name__}, not a torch.nn.Module")
+    return encoder
 
 
 def decision_paragraph(decision: Any) -> str:
