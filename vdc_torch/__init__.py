@@ -6,6 +6,7 @@ Data flows one way: files -> decoded images (``decode``) -> fingerprints (``fing
 
 from __future__ import annotations
 
+from .compat import FeatureExtractor, Hash, Image, Metrics, VisDatCompare
 from .data import Dataset
 from .errors import DatasetNotFoundError, ImageDecodeError, InvalidParameterError, ManifestError, VdcError
 from .gate import Action, DatasetGate, Decision, Policy, decide
@@ -16,6 +17,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Action",
+    "FeatureExtractor",
+    "Hash",
+    "Image",
+    "Metrics",
+    "VisDatCompare",
     "Dataset",
     "DatasetGate",
     "DatasetNotFoundError",

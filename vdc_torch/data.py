@@ -255,13 +255,16 @@ class Dataset(torch.utils.data.Dataset):
         raise KeyError(f"no image named {filename!r} in dataset {self.name!r}")
 
     def delete_image(self, image: Any) -> None:
-        """Remove an image (an ``Image``, path or file name) from this in-memory dataset; the file stays."""
-        target = getattr(image, "path", image)
-        target = str(target)
-        keep = [
-            i for i, (path, _) in enumerate(self.samples)
-            if path != target and os.path.basename(path) != target
-        ]
+        """Remove an image (an ``Image``, a path or a bare file name) from this in-memory dataset; the file stays.
+
+        ``KeyError`` when nothing matches. A bare file name removes every sample with that name.
+        """
+        target = os.fspath(getattr(image, "path", image))
+        if os.sep in target or (os.altsep and os.altsep in target):
+            key = os.path.normcase(os.path.abspath(target))
+            keep = [i for i, (path, _) in enumerate(self.samples) if os.path.normcase(os.path.abspath(path)) != key]
+        else:
+            keep = [i for i, (path, _) in enumerate(self.samples) if os.path.basename(path) != target]
         if len(keep) == len(self.samples):
             raise KeyError(f"image {target!r} is not in dataset {self.name!r}")
         self.select(keep)
@@ -275,14 +278,23 @@ class Dataset(torch.utils.data.Dataset):
         self.samples = [self.samples[i] for i in indices]
 
     def get_exif_data(self) -> Any:
-        """EXIF of every image as a ``pandas.DataFrame``: one row per image, ``Filename`` and ``FileExtension`` first."""
+        """EXIF of every image as a ``pandas.DataFrame`` (also stored as ``exif_data``).
+
+        One row per image, ``Filename`` (without extension) and ``FileExtension`` (without the dot) first; binary
+        tags such as ``MakerNote`` are summarised as ``"<N bytes>"``. An image without EXIF, or whose EXIF cannot be
+        read (logged as a warning), gets a row with only those two columns filled.
+        """
         import pandas as pd
 
         from .compat import Image
 
         rows = []
         for path, _ in self.samples:
-            tags = Image(path).get_exif_data(warn=False) or {}
+            try:
+                tags = Image(path).get_exif_data(warn=False) or {}
+            except ImageDecodeError as exc:
+                log.warning("%s", exc)
+                tags = {}
             stem, ext = os.path.splitext(os.path.basename(path))
             rows.append({"Filename": stem, "FileExtension": ext.lstrip("."), **tags})
         self.exif_data = pd.DataFrame(rows)
