@@ -5,21 +5,30 @@ the pixels (DCT-reduced for large JPEGs, EXIF orientation applied) into an RGB `
 ``decode_object`` does the same for in-memory samples (PIL images, tensors, arrays). Every failure is an
 :class:`~vdc_torch.errors.ImageDecodeError` whose message names the file and the reason; a malformed EXIF
 block is *not* a failure: the pixels are used and the problem is recorded in ``DecodedImage.warnings``.
+
+Untrusted files are handled defensively: only regular files are read (a FIFO, socket, device or directory
+named ``*.jpg`` is refused without blocking), files larger than ``max_bytes`` are refused before they are
+read, images declaring more than ``max_pixels`` pixels are refused before any pixel memory is allocated, and
+no exception other than ``ImageDecodeError`` leaves :func:`decode_bytes` / :func:`decode_file`. Pillow's
+global settings (``LOAD_TRUNCATED_IMAGES``, ``MAX_IMAGE_PIXELS``) are read, never changed.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
 import os
+import stat as stat_module
+import struct
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageDecodeError
 
@@ -33,6 +42,9 @@ IMG_EXTENSIONS: tuple[str, ...] = (
 #: Images declaring more pixels than this are refused before any pixel memory is allocated.
 DEFAULT_MAX_PIXELS = 150_000_000
 
+#: Files larger than this are refused before they are read (an image file this large is not a training sample).
+DEFAULT_MAX_BYTES = 1 << 30
+
 #: Large JPEGs are decoded with DCT scaling so that their shorter side stays at least this long.
 DEFAULT_DECODE_SIDE = 256
 
@@ -42,7 +54,13 @@ _EXIF_IFD = 0x8769
 _TAG_DATETIME_ORIGINAL, _TAG_SUBSEC_ORIGINAL = 0x9003, 0x9291
 _TAG_UNIQUE_ID, _TAG_BODY_SERIAL = 0xA420, 0xA431
 
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+_FILE_KINDS = (
+    (stat_module.S_ISDIR, "a directory"),
+    (stat_module.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat_module.S_ISSOCK, "a socket"),
+    (stat_module.S_ISCHR, "a character device"),
+    (stat_module.S_ISBLK, "a block device"),
+)
 
 
 @dataclass
@@ -71,11 +89,83 @@ def has_image_extension(path: str | os.PathLike[str], extensions: tuple[str, ...
     return str(path).lower().endswith(extensions)
 
 
+def display_name(path: str | bytes | os.PathLike[Any]) -> str:
+    """``path`` as printable text: bytes that are not UTF-8 (e.g. a Latin-1 file name) become ``\\xNN`` escapes.
+
+    >>> display_name(b"caf\\xe9.jpg")
+    'caf\\\\xe9.jpg'
+    """
+    raw = os.fsencode(path)
+    return raw.decode("utf-8", errors="backslashreplace")
+
+
+def read_file(
+    path: str | bytes | os.PathLike[Any], *, max_bytes: int = DEFAULT_MAX_BYTES
+) -> tuple[bytes, os.stat_result]:
+    """Read a regular file's bytes once; anything else (pipe, device, directory, link loop...) is refused.
+
+    The file is opened non-blocking, so a FIFO named ``x.jpg`` cannot hang the run, and checked with ``fstat``
+    on the open descriptor, so a file swapped after a check cannot slip through.
+    """
+    name = display_name(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise ImageDecodeError(f"{name}: {_open_failure(path, exc)}") from exc
+    try:
+        st = os.fstat(fd)
+        for test, kind in _FILE_KINDS:
+            if test(st.st_mode):
+                raise ImageDecodeError(f"{name}: is {kind}, not a regular image file")
+        if st.st_size > max_bytes:
+            raise ImageDecodeError(f"{name}: file of {st.st_size} bytes is larger than max_bytes={max_bytes}; refused")
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = os.read(fd, min(1 << 22, max_bytes + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:
+                raise ImageDecodeError(f"{name}: file grew beyond max_bytes={max_bytes} while it was read; refused")
+        return b"".join(chunks), st
+    except OSError as exc:
+        raise ImageDecodeError(f"{name}: read error ({exc.strerror or exc})") from exc
+    finally:
+        os.close(fd)
+
+
+def _open_failure(path: str | bytes | os.PathLike[Any], exc: OSError) -> str:
+    """The reason, in words, why ``open`` failed."""
+    if exc.errno == errno.ENOENT:
+        if os.path.islink(path):
+            try:
+                target = display_name(os.readlink(path))
+            except OSError:
+                target = "?"
+            return f"broken symbolic link (points to {target!r}, which does not exist)"
+        return "file not found (deleted or moved after the dataset was scanned?)"
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop (too many levels of symbolic links)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno == errno.EISDIR:
+        return "is a directory, not a regular image file"
+    if exc.errno == errno.ENXIO:
+        return "is a socket or a device without a reader, not a regular image file"
+    if exc.errno == errno.ENOTDIR:
+        return "file not found (a parent folder is not a directory)"
+    return f"cannot be opened ({exc.strerror or exc})"
+
+
 def decode_file(
-    path: str | os.PathLike[str],
+    path: str | bytes | os.PathLike[Any],
     *,
     decode_side: int | None = DEFAULT_DECODE_SIDE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> DecodedImage:
     """Read and decode one image file once.
 
@@ -84,29 +174,39 @@ def decode_file(
     >>> decoded = decode_file("photo.jpg")  # doctest: +SKIP
     >>> decoded.pixels.shape, decoded.width, decoded.height  # doctest: +SKIP
     """
-    path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            stat = os.fstat(handle.fileno())
-            data = handle.read()
-    except IsADirectoryError as exc:
-        raise ImageDecodeError(f"{path}: is a directory, not an image file") from exc
-    except PermissionError as exc:
-        raise ImageDecodeError(f"{path}: permission denied") from exc
-    except FileNotFoundError as exc:
-        reason = "broken symbolic link" if path.is_symlink() else "file not found"
-        raise ImageDecodeError(f"{path}: {reason}") from exc
-    except OSError as exc:
-        raise ImageDecodeError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    name = display_name(path)
+    data, st = read_file(path, max_bytes=max_bytes)
     if not data:
-        raise ImageDecodeError(f"{path}: empty file (0 bytes)")
-    decoded = decode_bytes(data, name=str(path), decode_side=decode_side, max_pixels=max_pixels)
+        reason = "empty file (0 bytes)" if st.st_size == 0 else f"empty when read, {st.st_size} bytes at open"
+        raise ImageDecodeError(f"{name}: {reason}")
+    decoded = decode_bytes(data, name=name, decode_side=decode_side, max_pixels=max_pixels)
     decoded.byte_digest = digest(data)
     decoded.file_size = len(data)
-    decoded.mtime_ns = stat.st_mtime_ns
-    if stat.st_size != len(data):
-        decoded.warnings.append(f"file changed while it was read ({stat.st_size} bytes at open, {len(data)} read)")
+    decoded.mtime_ns = st.st_mtime_ns
+    if st.st_size != len(data):
+        decoded.warnings.append(
+            f"{name}: file changed while it was read ({st.st_size} bytes at open, {len(data)} read)"
+        )
     return decoded
+
+
+def load_image(
+    path: str | bytes | os.PathLike[Any], *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Image.Image:
+    """An image file as an RGB PIL image, read and converted exactly as the fingerprints see it.
+
+    The same safety as :func:`decode_file` (regular files only, size and pixel limits, one clear
+    :class:`ImageDecodeError` naming the file), full resolution, EXIF orientation applied, alpha composited on
+    white, 16-bit scaled. Suitable as ``Dataset(loader=...)``.
+
+    >>> image = load_image("photo.jpg")  # doctest: +SKIP
+    """
+    name = display_name(path)
+    data, _ = read_file(path, max_bytes=max_bytes)
+    if not data:
+        raise ImageDecodeError(f"{name}: empty file (0 bytes)")
+    decoded = decode_bytes(data, name=name, decode_side=None, max_pixels=max_pixels)
+    return Image.fromarray(decoded.pixels, "RGB")
 
 
 def decode_bytes(
@@ -116,10 +216,28 @@ def decode_bytes(
     decode_side: int | None = DEFAULT_DECODE_SIDE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> DecodedImage:
-    """Decode an encoded image held in memory (see :func:`decode_file`)."""
+    """Decode an encoded image held in memory (see :func:`decode_file`).
+
+    Returns a :class:`DecodedImage` with (H, W, 3) ``uint8`` pixels or raises :class:`ImageDecodeError`; no other
+    exception escapes, whatever the bytes.
+    """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return _decode_bytes(data, name, decode_side, max_pixels)
+    except ImageDecodeError:
+        raise
+    except MemoryError as exc:
+        raise ImageDecodeError(f"{name}: out of memory while decoding; refused") from exc
+    except Exception as exc:  # a decoder bug or an exotic failure: one sample must never end the run
+        log.debug("unexpected decode failure for %s", name, exc_info=True)
+        raise ImageDecodeError(f"{name}: corrupt image data ({type(exc).__name__}: {exc})") from exc
+
+
+def _decode_bytes(data: bytes, name: str, decode_side: int | None, max_pixels: int) -> DecodedImage:
+    if not data:
+        raise ImageDecodeError(f"{name}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings(record=True) as opening:  # Pillow may parse (and warn about) EXIF here
+            warnings.simplefilter("always")
             image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"{name}: refused as a decompression bomb ({exc})") from exc
@@ -137,21 +255,36 @@ def decode_bytes(
                 "refused without decoding (possible decompression bomb)"
             )
         problems: list[str] = []
-        exif_identity, orientation = _read_exif_identity(image, problems)
-        frames = int(getattr(image, "n_frames", 1) or 1)
-        fmt = image.format
-        if decode_side and fmt == "JPEG" and min(width, height) > 2 * decode_side:
-            scale = min(width, height) / decode_side
-            image.draft("RGB", (max(1, int(width / scale)), max(1, int(height / scale))))
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+        early = [str(w.message) for w in opening if not issubclass(w.category, Image.DecompressionBombWarning)]
+        exif_early = [m for m in early if "exif" in m.lower() or "tag" in m.lower()]
+        other_early = list(dict.fromkeys(m for m in early if m not in exif_early))
+        exif_identity, orientation = _read_exif_identity(image, problems, exif_early)
+        if other_early:
+            problems.append(f"header oddities ignored: {'; '.join(other_early[:4])}")
+        problems = [f"{name}: {p}" for p in problems]
+        with warnings.catch_warnings():
+            # Pillow warns about broken tags of later frames and the like while seeking and decoding; the
+            # outcome (pixels or ImageDecodeError) says what matters, so the library stays quiet.
+            warnings.simplefilter("ignore")
+            try:
+                frames = int(getattr(image, "n_frames", 1) or 1)
+                image.seek(0)
+            except Exception as exc:  # noqa: BLE001 - a broken frame table: the first frame may still be fine
+                problems.append(f"{name}: frame count unreadable, first frame used ({type(exc).__name__}: {exc})")
+                frames = 1
+            fmt = image.format
+            if decode_side and fmt == "JPEG" and min(width, height) > 2 * decode_side:
+                scale = min(width, height) / decode_side
+                image.draft("RGB", (max(1, int(width / scale)), max(1, int(height / scale))))
+            try:
                 image.load()
-            pixels = to_rgb_array(image)
-        except Image.DecompressionBombError as exc:
-            raise ImageDecodeError(f"{name}: refused as a decompression bomb ({exc})") from exc
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise ImageDecodeError(f"{name}: corrupt or truncated image data ({exc})") from exc
+                pixels = to_rgb_array(image)
+            except Image.DecompressionBombError as exc:
+                raise ImageDecodeError(f"{name}: refused as a decompression bomb ({exc})") from exc
+            except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as exc:
+                raise ImageDecodeError(f"{name}: corrupt or truncated image data ({exc})") from exc
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8 or pixels.size == 0:
+        raise ImageDecodeError(f"{name}: decoded to an unusable array of shape {pixels.shape} ({pixels.dtype})")
     pixels = apply_orientation(pixels, orientation)
     if orientation in (5, 6, 7, 8):
         width, height = height, width
@@ -162,18 +295,38 @@ def decode_bytes(
 
 
 def decode_object(sample: Any, *, name: str = "<sample>") -> DecodedImage:
-    """Decode an in-memory sample: a PIL image, a ``torch.Tensor`` (C,H,W) or an ``ndarray`` (H,W[,C])."""
+    """Decode an in-memory sample: a PIL image, a ``torch.Tensor`` (C,H,W) or an ``ndarray`` (H,W[,C]).
+
+    Like :func:`decode_bytes`, it returns valid pixels or raises :class:`ImageDecodeError` naming ``name``.
+    """
+    try:
+        return _decode_object(sample, name)
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # e.g. a lazily opened PIL image whose file turns out truncated
+        reason = f"cannot convert the sample to RGB pixels ({type(exc).__name__}: {exc})"
+        raise ImageDecodeError(f"{name}: {reason}") from exc
+
+
+def _decode_object(sample: Any, name: str) -> DecodedImage:
     if isinstance(sample, Image.Image):
         problems: list[str] = []
         exif_identity, orientation = _read_exif_identity(sample, problems)
-        pixels = apply_orientation(to_rgb_array(sample), orientation)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pixels = apply_orientation(to_rgb_array(sample), orientation)
         h, w = pixels.shape[:2]
-        return DecodedImage(pixels=pixels, width=w, height=h, exif_identity=exif_identity, warnings=problems)
+        if h == 0 or w == 0:
+            raise ImageDecodeError(f"{name}: empty image of size {w}x{h}")
+        return DecodedImage(pixels=pixels, width=w, height=h, exif_identity=exif_identity,
+                            warnings=[f"{name}: {p}" for p in problems])
     array = _tensor_to_hwc(sample) if _is_tensor(sample) else sample
     if not isinstance(array, np.ndarray):
         raise ImageDecodeError(
             f"{name}: unsupported sample type {type(sample).__name__}; expected a PIL image, tensor or ndarray"
         )
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
     pixels = _array_to_rgb_uint8(array, name)
     h, w = pixels.shape[:2]
     return DecodedImage(pixels=pixels, width=w, height=h)
@@ -220,19 +373,28 @@ def read_exif_tags(image: Image.Image) -> dict[str, Any]:
     """All EXIF tags of IFD0, the Exif sub-IFD and GPS as ``{tag name: value}`` (bytes made printable)."""
     from PIL import ExifTags
 
-    exif = image.getexif()
-    tags: dict[str, Any] = {}
-    sources = [(exif, ExifTags.TAGS)]
-    for ifd_id, names in ((_EXIF_IFD, ExifTags.TAGS), (0x8825, ExifTags.GPSTAGS)):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns about each broken tag; what is readable is returned
         try:
-            sources.append((exif.get_ifd(ifd_id), names))
-        except Exception as exc:  # malformed sub-IFD: keep what is readable
-            log.debug("sub-IFD %#x unreadable: %s", ifd_id, exc)
-    for source, names in sources:
-        for tag_id, value in source.items():
-            if tag_id in (_EXIF_IFD, 0x8825):
-                continue
-            tags[names.get(tag_id, f"Tag{tag_id:#06x}")] = printable_exif_value(value)
+            exif = image.getexif()
+        except Exception as exc:  # noqa: BLE001 - a malformed EXIF block: no tags, never a failure
+            log.debug("EXIF unreadable: %s", exc)
+            return {}
+        tags: dict[str, Any] = {}
+        sources = [(exif, ExifTags.TAGS)]
+        for ifd_id, names in ((_EXIF_IFD, ExifTags.TAGS), (0x8825, ExifTags.GPSTAGS)):
+            try:
+                sources.append((exif.get_ifd(ifd_id), names))
+            except Exception as exc:  # noqa: BLE001 - malformed sub-IFD: keep what is readable
+                log.debug("sub-IFD %#x unreadable: %s", ifd_id, exc)
+        for source, names in sources:
+            try:
+                for tag_id, value in source.items():
+                    if tag_id in (_EXIF_IFD, 0x8825):
+                        continue
+                    tags[names.get(tag_id, f"Tag{tag_id:#06x}")] = printable_exif_value(value)
+            except Exception as exc:  # noqa: BLE001 - a tag that cannot even be listed: keep the others
+                log.debug("EXIF tags partly unreadable: %s", exc)
     return tags
 
 
@@ -255,28 +417,55 @@ def printable_exif_value(value: Any) -> Any:
     try:  # IFDRational and friends
         if hasattr(value, "numerator") and hasattr(value, "denominator") and not isinstance(value, int):
             return float(value) if value.denominator else None
-    except Exception:
+    except Exception:  # noqa: BLE001 - an odd rational: shown as text
         return str(value)
     return value
 
 
-def _read_exif_identity(image: Image.Image, problems: list[str]) -> tuple[str | None, int]:
-    """Return (identity key or None, orientation) and append a message for malformed EXIF."""
+def _read_exif_identity(
+    image: Image.Image, problems: list[str], early_warnings: Sequence[str] = ()
+) -> tuple[str | None, int]:
+    """Return (identity key or None, orientation); append one message when the EXIF block is malformed.
+
+    The EXIF block is checked structurally (:func:`exif_problems`) and Pillow's own corrupt-EXIF warnings (also
+    ``early_warnings``, those raised while the file was opened) are collected, so a broken block is reported even
+    where Pillow silently skips the broken tags.
+    """
+    issues: list[str] = list(early_warnings)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        identity, orientation = _exif_fields(image, issues)
+    raw = image.info.get("exif") if isinstance(getattr(image, "info", None), dict) else None
+    if isinstance(raw, (bytes, bytearray)) and raw:
+        issues.extend(exif_problems(bytes(raw)))
+    issues.extend(str(w.message) for w in caught if not issubclass(w.category, Image.DecompressionBombWarning))
+    issues = list(dict.fromkeys(issues))  # unique, in order
+    if issues:
+        shown = "; ".join(issues[:4]) + (f"; and {len(issues) - 4} more" if len(issues) > 4 else "")
+        problems.append(f"malformed EXIF, broken tags ignored and pixels used: {shown}")
+    return identity, orientation
+
+
+def _exif_fields(image: Image.Image, issues: list[str]) -> tuple[str | None, int]:
     try:
         exif = image.getexif()
-    except Exception as exc:
-        problems.append(f"malformed EXIF ignored ({type(exc).__name__}: {exc})")
+    except Exception as exc:  # noqa: BLE001 - untrusted metadata: any failure is recorded, never raised
+        issues.append(f"EXIF block unreadable ({type(exc).__name__}: {exc})")
         return None, 1
     orientation = 1
+    raw = exif.get(_TAG_ORIENTATION, 1)
     try:
-        raw = exif.get(_TAG_ORIENTATION, 1)
-        orientation = int(raw) if int(raw) in range(1, 9) else 1
-    except Exception:
-        problems.append(f"malformed EXIF orientation {exif.get(_TAG_ORIENTATION)!r} ignored")
+        value = int(raw)
+        if value in range(1, 9):
+            orientation = value
+        elif value != 0:  # 0 ("undefined") is common and harmless
+            issues.append(f"orientation {value} is not 1-8, taken as 1")
+    except Exception:  # noqa: BLE001 - untrusted metadata: any failure is recorded, never raised
+        issues.append(f"orientation {raw!r} is not a number, taken as 1")
     try:
         sub = exif.get_ifd(_EXIF_IFD) if _EXIF_IFD in exif else {}
-    except Exception as exc:
-        problems.append(f"malformed EXIF sub-IFD ignored ({type(exc).__name__}: {exc})")
+    except Exception as exc:  # noqa: BLE001 - untrusted metadata: any failure is recorded, never raised
+        issues.append(f"Exif sub-IFD unreadable ({type(exc).__name__}: {exc})")
         sub = {}
     try:
         taken = _clean(sub.get(_TAG_DATETIME_ORIGINAL))
@@ -288,9 +477,78 @@ def _read_exif_identity(image: Image.Image, problems: list[str]) -> tuple[str | 
             f"{taken}.{_clean(sub.get(_TAG_SUBSEC_ORIGINAL))}", unique, _clean(sub.get(_TAG_BODY_SERIAL)),
         ]
         return "|".join(parts), orientation
-    except Exception as exc:
-        problems.append(f"malformed EXIF identity tags ignored ({type(exc).__name__}: {exc})")
+    except Exception as exc:  # noqa: BLE001 - untrusted metadata: any failure is recorded, never raised
+        issues.append(f"identity tags unreadable ({type(exc).__name__}: {exc})")
         return None, orientation
+
+
+#: Byte size of one value of each TIFF field type (1 BYTE ... 13 IFD, 16-18 BigTIFF).
+_TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4,
+                    16: 8, 17: 8, 18: 8}
+_TIFF_TYPE_NAMES = {1: "BYTE", 2: "ASCII", 3: "SHORT", 4: "LONG", 5: "RATIONAL", 7: "UNDEFINED", 13: "IFD"}
+_IFD_POINTERS = {0x8769: "Exif", 0x8825: "GPS", 0xA005: "Interoperability"}
+
+
+def exif_problems(raw: bytes, max_ifds: int = 16) -> list[str]:
+    """Structural problems of a raw EXIF block (TIFF header, IFD0/IFD1 and the Exif, GPS, Interop IFDs).
+
+    Checks what a reader relies on: the byte-order mark, IFD offsets inside the block, entry tables that do not
+    run past its end, sub-IFD pointers of the right type, no IFD reached twice (a loop), value data inside the
+    block and known field types. An empty list means the block is well-formed. Maker notes are not inspected.
+
+    >>> exif_problems(b"Exif\\x00\\x00II*\\x00\\x08\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00")
+    []
+    """
+    data = raw[6:] if raw.startswith(b"Exif\x00\x00") else raw
+    n = len(data)
+    if n < 8:
+        return [f"EXIF block of {n} bytes is too short for its TIFF header"]
+    if data[:2] not in (b"II", b"MM"):
+        return [f"EXIF block starts with {data[:4]!r}, not a TIFF byte-order mark"]
+    order = "<" if data[:2] == b"II" else ">"
+    issues: list[str] = []
+    if struct.unpack(order + "H", data[2:4])[0] != 42:
+        issues.append("EXIF TIFF header has a wrong magic number")
+    todo: list[tuple[str, int]] = [("IFD0", struct.unpack(order + "L", data[4:8])[0])]
+    visited: dict[int, str] = {}
+    while todo and len(visited) < max_ifds:
+        name, offset = todo.pop(0)
+        if offset in visited:
+            issues.append(f"the {name} IFD pointer leads back to the {visited[offset]} IFD (offset {offset})")
+            continue
+        if offset < 8 or offset + 2 > n:
+            issues.append(f"the {name} IFD offset {offset} lies outside the {n}-byte EXIF block")
+            continue
+        visited[offset] = name
+        count = struct.unpack(order + "H", data[offset : offset + 2])[0]
+        if offset + 2 + 12 * count > n:
+            issues.append(f"the {name} IFD declares {count} entries, running past the end of the EXIF block")
+            count = (n - offset - 2) // 12
+        for i in range(count):
+            entry = offset + 2 + 12 * i
+            tag, kind, values = struct.unpack(order + "HHL", data[entry : entry + 8])
+            size = _TIFF_TYPE_SIZES.get(kind)
+            if size is None:
+                issues.append(f"tag {tag:#06x} in the {name} IFD has unknown field type {kind}")
+            elif tag in _IFD_POINTERS:
+                child = _IFD_POINTERS[tag]
+                if kind in (4, 13) and values == 1:
+                    todo.append((child, struct.unpack(order + "L", data[entry + 8 : entry + 12])[0]))
+                else:
+                    issues.append(
+                        f"the {child} IFD pointer has field type {_TIFF_TYPE_NAMES.get(kind, kind)} and count "
+                        f"{values} instead of one LONG, "
+                        f"so the {child} IFD is unreadable"
+                    )
+            elif size * values > 4:
+                start = struct.unpack(order + "L", data[entry + 8 : entry + 12])[0]
+                if start + size * values > n:
+                    issues.append(f"the value of tag {tag:#06x} in the {name} IFD lies outside the EXIF block")
+        if name == "IFD0" and offset + 2 + 12 * count + 4 <= n:
+            following = struct.unpack(order + "L", data[offset + 2 + 12 * count : offset + 6 + 12 * count])[0]
+            if following:
+                todo.append(("IFD1", following))
+    return issues
 
 
 def _clean(value: Any) -> str:
@@ -319,9 +577,7 @@ def _is_tensor(obj: Any) -> bool:
 
 def _tensor_to_hwc(tensor: Any) -> np.ndarray:
     array = tensor.detach().cpu().numpy()
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-        array = array.transpose(1, 2, 0)
-    elif array.ndim == 3 and array.shape[0] in (1, 3, 4):
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4):  # (C, H, W) as torchvision's ToTensor makes it
         array = array.transpose(1, 2, 0)
     return array
 
