@@ -1,19 +1,43 @@
 """The persisted reference: one SQLite file holding the fingerprints, labels, paths and a format version.
 
-No pickle anywhere: every column is a plain SQLite value (text, integer or bytes). Saving writes a complete new
-file beside the target, fsyncs it and renames it over the old one, so a process killed mid-save leaves the
-previous manifest intact. Loading never needs the reference images.
+No pickle anywhere: every column is a plain SQLite value (text, integer or bytes), and the meta values are JSON.
+
+**Crash safety.** :func:`save_manifest` takes an exclusive lock on the sidecar ``<manifest>.lock`` (``flock``; a
+second saver waits up to ``lock_timeout`` seconds, then gets a clear :class:`ManifestError`), writes a complete new
+file beside the target (``.<name>.<random>.tmp``, hidden), fsyncs it, renames it over the old one and fsyncs the
+folder. A process killed at any moment therefore leaves either the previous manifest or the new one, never a mix;
+temp files left by killed savers are never read as manifests and are removed by the next save. Loading needs no
+lock: the rename is atomic, so a reader sees one whole file. ``save_manifest`` refuses to overwrite a file that is
+not a manifest (a photo, another application's database).
+
+**Untrusted input.** Manifests travel between machines and people, so :func:`load_manifest` treats the file as
+untrusted: it is opened read-only and immutable (SQLite creates no journal or lock files beside it), only the two
+expected tables are read, every value is type- and size-checked, a checksum over all content (written in the
+``checksum`` table) must match, and every failure — not SQLite, wrong application, unknown version, truncated,
+bit-flipped — is one :class:`ManifestError` naming the file and the reason. No SQLite, numpy or JSON exception
+leaves this module.
+
+**Paths.** A stored path is the sample's path relative to its dataset root (``cls/img.jpg``), or, for a sample
+that had no root, its absolute path or an in-memory name such as ``<CIFAR10[3]>``. Paths are identifiers for
+reports and caches: loading never opens them. Code that wants to read a reference file must go through
+:func:`resolve_sample_path`, which only returns paths lexically inside the root it is given (no absolute paths, no
+``..``). A manifest whose relative paths climb out of their root (``../../etc/passwd``) is refused on load.
+File names that are not valid UTF-8 are stored losslessly (as their raw bytes) and come back as the same ``str``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
 import sqlite3
+import stat as stat_module
 import tempfile
 import time
-from pathlib import Path
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -21,10 +45,27 @@ import numpy as np
 from .errors import ManifestError
 from .fingerprint import CROP_OFFSETS, FINGERPRINT_VERSION, THUMB_SIDE, FingerprintTable
 
+try:  # POSIX; elsewhere saves are not locked against each other (the rename still keeps them atomic)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = "vdc_torch-manifest"
+#: The format written. Version 1 files without a ``checksum`` table (written before it existed) still load.
 MANIFEST_VERSION = 1
+#: Seconds a save waits for another process's save of the same manifest before giving up.
+DEFAULT_LOCK_TIMEOUT = 60.0
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_COLUMNS = (
+    "row", "sample_index", "path", "label", "width", "height", "byte_digest", "pixel_digest", "exif_identity",
+    "phash", "phash_mirror", "crop_hashes", "thumb", "detail", "file_size", "mtime_ns", "extra_hashes",
+)
+_BLOB_COLUMNS = frozenset({6, 7, 11, 12, 13})  # byte_digest, pixel_digest, crop_hashes, thumb, detail
+_RESERVED_META = ("format", "format_version", "fingerprint_version", "saved_at", "samples")
+_DIGEST_SIZE = 16
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -47,136 +88,259 @@ CREATE TABLE samples (
     mtime_ns INTEGER,
     extra_hashes TEXT NOT NULL
 );
+CREATE TABLE checksum (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-def _signed(codes: np.ndarray) -> list[int]:
-    return codes.astype(np.uint64).view(np.int64).tolist()
+# -- saving ----------------------------------------------------------------------------------------------------
 
 
-def save_manifest(path: str | os.PathLike[str], table: FingerprintTable, meta: dict[str, Any]) -> Path:
-    """Atomically write ``table`` and ``meta`` (JSON-able values) to ``path``; returns the path."""
+def save_manifest(
+    path: str | os.PathLike[str],
+    table: FingerprintTable,
+    meta: dict[str, Any],
+    *,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> Path:
+    """Atomically write ``table`` and ``meta`` (JSON-able values) to ``path``; returns the path.
+
+    >>> save_manifest("ckpt/reference.vdc", gate.reference_table, {"reference_root": "data/train"})  # doctest: +SKIP
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    if target.is_symlink():  # save through a link (e.g. latest.vdc -> v3.vdc) instead of replacing the link
+        target = Path(os.path.realpath(target))
+    name = str(target)
+    columns = _stored_columns(table, name)
     try:
-        connection = sqlite3.connect(tmp_name)
+        meta_rows = _meta_rows(meta, len(table))
+    except (TypeError, ValueError) as exc:
+        raise ManifestError(f"cannot save manifest {name!r}: meta is not JSON-serialisable ({exc})") from exc
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target, lock_timeout):
+        _check_replaceable(target)
+        _remove_stale_temp_files(target)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
         try:
-            connection.executescript(_SCHEMA)
-            full_meta = {
-                **meta,
-                "format": MANIFEST_FORMAT,
-                "format_version": MANIFEST_VERSION,
-                "fingerprint_version": FINGERPRINT_VERSION,
-                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "samples": len(table),
-            }
-            connection.executemany(
-                "INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in sorted(full_meta.items())]
-            )
-            phash, mirror = _signed(table.phash), _signed(table.phash_mirror)
-            rows = (
-                (
-                    i, int(table.sample_index[i]), table.paths[i], table.labels[i], int(table.width[i]),
-                    int(table.height[i]), table.byte_digest[i], table.pixel_digest[i], table.exif_identity[i],
-                    phash[i], mirror[i], table.crop_hashes[i].astype("<u8").tobytes(),
-                    table.thumbs[i].tobytes(), table.details[i], table.file_size[i], table.mtime_ns[i],
-                    json.dumps(table.extra_hashes[i], sort_keys=True),
-                )
-                for i in range(len(table))
-            )
-            connection.executemany(f"INSERT INTO samples VALUES ({', '.join('?' * 17)})", rows)
-            connection.commit()
-        finally:
-            connection.close()
-        with open(tmp_name, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-        _fsync_dir(target.parent)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+            _write_database(tmp_name, meta_rows, columns)
+            with open(tmp_name, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.chmod(tmp_name, _file_mode(target))  # mkstemp makes 0600; a manifest is a normal shared file
+            os.replace(tmp_name, target)
+            _fsync_dir(target.parent)
+        except BaseException as exc:
+            Path(tmp_name).unlink(missing_ok=True)
+            if isinstance(exc, sqlite3.Error):
+                raise ManifestError(f"cannot save manifest {name!r}: {exc}") from exc
+            raise
     return target
 
 
-def load_manifest(path: str | os.PathLike[str]) -> tuple[FingerprintTable, dict[str, Any]]:
-    """Read a manifest written by :func:`save_manifest`; any other file gives one clear :class:`ManifestError`."""
-    source = Path(path)
-    if not source.is_file():
-        raise ManifestError(f"manifest {str(source)!r} does not exist or is not a file")
-    with open(source, "rb") as handle:
-        header = handle.read(16)
-    if header != b"SQLite format 3\x00":
-        raise ManifestError(f"{str(source)!r} is not a vdc_torch manifest (not an SQLite file)")
+def _write_database(tmp_name: str, meta_rows: list[tuple[str, str]], columns: list[list[Any]]) -> None:
+    connection = sqlite3.connect(tmp_name)
     try:
-        connection = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise ManifestError(f"{str(source)!r} cannot be opened as a manifest: {exc}") from exc
-    try:
-        try:
-            meta = {k: json.loads(v) for k, v in connection.execute("SELECT key, value FROM meta")}
-        except (sqlite3.Error, json.JSONDecodeError) as exc:
-            raise ManifestError(f"{str(source)!r} is not a vdc_torch manifest or is corrupted ({exc})") from exc
-        if meta.get("format") != MANIFEST_FORMAT:
-            raise ManifestError(f"{str(source)!r} is an SQLite file but not a vdc_torch manifest")
-        version = meta.get("format_version")
-        if version != MANIFEST_VERSION:
-            raise ManifestError(
-                f"{str(source)!r} has manifest format version {version!r}; this vdc_torch reads version "
-                f"{MANIFEST_VERSION} (rebuild it with `vdc index` or upgrade vdc_torch)"
-            )
-        if meta.get("fingerprint_version") != FINGERPRINT_VERSION:
-            raise ManifestError(
-                f"{str(source)!r} holds fingerprints of version {meta.get('fingerprint_version')!r}, "
-                f"this vdc_torch computes version {FINGERPRINT_VERSION}: rebuild the manifest"
-            )
-        try:
-            records = connection.execute("SELECT * FROM samples ORDER BY row").fetchall()
-        except sqlite3.Error as exc:
-            raise ManifestError(f"{str(source)!r} is corrupted ({exc})") from exc
+        # The temp file is fsynced and renamed as a whole, so SQLite's journal would only add a stray file.
+        connection.execute("PRAGMA journal_mode=OFF")
+        connection.execute("PRAGMA synchronous=OFF")
+        connection.executescript(_SCHEMA)
+        connection.executemany("INSERT INTO meta VALUES (?, ?)", meta_rows)
+        connection.executemany(f"INSERT INTO samples VALUES ({', '.join('?' * len(_COLUMNS))})", zip(*columns))
+        connection.execute(
+            "INSERT INTO checksum VALUES ('content', ?)", (_content_digest(meta_rows, columns),)
+        )
+        connection.commit()
     finally:
         connection.close()
-    try:
-        table = _table_from_records(records)
-    except (ValueError, TypeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{str(source)!r} is corrupted: a sample row is malformed ({exc})") from exc
-    if len(table) != meta.get("samples"):
-        raise ManifestError(f"{str(source)!r} is corrupted: {len(table)} rows, header says {meta.get('samples')}")
-    return table, meta
 
 
-def _table_from_records(records: list[tuple[Any, ...]]) -> FingerprintTable:
+def _meta_rows(meta: dict[str, Any], samples: int) -> list[tuple[str, str]]:
+    full_meta = {
+        **{str(k): v for k, v in meta.items()},
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_VERSION,
+        "fingerprint_version": FINGERPRINT_VERSION,
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "samples": samples,
+    }
+    return [(k, json.dumps(v, sort_keys=True)) for k, v in sorted(full_meta.items())]
+
+
+def _stored_columns(table: FingerprintTable, name: str) -> list[list[Any]]:
+    """The 17 columns exactly as they are stored (plain ints, str or bytes, ``None``)."""
+    n = len(table)
     k = len(CROP_OFFSETS)
-    n = len(records)
-    if n == 0:
-        return FingerprintTable.empty()
-    cols = list(zip(*records))
-    crops = np.frombuffer(b"".join(cols[11]), dtype="<u8").astype(np.uint64)
-    thumbs = np.frombuffer(b"".join(cols[12]), dtype=np.uint8)
-    if crops.size != n * k or thumbs.size != n * THUMB_SIDE * THUMB_SIDE * 3:
-        raise ValueError("fingerprint blobs have the wrong size")
-    for digest in cols[7]:
-        if not isinstance(digest, bytes):
-            raise ValueError("pixel digest is not bytes")
-    return FingerprintTable(
-        sample_index=np.asarray(cols[1], dtype=np.int64),
-        paths=[str(p) for p in cols[2]],
-        labels=[None if v is None else str(v) for v in cols[3]],
-        width=np.asarray(cols[4], dtype=np.int32),
-        height=np.asarray(cols[5], dtype=np.int32),
-        byte_digest=list(cols[6]),
-        pixel_digest=list(cols[7]),
-        exif_identity=list(cols[8]),
-        phash=np.asarray(cols[9], dtype=np.int64).view(np.uint64),
-        phash_mirror=np.asarray(cols[10], dtype=np.int64).view(np.uint64),
-        crop_hashes=crops.reshape(n, k),
-        thumbs=thumbs.reshape(n, THUMB_SIDE, THUMB_SIDE, 3).copy(),
-        details=[bytes(d) for d in cols[13]],
-        file_size=list(cols[14]),
-        mtime_ns=list(cols[15]),
-        extra_hashes=[json.loads(v) for v in cols[16]],
+    thumbs = np.ascontiguousarray(table.thumbs, dtype=np.uint8)
+    crops = np.ascontiguousarray(table.crop_hashes).astype("<u8")
+    if thumbs.shape != (n, THUMB_SIDE, THUMB_SIDE, 3) or crops.shape != (n, k):
+        raise ManifestError(
+            f"cannot save manifest {name!r}: the table's thumbs {thumbs.shape} or crop hashes {crops.shape} do not "
+            f"match its {n} rows"
+        )
+
+    def opt_int(values: Sequence[Any]) -> list[int | None]:
+        return [None if v is None else int(v) for v in values]
+
+    return [
+        list(range(n)),
+        [int(v) for v in table.sample_index],
+        [_stored_text(p if _is_safe_stored_path(p) else os.path.abspath(p), name) for p in table.paths],
+        [None if v is None else _stored_text(v, name) for v in table.labels],
+        [int(v) for v in table.width],
+        [int(v) for v in table.height],
+        [None if d is None else bytes(d) for d in table.byte_digest],
+        [bytes(d) for d in table.pixel_digest],
+        [None if v is None else _stored_text(v, name) for v in table.exif_identity],
+        _signed(table.phash),
+        _signed(table.phash_mirror),
+        [crops[i].tobytes() for i in range(n)],
+        [thumbs[i].tobytes() for i in range(n)],
+        [bytes(d) for d in table.details],
+        opt_int(table.file_size),
+        opt_int(table.mtime_ns),
+        [json.dumps(x, sort_keys=True) for x in table.extra_hashes],
+    ]
+
+
+def _stored_text(value: str, name: str) -> str | bytes:
+    """A string as SQLite text; a file name that is not valid UTF-8 (surrogate-escaped) as its raw bytes."""
+    value = str(value)
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise ManifestError(f"cannot save manifest {name!r}: {value!r} cannot be stored as text ({exc})") from exc
+
+
+def _loaded_text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"expected text, found {type(value).__name__}")
+
+
+def _signed(codes: np.ndarray) -> list[int]:
+    return np.asarray(codes).astype(np.uint64).view(np.int64).tolist()
+
+
+def _content_digest(meta_rows: Sequence[tuple[Any, Any]], columns: Sequence[Sequence[Any]]) -> str:
+    """BLAKE2b over the meta rows and every stored column, in a canonical encoding (hex)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([list(r) for r in meta_rows], default=_bytes_for_json).encode())
+    for i, column in enumerate(columns):
+        h.update(f"|{i}|".encode())
+        if i in _BLOB_COLUMNS:
+            h.update(json.dumps([None if v is None else len(v) for v in column]).encode())
+            h.update(b"".join(v for v in column if v is not None))
+        else:
+            h.update(json.dumps(list(column), default=_bytes_for_json).encode())
+    return h.hexdigest()
+
+
+def _bytes_for_json(value: Any) -> str:
+    if isinstance(value, bytes):
+        return "\x00bytes:" + value.hex()
+    raise TypeError(f"{type(value).__name__} value in a text column")
+
+
+def _file_mode(target: Path) -> int:
+    """Permission bits for the new file: the old manifest's, else 0666 minus the umask (read without changing it)."""
+    with contextlib.suppress(OSError):
+        return stat_module.S_IMODE(os.stat(target).st_mode)
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    return 0o644
+
+
+def lock_path(path: str | os.PathLike[str]) -> Path:
+    """The sidecar lock file of a manifest: ``<manifest>.lock`` (left in place; it holds no data)."""
+    target = Path(path)
+    return target.with_name(target.name + ".lock")
+
+
+@contextlib.contextmanager
+def _locked(target: Path, timeout: float) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<target>.lock``; wait at most ``timeout`` seconds for it."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    lock = lock_path(target)
+    try:
+        handle = open(lock, "a+b")  # noqa: SIM115 - closed by the `with handle` right below
+    except OSError as exc:
+        raise ManifestError(f"cannot save manifest {str(target)!r}: cannot open its lock file {str(lock)!r} "
+                            f"({exc.strerror or exc})") from exc
+    with handle:
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ManifestError(
+                        f"cannot save manifest {str(target)!r}: another process has been saving it for more than "
+                        f"{timeout:g} s (lock file {str(lock)!r}); try again or raise lock_timeout"
+                    ) from None
+                time.sleep(0.02)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _check_replaceable(target: Path) -> None:
+    """Refuse to overwrite anything but a manifest (or an empty or damaged one)."""
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ManifestError(f"cannot save manifest {str(target)!r}: {exc.strerror or exc}") from exc
+    if stat_module.S_ISDIR(st.st_mode):
+        raise ManifestError(f"cannot save manifest {str(target)!r}: it is a directory")
+    if not stat_module.S_ISREG(st.st_mode):
+        raise ManifestError(f"cannot save manifest {str(target)!r}: it exists and is not a regular file")
+    if st.st_size == 0:
+        return
+    with open(target, "rb") as handle:
+        header = handle.read(len(_SQLITE_MAGIC))
+    refuse = ManifestError(
+        f"refusing to overwrite {str(target)!r}: it exists and is not a vdc_torch manifest "
+        "(delete it first or choose another path)"
     )
+    if header != _SQLITE_MAGIC:
+        raise refuse
+    try:
+        with contextlib.closing(_connect_readonly(target)) as connection:
+            tables = _tables(connection)
+            row = None
+            if tables.get("meta") == "table":
+                row = connection.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+    except sqlite3.Error:
+        return  # a damaged SQLite file: most likely an earlier manifest, replacing it is the repair
+    if row is None or row[0] != json.dumps(MANIFEST_FORMAT):
+        raise refuse  # a healthy database of something else
+
+
+def _remove_stale_temp_files(target: Path) -> None:
+    """Temp files of saves that were killed; safe to delete because the caller holds the lock."""
+    prefix = f".{target.name}."
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith(prefix) and entry.name.endswith((".tmp", ".tmp-journal")):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                log.debug("removed %s, left by an interrupted save", entry.path)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -190,3 +354,225 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# -- loading ---------------------------------------------------------------------------------------------------
+
+
+def load_manifest(path: str | os.PathLike[str]) -> tuple[FingerprintTable, dict[str, Any]]:
+    """Read a manifest written by :func:`save_manifest`; any other file gives one clear :class:`ManifestError`.
+
+    >>> table, meta = load_manifest("ckpt/reference.vdc")  # doctest: +SKIP
+    """
+    source = Path(path)
+    name = repr(str(source))
+    _check_file(source, name)
+    try:
+        connection = _connect_readonly(source)
+    except sqlite3.Error as exc:
+        raise ManifestError(f"{name} cannot be opened as a manifest ({exc})") from exc
+    try:
+        meta_rows, meta, records, stored_digest = _read_database(connection, name)
+    except ManifestError:
+        raise
+    except Exception as exc:  # untrusted bytes: whatever SQLite or JSON raise, the answer is one clear error
+        raise ManifestError(f"{name} is corrupted or not a vdc_torch manifest ({type(exc).__name__}: {exc})") from exc
+    finally:
+        connection.close()
+    try:
+        columns = [list(c) for c in zip(*records)] if records else [[] for _ in _COLUMNS]
+        if stored_digest is not None and _content_digest(meta_rows, columns) != stored_digest:
+            raise ManifestError(
+                f"{name} is corrupted: its content does not match its checksum (damaged or edited after saving)"
+            )
+        table = _table_from_columns(columns, name)
+    except ManifestError:
+        raise
+    except Exception as exc:
+        raise ManifestError(f"{name} is corrupted: a sample row is malformed ({type(exc).__name__}: {exc})") from exc
+    if len(table) != meta.get("samples"):
+        raise ManifestError(f"{name} is corrupted: {len(table)} sample rows, its header says {meta.get('samples')!r}")
+    return table, meta
+
+
+def _check_file(source: Path, name: str) -> None:
+    """Refuse what is not a complete SQLite file before SQLite sees it."""
+    try:
+        st = os.stat(source)
+    except FileNotFoundError:
+        raise ManifestError(f"manifest {name} does not exist") from None
+    except OSError as exc:
+        raise ManifestError(f"manifest {name} cannot be read ({exc.strerror or exc})") from exc
+    if stat_module.S_ISDIR(st.st_mode):
+        raise ManifestError(f"manifest {name} is a directory, not a manifest file")
+    if not stat_module.S_ISREG(st.st_mode):
+        raise ManifestError(f"manifest {name} is not a regular file")
+    if st.st_size == 0:
+        raise ManifestError(f"{name} is empty (0 bytes), not a vdc_torch manifest")
+    try:
+        with open(source, "rb") as handle:
+            header = handle.read(100)
+    except OSError as exc:
+        raise ManifestError(f"manifest {name} cannot be read ({exc.strerror or exc})") from exc
+    if not header.startswith(_SQLITE_MAGIC):
+        raise ManifestError(f"{name} is not a vdc_torch manifest (not an SQLite file; it starts with {header[:8]!r})")
+    if len(header) < 100:
+        raise ManifestError(f"{name} is corrupted: truncated inside its {len(header)}-byte SQLite header")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    header_valid = header[24:28] == header[92:96] and pages > 0
+    if page_size < 512 or page_size & (page_size - 1) or (header_valid and pages * page_size != st.st_size):
+        raise ManifestError(
+            f"{name} is corrupted: its SQLite header declares {pages} pages of {page_size} bytes, "
+            f"the file has {st.st_size} bytes (truncated or damaged)"
+        )
+
+
+def _connect_readonly(source: Path) -> sqlite3.Connection:
+    """Read-only and immutable: SQLite writes nothing beside the file (no journal, no -shm, no locks)."""
+    uri = Path(os.path.abspath(source)).as_uri() + "?mode=ro&immutable=1"  # percent-encodes ?, #, % and non-UTF-8
+    connection = sqlite3.connect(uri, uri=True)
+    connection.execute("PRAGMA cell_size_check=ON")
+    connection.execute("PRAGMA trusted_schema=OFF")
+    return connection
+
+
+def _tables(connection: sqlite3.Connection) -> dict[str, str]:
+    """``{name: "table" | "view"}`` of an SQLite database (indexes and triggers left out)."""
+    found = connection.execute("SELECT name, type FROM sqlite_master WHERE type IN ('table', 'view')").fetchall()
+    return {str(name): str(kind) for name, kind in found}
+
+
+def _read_database(
+    connection: sqlite3.Connection, name: str
+) -> tuple[list[tuple[Any, Any]], dict[str, Any], list[tuple[Any, ...]], str | None]:
+    tables = _tables(connection)
+    if tables.get("meta") != "table" or tables.get("samples") != "table":
+        found = ", ".join(sorted(str(t) for t in tables)) or "none"
+        raise ManifestError(f"{name} is an SQLite database but not a vdc_torch manifest (its tables: {found})")
+    meta_rows = connection.execute("SELECT key, value FROM meta ORDER BY key").fetchall()
+    meta: dict[str, Any] = {}
+    for key, value in meta_rows:
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ManifestError(f"{name} is corrupted: a meta entry is not text")
+        try:
+            meta[key] = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{name} is corrupted: meta entry {key!r} is not valid JSON ({exc})") from exc
+    if meta.get("format") != MANIFEST_FORMAT:
+        found = meta.get("format")
+        raise ManifestError(f"{name} is an SQLite database but not a vdc_torch manifest (format {found!r})")
+    version = meta.get("format_version")
+    if version != MANIFEST_VERSION:
+        newer = isinstance(version, int) and not isinstance(version, bool) and version > MANIFEST_VERSION
+        hint = "upgrade vdc_torch to read it" if newer else "rebuild it with `vdc index` or `DatasetGate.save`"
+        raise ManifestError(
+            f"{name} has manifest format version {version!r}; this vdc_torch reads version {MANIFEST_VERSION} ({hint})"
+        )
+    if meta.get("fingerprint_version") != FINGERPRINT_VERSION:
+        raise ManifestError(
+            f"{name} holds fingerprints of version {meta.get('fingerprint_version')!r}, "
+            f"this vdc_torch computes version {FINGERPRINT_VERSION}: rebuild the manifest"
+        )
+    declared = [row[1] for row in connection.execute("PRAGMA table_info(samples)").fetchall()]
+    if tuple(declared) != _COLUMNS:
+        raise ManifestError(f"{name} is corrupted: its samples table has columns {declared}, expected {list(_COLUMNS)}")
+    records = connection.execute(f"SELECT {', '.join(_COLUMNS)} FROM samples ORDER BY row").fetchall()
+    stored_digest = None
+    if tables.get("checksum") == "table":
+        found = connection.execute("SELECT value FROM checksum WHERE name = 'content'").fetchone()
+        if found is None or not isinstance(found[0], str):
+            raise ManifestError(f"{name} is corrupted: its checksum is missing")
+        stored_digest = found[0]
+    else:
+        log.debug("%s has no checksum table (written by an older vdc_torch); content not verified", name)
+    return meta_rows, meta, records, stored_digest
+
+
+def _table_from_columns(cols: list[list[Any]], name: str) -> FingerprintTable:
+    """Type- and size-check every stored value and build the table (ValueError/TypeError on anything odd)."""
+    n = len(cols[0])
+    k = len(CROP_OFFSETS)
+    if n == 0:
+        return FingerprintTable.empty()
+    if cols[0] != list(range(n)):
+        raise ValueError("row numbers are not 0..n-1")
+    for index in (1, 4, 5, 9, 10):
+        if not all(type(v) is int for v in cols[index]):
+            raise ValueError(f"column {_COLUMNS[index]} holds a non-integer")
+    for index in (14, 15):
+        if not all(v is None or type(v) is int for v in cols[index]):
+            raise ValueError(f"column {_COLUMNS[index]} holds a non-integer")
+    if min(cols[4]) <= 0 or min(cols[5]) <= 0:
+        raise ValueError("an image size is not positive")
+    if not all(type(d) is bytes and len(d) == _DIGEST_SIZE for d in cols[7]):
+        raise ValueError("a pixel digest is not 16 bytes")
+    if not all(d is None or (type(d) is bytes and len(d) == _DIGEST_SIZE) for d in cols[6]):
+        raise ValueError("a byte digest is not 16 bytes")
+    if not all(type(b) is bytes and len(b) == 8 * k for b in cols[11]):
+        raise ValueError("a crop-hash blob has the wrong size")
+    if not all(type(b) is bytes and len(b) == THUMB_SIDE * THUMB_SIDE * 3 for b in cols[12]):
+        raise ValueError("a thumbnail blob has the wrong size")
+    if not all(type(b) is bytes and b for b in cols[13]):
+        raise ValueError("a detail image is missing")
+    paths = [_loaded_text(p) for p in cols[2]]
+    for path in paths:
+        if not _is_safe_stored_path(path):
+            raise ManifestError(f"{name} is refused: sample path {path!r} leaves its dataset root")
+    extra = [json.loads(v) if isinstance(v, str) else None for v in cols[16]]
+    if not all(isinstance(x, dict) and all(isinstance(a, str) and isinstance(b, str) for a, b in x.items())
+               for x in extra):
+        raise ValueError("extra hashes are not a JSON object of strings")
+    return FingerprintTable(
+        sample_index=np.asarray(cols[1], dtype=np.int64),
+        paths=paths,
+        labels=[None if v is None else _loaded_text(v) for v in cols[3]],
+        width=np.asarray(cols[4], dtype=np.int32),
+        height=np.asarray(cols[5], dtype=np.int32),
+        byte_digest=list(cols[6]),
+        pixel_digest=list(cols[7]),
+        exif_identity=[None if v is None else _loaded_text(v) for v in cols[8]],
+        phash=np.asarray(cols[9], dtype=np.int64).view(np.uint64),
+        phash_mirror=np.asarray(cols[10], dtype=np.int64).view(np.uint64),
+        crop_hashes=np.frombuffer(b"".join(cols[11]), dtype="<u8").astype(np.uint64).reshape(n, k),
+        thumbs=np.frombuffer(b"".join(cols[12]), dtype=np.uint8).reshape(n, THUMB_SIDE, THUMB_SIDE, 3).copy(),
+        details=list(cols[13]),
+        file_size=list(cols[14]),
+        mtime_ns=list(cols[15]),
+        extra_hashes=extra,
+    )
+
+
+# -- using stored paths ----------------------------------------------------------------------------------------
+
+
+def _is_safe_stored_path(path: str) -> bool:
+    """A stored path is an in-memory name, an absolute path, or a relative path without ``..`` or NUL."""
+    if not path or "\x00" in path:
+        return False
+    if path.startswith("<") or os.path.isabs(path) or PureWindowsPath(path).is_absolute():
+        return True
+    return ".." not in PurePosixPath(path.replace("\\", "/")).parts
+
+
+def resolve_sample_path(root: str | os.PathLike[str] | None, stored: str) -> Path | None:
+    """The file a stored manifest path names under ``root``, or ``None`` when it must not be read.
+
+    Only relative paths that stay lexically inside ``root`` resolve: absolute paths, ``..`` components,
+    drive letters, NUL bytes and in-memory names (``<CIFAR10[3]>``) give ``None``. Symbolic links inside
+    ``root`` are followed as the user laid them out.
+
+    >>> resolve_sample_path("/data/train", "cat/001.jpg")
+    PosixPath('/data/train/cat/001.jpg')
+    >>> resolve_sample_path("/data/train", "../../etc/passwd") is None
+    True
+    """
+    if not root or not stored or "\x00" in stored or stored.startswith("<"):
+        return None
+    posix = PurePosixPath(stored.replace("\\", "/"))
+    if posix.is_absolute() or PureWindowsPath(stored).drive or os.path.isabs(stored):
+        return None
+    if any(part in ("..", "") for part in posix.parts) or not posix.parts:
+        return None
+    return Path(root).joinpath(*posix.parts)
