@@ -20,7 +20,7 @@ import numpy as np
 import torch.utils.data
 from PIL import Image as PILImage
 
-from .decode import IMG_EXTENSIONS, has_image_extension
+from .decode import IMG_EXTENSIONS, has_image_extension, load_image
 from .errors import DatasetNotFoundError, ImageDecodeError
 
 log = logging.getLogger(__name__)
@@ -30,9 +30,34 @@ log = logging.getLogger(__name__)
 UNLABELED = -1
 
 
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    """``entry.is_dir()``, False for entries that cannot be stat'ed (a symlink loop raises ELOOP)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    """``entry.is_file()``, False for entries that cannot be stat'ed."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def _inside(path: str, folder: str) -> bool:
+    """True when real path ``path`` is ``folder`` or below it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _log_scan_error(error: OSError) -> None:
+    log.warning("cannot scan %s: %s; its files are left out", error.filename, error.strerror or error)
+
+
 def find_classes(root: str | os.PathLike[str]) -> tuple[list[str], dict[str, int]]:
     """Sorted class sub-folder names of ``root`` and their indices (hidden folders skipped)."""
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    classes = sorted(e.name for e in os.scandir(root) if _is_dir(e) and not e.name.startswith("."))
     return classes, {name: i for i, name in enumerate(classes)}
 
 
@@ -45,7 +70,8 @@ def scan_images(
     check = is_valid_file or (lambda p: has_image_extension(p, extensions))
     found: list[str] = []
     seen_dirs: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
+    top = os.path.realpath(directory)
+    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True, onerror=_log_scan_error):
         try:
             st = os.stat(dirpath)
             key = (st.st_dev, st.st_ino)
@@ -55,7 +81,15 @@ def scan_images(
             dirnames[:] = []
             continue
         seen_dirs.add(key)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = os.path.realpath(dirpath)
+        kept = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            target = os.path.realpath(os.path.join(dirpath, d))
+            if _inside(here, target) or _inside(top, target):  # a link back up: a loop, or into another class
+                log.warning("not following %s: it links back to %s", os.path.join(dirpath, d), target)
+                continue
+            kept.append(d)
+        dirnames[:] = kept
         for name in sorted(filenames):
             if not name.startswith(".") and check(name):
                 found.append(os.path.join(dirpath, name))
@@ -78,16 +112,12 @@ def make_samples(
 
 
 def pil_loader(path: str) -> PILImage.Image:
-    """Open an image file as RGB (EXIF orientation applied); errors name the file."""
-    from PIL import ImageOps
+    """Open an image file as RGB exactly as the fingerprints see it; one ``ImageDecodeError`` naming the file.
 
-    try:
-        with open(path, "rb") as handle:
-            image = PILImage.open(handle)
-            image = ImageOps.exif_transpose(image)
-            return image.convert("RGB")
-    except Exception as exc:
-        raise ImageDecodeError(f"{path}: cannot load image ({type(exc).__name__}: {exc})") from exc
+    Regular files only (a FIFO named ``x.jpg`` cannot hang a DataLoader worker), decompression bombs refused,
+    EXIF orientation applied, alpha composited on white, 16-bit scaled (see :func:`vdc_torch.decode.load_image`).
+    """
+    return load_image(path)
 
 
 class Dataset(torch.utils.data.Dataset):
@@ -114,7 +144,7 @@ class Dataset(torch.utils.data.Dataset):
         self.target_transform = target_transform
         self.loader = loader
         self.extensions = extensions
-        top_images = [e for e in os.scandir(self.root) if e.is_file() and has_image_extension(e.name, extensions)]
+        top_images = [e for e in os.scandir(self.root) if _is_file(e) and has_image_extension(e.name, extensions)]
         classes, class_to_idx = find_classes(self.root)
         if top_images or not classes:
             classes, class_to_idx = [], {}  # flat folder: recursive scan, no labels
