@@ -151,7 +151,11 @@ def _json_default(value: Any) -> Any:
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    return json.loads(frame.to_json(orient="records")) if len(frame) else []
+    """Rows as JSON-able dicts; NaN becomes None and non-UTF-8 file names survive (pandas.to_json rejects them)."""
+    if not len(frame):
+        return []
+    plain = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+    return json.loads(json.dumps(plain, default=_json_default))
 
 
 def as_dataset(data: Any) -> Dataset:
