@@ -169,3 +169,21 @@ def test_gate_works_on_a_vdc_dataset_with_dataloader(scenario) -> None:
     assert decision.delta.dataset is new
     names = {os.path.basename(new.samples[i][0]) for i in decision.delta.indices}
     assert names == scenario.novel
+
+
+@pytest.mark.parametrize("camera", ["canon", "iphone"])
+def test_hdr_and_plain_exposure_of_one_scene_are_not_duplicates(camera: str, tmp_path: Path) -> None:
+    from conftest import EXIF_JPG
+
+    ref, new = tmp_path / "ref", tmp_path / "new"
+    ref.mkdir()
+    new.mkdir()
+    shutil.copy(EXIF_JPG / "hdr" / f"{camera}_hdr_NO.jpg", ref)
+    shutil.copy(EXIF_JPG / "hdr" / f"{camera}_hdr_YES.jpg", new)
+    with Image.open(EXIF_JPG / "hdr" / f"{camera}_hdr_NO.jpg") as im:  # a re-export keeps its capture time
+        im.save(new / "reexport.jpg", quality=80, exif=im.getexif())
+    decision = DatasetGate(reference=ref).check(new)
+    kinds = dict(zip(decision.matches["new_path"], decision.matches["kind"]))
+    assert kinds.get(f"{camera}_hdr_YES.jpg", "none") in ("similar", "none")
+    assert kinds["reexport.jpg"] in ("exact", "near_duplicate")
+    assert decision.overlap == 0.5

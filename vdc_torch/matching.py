@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("exact", "near_duplicate", "similar")
 #: Bumped whenever the cascade changes its results for the same fingerprints and config (invalidates caches).
-MATCHING_VERSION = 3
+MATCHING_VERSION = 5
 _KIND_RANK = {"exact": 0, "near_duplicate": 1, "similar": 2}
 MATCH_COLUMNS = ["new_row", "ref_row", "kind", "method", "score", "evidence"]
 
@@ -50,7 +50,7 @@ class MatchConfig:
     near_duplicate_similarity: float = 0.90
     min_detail_similarity: float = 0.30  # NCC of the high-pass thumbnails (fine structure) for a near-duplicate
     similar_similarity: float = 0.75
-    max_color_difference: float = 14.0  # mean |Δa|+|Δb| (Lab, 0–255 scale) between two colourful thumbnails
+    max_color_difference: float = 10.0  # mean |Δa|+|Δb| (Lab, 0–255 scale) between two colourful thumbnails
     exif_min_similarity: float = 0.6  # EXIF identity must be confirmed by pixels at least this similar
     mirror_is_duplicate: bool = True  # a horizontally flipped copy counts (models trained with flip augmentation)
     crop_is_duplicate: bool = True  # a cropped copy counts (models trained with crop augmentation)
@@ -62,7 +62,9 @@ class MatchConfig:
     crop_coverage_ratio: float = 0.8  # reference coverage below this share of the new one: a crop
     max_feature_candidates: int = 5  # per new sample, best hash candidates sent to feature verification
     feature_min_thumb_similarity: float = 0.5  # hash candidates need this gray NCC before feature verification
-    encoder_similarity: float = 0.90  # cosine of model embeddings for an encoder candidate to count
+    knn_candidates: int = 3  # unmatched samples: nearest references by 8x8 thumbnail correlation, to features
+    knn_min_similarity: float = 0.88  # ... when their 8x8 correlation reaches this (0 disables the stage)
+    encoder_similarity: float = 0.92  # cosine of model embeddings to count (CIFAR-10 gallery: 0.90-0.92 mixes in look-alikes)
     encoder_min_thumb_similarity: float = 0.0  # pixel sanity check of encoder candidates (gray thumbnail NCC)
 
     def to_dict(self) -> dict[str, Any]:
@@ -253,6 +255,8 @@ def match_tables(
         feature_candidates.append((q[~near], r[~near], dist[~near], mirror, False))
 
     # 6. crops (and rotations that failed the thumbnail check), verified by local features
+    if config.use_features and len(ref) and config.knn_candidates > 0 and config.knn_min_similarity > 0:
+        feature_candidates.append(_nearest_thumbnails(new, ref, ~settled, same_table, config))
     if config.use_features and len(ref):
         k = len(CROP_OFFSETS)
         crop_index = HammingIndex(ref.crop_hashes.reshape(-1), owners=np.repeat(np.arange(len(ref)), k))
@@ -279,7 +283,67 @@ def match_tables(
 
     if not found:
         return pd.DataFrame(columns=MATCH_COLUMNS)
-    return _best_per_query(pd.concat(found, ignore_index=True))
+    return _other_exposures_are_similar(_best_per_query(pd.concat(found, ignore_index=True)), new, ref)
+
+
+def _other_exposures_are_similar(matches: pd.DataFrame, new: FingerprintTable, ref: FingerprintTable) -> pd.DataFrame:
+    """Demote near-duplicates to ``similar`` when EXIF says: same camera, another capture time.
+
+    Bracketed and burst shots (HDR / non-HDR of one scene) are pixel-wise almost identical but are different
+    exposures; a re-export keeps its capture time or loses its EXIF altogether, so it is never demoted.
+    """
+    if not len(matches):
+        return matches
+    demote = []
+    for i, (q, r, kind) in enumerate(zip(matches["new_row"], matches["ref_row"], matches["kind"])):
+        a, b = new.exif_identity[int(q)], ref.exif_identity[int(r)]
+        if kind != "near_duplicate" or not a or not b:
+            continue
+        a_make, a_model, a_time = a.split("|")[:3]
+        b_make, b_model, b_time = b.split("|")[:3]
+        if (a_make, a_model) == (b_make, b_model) and a_time != b_time and a_time.strip(".") and b_time.strip("."):
+            demote.append(i)
+    if demote:
+        matches = matches.copy()
+        matches.loc[demote, "kind"] = "similar"
+        matches.loc[demote, "evidence"] = matches.loc[demote, "evidence"].astype(str) + (
+            "; same camera but another capture time in EXIF (a different exposure)"
+        )
+    return matches
+
+
+def coarse_vectors(thumbs: np.ndarray) -> np.ndarray:
+    """(n, 32, 32, 3) uint8 -> (n, 64) zero-mean unit 8x8 gray vectors: layout without fine detail."""
+    if len(thumbs) == 0:
+        return np.zeros((0, 64), np.float32)
+    gray = thumbs.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    n, h, w = gray.shape
+    coarse = gray.reshape(n, 8, h // 8, 8, w // 8).mean(axis=(2, 4)).reshape(n, 64)
+    coarse -= coarse.mean(axis=1, keepdims=True)
+    return np.ascontiguousarray(coarse / np.maximum(np.linalg.norm(coarse, axis=1, keepdims=True), 1e-3))
+
+
+def _nearest_thumbnails(
+    new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, same_table: bool, config: MatchConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, bool]:
+    """Candidates the hashes missed (rotations, overlays, off-centre crops): nearest 8x8 thumbnails (faiss)."""
+    import faiss
+
+    rows = np.flatnonzero(open_rows)
+    empty = np.zeros(0, np.int64)
+    if not len(rows):
+        return empty, empty, empty, False, True
+    index = faiss.IndexFlatIP(64)
+    index.add(coarse_vectors(ref.thumbs))
+    k = min(len(ref), config.knn_candidates + (1 if same_table else 0))
+    sims, ids = index.search(coarse_vectors(new.thumbs[rows]), k)
+    q = np.repeat(rows, k)
+    r, sim = ids.reshape(-1).astype(np.int64), sims.reshape(-1)
+    keep = (r >= 0) & (sim >= config.knn_min_similarity)
+    if same_table:
+        keep &= r < q
+    # distance column: rank by similarity (0 = most similar) so the best candidates are verified first
+    return q[keep], r[keep], np.round((1.0 - sim[keep]) * 100).astype(np.int64), False, True
 
 
 def _verify_with_features(
@@ -291,7 +355,7 @@ def _verify_with_features(
     config: MatchConfig,
     verifier: ThumbVerifier,
 ) -> pd.DataFrame:
-    """Verify candidate pairs with local features; each tuple is ``(q, r, dist, mirror, from_crop_index)``."""
+    """Verify candidate pairs with local features; each tuple is ``(q, r, dist, mirror, skip_prefilter)``."""
     frames = [pd.DataFrame({"q": q, "r": r, "dist": d, "mirror": m, "crop": c}) for q, r, d, m, c in candidates]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if not len(table):
