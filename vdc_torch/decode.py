@@ -339,10 +339,9 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
         array = np.asarray(image)
         return _array_to_rgb_uint8(array, "<image>")
     if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
-        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
-        alpha = rgba[..., 3:4] / 255.0
-        rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
-        return np.ascontiguousarray(np.rint(rgb).astype(np.uint8))
+        rgba = image.convert("RGBA")  # composited in Pillow's C code: a float copy costs ~1 s per 18 MP image
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.ascontiguousarray(np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8))
     if mode != "RGB":
         image = image.convert("RGB")
     return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))

@@ -155,7 +155,8 @@ def fingerprint_decoded(decoded: DecodedImage, extra_hashes: Sequence[str] = ())
         stack[i] = cv2.resize(gray[y : y + kh, x : x + kw], (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
     hashes = phash_batch(stack)
     ext = ".png" if ch * cw <= 64 * 64 else ".jpg"
-    ok, encoded = cv2.imencode(ext, gray, [cv2.IMWRITE_JPEG_QUALITY, 92] if ext == ".jpg" else [])
+    params = [cv2.IMWRITE_JPEG_QUALITY, 92] if ext == ".jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    ok, encoded = cv2.imencode(ext, gray, params)
     if not ok:
         raise ImageDecodeError(f"could not encode the detail image ({gray.shape})")
     extras: dict[str, str] = {}
@@ -387,7 +388,7 @@ def compute_fingerprints(
                 cached_rows.append(row)
         todo = missing
     workers = default_workers() if workers is None else max(0, int(workers))
-    if len(todo) < 256:
+    if workers and not _worth_forking(dataset, todo):
         workers = 0  # starting processes costs more than it saves
     task = _FingerprintTask(dataset, todo, extra_hashes, decode_side, max_pixels)
     loader = torch.utils.data.DataLoader(
@@ -425,6 +426,21 @@ def compute_fingerprints(
     table = fresh.rows(np.argsort(fresh.sample_index, kind="stable"))
     problems.sort(key=lambda p: (p.index, not p.fatal))
     return table, problems
+
+
+def _worth_forking(dataset: Any, todo: Sequence[int]) -> bool:
+    """Worker processes pay off for many samples, or for a few large files (megapixel photos)."""
+    if len(todo) >= 256:
+        return True
+    if len(todo) < 8 or not dataset.is_file_backed:
+        return False
+    total = 0
+    for index in todo:
+        try:
+            total += os.path.getsize(dataset.samples[index][0])
+        except OSError:
+            pass
+    return total >= 8 * 1024 * 1024
 
 
 def _labelled(table: FingerprintTable, dataset: Any, indices: Sequence[int]) -> FingerprintTable:
