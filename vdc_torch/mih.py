@@ -1,0 +1,206 @@
+"""Exact Hamming range search over 64-bit codes by multi-index hashing (Norouzi et al.), numpy only.
+
+The default backend of :class:`vdc_torch.index.HammingIndex` for large searches: at 1M reference x 100k queries
+(radius 12) it measured ~7 s against ~22 s for faiss ``IndexBinaryFlat`` (2 threads) and ~10 min for faiss
+``IndexBinaryMultiHash`` on this 2-core machine (``benchmarks/speed_matching.py``). Exact: identical to brute force.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+
+import numpy as np
+
+
+@functools.lru_cache(maxsize=64)
+def flip_masks(bits: int, max_flips: int) -> np.ndarray:
+    """Every ``bits``-bit mask with at most ``max_flips`` bits set (int64), the zero mask first."""
+    masks = [0]
+    for k in range(1, min(max_flips, bits) + 1):
+        masks.extend(sum(1 << b for b in combo) for combo in itertools.combinations(range(bits), k))
+    out = np.array(masks, dtype=np.int64)
+    out.flags.writeable = False
+    return out
+
+
+def chunk_thresholds(widths: tuple[int, ...], radius: int) -> list[int]:
+    """Per-chunk flip budgets ``t_i`` for a range search of ``radius`` (generalised pigeonhole).
+
+    If every chunk ``i`` differed in more than ``t_i`` bits, the codes would differ in at least
+    ``sum(t_i + 1)`` bits; with ``sum(t_i + 1) = radius + 1`` every pair within ``radius`` therefore has
+    some chunk within its ``t_i``. Plain pigeonhole (``t_i = radius // m`` everywhere) spends
+    ``m * (radius // m + 1)`` units and probes far more: for 4 x 16 bits at radius 12 it is (3,3,3,3),
+    4.3 % of the reference per query, against (3,2,2,2), 1.7 %. ``t_i = -1`` means the chunk is not probed.
+    Wider chunks get the larger budgets.
+    """
+    m = len(widths)
+    budget = max(0, radius + 1)
+    order = sorted(range(m), key=lambda i: -widths[i])
+    t = [-1] * m
+    for k, i in enumerate(order):
+        t[i] = min(widths[i], budget // m + (1 if k < budget % m else 0) - 1)
+    return t
+
+
+#: Cost model of the prototype, measured on this machine (2 cores, busy): nanoseconds per probed bucket
+#: by chunk width (the offsets table is 512 KiB at 16 bits and 32 MiB at 22 bits, so wide chunks miss the
+#: cache), per candidate checked, and per code and chunk to build; faiss IndexBinaryFlat on 2 threads costs
+#: about FLAT_PAIR_NS per (code, query) pair. See the "configurations" table of the benchmark.
+MIH_PROBE_NS = ((17, 13.0), (20, 20.0), (26, 45.0))  # (max chunk bits, ns per probe)
+MIH_CANDIDATE_NS = 2.5
+MIH_BUILD_NS = 100.0
+FLAT_PAIR_NS = 0.4
+#: Even splits of the 64 bits considered by :func:`best_widths`.
+WIDTH_CHOICES = ((22, 21, 21), (16, 16, 16, 16), (13, 13, 13, 13, 12), (11, 11, 11, 11, 10, 10))
+
+
+def mih_query_ns(widths: tuple[int, ...], n_codes: int, radius: int) -> float:
+    """Predicted nanoseconds per query: probes x probe cost + expected candidates x candidate cost."""
+    total = 0.0
+    for bits, t in zip(widths, chunk_thresholds(widths, radius)):
+        if t < 0:
+            continue
+        probes = sum(math.comb(bits, k) for k in range(t + 1))
+        probe_ns = next(ns for max_bits, ns in MIH_PROBE_NS if bits <= max_bits)
+        total += probes * probe_ns + n_codes * probes / float(1 << bits) * MIH_CANDIDATE_NS
+    return total
+
+
+def best_widths(n_codes: int, radius: int) -> tuple[int, ...]:
+    """The chunk widths of :data:`WIDTH_CHOICES` with the lowest predicted cost per query.
+
+    Roughly one chunk bit per doubling of the codes: 5 x 13 bits around 100k codes, 4 x 16 around 1M,
+    3 x 21-22 around 10M (the crop index of 1M images).
+    """
+    return min(WIDTH_CHOICES, key=lambda w: mih_query_ns(w, n_codes, radius))
+
+
+def prefer_mih(n_codes: int, n_queries: int, radius: int) -> bool:
+    """True when the prototype is predicted to beat faiss IndexBinaryFlat (2 threads), build included."""
+    if radius > MIH_MAX_RADIUS or n_codes == 0 or n_queries == 0:
+        return False
+    widths = best_widths(n_codes, radius)
+    mih = n_queries * mih_query_ns(widths, n_codes, radius) + n_codes * len(widths) * MIH_BUILD_NS
+    return mih < n_queries * n_codes * FLAT_PAIR_NS
+
+
+class MultiIndexHashing:
+    """Exact Hamming range search over 64-bit codes by multi-index hashing (Norouzi et al.), numpy only.
+
+    The 64 bits are cut into chunks (``widths``; by default chosen at the first search by
+    :func:`best_widths` from the number of codes and the radius). For each chunk the codes are sorted by the chunk's
+    value, with an offsets table ``offsets[v] .. offsets[v+1]`` giving the rows whose chunk equals ``v``.
+    A query probes, in each chunk ``i``, every value within ``t_i`` flipped bits of its own chunk value
+    (:func:`chunk_thresholds`); the rows found are candidates and their full 64-bit distance is checked.
+    A pair is reported by the first chunk that can find it only, so there are no duplicates.
+
+    Work is done mask-major over sorted queries (``query_chunk ^ mask`` for many queries at once), so the
+    table reads stay local, in steps of about ``step_candidates`` candidates so the temporaries stay in
+    cache. Memory: per chunk, the codes in chunk order (8 B/code), the permutation (8 B/code) and
+    ``2**bits + 1`` offsets (512 KiB for 16 bits): 64 B per code for 4 chunks, 64 MB for 1M codes.
+    """
+
+    def __init__(self, codes: np.ndarray, widths: tuple[int, ...] | None = None) -> None:
+        if widths is not None and (sum(widths) != 64 or min(widths) < 1 or max(widths) > 26):
+            raise ValueError(f"widths={widths} must be 1..26-bit chunks adding up to 64 bits")
+        self.codes = np.ascontiguousarray(codes, dtype=np.uint64).reshape(-1)
+        self.widths: tuple[int, ...] | None = None
+        self.last_candidates = 0
+        self.last_probes = 0
+        self._chunks: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]] = []
+        if widths is not None:
+            self._build(tuple(int(w) for w in widths))
+
+    def _build(self, widths: tuple[int, ...]) -> None:
+        """Sort the codes by each chunk (done once, at construction or at the first search)."""
+        self.widths = widths
+        self._chunks = []
+        shift = 0
+        for bits in self.widths:
+            key = self._key(self.codes, shift, bits)
+            order = np.argsort(key, kind="stable")
+            offsets = np.zeros((1 << bits) + 1, dtype=np.int64)
+            np.cumsum(np.bincount(key, minlength=1 << bits), out=offsets[1:])
+            self._chunks.append((shift, bits, order, self.codes[order], offsets))
+            shift += bits
+
+    @staticmethod
+    def _key(codes: np.ndarray, shift: int, bits: int) -> np.ndarray:
+        return ((codes >> np.uint64(shift)) & np.uint64((1 << bits) - 1)).astype(np.int64)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(o.nbytes + c.nbytes + f.nbytes for _, _, o, c, f in self._chunks)
+
+    def search(
+        self, queries: np.ndarray, radius: int, *, step_candidates: int = 1 << 18
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All ``(query_row, code_row, distance)`` with Hamming distance ``<= radius`` (unsorted)."""
+        queries = np.ascontiguousarray(queries, dtype=np.uint64).reshape(-1)
+        out_q: list[np.ndarray] = []
+        out_c: list[np.ndarray] = []
+        out_d: list[np.ndarray] = []
+        self.last_candidates = self.last_probes = 0
+        if len(queries) == 0 or len(self.codes) == 0 or radius < 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
+        if self.widths is None:
+            self._build(best_widths(len(self.codes), radius))
+        thresholds = chunk_thresholds(self.widths, radius)
+        qkeys = [self._key(queries, shift, bits) for shift, bits, *_ in self._chunks]
+        for i, (_, bits, order, chunk_codes, offsets) in enumerate(self._chunks):
+            if thresholds[i] < 0:
+                continue
+            masks = flip_masks(bits, thresholds[i])
+            earlier = [j for j in range(i) if thresholds[j] >= 0]
+            qorder = np.argsort(qkeys[i], kind="stable")
+            qk, qc = qkeys[i][qorder], queries[qorder]
+            per_bucket = max(len(self.codes) / float(1 << bits), 1.0 / 16)
+            probes_per_step = max(1024, int(step_candidates / per_bucket))
+            nq = min(len(qk), probes_per_step)
+            nm = max(1, probes_per_step // nq)
+            for m0 in range(0, len(masks), nm):
+                mblock = masks[m0 : m0 + nm]
+                for q0 in range(0, len(qk), nq):
+                    qkb, qcb = qk[q0 : q0 + nq], qc[q0 : q0 + nq]
+                    probe = (qkb[None, :] ^ mblock[:, None]).ravel()  # mask-major: reads stay local
+                    lo = offsets[probe]
+                    cnt = offsets[probe + 1] - lo
+                    ends = np.cumsum(cnt)
+                    total = int(ends[-1])
+                    self.last_probes += len(probe)
+                    self.last_candidates += total
+                    if total == 0:
+                        continue
+                    pos = np.arange(total, dtype=np.int64) + np.repeat(lo - ends + cnt, cnt)
+                    dist = np.bitwise_count(chunk_codes[pos] ^ np.repeat(np.tile(qcb, len(mblock)), cnt))
+                    hit = np.flatnonzero(dist <= radius)
+                    if len(hit) == 0:
+                        continue
+                    probe_row = np.searchsorted(ends, hit, side="right")
+                    qrow = qorder[q0 + probe_row % len(qkb)]
+                    pos, dist = pos[hit], dist[hit]
+                    if earlier:  # reported by an earlier chunk already?
+                        found_codes = chunk_codes[pos]
+                        keep = np.ones(len(hit), dtype=bool)
+                        for j in earlier:
+                            shift_j, bits_j = self._chunks[j][0], self._chunks[j][1]
+                            d_j = np.bitwise_count(self._key(found_codes, shift_j, bits_j) ^ qkeys[j][qrow])
+                            keep &= d_j > thresholds[j]
+                        qrow, pos, dist = qrow[keep], pos[keep], dist[keep]
+                    out_q.append(qrow)
+                    out_c.append(order[pos])
+                    out_d.append(dist)
+        if not out_q:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
+        return (
+            np.concatenate(out_q).astype(np.int64),
+            np.concatenate(out_c).astype(np.int64),
+            np.concatenate(out_d).astype(np.int32),
+        )
+
+
+#: Above this radius the flip enumeration explodes (4 x 16 bits: radius 20 -> t = (5,5,5,4), 2 * 8k masks);
+#: flat is then cheaper.
+MIH_MAX_RADIUS = 20
