@@ -1,8 +1,8 @@
 """An incremental fingerprint cache: unchanged files are never decoded twice.
 
-Entries are keyed by file identity — absolute path, size and modification time (ns) — and, for files that were
-renamed, moved or touched, by the digest of their bytes. The cache is a manifest file (same SQLite format, same
-atomic save), so it is as crash-safe and pickle-free as a manifest.
+Entries are keyed by file identity — absolute path, size and modification time (ns); a renamed, moved or touched
+file is decoded again. Match results are kept too, keyed by a digest of the fingerprints and settings. The cache
+is a manifest file (same SQLite format, same atomic save), so it is as crash-safe and pickle-free as a manifest.
 
 >>> gate = DatasetGate(reference="data/train", cache="~/.cache/vdc/fingerprints.vdc")  # doctest: +SKIP
 """
@@ -53,7 +53,6 @@ class FingerprintCache:
                 log.warning("ignoring the fingerprint cache %s (it will not be written either): %s", self.path, exc)
         self._dirty = False
         self._by_key: dict[FileKey, int] = {}
-        self._by_digest: dict[bytes, int] = {}
         self._index(0)
         self._pending: list[tuple[str, Fingerprint]] = []
         self.hits = 0
@@ -63,8 +62,6 @@ class FingerprintCache:
         for row in range(start, len(t)):
             if t.file_size[row] is not None and t.mtime_ns[row] is not None:
                 self._by_key[(t.paths[row], int(t.file_size[row]), int(t.mtime_ns[row]))] = row
-            if t.byte_digest[row] is not None:
-                self._by_digest[t.byte_digest[row]] = row
 
     def __len__(self) -> int:
         return len(self._table) + len(self._pending)
@@ -80,24 +77,6 @@ class FingerprintCache:
         if row is not None:
             self.hits += 1
         return row
-
-    def lookup(self, key: FileKey | None) -> Fingerprint | None:
-        """The cached fingerprint of an unchanged file, or ``None``."""
-        row = self.lookup_row(key)
-        return None if row is None else self._table.fingerprint(row)
-
-    def lookup_digest(self, byte_digest: bytes | None) -> Fingerprint | None:
-        """The cached fingerprint of a file with these exact bytes (renamed or touched), or ``None``."""
-        row = self._by_digest.get(byte_digest) if byte_digest is not None else None
-        if row is None:
-            return None
-        self.hits += 1
-        return self._table.fingerprint(row)
-
-    @property
-    def digests(self) -> set[bytes]:
-        """Byte digests the cache knows."""
-        return set(self._by_digest)
 
     def add(self, path: str, fingerprint: Fingerprint) -> None:
         """Remember the fingerprint of a file just computed (written on :meth:`save`)."""
@@ -134,7 +113,7 @@ class FingerprintCache:
         self._table = FingerprintTable.concat([self._table.rows(keep), added])
         self._table.sample_index = np.arange(len(self._table), dtype=np.int64)
         self._pending = []
-        self._by_key, self._by_digest = {}, {}
+        self._by_key = {}
         self._index(0)
         save_manifest(self.path, self._table, {"kind": "fingerprint-cache", "results": self._results})
         self._dirty = False
