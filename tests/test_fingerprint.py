@@ -41,3 +41,18 @@ def test_content_box_leaves_textured_images_whole() -> None:
     assert content_box(gray) == (0, gray.shape[0], 0, gray.shape[1])
     framed = cv2.copyMakeBorder(gray, 7, 7, 5, 5, cv2.BORDER_CONSTANT, value=255)
     assert content_box(framed) == (7, 7 + gray.shape[0], 5, 5 + gray.shape[1])
+
+
+def test_content_box_keeps_dark_picture_regions_and_trims_tall_letterboxes() -> None:
+    gray = cv2.cvtColor(decode_file(EXIF_JPG / "Reconyx_HC500_Hyperfire.jpg").pixels, cv2.COLOR_RGB2GRAY)
+    gray = cv2.resize(gray, (256, 192), interpolation=cv2.INTER_AREA)
+    # a dark gradient (values 0..~20) is part of the picture: a gamma-edited copy would not trim it alike
+    shaded = gray.copy()
+    shaded[-40:] = (np.linspace(20, 0, 40)[:, None] * np.ones((1, 256))).astype(np.uint8)
+    assert content_box(shaded)[1] > 192 - 40 + 5
+    # a 16:9 picture letterboxed into a 9:16 canvas has bars of a third of the height on each side
+    h, w = gray.shape
+    bar = int(w * 16 / 9 - h) // 2
+    tall = cv2.copyMakeBorder(gray, bar, bar, 0, 0, cv2.BORDER_CONSTANT, value=0)
+    top, bottom, left, right = content_box(tall)
+    assert abs(top - bar) <= 2 and abs(bottom - (bar + h)) <= 2 and (left, right) == (0, w)

@@ -24,7 +24,7 @@ import pytest
 from conftest import EXIF_JPG, REPO
 
 from vdc_torch import DatasetGate, ManifestError
-from vdc_torch.fingerprint import FingerprintTable
+from vdc_torch.fingerprint import FINGERPRINT_VERSION, FingerprintTable
 from vdc_torch.manifest import (
     MANIFEST_VERSION,
     load_manifest,
@@ -158,7 +158,7 @@ EDITS = {
     "garbage format version": ("UPDATE meta SET value = '\"x\"' WHERE key = 'format_version'",
                                r"has manifest format version 'x'; this vdc_torch reads version 1 \(rebuild"),
     "other fingerprint version": ("UPDATE meta SET value = '99' WHERE key = 'fingerprint_version'",
-                                  r"holds fingerprints of version 99, this vdc_torch computes version 1"),
+                                  rf"holds fingerprints of version 99, this vdc_torch computes version {FINGERPRINT_VERSION}"),
     "not our format": ("UPDATE meta SET value = '\"other-tool\"' WHERE key = 'format'",
                        r"an SQLite database but not a vdc_torch manifest \(format 'other-tool'\)"),
     "meta not JSON": ("UPDATE meta SET value = '{oops' WHERE key = 'reference_root'",

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("exact", "near_duplicate", "similar")
 #: Bumped whenever the cascade changes its results for the same fingerprints and config (invalidates caches).
-MATCHING_VERSION = 5
+MATCHING_VERSION = 6
 _KIND_RANK = {"exact": 0, "near_duplicate": 1, "similar": 2}
 MATCH_COLUMNS = ["new_row", "ref_row", "kind", "method", "score", "evidence"]
 
@@ -51,6 +51,7 @@ class MatchConfig:
     min_detail_similarity: float = 0.30  # NCC of the high-pass thumbnails (fine structure) for a near-duplicate
     similar_similarity: float = 0.75
     max_color_difference: float = 10.0  # mean |Δa|+|Δb| (Lab, 0–255 scale) between two colourful thumbnails
+    max_aligned_color_difference: float = 14.0  # feature-verified pairs: colours after one shared tone curve
     exif_min_similarity: float = 0.6  # EXIF identity must be confirmed by pixels at least this similar
     mirror_is_duplicate: bool = True  # a horizontally flipped copy counts (models trained with flip augmentation)
     crop_is_duplicate: bool = True  # a cropped copy counts (models trained with crop augmentation)
@@ -414,6 +415,10 @@ def _verify_groups(groups: list[tuple[int, list[tuple[int, int, bool]]]]) -> lis
             )
             if not result.matched:
                 continue
+            colour = _aligned_colour_difference(new.thumbs[q], ref.thumbs[r], result.transform,
+                                                query.image_shape, ref_cache.get(r).image_shape)
+            if colour > config.max_aligned_color_difference:
+                continue  # same layout, other colours: a colour variant of the picture, not a copy
             # matches spread over a crop span a smaller share of its original than of the crop itself
             cropped = result.coverage_b < config.crop_coverage_ratio * result.coverage_a
             kind = "near_duplicate"
@@ -428,6 +433,75 @@ def _verify_groups(groups: list[tuple[int, list[tuple[int, int, bool]]]]) -> lis
             found.append((q, r, kind, f"{config.extractor}{'-mirror' if mirror else ''}", score, evidence))
             break
     return found
+
+
+def _aligned_colour_difference(
+    new_thumb: np.ndarray,
+    ref_thumb: np.ndarray,
+    transform: np.ndarray | None,
+    new_shape: tuple[int, int],
+    ref_shape: tuple[int, int],
+) -> float:
+    """Mean Lab chroma difference of two thumbnails after aligning the reference onto the new one.
+
+    ``transform`` maps detail-image pixels of the new image to the reference's (from :func:`features.verify`);
+    it is rescaled to thumbnail pixels. 0 when either overlap is colourless (grayscale copies keep their match).
+    """
+    if transform is None:
+        return 0.0
+    side = new_thumb.shape[0]
+
+    def to_thumb(shape: tuple[int, int]) -> np.ndarray:  # detail pixel -> thumbnail pixel (centres aligned)
+        h, w = shape
+        sx, sy = side / max(w, 1), side / max(h, 1)
+        return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]], np.float64)
+
+    m = np.eye(3)
+    m[: transform.shape[0]] = transform
+    new_to_ref = to_thumb(ref_shape) @ m @ np.linalg.inv(to_thumb(new_shape))
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    if transform.shape[0] == 3:
+        warped = cv2.warpPerspective(ref_thumb, new_to_ref, (side, side), flags=flags)
+        valid = cv2.warpPerspective(np.full((side, side), 255, np.uint8), new_to_ref, (side, side), flags=flags)
+    else:
+        warped = cv2.warpAffine(ref_thumb, new_to_ref[:2], (side, side), flags=flags)
+        valid = cv2.warpAffine(np.full((side, side), 255, np.uint8), new_to_ref[:2], (side, side), flags=flags)
+    mask = cv2.erode(valid, np.ones((3, 3), np.uint8)) == 255
+    if mask.sum() < 16:
+        return 0.0
+    return tone_mapped_colour_difference(new_thumb[mask], warped[mask])
+
+
+def tone_mapped_colour_difference(new_rgb: np.ndarray, ref_rgb: np.ndarray, bins: int = 16) -> float:
+    """Chroma difference (Lab |Δa|+|Δb|, 0–255 scale) of aligned pixels that no single tone curve explains.
+
+    Brightness, contrast and gamma edits apply one curve to R, G and B alike. The curve is fitted both ways
+    (reference -> new and new -> reference: a flat stretch of a curve can drain colour one way but never
+    create it the other) and the larger mean difference of the 90 % best-agreeing pixels is returned, so an
+    overlay on a small part does not count. A colour variant of a picture (grey sky made blue) keeps a large
+    difference. ``(n, 3)`` uint8 RGB arrays of the same pixels; 0 when the new pixels are colourless.
+    """
+    new_lab = cv2.cvtColor(new_rgb.reshape(1, -1, 3).astype(np.uint8), cv2.COLOR_RGB2LAB)[0, :, 1:]
+    if np.abs(new_lab.astype(np.float32) - 128.0).mean() <= 4.0:
+        return 0.0  # a grayscale copy: nothing to compare
+    return max(_curve_residual(new_rgb, ref_rgb, bins), _curve_residual(ref_rgb, new_rgb, bins))
+
+
+def _curve_residual(target_rgb: np.ndarray, source_rgb: np.ndarray, bins: int) -> float:
+    """Trimmed mean chroma difference between ``target`` and ``curve(source)`` for the best shared curve."""
+    target = target_rgb.astype(np.float32).reshape(-1, 3)
+    source = source_rgb.astype(np.float32).reshape(-1, 3)
+    which = np.minimum((source * bins / 256.0).astype(np.int64), bins - 1).reshape(-1)
+    sums = np.bincount(which, weights=target.reshape(-1), minlength=bins)
+    counts = np.bincount(which, minlength=bins)
+    centres = (np.arange(bins) + 0.5) * 256.0 / bins
+    seen = counts > 0
+    curve = np.maximum.accumulate(np.interp(centres, centres[seen], sums[seen] / counts[seen]))
+    mapped = np.interp(source, centres, curve).clip(0, 255).astype(np.uint8)
+    lab_t = cv2.cvtColor(target_rgb.reshape(1, -1, 3).astype(np.uint8), cv2.COLOR_RGB2LAB)[0, :, 1:]
+    lab_m = cv2.cvtColor(mapped.reshape(1, -1, 3), cv2.COLOR_RGB2LAB)[0, :, 1:]
+    diff = np.sort(np.abs(lab_t.astype(np.float32) - lab_m.astype(np.float32)).sum(axis=1))
+    return float(diff[: max(1, int(len(diff) * 0.9))].mean())
 
 
 def _first_per_query(frame: pd.DataFrame) -> pd.DataFrame:
