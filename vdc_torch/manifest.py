@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ManifestError
-from .fingerprint import CROP_OFFSETS, FINGERPRINT_VERSION, THUMB_SIDE, FingerprintTable
+from .fingerprint import CROP_BOXES, FINGERPRINT_VERSION, THUMB_SIDE, FingerprintTable
 
 try:  # POSIX; elsewhere saves are not locked against each other (the rename still keeps them atomic)
     import fcntl
@@ -168,7 +168,7 @@ def _meta_rows(meta: dict[str, Any], samples: int) -> list[tuple[str, str]]:
 def _stored_columns(table: FingerprintTable, name: str) -> list[list[Any]]:
     """The 17 columns exactly as they are stored (plain ints, str or bytes, ``None``)."""
     n = len(table)
-    k = len(CROP_OFFSETS)
+    k = len(CROP_BOXES)
     thumbs = np.ascontiguousarray(table.thumbs, dtype=np.uint8)
     crops = np.ascontiguousarray(table.crop_hashes).astype("<u8")
     if thumbs.shape != (n, THUMB_SIDE, THUMB_SIDE, 3) or crops.shape != (n, k):
@@ -493,7 +493,7 @@ def _read_database(
 def _table_from_columns(cols: list[list[Any]], name: str) -> FingerprintTable:
     """Type- and size-check every stored value and build the table (ValueError/TypeError on anything odd)."""
     n = len(cols[0])
-    k = len(CROP_OFFSETS)
+    k = len(CROP_BOXES)
     if n == 0:
         return FingerprintTable.empty()
     if cols[0] != list(range(n)):

@@ -25,14 +25,15 @@ import numpy as np
 import pandas as pd
 
 from . import features as local_features
-from .fingerprint import CROP_OFFSETS, FingerprintTable, decode_detail, default_workers, single_threaded_opencv
+from .align import align
+from .fingerprint import CROP_BOXES, FingerprintTable, decode_detail, default_workers, single_threaded_opencv
 from .index import ExactIndex, HammingIndex
 
 log = logging.getLogger(__name__)
 
 KINDS = ("exact", "near_duplicate", "similar")
 #: Bumped whenever the cascade changes its results for the same fingerprints and config (invalidates caches).
-MATCHING_VERSION = 6
+MATCHING_VERSION = 7
 _KIND_RANK = {"exact": 0, "near_duplicate": 1, "similar": 2}
 MATCH_COLUMNS = ["new_row", "ref_row", "kind", "method", "score", "evidence"]
 
@@ -52,6 +53,7 @@ class MatchConfig:
     similar_similarity: float = 0.75
     max_color_difference: float = 10.0  # mean |Δa|+|Δb| (Lab, 0–255 scale) between two colourful thumbnails
     max_aligned_color_difference: float = 14.0  # feature-verified pairs: colours after one shared tone curve
+    max_alignment_color_difference: float = 7.0  # the same for pairs verified by dense alignment only
     exif_min_similarity: float = 0.6  # EXIF identity must be confirmed by pixels at least this similar
     mirror_is_duplicate: bool = True  # a horizontally flipped copy counts (models trained with flip augmentation)
     crop_is_duplicate: bool = True  # a cropped copy counts (models trained with crop augmentation)
@@ -65,6 +67,8 @@ class MatchConfig:
     feature_min_thumb_similarity: float = 0.5  # hash candidates need this gray NCC before feature verification
     knn_candidates: int = 3  # unmatched samples: nearest references by 8x8 thumbnail correlation, to features
     knn_min_similarity: float = 0.88  # ... when their 8x8 correlation reaches this (0 disables the stage)
+    use_alignment: bool = True  # candidates that features cannot verify: dense alignment (smooth pictures)
+    aligned_similarity: float = 0.92  # gray NCC of the aligned pair (align.py) for a near-duplicate
     encoder_similarity: float = 0.92  # cosine of model embeddings to count (CIFAR-10 gallery: 0.90-0.92 mixes in look-alikes)
     encoder_min_thumb_similarity: float = 0.0  # pixel sanity check of encoder candidates (gray thumbnail NCC)
 
@@ -151,13 +155,19 @@ class FeatureCache:
         self.max_features = max_features
         self._plain: dict[int, local_features.LocalFeatures] = {}
         self._mirror: dict[int, local_features.LocalFeatures] = {}
+        self._images: dict[int, np.ndarray] = {}
+
+    def image(self, row: int) -> np.ndarray:
+        """The row's gray detail image (decoded once)."""
+        if row not in self._images:
+            self._images[row] = decode_detail(self.table.details[row])
+        return self._images[row]
 
     def get(self, row: int, mirror: bool = False) -> local_features.LocalFeatures:
         store = self._mirror if mirror else self._plain
         if row not in store:
-            image = decode_detail(self.table.details[row])
             extract = local_features.extract_flipped if mirror else local_features.extract
-            store[row] = extract(image, self.extractor, self.max_features)
+            store[row] = extract(self.image(row), self.extractor, self.max_features)
         return store[row]
 
 
@@ -259,7 +269,7 @@ def match_tables(
     if config.use_features and len(ref) and config.knn_candidates > 0 and config.knn_min_similarity > 0:
         feature_candidates.append(_nearest_thumbnails(new, ref, ~settled, same_table, config))
     if config.use_features and len(ref):
-        k = len(CROP_OFFSETS)
+        k = len(CROP_BOXES)
         crop_index = HammingIndex(ref.crop_hashes.reshape(-1), owners=np.repeat(np.arange(len(ref)), k))
         q, r, dist = crop_index.search(new.phash, config.crop_radius)
         feature_candidates.insert(0, (q, r, dist, False, True))
@@ -409,16 +419,26 @@ def _verify_groups(groups: list[tuple[int, list[tuple[int, int, bool]]]]) -> lis
     found = []
     for q, candidates in groups:
         for r, dist, mirror in candidates:
-            query = new_cache.get(q, mirror=mirror)
-            result = local_features.verify(
-                query, ref_cache.get(r), min_inliers=config.min_inliers, min_coverage=config.min_coverage
-            )
-            if not result.matched:
-                continue
-            colour = _aligned_colour_difference(new.thumbs[q], ref.thumbs[r], result.transform,
-                                                query.image_shape, ref_cache.get(r).image_shape)
-            if colour > config.max_aligned_color_difference:
-                continue  # same layout, other colours: a colour variant of the picture, not a copy
+            row = _verify_pair(new, ref, q, r, dist, mirror, config, new_cache, ref_cache)
+            if row is not None:
+                found.append(row)
+                break
+    return found
+
+
+def _verify_pair(
+    new: FingerprintTable, ref: FingerprintTable, q: int, r: int, dist: int, mirror: bool, config: MatchConfig,
+    new_cache: FeatureCache, ref_cache: FeatureCache,
+) -> tuple[Any, ...] | None:
+    """One candidate pair: local features first, then dense alignment (smooth pictures); a match row or None."""
+    query = new_cache.get(q, mirror=mirror)
+    result = local_features.verify(
+        query, ref_cache.get(r), min_inliers=config.min_inliers, min_coverage=config.min_coverage
+    )
+    if result.matched:
+        colour = _aligned_colour_difference(new.thumbs[q], ref.thumbs[r], result.transform,
+                                            query.image_shape, ref_cache.get(r).image_shape)
+        if colour <= config.max_aligned_color_difference:  # else: same layout, other colours (a variant)
             # matches spread over a crop span a smaller share of its original than of the crop itself
             cropped = result.coverage_b < config.crop_coverage_ratio * result.coverage_a
             kind = "near_duplicate"
@@ -430,9 +450,29 @@ def _verify_groups(groups: list[tuple[int, list[tuple[int, int, bool]]]]) -> lis
                 f"coverage {result.coverage_a:.2f} new / {result.coverage_b:.2f} reference, "
                 f"scale {result.scale:.2f}, rotation {result.rotation_deg:.1f} deg{', crop' if cropped else ''}"
             )
-            found.append((q, r, kind, f"{config.extractor}{'-mirror' if mirror else ''}", score, evidence))
-            break
-    return found
+            return (q, r, kind, f"{config.extractor}{'-mirror' if mirror else ''}", score, evidence)
+    if mirror or not config.use_alignment:
+        return None
+    new_image, ref_image = new_cache.image(q), ref_cache.image(r)
+    aligned = align(new_image, ref_image)
+    if (
+        aligned is None
+        or aligned.similarity < config.aligned_similarity
+        or aligned.detail_similarity < config.min_detail_similarity
+    ):
+        return None
+    colour = _aligned_colour_difference(new.thumbs[q], ref.thumbs[r], aligned.transform, new_image.shape,
+                                        ref_image.shape)
+    if colour > config.max_alignment_color_difference:
+        return None
+    cropped = aligned.scale < config.crop_coverage_ratio
+    kind = "similar" if cropped and not config.crop_is_duplicate else "near_duplicate"
+    evidence = (
+        f"pHash distance {dist}, aligned at scale {aligned.scale:.2f}: thumbnail similarity "
+        f"{aligned.similarity:.3f}, fine-structure similarity {aligned.detail_similarity:.3f}, "
+        f"colour difference {colour:.1f}{', crop' if cropped else ''}"
+    )
+    return (q, r, kind, "alignment", aligned.similarity, evidence)
 
 
 def _aligned_colour_difference(
@@ -500,8 +540,13 @@ def _curve_residual(target_rgb: np.ndarray, source_rgb: np.ndarray, bins: int) -
     mapped = np.interp(source, centres, curve).clip(0, 255).astype(np.uint8)
     lab_t = cv2.cvtColor(target_rgb.reshape(1, -1, 3).astype(np.uint8), cv2.COLOR_RGB2LAB)[0, :, 1:]
     lab_m = cv2.cvtColor(mapped.reshape(1, -1, 3), cv2.COLOR_RGB2LAB)[0, :, 1:]
-    diff = np.sort(np.abs(lab_t.astype(np.float32) - lab_m.astype(np.float32)).sum(axis=1))
-    return float(diff[: max(1, int(len(diff) * 0.9))].mean())
+    lab_t, lab_m = lab_t.astype(np.float32) - 128.0, lab_m.astype(np.float32) - 128.0
+    # only where either side has colour: colourless shadows and skies agree trivially and would dilute the mean
+    colourful = np.maximum(np.abs(lab_t).sum(axis=1), np.abs(lab_m).sum(axis=1)) > 8.0
+    if colourful.sum() < 8:
+        return 0.0
+    diff = np.sort(np.abs(lab_t - lab_m).sum(axis=1)[colourful])
+    return float(diff[: max(1, int(len(diff) * 0.8))].mean())
 
 
 def _first_per_query(frame: pd.DataFrame) -> pd.DataFrame:

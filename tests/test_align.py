@@ -1,0 +1,62 @@
+"""Dense alignment (align.py) and its place in the cascade: crops of smooth pictures that SIFT cannot verify."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from conftest import EXIF_JPG
+
+from vdc_torch import DatasetGate
+from vdc_torch.align import align
+from vdc_torch.decode import decode_file
+
+
+def smooth_gray(name: str, side: int = 256) -> np.ndarray:
+    """A real photo, blurred until it has the texture of a gradient wallpaper."""
+    rgb = decode_file(EXIF_JPG / name).pixels
+    h, w = rgb.shape[:2]
+    rgb = cv2.resize(rgb, (side, round(h * side / w)), interpolation=cv2.INTER_AREA)
+    return cv2.GaussianBlur(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (0, 0), 6)
+
+
+def test_align_finds_an_offcentre_crop_and_where_it_came_from() -> None:
+    ref = smooth_gray("Canon_40D.jpg")
+    h, w = ref.shape
+    y, x, ch, cw = 10, 50, int(h * 0.75), int(w * 0.75)
+    crop = cv2.resize(ref[y : y + ch, x : x + cw], (200, round(200 * ch / cw)), interpolation=cv2.INTER_AREA)
+    result = align(crop, ref)
+    assert result is not None and result.similarity > 0.97 and abs(result.scale - 0.75) <= 0.05
+    corner = result.transform @ np.array([0.0, 0.0, 1.0])  # the crop's top-left corner, in the reference
+    assert abs(corner[0] - x) < 6 and abs(corner[1] - y) < 6
+
+
+def test_align_does_not_pass_another_photo() -> None:
+    ref = smooth_gray("Canon_40D.jpg")
+    for other in ("Nikon_D70.jpg", "Pentax_K10D.jpg", "Kodak_CX7530.jpg"):
+        result = align(smooth_gray(other)[20:170, 20:220], ref)
+        assert result is None or result.similarity < 0.92 or result.detail_similarity < 0.3
+
+
+def test_gate_matches_crops_of_smooth_pictures(tmp_path: Path) -> None:
+    ref_dir, new_dir = tmp_path / "ref", tmp_path / "new"
+    ref_dir.mkdir()
+    new_dir.mkdir()
+    names = ["Canon_40D.jpg", "Nikon_D70.jpg", "Pentax_K10D.jpg", "Kodak_CX7530.jpg", "Olympus_C8080WZ.jpg"]
+    expected = {}
+    for i, name in enumerate(names):
+        rgb = decode_file(EXIF_JPG / name).pixels
+        h, w = rgb.shape[:2]
+        rgb = cv2.GaussianBlur(cv2.resize(rgb, (640, round(h * 640 / w)), interpolation=cv2.INTER_AREA), (0, 0), 12)
+        cv2.imwrite(str(ref_dir / f"r{i}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        h, w = rgb.shape[:2]
+        crop = rgb[int(h * 0.2) :, : int(w * 0.78)]  # off-centre: bottom-left 78 % x 80 %
+        cv2.imwrite(str(new_dir / f"n{i}.jpg"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
+        expected[f"n{i}.jpg"] = f"r{i}.png"
+    decision = DatasetGate(reference=ref_dir, workers=0).check(new_dir)
+    found = {Path(n).name: Path(r).name for n, r, k in
+             zip(decision.matches["new_path"], decision.matches["ref_path"], decision.matches["kind"])
+             if k != "similar"}
+    assert found == expected
+    assert "alignment" in set(decision.matches["method"])  # at least one was beyond the features
