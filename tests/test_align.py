@@ -60,3 +60,34 @@ def test_gate_matches_crops_of_smooth_pictures(tmp_path: Path) -> None:
              if k != "similar"}
     assert found == expected
     assert "alignment" in set(decision.matches["method"])  # at least one was beyond the features
+
+
+def test_gate_matches_smooth_pictures_under_a_caption_or_logo(tmp_path: Path) -> None:
+    ref_dir, new_dir = tmp_path / "ref", tmp_path / "new"
+    ref_dir.mkdir()
+    new_dir.mkdir()
+    names = ["Canon_40D.jpg", "Nikon_D70.jpg", "Pentax_K10D.jpg", "Kodak_CX7530.jpg"]
+    expected = {}
+    for i, name in enumerate(names):
+        rgb = decode_file(EXIF_JPG / name).pixels
+        h, w = rgb.shape[:2]
+        rgb = cv2.GaussianBlur(cv2.resize(rgb, (640, round(h * 640 / w)), interpolation=cv2.INTER_AREA), (0, 0), 12)
+        cv2.imwrite(str(ref_dir / f"r{i}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        h, w = rgb.shape[:2]
+        edited = rgb.copy()
+        if i % 2:  # a caption bar across the bottom 12 %
+            edited[int(h * 0.88) :] = (20, 20, 20)
+            cv2.putText(edited, "Holiday 2019 - all rights reserved", (10, h - 20), cv2.FONT_HERSHEY_SIMPLEX, 0.8,
+                        (255, 255, 255), 2)
+        else:  # a logo in the top-right corner, a fifth of the width
+            side = w // 5
+            cv2.rectangle(edited, (w - side - 10, 10), (w - 10, 10 + side), (220, 30, 30), -1)
+            cv2.circle(edited, (w - side // 2 - 10, 10 + side // 2), side // 3, (255, 255, 0), -1)
+        cv2.imwrite(str(new_dir / f"n{i}.jpg"), cv2.cvtColor(edited, cv2.COLOR_RGB2BGR),
+                    [cv2.IMWRITE_JPEG_QUALITY, 85])
+        expected[f"n{i}.jpg"] = f"r{i}.png"
+    decision = DatasetGate(reference=ref_dir, workers=0).check(new_dir)
+    found = {Path(n).name: Path(r).name for n, r, k in
+             zip(decision.matches["new_path"], decision.matches["ref_path"], decision.matches["kind"])
+             if k != "similar"}
+    assert found == expected

@@ -26,14 +26,21 @@ import pandas as pd
 
 from . import features as local_features
 from .align import align
-from .fingerprint import CROP_BOXES, FingerprintTable, decode_detail, default_workers, single_threaded_opencv
+from .fingerprint import (
+    CROP_BOXES,
+    FingerprintTable,
+    crop_pixels,
+    decode_detail,
+    default_workers,
+    single_threaded_opencv,
+)
 from .index import ExactIndex, HammingIndex
 
 log = logging.getLogger(__name__)
 
 KINDS = ("exact", "near_duplicate", "similar")
 #: Bumped whenever the cascade changes its results for the same fingerprints and config (invalidates caches).
-MATCHING_VERSION = 7
+MATCHING_VERSION = 8
 _KIND_RANK = {"exact": 0, "near_duplicate": 1, "similar": 2}
 MATCH_COLUMNS = ["new_row", "ref_row", "kind", "method", "score", "evidence"]
 
@@ -68,6 +75,7 @@ class MatchConfig:
     knn_candidates: int = 3  # unmatched samples: nearest references by 8x8 thumbnail correlation, to features
     knn_min_similarity: float = 0.88  # ... when their 8x8 correlation reaches this (0 disables the stage)
     use_alignment: bool = True  # candidates that features cannot verify: dense alignment (smooth pictures)
+    overlay_boxes: bool = True  # unmatched samples: compare the 70 % corner crops box to box (captions, logos)
     aligned_similarity: float = 0.92  # gray NCC of the aligned pair (align.py) for a near-duplicate
     encoder_similarity: float = 0.92  # cosine of model embeddings to count (CIFAR-10 gallery: 0.90-0.92 mixes in look-alikes)
     encoder_min_thumb_similarity: float = 0.0  # pixel sanity check of encoder candidates (gray thumbnail NCC)
@@ -274,6 +282,9 @@ def match_tables(
         q, r, dist = crop_index.search(new.phash, config.crop_radius)
         feature_candidates.insert(0, (q, r, dist, False, True))
         add(_verify_with_features(new, ref, feature_candidates, settled, same_table, config, verifier))
+    if config.use_alignment and len(ref) and len(new) and config.overlay_boxes:
+        add(_verify_with_features(new, ref, _same_crop_candidates(new, ref, ~settled, config), settled, same_table,
+                                  config, verifier))
 
     # 7. model embeddings: nearest neighbours in the feature space of the model being trained
     if new_embeddings is not None and ref_embeddings is not None and len(ref) and len(new):
@@ -334,6 +345,28 @@ def coarse_vectors(thumbs: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(coarse / np.maximum(np.linalg.norm(coarse, axis=1, keepdims=True), 1e-3))
 
 
+#: Crops compared box to box for overlays: the four 70 % corner crops (one of them misses any caption bar,
+#: logo or watermark that covers less than 30 % of the picture's width or height at a side or corner).
+OVERLAY_BOXES: tuple[int, ...] = tuple(
+    i for i, (keep, top, left) in enumerate(CROP_BOXES)
+    if keep == 0.7 and round(top, 6) in (0.0, 0.3) and round(left, 6) in (0.0, 0.3)
+)
+
+
+def _same_crop_candidates(
+    new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, config: MatchConfig
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, bool, bool, np.ndarray]]:
+    """Unmatched samples whose corner crop hashes agree with the same crop of a reference (overlays)."""
+    rows = np.flatnonzero(open_rows)
+    found = []
+    for box in OVERLAY_BOXES:
+        if not len(rows):
+            break
+        q, r, dist = HammingIndex(ref.crop_hashes[:, box]).search(new.crop_hashes[rows, box], config.crop_radius)
+        found.append((rows[q], r, dist, False, True, np.full(len(q), box)))
+    return found
+
+
 def _nearest_thumbnails(
     new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, same_table: bool, config: MatchConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, bool]:
@@ -366,8 +399,15 @@ def _verify_with_features(
     config: MatchConfig,
     verifier: ThumbVerifier,
 ) -> pd.DataFrame:
-    """Verify candidate pairs with local features; each tuple is ``(q, r, dist, mirror, skip_prefilter)``."""
-    frames = [pd.DataFrame({"q": q, "r": r, "dist": d, "mirror": m, "crop": c}) for q, r, d, m, c in candidates]
+    """Verify candidate pairs; each tuple is ``(q, r, dist, mirror, skip_prefilter)`` or the same plus ``box``.
+
+    ``box`` (an index into :data:`CROP_BOXES`) marks candidates found by that crop of *both* images: they are
+    verified on that crop alone (the rest of the new image may carry a caption, logo or watermark).
+    """
+    frames = [
+        pd.DataFrame({"q": c[0], "r": c[1], "dist": c[2], "mirror": c[3], "crop": c[4], "box": c[5] if len(c) > 5 else -1})
+        for c in candidates
+    ]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if not len(table):
         return pd.DataFrame(columns=MATCH_COLUMNS)
@@ -382,10 +422,10 @@ def _verify_with_features(
     table = pd.concat(parts) if parts else table
     if not len(table):
         return pd.DataFrame(columns=MATCH_COLUMNS)
-    table = table.sort_values(["q", "dist"]).drop_duplicates(["q", "r", "mirror"])
+    table = table.sort_values(["q", "dist"]).drop_duplicates(["q", "r", "mirror", "box"])
     table = table.groupby("q", sort=True).head(config.max_feature_candidates)
     groups = [
-        (int(q), list(zip(g["r"].astype(int), g["dist"].astype(int), g["mirror"].astype(bool))))
+        (int(q), list(zip(g["r"].astype(int), g["dist"].astype(int), g["mirror"].astype(bool), g["box"].astype(int))))
         for q, g in table.groupby("q", sort=True)
     ]
     global _FEATURE_JOB
@@ -410,7 +450,7 @@ def _verify_with_features(
 _FEATURE_JOB: tuple[FingerprintTable, FingerprintTable, MatchConfig] | None = None
 
 
-def _verify_groups(groups: list[tuple[int, list[tuple[int, int, bool]]]]) -> list[tuple[Any, ...]]:
+def _verify_groups(groups: list[tuple[int, list[tuple[int, int, bool, int]]]]) -> list[tuple[Any, ...]]:
     """Verify each query's candidates in order and keep its first verified one (runs in worker processes)."""
     assert _FEATURE_JOB is not None
     new, ref, config = _FEATURE_JOB
@@ -418,8 +458,11 @@ def _verify_groups(groups: list[tuple[int, list[tuple[int, int, bool]]]]) -> lis
     ref_cache = FeatureCache(ref, config.extractor, config.max_features)
     found = []
     for q, candidates in groups:
-        for r, dist, mirror in candidates:
-            row = _verify_pair(new, ref, q, r, dist, mirror, config, new_cache, ref_cache)
+        for r, dist, mirror, box in candidates:
+            if box >= 0:
+                row = _verify_box(new, ref, q, r, dist, box, config, new_cache, ref_cache)
+            else:
+                row = _verify_pair(new, ref, q, r, dist, mirror, config, new_cache, ref_cache)
             if row is not None:
                 found.append(row)
                 break
@@ -475,12 +518,45 @@ def _verify_pair(
     return (q, r, kind, "alignment", aligned.similarity, evidence)
 
 
+def _verify_box(
+    new: FingerprintTable, ref: FingerprintTable, q: int, r: int, dist: int, box: int, config: MatchConfig,
+    new_cache: FeatureCache, ref_cache: FeatureCache,
+) -> tuple[Any, ...] | None:
+    """A pair whose crop ``box`` agrees: align that crop of both images (an overlay elsewhere does not count)."""
+    new_image, ref_image = new_cache.image(q), ref_cache.image(r)
+    ny, nx, nh, nw = crop_pixels(CROP_BOXES[box], *new_image.shape)
+    ry, rx, rh, rw = crop_pixels(CROP_BOXES[box], *ref_image.shape)
+    aligned = align(new_image[ny : ny + nh, nx : nx + nw], ref_image[ry : ry + rh, rx : rx + rw])
+    if (
+        aligned is None
+        or aligned.scale < 0.9
+        or aligned.similarity < config.aligned_similarity
+        or aligned.detail_similarity < config.min_detail_similarity
+    ):
+        return None
+    # the crop's transform, in whole-image pixels: shift into the crop, map, shift back
+    inner = np.vstack([aligned.transform, [0.0, 0.0, 1.0]])
+    transform = (np.array([[1, 0, rx], [0, 1, ry], [0, 0, 1.0]]) @ inner @ np.array([[1, 0, -nx], [0, 1, -ny], [0, 0, 1.0]]))[:2]
+    colour = _aligned_colour_difference(new.thumbs[q], ref.thumbs[r], transform, new_image.shape, ref_image.shape,
+                                        region=CROP_BOXES[box])
+    if colour > config.max_alignment_color_difference:
+        return None
+    keep = CROP_BOXES[box][0]
+    evidence = (
+        f"the same {keep:.0%} crop of both agrees (pHash distance {dist}): thumbnail similarity "
+        f"{aligned.similarity:.3f}, fine-structure similarity {aligned.detail_similarity:.3f}, colour difference "
+        f"{colour:.1f}; the rest differs (overlay, caption or edit)"
+    )
+    return (q, r, "near_duplicate", "crop-alignment", aligned.similarity, evidence)
+
+
 def _aligned_colour_difference(
     new_thumb: np.ndarray,
     ref_thumb: np.ndarray,
     transform: np.ndarray | None,
     new_shape: tuple[int, int],
     ref_shape: tuple[int, int],
+    region: tuple[float, float, float] | None = None,
 ) -> float:
     """Mean Lab chroma difference of two thumbnails after aligning the reference onto the new one.
 
@@ -507,6 +583,11 @@ def _aligned_colour_difference(
         warped = cv2.warpAffine(ref_thumb, new_to_ref[:2], (side, side), flags=flags)
         valid = cv2.warpAffine(np.full((side, side), 255, np.uint8), new_to_ref[:2], (side, side), flags=flags)
     mask = cv2.erode(valid, np.ones((3, 3), np.uint8)) == 255
+    if region is not None:  # only this (keep, top, left) box of the new thumbnail
+        y, x, h, w = crop_pixels(region, side, side)
+        inside = np.zeros_like(mask)
+        inside[y : y + h, x : x + w] = True
+        mask &= inside
     if mask.sum() < 16:
         return 0.0
     return tone_mapped_colour_difference(new_thumb[mask], warped[mask])
