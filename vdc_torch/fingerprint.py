@@ -15,6 +15,7 @@ fingerprints like its original.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -28,7 +29,15 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from .decode import DEFAULT_DECODE_SIDE, DEFAULT_MAX_PIXELS, DecodedImage, decode_file, decode_object, digest
+from .decode import (
+    DEFAULT_DECODE_SIDE,
+    DEFAULT_MAX_PIXELS,
+    DecodedImage,
+    decode_file,
+    decode_object,
+    digest,
+    read_file,
+)
 from .errors import ImageDecodeError, InvalidParameterError
 from .hashes import HASH_METHODS, compute_hash
 
@@ -283,24 +292,57 @@ class FingerprintTable:
         return FingerprintTable(**kwargs)
 
 
+@dataclass(frozen=True)
+class _KnownContent:
+    """Internal: a file whose bytes the cache already holds (found by digest, not decoded)."""
+
+    byte_digest: bytes
+    file_size: int
+    mtime_ns: int
+
+
 class _FingerprintTask(torch.utils.data.Dataset):
-    """Internal: item ``i`` is ``(i, Fingerprint | Problem)`` for sample ``i`` of a vdc_torch Dataset."""
+    """Internal: item ``i`` is ``(i, Fingerprint | Problem | _KnownContent)`` for sample ``i`` of a vdc_torch Dataset.
+
+    ``known`` (file sizes, byte digests) enables the cache's content-digest fallback: a file of a known size is read
+    and hashed first, and is only decoded when its digest is unknown.
+    """
 
     def __init__(self, dataset: Any, indices: Sequence[int], extra_hashes: Sequence[str], decode_side: int | None,
-                 max_pixels: int) -> None:
+                 max_pixels: int, known: tuple[frozenset[int], frozenset[bytes]] | None = None) -> None:
         self.dataset = dataset
         self.indices = list(indices)
         self.extra_hashes = tuple(extra_hashes)
         self.decode_side = decode_side
         self.max_pixels = max_pixels
+        self.known = known
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, position: int) -> tuple[int, Fingerprint | Problem]:
+    def _known_content(self, path: str) -> _KnownContent | None:
+        """The file's digest when the cache holds its bytes; ``None`` otherwise (or when it cannot be read)."""
+        assert self.known is not None
+        sizes, digests = self.known
+        try:
+            if os.stat(path).st_size not in sizes:
+                return None
+            data, st = read_file(path)
+        except (OSError, ImageDecodeError):
+            return None  # decode_file reports the problem
+        found = digest(data)
+        if found in digests and st.st_size == len(data):
+            return _KnownContent(found, len(data), st.st_mtime_ns)
+        return None
+
+    def __getitem__(self, position: int) -> tuple[int, Fingerprint | Problem | _KnownContent]:
         index = self.indices[position]
         path = self.dataset.samples[index][0]
         try:
+            if self.known is not None and self.dataset.is_file_backed:
+                known = self._known_content(path)
+                if known is not None:
+                    return index, known
             if self.dataset.is_file_backed:
                 decoded = decode_file(path, decode_side=self.decode_side, max_pixels=self.max_pixels)
             else:
@@ -375,6 +417,7 @@ def compute_fingerprints(
     use_cache = cache is not None and dataset.is_file_backed
     cached_indices: list[int] = []
     cached_rows: list[int] = []
+    known = None
     if use_cache:
         from .cache import file_key
 
@@ -387,10 +430,12 @@ def compute_fingerprints(
                 cached_indices.append(index)
                 cached_rows.append(row)
         todo = missing
+        sizes, digests = cache.known_content()
+        known = (sizes, digests) if todo and digests else None
     workers = default_workers() if workers is None else max(0, int(workers))
     if workers and not _worth_forking(dataset, todo):
         workers = 0  # starting processes costs more than it saves
-    task = _FingerprintTask(dataset, todo, extra_hashes, decode_side, max_pixels)
+    task = _FingerprintTask(dataset, todo, extra_hashes, decode_side, max_pixels, known)
     loader = torch.utils.data.DataLoader(
         task,
         batch_size=64,
@@ -408,6 +453,12 @@ def compute_fingerprints(
             for index, result in batch:
                 if isinstance(result, Problem):
                     problems.append(result)
+                elif isinstance(result, _KnownContent):  # same bytes as a cached file: reuse, re-key, no decode
+                    row = cache.lookup_digest(result.byte_digest)
+                    results[index] = dataclasses.replace(
+                        cache.table.fingerprint(row), file_size=result.file_size, mtime_ns=result.mtime_ns,
+                        warnings=[],
+                    )
                 else:
                     results[index] = result
                     problems.extend(Problem(index, dataset.samples[index][0], w, fatal=False) for w in result.warnings)
@@ -416,10 +467,11 @@ def compute_fingerprints(
     order = sorted(results)
     fresh = _labelled(FingerprintTable.from_rows(order, [], [], [results[i] for i in order]), dataset, order)
     if use_cache:
+        # rows first: saving rebuilds the cache table, which renumbers its rows when a path is replaced
+        cached = _labelled(cache.table.rows(cached_rows), dataset, cached_indices)
         for index in order:
             cache.add(dataset.samples[index][0], results[index])
         cache.save()
-        cached = _labelled(cache.table.rows(cached_rows), dataset, cached_indices)
         fresh = FingerprintTable.concat([fresh, cached])
     if world > 1:
         fresh, problems = _all_gather(fresh, problems)
