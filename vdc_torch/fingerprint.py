@@ -40,6 +40,7 @@ from .decode import (
 )
 from .errors import ImageDecodeError, InvalidParameterError
 from .hashes import HASH_METHODS, compute_hash
+from .stored import is_stored
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +217,8 @@ class FingerprintTable:
     phash: np.ndarray  # (n,) uint64
     phash_mirror: np.ndarray  # (n,) uint64
     crop_hashes: np.ndarray  # (n, k) uint64
-    thumbs: np.ndarray  # (n, 32, 32, 3) uint8
-    details: list[bytes]
+    thumbs: np.ndarray  # (n, 32, 32, 3) uint8 (a StoredRows read on demand when loaded from a manifest)
+    details: list[bytes]  # (a StoredRows of byte strings when loaded from a manifest)
     file_size: list[int | None]
     mtime_ns: list[int | None]
     extra_hashes: list[dict[str, str]]
@@ -269,27 +270,42 @@ class FingerprintTable:
         )
 
     def rows(self, rows: Sequence[int]) -> FingerprintTable:
-        """A new table holding only ``rows`` (in that order)."""
+        """A new table holding only ``rows`` (in that order); columns kept in a manifest stay there (views)."""
         r = list(rows)
         return FingerprintTable(
             sample_index=self.sample_index[r], paths=[self.paths[i] for i in r], labels=[self.labels[i] for i in r],
             width=self.width[r], height=self.height[r], byte_digest=[self.byte_digest[i] for i in r],
             pixel_digest=[self.pixel_digest[i] for i in r], exif_identity=[self.exif_identity[i] for i in r],
             phash=self.phash[r], phash_mirror=self.phash_mirror[r], crop_hashes=self.crop_hashes[r],
-            thumbs=self.thumbs[r], details=[self.details[i] for i in r], file_size=[self.file_size[i] for i in r],
+            thumbs=_take(self.thumbs, r), details=_take(self.details, r),
+            file_size=[self.file_size[i] for i in r],
             mtime_ns=[self.mtime_ns[i] for i in r], extra_hashes=[self.extra_hashes[i] for i in r],
         )
 
     @staticmethod
     def concat(tables: Sequence[FingerprintTable]) -> FingerprintTable:
-        """Rows of all ``tables`` one after another."""
+        """Rows of all ``tables`` one after another (a single table's columns are kept as they are)."""
         tables = [t for t in tables if len(t)] or [FingerprintTable.empty()]
         first = tables[0]
+        if len(tables) == 1:
+            return FingerprintTable(**{name: getattr(first, name) for name in first.__dataclass_fields__})
         kwargs: dict[str, Any] = {}
         for name in first.__dataclass_fields__:
             values = [getattr(t, name) for t in tables]
-            kwargs[name] = np.concatenate(values) if isinstance(values[0], np.ndarray) else sum(values, [])
+            if any(isinstance(v, np.ndarray) or (is_stored(v) and not v.is_bytes) for v in values):
+                kwargs[name] = np.concatenate([np.asarray(v) for v in values])
+            else:
+                kwargs[name] = sum((list(v) for v in values), [])
         return FingerprintTable(**kwargs)
+
+
+def _take(column: Any, rows: list[int]) -> Any:
+    """``rows`` of an array, a list or a stored column (a view for the latter)."""
+    if is_stored(column):
+        return column.take(np.asarray(rows, dtype=np.int64))
+    if isinstance(column, np.ndarray):
+        return column[rows]
+    return [column[i] for i in rows]
 
 
 @dataclass(frozen=True)
@@ -512,6 +528,8 @@ def table_to_bytes(table: FingerprintTable) -> bytes:
     arrays: dict[str, np.ndarray] = {}
     for name in table.__dataclass_fields__:
         value = getattr(table, name)
+        if is_stored(value):
+            value = list(value) if value.is_bytes else np.asarray(value)
         if isinstance(value, np.ndarray):
             arrays[name] = value
         else:
