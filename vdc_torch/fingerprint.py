@@ -19,6 +19,7 @@ import dataclasses
 import io
 import json
 import logging
+import operator
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -271,15 +272,14 @@ class FingerprintTable:
 
     def rows(self, rows: Sequence[int]) -> FingerprintTable:
         """A new table holding only ``rows`` (in that order); columns kept in a manifest stay there (views)."""
-        r = list(rows)
+        r = [int(i) for i in rows]
         return FingerprintTable(
-            sample_index=self.sample_index[r], paths=[self.paths[i] for i in r], labels=[self.labels[i] for i in r],
-            width=self.width[r], height=self.height[r], byte_digest=[self.byte_digest[i] for i in r],
-            pixel_digest=[self.pixel_digest[i] for i in r], exif_identity=[self.exif_identity[i] for i in r],
+            sample_index=self.sample_index[r], paths=_pick(self.paths, r), labels=_pick(self.labels, r),
+            width=self.width[r], height=self.height[r], byte_digest=_pick(self.byte_digest, r),
+            pixel_digest=_pick(self.pixel_digest, r), exif_identity=_pick(self.exif_identity, r),
             phash=self.phash[r], phash_mirror=self.phash_mirror[r], crop_hashes=self.crop_hashes[r],
-            thumbs=_take(self.thumbs, r), details=_take(self.details, r),
-            file_size=[self.file_size[i] for i in r],
-            mtime_ns=[self.mtime_ns[i] for i in r], extra_hashes=[self.extra_hashes[i] for i in r],
+            thumbs=_take(self.thumbs, r), details=_take(self.details, r), file_size=_pick(self.file_size, r),
+            mtime_ns=_pick(self.mtime_ns, r), extra_hashes=_pick(self.extra_hashes, r),
         )
 
     @staticmethod
@@ -299,13 +299,20 @@ class FingerprintTable:
         return FingerprintTable(**kwargs)
 
 
+def _pick(values: Sequence[Any], rows: list[int]) -> list[Any]:
+    """``[values[i] for i in rows]``, a few times faster (itemgetter runs the loop in C)."""
+    if len(rows) < 2:
+        return [values[i] for i in rows]
+    return list(operator.itemgetter(*rows)(values))
+
+
 def _take(column: Any, rows: list[int]) -> Any:
     """``rows`` of an array, a list or a stored column (a view for the latter)."""
     if is_stored(column):
         return column.take(np.asarray(rows, dtype=np.int64))
     if isinstance(column, np.ndarray):
         return column[rows]
-    return [column[i] for i in rows]
+    return _pick(column, rows)
 
 
 @dataclass(frozen=True)
