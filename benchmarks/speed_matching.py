@@ -182,9 +182,9 @@ def tiny_png() -> bytes:
 def make_table(n: int, rng: np.random.Generator, prefix: str, phash: np.ndarray, phash_mirror: np.ndarray,
                thumbs: np.ndarray, byte_digest: list[bytes], pixel_digest: list[bytes]):
     """A ``FingerprintTable`` built directly from columns (unknown extra fields get their defaults)."""
-    from vdc_torch.fingerprint import CROP_OFFSETS, FingerprintTable
+    from vdc_torch.fingerprint import CROP_BOXES, FingerprintTable
 
-    k = len(CROP_OFFSETS)
+    k = len(CROP_BOXES)
     png = tiny_png()
     empty: dict[str, str] = {}
     columns: dict[str, Any] = {
@@ -372,8 +372,125 @@ def child_index_memory(args: dict[str, Any]) -> dict[str, Any]:
             "rss_before_mb": rss, "peak_rss_mb": peak_rss_mb(), **extra}
 
 
+def child_save_manifests(args: dict[str, Any]) -> dict[str, Any]:
+    """Build the synthetic tables and save them as manifests (the on-disk form a large reference lives in)."""
+    from vdc_torch.manifest import save_manifest
+
+    new, ref, truth = make_tables(args["n_ref"], args["n_new"], seed=args.get("seed", 0))
+    t0 = time.perf_counter()
+    save_manifest(Path(args["dir"]) / "ref.vdc", ref, {})
+    save_manifest(Path(args["dir"]) / "new.vdc", new, {})
+    return {"save_s": time.perf_counter() - t0, "truth": truth,
+            "ref_mb": (Path(args["dir"]) / "ref.vdc").stat().st_size / 2**20}
+
+
+def matches_digest(matches: Any) -> str:
+    """A digest of the match rows, to show two runs found exactly the same matches."""
+    import hashlib
+
+    if not len(matches):
+        return "empty"
+    frame = matches.sort_values(["new_row", "ref_row"])[["new_row", "ref_row", "kind", "method", "score"]]
+    return hashlib.blake2b(frame.to_csv(index=False).encode(), digest_size=8).hexdigest()
+
+
+def child_match_memory(args: dict[str, Any]) -> dict[str, Any]:
+    """match_tables at one size with the tables in memory, or loaded from the manifests child_save_manifests wrote."""
+    import vdc_torch.matching
+    from vdc_torch.matching import MatchConfig
+
+    rss_import = current_rss_mb()
+    t0 = time.perf_counter()
+    if args["source"] == "manifest":
+        from vdc_torch.manifest import load_manifest
+
+        ref, _ = load_manifest(Path(args["dir"]) / "ref.vdc")
+        new, _ = load_manifest(Path(args["dir"]) / "new.vdc")
+    else:
+        new, ref, _ = make_tables(args["n_ref"], args["n_new"], seed=args.get("seed", 0))
+    load_s = time.perf_counter() - t0
+    gc.collect()
+    rss_tables = current_rss_mb()
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    matches = vdc_torch.matching.match_tables(new, ref, MatchConfig(use_features=False))
+    match_s = time.perf_counter() - t0
+    peak = peak_rss_mb()
+    knn_s = knn_peak = float("nan")
+    if args.get("knn"):  # the kNN stage reads the coarse vectors of every reference row
+        from vdc_torch.matching import _nearest_thumbnails
+
+        reset_peak_rss()
+        t0 = time.perf_counter()
+        _nearest_thumbnails(new, ref, np.ones(len(new), bool), False, MatchConfig())
+        knn_s, knn_peak = time.perf_counter() - t0, peak_rss_mb()
+    kinds = matches["kind"].value_counts().to_dict() if len(matches) else {}
+    return {**args, "load_s": load_s, "match_s": match_s, "rss_import_mb": rss_import, "rss_tables_mb": rss_tables,
+            "peak_rss_mb": peak, "knn_s": knn_s, "knn_peak_rss_mb": knn_peak,
+            "kinds": {str(k): int(v) for k, v in kinds.items()}, "digest": matches_digest(matches)}
+
+
+def bench_memory(n_ref: int, n_new: int, timeout: float, knn: bool) -> str:
+    """Peak RSS and time of matching n_ref x n_new, tables in memory vs loaded from manifests, same run."""
+    import tempfile
+
+    print(f"\n== memory at {n_ref:,} x {n_new:,} ({load_line()}) ==", flush=True)
+    with tempfile.TemporaryDirectory(prefix="vdc-speed-matching-") as tmp:
+        saved = run_child(SCRIPT, {"what": "save", "n_ref": n_ref, "n_new": n_new, "dir": tmp}, timeout=timeout)
+        print(f"  manifests saved: {saved}", flush=True)
+        runs = {}
+        for source in ("memory", "manifest"):
+            runs[source] = run_child(SCRIPT, {"what": "memory", "n_ref": n_ref, "n_new": n_new, "dir": tmp,
+                                              "source": source, "knn": knn}, timeout=timeout)
+            print(f"  {source}: {runs[source]}", flush=True)
+    rows = []
+    for source, label in (("memory", "tables built in memory (numpy thumbnails, as before)"),
+                          ("manifest", "tables loaded from manifests (`load_manifest`, as `DatasetGate.load`)")):
+        r = runs[source]
+        if "error" in r:
+            rows.append([label, "error: " + str(r["error"])[:60]] + ["–"] * 7)
+            continue
+        rows.append([label, fmt_s(r["load_s"]), fmt_s(r["match_s"]), f"{r['rss_tables_mb']:,.0f}",
+                     f"**{r['peak_rss_mb']:,.0f}**", fmt_s(r["knn_s"]) if knn else "–",
+                     f"{r['knn_peak_rss_mb']:,.0f}" if knn else "–",
+                     ", ".join(f"{k} {v}" for k, v in sorted(r["kinds"].items())), r["digest"]])
+    table = md_table(["tables", "build / load s", "match_tables s", "RSS before matching MB",
+                      "peak RSS while matching MB", "kNN stage s", "peak RSS in kNN stage MB", "matches",
+                      "match digest"], rows)
+    m, d = runs["manifest"], runs["memory"]
+    same = "identical" if m.get("digest") == d.get("digest") else "**DIFFERENT**"
+    verdict = []
+    if "peak_rss_mb" in m and "peak_rss_mb" in d:
+        verdict = [
+            f"- Peak RSS while matching {n_ref:,} reference × {n_new:,} new: **{m['peak_rss_mb']:,.0f} MB** with the "
+            f"tables loaded from manifests (target ≤ 2,048 MB: {'met' if m['peak_rss_mb'] <= 2048 else 'not met'}), "
+            f"against {d['peak_rss_mb']:,.0f} MB with the same tables built in memory "
+            f"({d['peak_rss_mb'] / m['peak_rss_mb']:.1f}× less). Matches: {same} (digest of the match rows).",
+            f"- match_tables time: {m['match_s']:.1f} s from manifests, {d['match_s']:.1f} s in memory "
+            f"(target < 60 s: {'met' if m['match_s'] < 60 else 'not met'}).",
+        ]
+    return "\n".join([
+        f"Synthetic tables of `make_tables` ({n_ref:,} reference × {n_new:,} new, random 32×32×3 thumbnails), "
+        f"`match_tables(new, ref, MatchConfig(use_features=False))`, each configuration in a fresh child process; "
+        "peak RSS = `VmHWM` reset just before matching, so it counts the tables, the imports (torch, faiss, "
+        f"OpenCV: ~{m.get('rss_import_mb', float('nan')):,.0f} MB) and everything matching allocates. The reference "
+        f"manifest is {saved.get('ref_mb', float('nan')):,.0f} MB (written in {saved.get('save_s', float('nan')):.0f} s "
+        f"for both tables). Machine load at end: {load_line()}. Run: `python benchmarks/speed_matching.py "
+        f"--memory-only{' --knn' if knn else ''}`.",
+        "",
+        "### Verdict",
+        "",
+        *verdict,
+        "",
+        "### Runs",
+        "",
+        table,
+    ])
+
+
 def child(args: dict[str, Any]) -> dict[str, Any]:
-    return {"match": child_match, "index_memory": child_index_memory}[args["what"]](args)
+    return {"match": child_match, "index_memory": child_index_memory, "save": child_save_manifests,
+            "memory": child_match_memory}[args["what"]](args)
 
 
 # =============================================================================================
@@ -671,7 +788,20 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=420.0, help="per match_tables child (s)")
     parser.add_argument("--skip-real", action="store_true", help="skip the CIFAR-10 pHash distribution check")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only the 1M x 100k memory run (tables in memory vs loaded from manifests); writes its "
+                             "own BENCHMARKS.md section")
+    parser.add_argument("--memory-ref", type=int, default=1_000_000, help="reference rows of --memory-only")
+    parser.add_argument("--knn", action="store_true", help="--memory-only: also time the kNN (coarse vector) stage")
     args = parser.parse_args()
+    if args.memory_only:
+        body = bench_memory(args.memory_ref, 100_000, timeout=max(args.timeout, 1200.0), knn=args.knn)
+        print("\n" + body)
+        if not args.no_write:
+            from datasets import write_benchmarks_section
+
+            print(f"\nwrote the section to {write_benchmarks_section('Matching memory at 1M reference', body)}")
+        return 0
     sizes_ref = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
     sizes_new = [10_000, 100_000]
     repeats = 1 if args.quick else args.repeats

@@ -180,7 +180,7 @@ def test_info_describes_a_manifest_a_folder_and_an_image(scenario, manifest, pho
                                                          capsys) -> None:
     assert main(["info", str(manifest)]) == 0
     text = capsys.readouterr().out
-    assert "kind: manifest" in text and "samples: 24" in text and "format_version: 1" in text
+    assert "kind: manifest" in text and "samples: 24" in text and "format_version: 2" in text
     assert "saved_at: " in text
     labelled = tmp_path / "labelled"
     for name, files in (("cat", photos[:3]), ("dog", photos[3:5])):

@@ -123,6 +123,27 @@ def other_sqlite(path: Path) -> None:
         connection.execute("INSERT INTO photos VALUES ('a.jpg', 5)")
 
 
+def set_stored_path(path: Path, row: int, value: str) -> None:
+    """Rewrite one stored path consistently (column bytes, offsets, part digests), as a hostile file would."""
+    from vdc_torch.stored import part_digest
+
+    with sqlite3.connect(path) as connection:
+        def column(name: str) -> bytes:
+            found = connection.execute("SELECT data FROM parts WHERE name = ? ORDER BY part", (name,)).fetchall()
+            return b"".join(d for (d,) in found)
+
+        data, offsets = column("paths.data"), np.frombuffer(column("paths.offsets"), "<i8")
+        items = [data[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+        items[row] = value.encode()
+        new_data = b"".join(items)
+        new_offsets = np.cumsum([0] + [len(x) for x in items]).astype("<i8").tobytes()
+        for name, blob in (("paths.data", new_data), ("paths.offsets", new_offsets)):
+            connection.execute("DELETE FROM parts WHERE name = ?", (name,))
+            connection.execute("INSERT INTO parts (name, part, data, digest) VALUES (?, 0, ?, ?)",
+                               (name, blob, part_digest(blob)))
+        connection.execute("UPDATE columns SET shape = ? WHERE name = 'paths.data'", (f"[{len(new_data)}]",))
+
+
 def edit(path: Path, sql: str) -> None:
     connection = sqlite3.connect(path)
     try:
@@ -153,22 +174,24 @@ def test_non_manifests_are_refused_clearly(tmp_path: Path, case: str) -> None:
 
 
 EDITS = {
-    "newer format version": ("UPDATE meta SET value = '2' WHERE key = 'format_version'",
-                             r"has manifest format version 2; this vdc_torch reads version 1 \(upgrade vdc_torch"),
+    "newer format version": ("UPDATE meta SET value = '3' WHERE key = 'format_version'",
+                             r"has manifest format version 3; this vdc_torch reads versions 1 and 2 \(upgrade vdc"),
     "garbage format version": ("UPDATE meta SET value = '\"x\"' WHERE key = 'format_version'",
-                               r"has manifest format version 'x'; this vdc_torch reads version 1 \(rebuild"),
+                               r"has manifest format version 'x'; this vdc_torch reads versions 1 and 2 \(rebuild"),
     "other fingerprint version": ("UPDATE meta SET value = '99' WHERE key = 'fingerprint_version'",
                                   rf"holds fingerprints of version 99, this vdc_torch computes version {FINGERPRINT_VERSION}"),
     "not our format": ("UPDATE meta SET value = '\"other-tool\"' WHERE key = 'format'",
                        r"an SQLite database but not a vdc_torch manifest \(format 'other-tool'\)"),
     "meta not JSON": ("UPDATE meta SET value = '{oops' WHERE key = 'reference_root'",
                       r"meta entry 'reference_root' is not valid JSON"),
-    "edited sample": ("UPDATE samples SET width = width + 1 WHERE row = 3", r"does not match its checksum"),
-    "deleted sample": ("DELETE FROM samples WHERE row = 7", r"does not match its checksum"),
-    "blob of wrong type": ("UPDATE samples SET thumb = 'x' WHERE row = 2", r"a sample row is malformed"),
+    "edited sample": ("UPDATE parts SET data = zeroblob(length(data)) WHERE name = 'width'",
+                      r"column 'width' does not match its checksum"),
+    "deleted sample": ("DELETE FROM parts WHERE name = 'phash'", r"does not match its checksum"),
+    "blob of wrong type": ("UPDATE parts SET data = 'x' WHERE name = 'thumbs'", r"does not match its checksum"),
+    "unknown column": ("INSERT INTO columns VALUES ('extra', '|u1', '[0]')", r"it has columns \[.*'extra'"),
     "missing checksum": ("DELETE FROM checksum", r"its checksum is missing"),
-    "samples replaced by a view": ("ALTER TABLE samples RENAME TO s2; CREATE VIEW samples AS SELECT * FROM s2",
-                                   r"not a vdc_torch manifest \(its tables: checksum, meta, s2, samples\)"),
+    "parts replaced by a view": ("ALTER TABLE parts RENAME TO p2; CREATE VIEW parts AS SELECT * FROM p2",
+                                 r"not a vdc_torch manifest \(its tables: checksum, columns, meta, p2, parts\)"),
 }
 
 
@@ -185,9 +208,20 @@ def test_a_consistent_but_malformed_row_is_refused_even_without_checksum(table: 
                                                                          tmp_path: Path) -> None:
     path = saved(table, tmp_path)
     edit(path, "DROP TABLE checksum")
-    edit(path, "UPDATE samples SET thumb = x'00' WHERE row = 2")
-    with pytest.raises(ManifestError, match=r"a sample row is malformed \(ValueError: a thumbnail blob has the wrong"):
+    edit(path, "UPDATE parts SET data = x'00' WHERE name = 'thumbs'")
+    with pytest.raises(ManifestError, match=r"column 'thumbs' holds 1 bytes, its shape needs"):
         load_manifest(path)
+
+
+def test_a_damaged_thumbnail_part_is_refused_when_read(table: FingerprintTable, tmp_path: Path) -> None:
+    """Thumbnails and detail images are read on demand; each part is checked on its first read."""
+    path = saved(table, tmp_path)
+    edit(path, "DROP TABLE checksum")  # a part's own digest still guards it
+    edit(path, "UPDATE parts SET data = zeroblob(length(data)) WHERE name = 'thumbs'")
+    loaded, _ = load_manifest(path)
+    with pytest.raises(ManifestError, match=r"a stored part does not match its checksum"):
+        loaded.thumbs[0]
+    assert rows(loaded.rows([])) == []
 
 
 @pytest.mark.parametrize("fraction", [0.0005, 0.01, 0.25, 0.5, 0.75, 0.999])
@@ -221,10 +255,11 @@ def test_random_damage_loads_the_exact_content_or_is_refused(table: FingerprintT
         damaged.write_bytes(bytes(blob))
         try:
             loaded, _ = load_manifest(damaged)
+            content = rows(loaded)  # thumbnails and details are verified when first read
         except ManifestError:
             outcomes["refused"] += 1
         else:  # only unused bytes (free page space) were hit
-            assert rows(loaded) == rows(table)
+            assert content == rows(table)
             outcomes["intact"] += 1
     assert outcomes["refused"] > 0
 
@@ -245,7 +280,7 @@ def test_a_manifest_with_paths_leaving_the_root_is_refused_without_reading_them(
     global _OPENED
     path = saved(table, tmp_path)
     edit(path, "DROP TABLE checksum")  # a hostile file would carry a matching checksum anyway
-    edit(path, "UPDATE samples SET path = '../../etc/passwd' WHERE row = 1")
+    set_stored_path(path, 1, "../../etc/passwd")
     if not getattr(_audit, "installed", False):
         sys.addaudithook(_audit)  # sees every open() and os.open() of this process
         _audit.installed = True  # type: ignore[attr-defined]

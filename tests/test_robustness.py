@@ -598,7 +598,7 @@ def manifest_rows(path: Path) -> list[tuple]:
     import sqlite3
 
     with sqlite3.connect(path) as connection:
-        return connection.execute("SELECT * FROM samples ORDER BY row").fetchall()
+        return connection.execute("SELECT name, part, data, digest FROM parts ORDER BY name, part").fetchall()
 
 
 def test_same_inputs_same_decision_and_manifest_with_one_or_two_workers(tmp_path: Path) -> None:

@@ -1,8 +1,12 @@
 """An incremental fingerprint cache: unchanged files are never decoded twice.
 
-Entries are keyed by file identity — absolute path, size and modification time (ns); a renamed, moved or touched
-file is decoded again. Match results are kept too, keyed by a digest of the fingerprints and settings. The cache
-is a manifest file (same SQLite format, same atomic save), so it is as crash-safe and pickle-free as a manifest.
+Entries are keyed by file identity — absolute path, size and modification time (ns) — falling back to the content
+digest (BLAKE2b of the file bytes, the fingerprint's ``byte_digest``): a file whose identity misses but whose size
+matches a cached entry is read (not decoded) and hashed, and when its bytes are known, the cached fingerprint is
+reused and re-keyed under the new path, size and mtime. So a renamed, moved, copied or touched-but-unchanged file is
+never decoded again; a file whose bytes changed is. Match results are kept too, keyed by a digest of the fingerprints
+and settings. The cache is a manifest file (same SQLite format, same atomic save), so it is as crash-safe and
+pickle-free as a manifest.
 
 >>> gate = DatasetGate(reference="data/train", cache="~/.cache/vdc/fingerprints.vdc")  # doctest: +SKIP
 """
@@ -53,15 +57,23 @@ class FingerprintCache:
                 log.warning("ignoring the fingerprint cache %s (it will not be written either): %s", self.path, exc)
         self._dirty = False
         self._by_key: dict[FileKey, int] = {}
+        self._by_digest: dict[bytes, int] = {}
+        self._sizes: set[int] = set()
         self._index(0)
         self._pending: list[tuple[str, Fingerprint]] = []
+        #: Files found by path, size and mtime.
         self.hits = 0
+        #: Files found by the digest of their bytes (renamed, moved, copied or touched; read but not decoded).
+        self.digest_hits = 0
 
     def _index(self, start: int) -> None:
         t = self._table
         for row in range(start, len(t)):
             if t.file_size[row] is not None and t.mtime_ns[row] is not None:
                 self._by_key[(t.paths[row], int(t.file_size[row]), int(t.mtime_ns[row]))] = row
+            if t.byte_digest[row] is not None and t.file_size[row] is not None:
+                self._by_digest[t.byte_digest[row]] = row
+                self._sizes.add(int(t.file_size[row]))
 
     def __len__(self) -> int:
         return len(self._table) + len(self._pending)
@@ -76,6 +88,17 @@ class FingerprintCache:
         row = self._by_key.get(key) if key is not None else None
         if row is not None:
             self.hits += 1
+        return row
+
+    def known_content(self) -> tuple[frozenset[int], frozenset[bytes]]:
+        """File sizes and byte digests of the cached entries (for the content-digest fallback)."""
+        return frozenset(self._sizes), frozenset(self._by_digest)
+
+    def lookup_digest(self, byte_digest: bytes | None) -> int | None:
+        """The cache row of a file with exactly these bytes (renamed, moved or touched), or ``None``."""
+        row = self._by_digest.get(byte_digest) if byte_digest is not None else None
+        if row is not None:
+            self.digest_hits += 1
         return row
 
     def add(self, path: str, fingerprint: Fingerprint) -> None:
@@ -113,7 +136,7 @@ class FingerprintCache:
         self._table = FingerprintTable.concat([self._table.rows(keep), added])
         self._table.sample_index = np.arange(len(self._table), dtype=np.int64)
         self._pending = []
-        self._by_key = {}
+        self._by_key, self._by_digest, self._sizes = {}, {}, set()
         self._index(0)
         save_manifest(self.path, self._table, {"kind": "fingerprint-cache", "results": self._results})
         self._dirty = False

@@ -44,6 +44,7 @@ import numpy as np
 
 from .errors import ManifestError
 from .fingerprint import CROP_BOXES, FINGERPRINT_VERSION, THUMB_SIDE, FingerprintTable
+from .stored import ManifestHandle, PartStream, StoredRows, part_digest
 
 try:  # POSIX; elsewhere saves are not locked against each other (the rename still keeps them atomic)
     import fcntl
@@ -53,8 +54,16 @@ except ImportError:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = "vdc_torch-manifest"
-#: The format written. Version 1 files without a ``checksum`` table (written before it existed) still load.
-MANIFEST_VERSION = 1
+#: The format written: version 2 stores each column as a few large blobs (``parts``), and thumbnails, their 8×8
+#: coarse vectors and detail images are read on demand. Version 1 files (one SQLite row per sample, with or
+#: without a ``checksum`` table) still load, fully into memory.
+MANIFEST_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+#: Bytes per stored part of a column (SQLite caps a blob at 1 GB).
+PART_BYTES = 32 << 20
+#: Columns read on demand (:class:`vdc_torch.stored.StoredRows`) instead of at load time.
+_LAZY_COLUMNS = frozenset({"thumbs", "coarse", "details.data"})
+_ROWS_PER_CHUNK = 16384
 #: Seconds a save waits for another process's save of the same manifest before giving up.
 DEFAULT_LOCK_TIMEOUT = 60.0
 
@@ -91,6 +100,20 @@ CREATE TABLE samples (
 CREATE TABLE checksum (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+_SCHEMA_V2 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE columns (name TEXT PRIMARY KEY, dtype TEXT NOT NULL, shape TEXT NOT NULL);
+CREATE TABLE parts (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    digest TEXT NOT NULL,
+    UNIQUE (name, part)
+);
+CREATE TABLE checksum (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
 
 # -- saving ----------------------------------------------------------------------------------------------------
 
@@ -110,7 +133,7 @@ def save_manifest(
     if target.is_symlink():  # save through a link (e.g. latest.vdc -> v3.vdc) instead of replacing the link
         target = Path(os.path.realpath(target))
     name = str(target)
-    columns = _stored_columns(table, name)
+    _check_shapes(table, name)
     try:
         meta_rows = _meta_rows(meta, len(table))
     except (TypeError, ValueError) as exc:
@@ -122,7 +145,7 @@ def save_manifest(
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
         try:
-            _write_database(tmp_name, meta_rows, columns)
+            _write_database(tmp_name, meta_rows, table, name)
             with open(tmp_name, "rb+") as handle:
                 os.fsync(handle.fileno())
             os.chmod(tmp_name, _file_mode(target))  # mkstemp makes 0600; a manifest is a normal shared file
@@ -136,21 +159,158 @@ def save_manifest(
     return target
 
 
-def _write_database(tmp_name: str, meta_rows: list[tuple[str, str]], columns: list[list[Any]]) -> None:
+def _write_database(tmp_name: str, meta_rows: list[tuple[str, str]], table: FingerprintTable, name: str) -> None:
     connection = sqlite3.connect(tmp_name)
     try:
         # The temp file is fsynced and renamed as a whole, so SQLite's journal would only add a stray file.
         connection.execute("PRAGMA journal_mode=OFF")
         connection.execute("PRAGMA synchronous=OFF")
-        connection.executescript(_SCHEMA)
+        connection.executescript(_SCHEMA_V2)
         connection.executemany("INSERT INTO meta VALUES (?, ?)", meta_rows)
-        connection.executemany(f"INSERT INTO samples VALUES ({', '.join('?' * len(_COLUMNS))})", zip(*columns))
-        connection.execute(
-            "INSERT INTO checksum VALUES ('content', ?)", (_content_digest(meta_rows, columns),)
-        )
+        described = []
+        for column, dtype, shape, chunks in _encoded_columns(table, name):
+            parts = []
+            pending = bytearray()
+
+            def flush(data: bytes, column: str = column, parts: list[Any] = parts) -> None:
+                digest = part_digest(data)
+                connection.execute("INSERT INTO parts (name, part, data, digest) VALUES (?, ?, ?, ?)",
+                                   (column, len(parts), data, digest))
+                parts.append([len(parts), len(data), digest])
+
+            for chunk in chunks:
+                pending += chunk
+                while len(pending) >= PART_BYTES:
+                    flush(bytes(pending[:PART_BYTES]))
+                    del pending[:PART_BYTES]
+            if pending:
+                flush(bytes(pending))
+            connection.execute("INSERT INTO columns VALUES (?, ?, ?)", (column, dtype, json.dumps(list(shape()))))
+            described.append([column, dtype, list(shape()), parts])
+        connection.execute("INSERT INTO checksum VALUES ('content', ?)", (_content_digest_v2(meta_rows, described),))
         connection.commit()
     finally:
         connection.close()
+
+
+def _content_digest_v2(meta_rows: Sequence[tuple[Any, Any]], described: list[list[Any]]) -> str:
+    """BLAKE2b over the meta rows and every column's dtype, shape and part digests (each part has its own)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([list(r) for r in meta_rows], default=_bytes_for_json).encode())
+    h.update(json.dumps(sorted(described)).encode())
+    return h.hexdigest()
+
+
+def _check_shapes(table: FingerprintTable, name: str) -> None:
+    n = len(table)
+    thumbs_shape = tuple(table.thumbs.shape)
+    crops_shape = tuple(np.shape(table.crop_hashes))
+    if thumbs_shape != (n, THUMB_SIDE, THUMB_SIDE, 3) or crops_shape != (n, len(CROP_BOXES)):
+        raise ManifestError(
+            f"cannot save manifest {name!r}: the table's thumbs {thumbs_shape} or crop hashes {crops_shape} do not "
+            f"match its {n} rows"
+        )
+
+
+def _text_bytes(value: str, name: str) -> bytes:
+    """A string as UTF-8; a file name that is not valid UTF-8 (surrogate-escaped) as its raw bytes."""
+    try:
+        return str(value).encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise ManifestError(f"cannot save manifest {name!r}: {value!r} cannot be stored as text ({exc})") from exc
+
+
+ColumnSpec = tuple[str, str, Any, Any]
+
+
+def _encoded_columns(table: FingerprintTable, name: str) -> Iterator[ColumnSpec]:
+    """``(column, dtype, shape(), chunks)`` of every stored column; large columns are produced chunk by chunk."""
+    from .matching import table_coarse_vectors
+
+    n = len(table)
+    k = len(CROP_BOXES)
+
+    def array(column: str, values: Any, dtype: str) -> ColumnSpec:
+        data = np.ascontiguousarray(np.asarray(values).astype(dtype, copy=False))
+        return column, dtype, lambda: data.shape, [data.tobytes()]
+
+    def texts(column: str, values: Sequence[Any], optional: bool) -> Iterator[ColumnSpec]:
+        encoded = [b"" if v is None else _text_bytes(v, name) for v in values]
+        yield array(f"{column}.data", np.frombuffer(b"".join(encoded), np.uint8), "|u1")
+        yield array(f"{column}.offsets", np.cumsum([0] + [len(b) for b in encoded]), "<i8")
+        if optional:
+            yield array(f"{column}.present", [v is not None for v in values], "|b1")
+
+    def optional_ints(column: str, values: Sequence[Any]) -> Iterator[ColumnSpec]:
+        yield array(column, [0 if v is None else int(v) for v in values], "<i8")
+        yield array(f"{column}.present", [v is not None for v in values], "|b1")
+
+    def rows_of(values: Any, dtype: str, row_shape: tuple[int, ...]) -> Iterator[bytes]:
+        for start in range(0, n, _ROWS_PER_CHUNK):
+            chunk = np.asarray(values[start : start + _ROWS_PER_CHUNK])
+            yield np.ascontiguousarray(chunk.astype(dtype, copy=False)).reshape(-1, *row_shape).tobytes()
+
+    def coarse_chunks() -> Iterator[bytes]:
+        for start in range(0, n, _ROWS_PER_CHUNK):
+            rows = np.arange(start, min(n, start + _ROWS_PER_CHUNK))
+            yield table_coarse_vectors(table.thumbs, rows).astype("<f4").tobytes()
+
+    detail_lengths: list[int] = []
+
+    def detail_chunks() -> Iterator[bytes]:
+        for start in range(0, n, _ROWS_PER_CHUNK):
+            chunk = [bytes(d) for d in table.details[start : start + _ROWS_PER_CHUNK]]
+            detail_lengths.extend(len(d) for d in chunk)
+            yield b"".join(chunk)
+
+    paths = [p if _is_safe_stored_path(p) else os.path.abspath(p) for p in table.paths]
+    yield array("sample_index", table.sample_index, "<i8")
+    yield from texts("paths", paths, optional=False)
+    yield from texts("labels", table.labels, optional=True)
+    yield array("width", table.width, "<i4")
+    yield array("height", table.height, "<i4")
+    yield array("byte_digest", np.frombuffer(
+        b"".join(bytes(d) if d is not None else bytes(_DIGEST_SIZE) for d in table.byte_digest), np.uint8
+    ).reshape(n, _DIGEST_SIZE), "|u1")
+    yield array("byte_digest.present", [d is not None for d in table.byte_digest], "|b1")
+    yield array("pixel_digest", np.frombuffer(b"".join(bytes(d) for d in table.pixel_digest), np.uint8)
+                .reshape(n, _DIGEST_SIZE), "|u1")
+    yield from texts("exif_identity", table.exif_identity, optional=True)
+    yield array("phash", table.phash, "<u8")
+    yield array("phash_mirror", table.phash_mirror, "<u8")
+    yield array("crop_hashes", np.asarray(table.crop_hashes).reshape(n, k), "<u8")
+    yield "thumbs", "|u1", lambda: (n, THUMB_SIDE, THUMB_SIDE, 3), rows_of(table.thumbs, "|u1",
+                                                                           (THUMB_SIDE, THUMB_SIDE, 3))
+    yield "coarse", "<f4", lambda: (n, 64), coarse_chunks()
+    yield "details.data", "|u1", lambda: (sum(detail_lengths),), detail_chunks()
+    yield "details.offsets", "<i8", lambda: (n + 1,), (
+        np.cumsum([0] + detail_lengths).astype("<i8").tobytes() for _ in range(1)
+    )
+    yield from optional_ints("file_size", table.file_size)
+    yield from optional_ints("mtime_ns", table.mtime_ns)
+    extra = json.dumps(table.extra_hashes, sort_keys=True).encode()
+    yield array("extra_hashes", np.frombuffer(extra, np.uint8), "|u1")
+
+
+def _expected_columns(n: int) -> dict[str, tuple[str, tuple[int, ...] | None]]:
+    """Every column of a version-2 manifest of ``n`` rows: dtype and shape (``None``: any 1-d length)."""
+    k = len(CROP_BOXES)
+    out: dict[str, tuple[str, tuple[int, ...] | None]] = {
+        "sample_index": ("<i8", (n,)), "width": ("<i4", (n,)), "height": ("<i4", (n,)),
+        "byte_digest": ("|u1", (n, _DIGEST_SIZE)), "byte_digest.present": ("|b1", (n,)),
+        "pixel_digest": ("|u1", (n, _DIGEST_SIZE)), "phash": ("<u8", (n,)), "phash_mirror": ("<u8", (n,)),
+        "crop_hashes": ("<u8", (n, k)), "thumbs": ("|u1", (n, THUMB_SIDE, THUMB_SIDE, 3)), "coarse": ("<f4", (n, 64)),
+        "details.data": ("|u1", None), "details.offsets": ("<i8", (n + 1,)), "extra_hashes": ("|u1", None),
+    }
+    for column, optional in (("paths", False), ("labels", True), ("exif_identity", True)):
+        out[f"{column}.data"] = ("|u1", None)
+        out[f"{column}.offsets"] = ("<i8", (n + 1,))
+        if optional:
+            out[f"{column}.present"] = ("|b1", (n,))
+    for column in ("file_size", "mtime_ns"):
+        out[column] = ("<i8", (n,))
+        out[f"{column}.present"] = ("|b1", (n,))
+    return out
 
 
 def _meta_rows(meta: dict[str, Any], samples: int) -> list[tuple[str, str]]:
@@ -163,56 +323,6 @@ def _meta_rows(meta: dict[str, Any], samples: int) -> list[tuple[str, str]]:
         "samples": samples,
     }
     return [(k, json.dumps(v, sort_keys=True)) for k, v in sorted(full_meta.items())]
-
-
-def _stored_columns(table: FingerprintTable, name: str) -> list[list[Any]]:
-    """The 17 columns exactly as they are stored (plain ints, str or bytes, ``None``)."""
-    n = len(table)
-    k = len(CROP_BOXES)
-    thumbs = np.ascontiguousarray(table.thumbs, dtype=np.uint8)
-    crops = np.ascontiguousarray(table.crop_hashes).astype("<u8")
-    if thumbs.shape != (n, THUMB_SIDE, THUMB_SIDE, 3) or crops.shape != (n, k):
-        raise ManifestError(
-            f"cannot save manifest {name!r}: the table's thumbs {thumbs.shape} or crop hashes {crops.shape} do not "
-            f"match its {n} rows"
-        )
-
-    def opt_int(values: Sequence[Any]) -> list[int | None]:
-        return [None if v is None else int(v) for v in values]
-
-    return [
-        list(range(n)),
-        [int(v) for v in table.sample_index],
-        [_stored_text(p if _is_safe_stored_path(p) else os.path.abspath(p), name) for p in table.paths],
-        [None if v is None else _stored_text(v, name) for v in table.labels],
-        [int(v) for v in table.width],
-        [int(v) for v in table.height],
-        [None if d is None else bytes(d) for d in table.byte_digest],
-        [bytes(d) for d in table.pixel_digest],
-        [None if v is None else _stored_text(v, name) for v in table.exif_identity],
-        _signed(table.phash),
-        _signed(table.phash_mirror),
-        [crops[i].tobytes() for i in range(n)],
-        [thumbs[i].tobytes() for i in range(n)],
-        [bytes(d) for d in table.details],
-        opt_int(table.file_size),
-        opt_int(table.mtime_ns),
-        [json.dumps(x, sort_keys=True) for x in table.extra_hashes],
-    ]
-
-
-def _stored_text(value: str, name: str) -> str | bytes:
-    """A string as SQLite text; a file name that is not valid UTF-8 (surrogate-escaped) as its raw bytes."""
-    value = str(value)
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        pass
-    try:
-        return value.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError as exc:
-        raise ManifestError(f"cannot save manifest {name!r}: {value!r} cannot be stored as text ({exc})") from exc
 
 
 def _loaded_text(value: Any) -> str:
@@ -366,33 +476,76 @@ def load_manifest(path: str | os.PathLike[str]) -> tuple[FingerprintTable, dict[
     """
     source = Path(path)
     name = repr(str(source))
+    for _ in range(4):
+        try:
+            return _load_once(source, name)
+        except _Replaced:
+            continue  # another process saved over it meanwhile: read the new file
+    raise ManifestError(f"manifest {name} keeps being replaced while it is read; try again")
+
+
+class _Replaced(Exception):
+    """Internal: the manifest file was replaced (atomically) while it was being loaded."""
+
+
+def _load_once(source: Path, name: str) -> tuple[FingerprintTable, dict[str, Any]]:
     _check_file(source, name)
+    try:  # opened before the connection: if both still name the path's file afterwards, the load saw one file
+        fd = os.open(source, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ManifestError(f"manifest {name} cannot be read ({exc.strerror or exc})") from exc
     try:
-        connection = _connect_readonly(source)
-    except sqlite3.Error as exc:
-        raise ManifestError(f"{name} cannot be opened as a manifest ({exc})") from exc
+        try:
+            connection = _connect_readonly(source)
+        except sqlite3.Error as exc:
+            raise ManifestError(f"{name} cannot be opened as a manifest ({exc})") from exc
+        handle = ManifestHandle(name, connection)  # closes the connection when the last lazy column goes
+        table, meta = _load_from(connection, handle, source, name)
+        if not _same_file(fd, source):
+            raise _Replaced
+        return table, meta
+    finally:
+        os.close(fd)
+
+
+def _load_from(connection: sqlite3.Connection, handle: ManifestHandle, source: Path,
+               name: str) -> tuple[FingerprintTable, dict[str, Any]]:
     try:
-        meta_rows, meta, records, stored_digest = _read_database(connection, name)
+        meta_rows, meta = _read_meta(connection, name)
+        if meta["format_version"] == 2:
+            table = _read_v2(connection, name, meta_rows, meta, handle)
+            records: list[tuple[Any, ...]] = []
+        else:
+            records, stored_digest = _read_v1_rows(connection, name)
     except ManifestError:
         raise
     except Exception as exc:  # untrusted bytes: whatever SQLite or JSON raise, the answer is one clear error
         raise ManifestError(f"{name} is corrupted or not a vdc_torch manifest ({type(exc).__name__}: {exc})") from exc
-    finally:
-        connection.close()
-    try:
-        columns = [list(c) for c in zip(*records)] if records else [[] for _ in _COLUMNS]
-        if stored_digest is not None and _content_digest(meta_rows, columns) != stored_digest:
+    if meta["format_version"] == 1:
+        try:
+            columns = [list(c) for c in zip(*records)] if records else [[] for _ in _COLUMNS]
+            if stored_digest is not None and _content_digest(meta_rows, columns) != stored_digest:
+                raise ManifestError(
+                    f"{name} is corrupted: its content does not match its checksum (damaged or edited after saving)"
+                )
+            table = _table_from_columns(columns, name)
+        except ManifestError:
+            raise
+        except Exception as exc:
             raise ManifestError(
-                f"{name} is corrupted: its content does not match its checksum (damaged or edited after saving)"
-            )
-        table = _table_from_columns(columns, name)
-    except ManifestError:
-        raise
-    except Exception as exc:
-        raise ManifestError(f"{name} is corrupted: a sample row is malformed ({type(exc).__name__}: {exc})") from exc
+                f"{name} is corrupted: a sample row is malformed ({type(exc).__name__}: {exc})"
+            ) from exc
     if len(table) != meta.get("samples"):
         raise ManifestError(f"{name} is corrupted: {len(table)} sample rows, its header says {meta.get('samples')!r}")
     return table, meta
+
+
+def _same_file(fd: int, source: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(source)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _check_file(source: Path, name: str) -> None:
@@ -444,11 +597,10 @@ def _tables(connection: sqlite3.Connection) -> dict[str, str]:
     return {str(name): str(kind) for name, kind in found}
 
 
-def _read_database(
-    connection: sqlite3.Connection, name: str
-) -> tuple[list[tuple[Any, Any]], dict[str, Any], list[tuple[Any, ...]], str | None]:
+def _read_meta(connection: sqlite3.Connection, name: str) -> tuple[list[tuple[Any, Any]], dict[str, Any]]:
+    """The meta rows and values, after checking the tables, the format and both versions."""
     tables = _tables(connection)
-    if tables.get("meta") != "table" or tables.get("samples") != "table":
+    if tables.get("meta") != "table":
         found = ", ".join(sorted(str(t) for t in tables)) or "none"
         raise ManifestError(f"{name} is an SQLite database but not a vdc_torch manifest (its tables: {found})")
     meta_rows = connection.execute("SELECT key, value FROM meta ORDER BY key").fetchall()
@@ -464,30 +616,170 @@ def _read_database(
         found = meta.get("format")
         raise ManifestError(f"{name} is an SQLite database but not a vdc_torch manifest (format {found!r})")
     version = meta.get("format_version")
-    if version != MANIFEST_VERSION:
+    if isinstance(version, bool) or version not in _READABLE_VERSIONS:
         newer = isinstance(version, int) and not isinstance(version, bool) and version > MANIFEST_VERSION
         hint = "upgrade vdc_torch to read it" if newer else "rebuild it with `vdc index` or `DatasetGate.save`"
-        raise ManifestError(
-            f"{name} has manifest format version {version!r}; this vdc_torch reads version {MANIFEST_VERSION} ({hint})"
-        )
+        readable = " and ".join(str(v) for v in _READABLE_VERSIONS)
+        raise ManifestError(f"{name} has manifest format version {version!r}; this vdc_torch reads versions "
+                            f"{readable} ({hint})")
     if meta.get("fingerprint_version") != FINGERPRINT_VERSION:
         raise ManifestError(
             f"{name} holds fingerprints of version {meta.get('fingerprint_version')!r}, "
             f"this vdc_torch computes version {FINGERPRINT_VERSION}: rebuild the manifest"
         )
+    needed = ("samples",) if version == 1 else ("columns", "parts")
+    if any(tables.get(t) != "table" for t in needed):
+        found = ", ".join(sorted(str(t) for t in tables)) or "none"
+        raise ManifestError(f"{name} is an SQLite database but not a vdc_torch manifest (its tables: {found})")
+    return meta_rows, meta
+
+
+def _stored_checksum(connection: sqlite3.Connection, name: str) -> str | None:
+    if _tables(connection).get("checksum") != "table":
+        log.debug("%s has no checksum table (written by an older vdc_torch); content not verified", name)
+        return None
+    found = connection.execute("SELECT value FROM checksum WHERE name = 'content'").fetchone()
+    if found is None or not isinstance(found[0], str):
+        raise ManifestError(f"{name} is corrupted: its checksum is missing")
+    return found[0]
+
+
+def _read_v1_rows(connection: sqlite3.Connection, name: str) -> tuple[list[tuple[Any, ...]], str | None]:
+    """Version 1: one row per sample."""
     declared = [row[1] for row in connection.execute("PRAGMA table_info(samples)").fetchall()]
     if tuple(declared) != _COLUMNS:
         raise ManifestError(f"{name} is corrupted: its samples table has columns {declared}, expected {list(_COLUMNS)}")
     records = connection.execute(f"SELECT {', '.join(_COLUMNS)} FROM samples ORDER BY row").fetchall()
-    stored_digest = None
-    if tables.get("checksum") == "table":
-        found = connection.execute("SELECT value FROM checksum WHERE name = 'content'").fetchone()
-        if found is None or not isinstance(found[0], str):
-            raise ManifestError(f"{name} is corrupted: its checksum is missing")
-        stored_digest = found[0]
-    else:
-        log.debug("%s has no checksum table (written by an older vdc_torch); content not verified", name)
-    return meta_rows, meta, records, stored_digest
+    return records, _stored_checksum(connection, name)
+
+
+def _read_v2(
+    connection: sqlite3.Connection, name: str, meta_rows: list[tuple[Any, Any]], meta: dict[str, Any],
+    handle: ManifestHandle,
+) -> FingerprintTable:
+    """Version 2: columns as parts; small columns read and verified now, large ones wrapped as StoredRows."""
+    n = meta.get("samples")
+    if type(n) is not int or n < 0:
+        raise ManifestError(f"{name} is corrupted: its header gives {n!r} samples")
+    expected = _expected_columns(n)
+    declared = {}
+    for column, dtype, shape in connection.execute("SELECT name, dtype, shape FROM columns").fetchall():
+        declared[column] = (dtype, json.loads(shape) if isinstance(shape, str) else None)
+    if set(declared) != set(expected):
+        raise ManifestError(f"{name} is corrupted: it has columns {sorted(map(str, declared))}, "
+                            f"expected {sorted(expected)}")
+    parts: dict[str, list[tuple[int, int, str]]] = {c: [] for c in expected}
+    described: dict[str, list[list[Any]]] = {c: [] for c in expected}
+    for rowid, column, part, length, digest in connection.execute(
+        "SELECT id, name, part, length(data), digest FROM parts ORDER BY name, part"
+    ).fetchall():
+        if column not in parts or part != len(parts[column]) or not isinstance(digest, str):
+            raise ManifestError(f"{name} is corrupted: unexpected stored part {column!r} #{part!r}")
+        if type(length) is not int:
+            raise ManifestError(f"{name} is corrupted: stored part {column!r} #{part} is not a blob")
+        parts[column].append((int(rowid), length, digest))
+        described[column].append([part, length, digest])
+    stored = _stored_checksum(connection, name)
+    if stored is not None:
+        listing = [[c, declared[c][0], declared[c][1], described[c]] for c in expected]
+        if _content_digest_v2(meta_rows, listing) != stored:
+            raise ManifestError(
+                f"{name} is corrupted: its content does not match its checksum (damaged or edited after saving)"
+            )
+    shapes: dict[str, tuple[int, ...]] = {}
+    for column, (dtype, shape) in expected.items():
+        got_dtype, got_shape = declared[column]
+        if got_dtype != dtype or not isinstance(got_shape, list) or not all(type(x) is int for x in got_shape):
+            raise ManifestError(f"{name} is corrupted: column {column!r} is declared {got_dtype} {got_shape}")
+        if (shape is not None and tuple(got_shape) != shape) or (shape is None and len(got_shape) != 1):
+            raise ManifestError(f"{name} is corrupted: column {column!r} has shape {got_shape}, expected {shape}")
+        size = int(np.prod(got_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if sum(p[1] for p in parts[column]) != size:
+            raise ManifestError(f"{name} is corrupted: column {column!r} holds "
+                                f"{sum(p[1] for p in parts[column])} bytes, its shape needs {size}")
+        shapes[column] = tuple(got_shape)
+
+    def read(column: str) -> np.ndarray:
+        chunks = []
+        for rowid, _, digest in parts[column]:
+            (data,) = connection.execute("SELECT data FROM parts WHERE id = ?", (rowid,)).fetchone()
+            if not isinstance(data, bytes) or part_digest(data) != digest:
+                raise ManifestError(
+                    f"{name} is corrupted: column {column!r} does not match its checksum (damaged or edited)"
+                )
+            chunks.append(data)
+        dtype = np.dtype(expected[column][0])
+        return np.frombuffer(b"".join(chunks), dtype).reshape(shapes[column]).astype(dtype.newbyteorder("="))
+
+    try:
+        return _table_from_v2(read, parts, shapes, n, name, handle)
+    except ManifestError:
+        raise
+    except Exception as exc:
+        raise ManifestError(f"{name} is corrupted: a column is malformed ({type(exc).__name__}: {exc})") from exc
+
+
+def _texts(read: Any, column: str, n: int, optional: bool) -> list[str | None]:
+    data = read(f"{column}.data").tobytes()
+    offsets = _checked_offsets(read(f"{column}.offsets"), len(data), column)
+    present = read(f"{column}.present") if optional else np.ones(n, bool)
+    bounds = offsets.tolist()
+    return [data[bounds[i] : bounds[i + 1]].decode("utf-8", "surrogateescape") if present[i] else None
+            for i in range(n)]
+
+
+def _checked_offsets(offsets: np.ndarray, total: int, column: str) -> np.ndarray:
+    if offsets[0] != 0 or offsets[-1] != total or (len(offsets) > 1 and np.any(np.diff(offsets) < 0)):
+        raise ValueError(f"the offsets of {column} are not increasing from 0 to {total}")
+    return offsets
+
+
+def _table_from_v2(read: Any, parts: dict[str, list[tuple[int, int, str]]], shapes: dict[str, tuple[int, ...]],
+                   n: int, name: str, handle: ManifestHandle) -> FingerprintTable:
+    if n == 0:
+        return FingerprintTable.empty()
+    width, height = read("width"), read("height")
+    if width.min() <= 0 or height.min() <= 0:
+        raise ValueError("an image size is not positive")
+    paths = _texts(read, "paths", n, optional=False)
+    for path in paths:
+        if not _is_safe_stored_path(path):
+            raise ManifestError(f"{name} is refused: sample path {path!r} leaves its dataset root")
+    byte_present, byte_rows = read("byte_digest.present"), read("byte_digest")
+    pixel_rows = read("pixel_digest")
+    extra = json.loads(read("extra_hashes").tobytes().decode("utf-8"))
+    if not isinstance(extra, list) or len(extra) != n or not all(
+        isinstance(x, dict) and all(isinstance(a, str) and isinstance(b, str) for a, b in x.items()) for x in extra
+    ):
+        raise ValueError("extra hashes are not a list of JSON objects of strings")
+
+    def optional_ints(column: str) -> list[int | None]:
+        values, present = read(column).tolist(), read(f"{column}.present")
+        return [v if p else None for v, p in zip(values, present)]
+
+    detail_offsets = _checked_offsets(read("details.offsets"), shapes["details.data"][0], "details")
+    if np.any(np.diff(detail_offsets) == 0):
+        raise ValueError("a detail image is missing")
+    coarse = StoredRows(PartStream(handle, parts["coarse"]), n, (64,), "<f4")
+    return FingerprintTable(
+        sample_index=read("sample_index"),
+        paths=paths,
+        labels=_texts(read, "labels", n, optional=True),
+        width=width,
+        height=height,
+        byte_digest=[row.tobytes() if p else None for row, p in zip(byte_rows, byte_present)],
+        pixel_digest=[row.tobytes() for row in pixel_rows],
+        exif_identity=_texts(read, "exif_identity", n, optional=True),
+        phash=read("phash"),
+        phash_mirror=read("phash_mirror"),
+        crop_hashes=read("crop_hashes"),
+        thumbs=StoredRows(PartStream(handle, parts["thumbs"]), n, (THUMB_SIDE, THUMB_SIDE, 3), np.uint8,
+                          coarse=coarse),  # type: ignore[arg-type]
+        details=StoredRows(PartStream(handle, parts["details.data"]), n, offsets=detail_offsets),  # type: ignore
+        file_size=optional_ints("file_size"),
+        mtime_ns=optional_ints("mtime_ns"),
+        extra_hashes=extra,
+    )
 
 
 def _table_from_columns(cols: list[list[Any]], name: str) -> FingerprintTable:
