@@ -360,11 +360,13 @@ def coarse_vectors(thumbs: Any) -> np.ndarray:
     return np.ascontiguousarray(coarse / np.maximum(np.linalg.norm(coarse, axis=1, keepdims=True), 1e-3))
 
 
-#: Crops compared box to box for overlays: the four 70 % corner crops (one of them misses any caption bar,
-#: logo or watermark that covers less than 30 % of the picture's width or height at a side or corner).
+#: Crops compared box to box: the four 70 % corner crops (one of them misses any caption bar, logo or
+#: watermark that covers less than 30 % of the picture's width or height at a side or corner) and the 70 and
+#: 80 % centre crops (they leave out the black corners of a copy rotated by a few degrees).
 OVERLAY_BOXES: tuple[int, ...] = tuple(
     i for i, (keep, top, left) in enumerate(CROP_BOXES)
-    if keep == 0.7 and round(top, 6) in (0.0, 0.3) and round(left, 6) in (0.0, 0.3)
+    if (keep == 0.7 and round(top, 6) in (0.0, 0.3) and round(left, 6) in (0.0, 0.3))
+    or (keep in (0.7, 0.8) and round(top, 6) == round(left, 6) == round((1 - keep) / 2, 6))
 )
 
 
