@@ -55,7 +55,8 @@ def test_gate_with_encoder_reports_encoder_matches(photos, tmp_path: Path) -> No
     for f in photos[6:10]:
         shutil.copy(f, new / f.name)
     # with the pixel cascade switched off by impossible thresholds, only the encoder can match
-    config = MatchConfig(near_duplicate_similarity=2.0, use_features=False, encoder_similarity=0.999)
+    config = MatchConfig(near_duplicate_similarity=2.0, use_features=False, use_alignment=False,
+                         encoder_similarity=0.999)
     with Image.open(photos[0]) as im:  # a resized copy: not pixel-identical
         im.convert("RGB").resize((im.width * 9 // 10, im.height * 9 // 10)).save(new / "copy.png")
     decision = DatasetGate(reference=ref, encoder=LayerEncoder(tiny_cnn(), layer="5"), config=config).check(new)
