@@ -278,8 +278,9 @@ def match_tables(
         feature_candidates.append(_nearest_thumbnails(new, ref, ~settled, same_table, config))
     if config.use_features and len(ref):
         k = len(CROP_BOXES)
-        crop_index = HammingIndex(ref.crop_hashes.reshape(-1), owners=np.repeat(np.arange(len(ref)), k))
-        q, r, dist = crop_index.search(new.phash, config.crop_radius)
+        crop_index = HammingIndex(ref.crop_hashes.reshape(-1))  # code i is crop i % k of reference row i // k
+        q, code, dist = crop_index.search(new.phash, config.crop_radius)
+        r = code // k
         feature_candidates.insert(0, (q, r, dist, False, True))
         add(_verify_with_features(new, ref, feature_candidates, settled, same_table, config, verifier))
     if config.use_alignment and len(ref) and len(new) and config.overlay_boxes:
