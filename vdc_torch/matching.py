@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("exact", "near_duplicate", "similar")
 #: Bumped whenever the cascade changes its results for the same fingerprints and config (invalidates caches).
-MATCHING_VERSION = 8
+MATCHING_VERSION = 9
 _KIND_RANK = {"exact": 0, "near_duplicate": 1, "similar": 2}
 MATCH_COLUMNS = ["new_row", "ref_row", "kind", "method", "score", "evidence"]
 
@@ -54,7 +54,7 @@ class MatchConfig:
     """
 
     hash_radius: int = 12  # pHash Hamming radius (of 64 bits) for candidates
-    crop_radius: int = 10  # radius against the indexed crop hashes
+    crop_radius: int = 12  # radius against the indexed crop hashes (seeds 7-10: crop recall 0.85 at 10, 0.92 at 12)
     near_duplicate_similarity: float = 0.90
     min_detail_similarity: float = 0.30  # NCC of the high-pass thumbnails (fine structure) for a near-duplicate
     similar_similarity: float = 0.75
