@@ -56,3 +56,17 @@ def test_content_box_keeps_dark_picture_regions_and_trims_tall_letterboxes() -> 
     tall = cv2.copyMakeBorder(gray, bar, bar, 0, 0, cv2.BORDER_CONSTANT, value=0)
     top, bottom, left, right = content_box(tall)
     assert abs(top - bar) <= 2 and abs(bottom - (bar + h)) <= 2 and (left, right) == (0, w)
+
+
+def test_small_details_are_stored_raw_and_read_back_exactly() -> None:
+    from vdc_torch.errors import ImageDecodeError
+    from vdc_torch.fingerprint import decode_detail, encode_detail
+
+    gray = cv2.resize(cv2.imread(str(sorted(COWS.glob("*.png"))[0]), cv2.IMREAD_GRAYSCALE), (40, 30))
+    stored = encode_detail(gray)
+    assert len(stored) == 8 + 40 * 30 and np.array_equal(decode_detail(stored), gray)
+    for damaged in (stored[:6], stored[:-1], stored + b"x"):
+        with pytest.raises(ImageDecodeError):
+            decode_detail(damaged)
+    big = cv2.resize(gray, (200, 150))
+    assert np.abs(decode_detail(encode_detail(big)).astype(int) - big).mean() < 2  # JPEG above 64x64 px

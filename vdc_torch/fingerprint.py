@@ -7,7 +7,7 @@ A :class:`Fingerprint` holds everything later stages need, all derived from the 
 * ``phash`` / ``phash_mirror`` — 64-bit perceptual hashes of the content and of its mirror image;
 * ``crop_hashes`` — pHashes of 27 crops (:data:`CROP_BOXES`), so a cropped copy finds its original in the index;
 * ``thumb`` — a 32×32 RGB thumbnail of the content for metric verification;
-* ``detail`` — the content as a gray image of at most 256 px (PNG/JPEG bytes) for lazy local features.
+* ``detail`` — the content as a gray image of at most 256 px (raw up to 64×64, else JPEG) for lazy local features.
 
 Uniform borders (letterboxing, frames) are trimmed before anything perceptual is computed, so a bordered copy
 fingerprints like its original.
@@ -16,6 +16,7 @@ fingerprints like its original.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -46,7 +47,8 @@ from .stored import is_stored
 log = logging.getLogger(__name__)
 
 #: Bumped whenever a change alters fingerprint values; manifests of another version are recomputed or refused.
-#: 2: tighter border trimming (BORDER_TOL 12 -> 6, BORDER_MAX_TRIM 0.3 -> 0.45); 3: 27 crop hashes (CROP_BOXES).
+#: 2: tighter border trimming (BORDER_TOL 12 -> 6, BORDER_MAX_TRIM 0.3 -> 0.45); 3: 27 crop hashes (CROP_BOXES),
+#: small detail images stored raw.
 FINGERPRINT_VERSION = 3
 THUMB_SIDE = 32
 DETAIL_SIDE = 256
@@ -113,9 +115,9 @@ def content_box(gray: np.ndarray, tol: int | None = None, max_trim: float | None
 
     def run(lines: np.ndarray, limit: int) -> int:
         edge = lines[0]
-        colour = int(np.median(edge))
-        if int(edge.max()) - int(edge.min()) > 2 * tol:
+        if int(edge.max()) - int(edge.min()) > 2 * tol:  # most pictures: not a uniform edge, nothing to trim
             return 0
+        colour = int(np.median(edge))
         outside = (np.abs(lines[:limit] - colour) > tol).mean(axis=1) > 0.02
         hits = np.flatnonzero(outside)
         return int(hits[0]) if hits.size else limit
@@ -148,12 +150,32 @@ def phash_batch(gray32: np.ndarray, mirror: bool = False) -> np.ndarray:
     from the same coefficients (odd horizontal frequencies change sign).
     """
     coeffs = (_DCT8 @ gray32.astype(np.float32) @ _DCT8.T).reshape(len(gray32), 64)
-    if mirror:
-        coeffs = coeffs * _MIRROR_SIGN
+    return _hash_bits(coeffs * _MIRROR_SIGN if mirror else coeffs)
+
+
+def _hash_bits(coeffs: np.ndarray) -> np.ndarray:
+    """(n, 64) low-frequency DCT coefficients -> pHash codes (DC zeroed, bit = coefficient > mean)."""
+    coeffs = coeffs.copy()
     coeffs[:, 0] = 0.0
     bits = coeffs > coeffs.mean(axis=1, keepdims=True)
     packed = np.packbits(bits, axis=1, bitorder="little")  # (n, 8) bytes as OpenCV lays them out
     return np.ascontiguousarray(packed).view(">u8").reshape(-1).astype(np.uint64)
+
+
+def _hashes_and_mirror(stack: np.ndarray) -> tuple[np.ndarray, int]:
+    """:func:`phash_batch` of a stack, plus the mirror pHash of its first image, from one DCT."""
+    coeffs = (_DCT8 @ stack.astype(np.float32) @ _DCT8.T).reshape(len(stack), 64)
+    return _hash_bits(coeffs), int(_hash_bits(coeffs[:1] * _MIRROR_SIGN)[0])
+
+
+@functools.lru_cache(maxsize=256)
+def _crop_windows(height: int, width: int) -> tuple[tuple[slice, slice], ...]:
+    """The :data:`CROP_BOXES` of a ``height`` × ``width`` content as array slices (cached per size)."""
+    windows = []
+    for box in CROP_BOXES:
+        y, x, h, w = crop_pixels(box, height, width)
+        windows.append((slice(y, y + h), slice(x, x + w)))
+    return tuple(windows)
 
 
 def crop_pixels(box: tuple[float, float, float], height: int, width: int) -> tuple[int, int, int, int]:
@@ -181,15 +203,10 @@ def fingerprint_decoded(decoded: DecodedImage, extra_hashes: Sequence[str] = ())
     ch, cw = gray.shape
     stack = np.empty((1 + len(CROP_BOXES), THUMB_SIDE, THUMB_SIDE), dtype=np.uint8)
     stack[0] = cv2.cvtColor(thumb, cv2.COLOR_RGB2GRAY)
-    for i, box in enumerate(CROP_BOXES, start=1):
-        y, x, kh, kw = crop_pixels(box, ch, cw)
-        stack[i] = cv2.resize(gray[y : y + kh, x : x + kw], (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
-    hashes = phash_batch(stack)
-    ext = ".png" if ch * cw <= 64 * 64 else ".jpg"
-    params = [cv2.IMWRITE_JPEG_QUALITY, 92] if ext == ".jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
-    ok, encoded = cv2.imencode(ext, gray, params)
-    if not ok:
-        raise ImageDecodeError(f"could not encode the detail image ({gray.shape})")
+    for i, window in enumerate(_crop_windows(ch, cw), start=1):
+        stack[i] = cv2.resize(gray[window], (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+    hashes, mirror_hash = _hashes_and_mirror(stack)
+    detail = encode_detail(gray)
     extras: dict[str, str] = {}
     if extra_hashes:
         bgr = cv2.cvtColor(content, cv2.COLOR_RGB2BGR)
@@ -199,10 +216,10 @@ def fingerprint_decoded(decoded: DecodedImage, extra_hashes: Sequence[str] = ())
         height=decoded.height,
         pixel_digest=pixel_digest,
         phash=int(hashes[0]),
-        phash_mirror=int(phash_batch(stack[:1], mirror=True)[0]),
+        phash_mirror=mirror_hash,
         crop_hashes=hashes[1:],
         thumb=thumb,
-        detail=encoded.tobytes(),
+        detail=detail,
         byte_digest=decoded.byte_digest,
         exif_identity=decoded.exif_identity,
         file_size=decoded.file_size,
@@ -212,8 +229,31 @@ def fingerprint_decoded(decoded: DecodedImage, extra_hashes: Sequence[str] = ())
     )
 
 
+#: Header of a detail image stored raw (small images: rows of uint8 after a 4-byte tag and two uint16 sizes).
+_RAW_DETAIL = b"VDG1"
+
+
+def encode_detail(gray: np.ndarray) -> bytes:
+    """The gray detail image as stored: raw bytes up to 64×64 px (CIFAR-size images; no codec time, and PNG
+    would hardly be smaller), JPEG quality 92 above."""
+    h, w = gray.shape
+    if h * w <= 64 * 64:
+        return _RAW_DETAIL + np.array([h, w], "<u2").tobytes() + np.ascontiguousarray(gray).tobytes()
+    ok, encoded = cv2.imencode(".jpg", gray, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    if not ok:
+        raise ImageDecodeError(f"could not encode the detail image ({gray.shape})")
+    return encoded.tobytes()
+
+
 def decode_detail(detail: bytes) -> np.ndarray:
     """The gray detail image stored in a fingerprint, as a uint8 array."""
+    if detail[:4] == _RAW_DETAIL:
+        if len(detail) < 8:
+            raise ImageDecodeError("stored detail image is corrupt")
+        h, w = (int(v) for v in np.frombuffer(detail, "<u2", count=2, offset=4))
+        if len(detail) != 8 + h * w:
+            raise ImageDecodeError("stored detail image is corrupt")
+        return np.frombuffer(detail, np.uint8, offset=8).reshape(h, w).copy()
     image = cv2.imdecode(np.frombuffer(detail, np.uint8), cv2.IMREAD_GRAYSCALE)
     if image is None:
         raise ImageDecodeError("stored detail image is corrupt")
