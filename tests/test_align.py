@@ -91,3 +91,20 @@ def test_gate_matches_smooth_pictures_under_a_caption_or_logo(tmp_path: Path) ->
              zip(decision.matches["new_path"], decision.matches["ref_path"], decision.matches["kind"])
              if k != "similar"}
     assert found == expected
+
+
+def test_gate_matches_a_framed_copy_of_a_picture_with_plain_sides(tmp_path: Path) -> None:
+    # the reference's own plain side bands are trimmed as if they were a border; the framed copy trims only its
+    # frame, so the two trimmed contents differ and only the whole-picture pHash brings them together
+    ref_dir, new_dir = tmp_path / "ref", tmp_path / "new"
+    ref_dir.mkdir()
+    new_dir.mkdir()
+    rgb = decode_file(EXIF_JPG / "Canon_40D.jpg").pixels
+    h, w = rgb.shape[:2]
+    rgb = cv2.resize(rgb, (480, round(h * 480 / w)), interpolation=cv2.INTER_AREA)
+    picture = cv2.copyMakeBorder(rgb, 0, 0, 120, 120, cv2.BORDER_CONSTANT, value=(40, 110, 60))  # plain sides
+    cv2.imwrite(str(ref_dir / "r.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    framed = cv2.copyMakeBorder(picture, 60, 60, 50, 50, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    cv2.imwrite(str(new_dir / "n.jpg"), cv2.cvtColor(framed, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    decision = DatasetGate(reference=ref_dir, workers=0).check(new_dir)
+    assert decision.counts["near_duplicate"] == 1, decision.matches[["kind", "method", "evidence"]]

@@ -5,6 +5,8 @@ A :class:`Fingerprint` holds everything later stages need, all derived from the 
 * ``byte_digest`` / ``pixel_digest`` — exact identity of the file and of its decoded pixels;
 * ``exif_identity`` — camera make, model, capture time (with sub-seconds), unique id, body serial;
 * ``phash`` / ``phash_mirror`` — 64-bit perceptual hashes of the content and of its mirror image;
+* ``phash_whole`` — the pHash of the whole picture, borders included (a copy whose border trimming differs
+  from its original's still finds it);
 * ``crop_hashes`` — pHashes of 27 crops (:data:`CROP_BOXES`), so a cropped copy finds its original in the index;
 * ``thumb`` — a 32×32 RGB thumbnail of the content for metric verification;
 * ``detail`` — the content as a gray image of at most 256 px (raw up to 64×64, else JPEG) for lazy local features.
@@ -48,8 +50,8 @@ log = logging.getLogger(__name__)
 
 #: Bumped whenever a change alters fingerprint values; manifests of another version are recomputed or refused.
 #: 2: tighter border trimming (BORDER_TOL 12 -> 6, BORDER_MAX_TRIM 0.3 -> 0.45); 3: 27 crop hashes (CROP_BOXES),
-#: small detail images stored raw.
-FINGERPRINT_VERSION = 3
+#: small detail images stored raw; 4: phash_whole.
+FINGERPRINT_VERSION = 4
 THUMB_SIDE = 32
 DETAIL_SIDE = 256
 #: Crops whose pHashes are indexed, as ``(keep, top, left)`` fractions of the content: 70, 80 and 90 % of each
@@ -92,6 +94,7 @@ class Fingerprint:
     mtime_ns: int | None = None
     extra_hashes: dict[str, str] = field(default_factory=dict)  # method -> ImageHash string
     warnings: list[str] = field(default_factory=list)
+    phash_whole: int | None = None  # pHash of the untrimmed picture; None: nothing was trimmed (= phash)
 
 
 #: Border trimming: a border line stays within this many gray levels of the side's outermost line (tight, so
@@ -205,7 +208,13 @@ def fingerprint_decoded(decoded: DecodedImage, extra_hashes: Sequence[str] = ())
     stack[0] = cv2.cvtColor(thumb, cv2.COLOR_RGB2GRAY)
     for i, window in enumerate(_crop_windows(ch, cw), start=1):
         stack[i] = cv2.resize(gray[window], (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+    trimmed = (top, bottom, left, right) != (0, small.shape[0], 0, small.shape[1])
+    if trimmed:
+        whole = cv2.resize(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+        stack = np.concatenate([stack, whole[None]])
     hashes, mirror_hash = _hashes_and_mirror(stack)
+    whole_hash = int(hashes[-1]) if trimmed else None
+    hashes = hashes[: 1 + len(CROP_BOXES)]
     detail = encode_detail(gray)
     extras: dict[str, str] = {}
     if extra_hashes:
@@ -217,6 +226,7 @@ def fingerprint_decoded(decoded: DecodedImage, extra_hashes: Sequence[str] = ())
         pixel_digest=pixel_digest,
         phash=int(hashes[0]),
         phash_mirror=mirror_hash,
+        phash_whole=whole_hash,
         crop_hashes=hashes[1:],
         thumb=thumb,
         detail=detail,
@@ -277,6 +287,7 @@ class FingerprintTable:
     exif_identity: list[str | None]
     phash: np.ndarray  # (n,) uint64
     phash_mirror: np.ndarray  # (n,) uint64
+    phash_whole: np.ndarray  # (n,) uint64: pHash of the untrimmed picture (= phash when nothing was trimmed)
     crop_hashes: np.ndarray  # (n, k) uint64
     thumbs: np.ndarray  # (n, 32, 32, 3) uint8 (a StoredRows read on demand when loaded from a manifest)
     details: list[bytes]  # (a StoredRows of byte strings when loaded from a manifest)
@@ -312,6 +323,7 @@ class FingerprintTable:
             exif_identity=[f.exif_identity for f in fps],
             phash=np.asarray([f.phash for f in fps], dtype=np.uint64),
             phash_mirror=np.asarray([f.phash_mirror for f in fps], dtype=np.uint64),
+            phash_whole=np.asarray([f.phash if f.phash_whole is None else f.phash_whole for f in fps], dtype=np.uint64),
             crop_hashes=np.stack([f.crop_hashes for f in fps]) if fps else np.zeros((0, k), np.uint64),
             thumbs=np.stack([f.thumb for f in fps]) if fps else np.zeros((0, THUMB_SIDE, THUMB_SIDE, 3), np.uint8),
             details=[f.detail for f in fps],
@@ -325,6 +337,7 @@ class FingerprintTable:
         return Fingerprint(
             width=int(self.width[row]), height=int(self.height[row]), pixel_digest=self.pixel_digest[row],
             phash=int(self.phash[row]), phash_mirror=int(self.phash_mirror[row]),
+            phash_whole=None if self.phash_whole[row] == self.phash[row] else int(self.phash_whole[row]),
             crop_hashes=self.crop_hashes[row], thumb=self.thumbs[row], detail=self.details[row],
             byte_digest=self.byte_digest[row], exif_identity=self.exif_identity[row],
             file_size=self.file_size[row], mtime_ns=self.mtime_ns[row], extra_hashes=self.extra_hashes[row],
@@ -337,7 +350,8 @@ class FingerprintTable:
             sample_index=self.sample_index[r], paths=_pick(self.paths, r), labels=_pick(self.labels, r),
             width=self.width[r], height=self.height[r], byte_digest=_pick(self.byte_digest, r),
             pixel_digest=_pick(self.pixel_digest, r), exif_identity=_pick(self.exif_identity, r),
-            phash=self.phash[r], phash_mirror=self.phash_mirror[r], crop_hashes=self.crop_hashes[r],
+            phash=self.phash[r], phash_mirror=self.phash_mirror[r], phash_whole=self.phash_whole[r],
+            crop_hashes=self.crop_hashes[r],
             thumbs=_take(self.thumbs, r), details=_take(self.details, r), file_size=_pick(self.file_size, r),
             mtime_ns=_pick(self.mtime_ns, r), extra_hashes=_pick(self.extra_hashes, r),
         )

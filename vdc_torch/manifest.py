@@ -278,6 +278,7 @@ def _encoded_columns(table: FingerprintTable, name: str) -> Iterator[ColumnSpec]
     yield from texts("exif_identity", table.exif_identity, optional=True)
     yield array("phash", table.phash, "<u8")
     yield array("phash_mirror", table.phash_mirror, "<u8")
+    yield array("phash_whole", table.phash_whole, "<u8")
     yield array("crop_hashes", np.asarray(table.crop_hashes).reshape(n, k), "<u8")
     yield "thumbs", "|u1", lambda: (n, THUMB_SIDE, THUMB_SIDE, 3), rows_of(table.thumbs, "|u1",
                                                                            (THUMB_SIDE, THUMB_SIDE, 3))
@@ -299,7 +300,7 @@ def _expected_columns(n: int) -> dict[str, tuple[str, tuple[int, ...] | None]]:
         "sample_index": ("<i8", (n,)), "width": ("<i4", (n,)), "height": ("<i4", (n,)),
         "byte_digest": ("|u1", (n, _DIGEST_SIZE)), "byte_digest.present": ("|b1", (n,)),
         "pixel_digest": ("|u1", (n, _DIGEST_SIZE)), "phash": ("<u8", (n,)), "phash_mirror": ("<u8", (n,)),
-        "crop_hashes": ("<u8", (n, k)), "thumbs": ("|u1", (n, THUMB_SIDE, THUMB_SIDE, 3)), "coarse": ("<f4", (n, 64)),
+        "phash_whole": ("<u8", (n,)), "crop_hashes": ("<u8", (n, k)), "thumbs": ("|u1", (n, THUMB_SIDE, THUMB_SIDE, 3)), "coarse": ("<f4", (n, 64)),
         "details.data": ("|u1", None), "details.offsets": ("<i8", (n + 1,)), "extra_hashes": ("|u1", None),
     }
     for column, optional in (("paths", False), ("labels", True), ("exif_identity", True)):
@@ -772,6 +773,7 @@ def _table_from_v2(read: Any, parts: dict[str, list[tuple[int, int, str]]], shap
         exif_identity=_texts(read, "exif_identity", n, optional=True),
         phash=read("phash"),
         phash_mirror=read("phash_mirror"),
+        phash_whole=read("phash_whole"),
         crop_hashes=read("crop_hashes"),
         thumbs=StoredRows(PartStream(handle, parts["thumbs"]), n, (THUMB_SIDE, THUMB_SIDE, 3), np.uint8,
                           coarse=coarse),  # type: ignore[arg-type]
@@ -827,6 +829,7 @@ def _table_from_columns(cols: list[list[Any]], name: str) -> FingerprintTable:
         exif_identity=[None if v is None else _loaded_text(v) for v in cols[8]],
         phash=np.asarray(cols[9], dtype=np.int64).view(np.uint64),
         phash_mirror=np.asarray(cols[10], dtype=np.int64).view(np.uint64),
+        phash_whole=np.asarray(cols[9], dtype=np.int64).view(np.uint64),  # version 1 kept no untrimmed hash
         crop_hashes=np.frombuffer(b"".join(cols[11]), dtype="<u8").astype(np.uint64).reshape(n, k),
         thumbs=np.frombuffer(b"".join(cols[12]), dtype=np.uint8).reshape(n, THUMB_SIDE, THUMB_SIDE, 3).copy(),
         details=list(cols[13]),

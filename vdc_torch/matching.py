@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from . import features as local_features
-from .align import align
+from .align import Alignment, align
 from .fingerprint import (
     CROP_BOXES,
     FingerprintTable,
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("exact", "near_duplicate", "similar")
 #: Bumped whenever the cascade changes its results for the same fingerprints and config (invalidates caches).
-MATCHING_VERSION = 9
+MATCHING_VERSION = 10
 _KIND_RANK = {"exact": 0, "near_duplicate": 1, "similar": 2}
 MATCH_COLUMNS = ["new_row", "ref_row", "kind", "method", "score", "evidence"]
 
@@ -286,6 +286,9 @@ def match_tables(
     if config.use_alignment and len(ref) and len(new) and config.overlay_boxes:
         add(_verify_with_features(new, ref, _same_crop_candidates(new, ref, ~settled, config), settled, same_table,
                                   config, verifier))
+    if config.use_alignment and len(ref) and len(new):
+        add(_verify_with_features(new, ref, _whole_picture_candidates(new, ref, ~settled, global_index, config),
+                                  settled, same_table, config, verifier))
 
     # 7. model embeddings: nearest neighbours in the feature space of the model being trained
     if new_embeddings is not None and ref_embeddings is not None and len(ref) and len(new):
@@ -397,6 +400,38 @@ def table_coarse_vectors(thumbs: Any, rows: np.ndarray | None = None) -> np.ndar
     return coarse_vectors(thumbs if rows is None else thumbs[rows])
 
 
+#: ``box`` value of candidates from :func:`_whole_picture_candidates`: verified in both directions.
+WHOLE_PICTURE = -2
+
+
+def _whole_picture_candidates(
+    new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, ref_index: HammingIndex,
+    config: MatchConfig,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, bool, bool, np.ndarray]]:
+    """Unmatched samples whose border trimming differs from a reference's: pHashes of the whole pictures.
+
+    A picture with uniform bands of its own (a dark sky, plain sides) is trimmed; a copy with a frame, an overlay
+    across the band or another exposure may not be (or the other way round). Comparing the whole-picture pHash
+    of one side with the trimmed or whole pHash of the other finds these pairs; only pairs where at least one
+    side was trimmed are new here.
+    """
+    rows = np.flatnonzero(open_rows)
+    new_trimmed = rows[new.phash_whole[rows] != new.phash[rows]]
+    ref_trimmed = np.flatnonzero(ref.phash_whole != ref.phash)
+    found = []
+    if len(new_trimmed):  # trimmed new sample vs the trimmed hashes of every reference
+        q, r, dist = ref_index.search(new.phash_whole[new_trimmed], config.hash_radius)
+        found.append((new_trimmed[q], r, dist))
+    if len(ref_trimmed) and len(rows):  # any new sample vs the whole pictures of trimmed references
+        index = HammingIndex(ref.phash_whole[ref_trimmed])
+        for queries in (rows, new_trimmed):
+            if len(queries):
+                code = new.phash[queries] if queries is rows else new.phash_whole[queries]
+                q, r, dist = index.search(code, config.hash_radius)
+                found.append((queries[q], ref_trimmed[r], dist))
+    return [(q, r, d, False, True, np.full(len(q), WHOLE_PICTURE)) for q, r, d in found]
+
+
 def _nearest_thumbnails(
     new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, same_table: bool, config: MatchConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, bool]:
@@ -492,7 +527,8 @@ def _verify_groups(groups: list[tuple[int, list[tuple[int, int, bool, int]]]]) -
             if box >= 0:
                 row = _verify_box(new, ref, q, r, dist, box, config, new_cache, ref_cache)
             else:
-                row = _verify_pair(new, ref, q, r, dist, mirror, config, new_cache, ref_cache)
+                row = _verify_pair(new, ref, q, r, dist, mirror, config, new_cache, ref_cache,
+                                   both_ways=box == WHOLE_PICTURE)
             if row is not None:
                 found.append(row)
                 break
@@ -501,9 +537,13 @@ def _verify_groups(groups: list[tuple[int, list[tuple[int, int, bool, int]]]]) -
 
 def _verify_pair(
     new: FingerprintTable, ref: FingerprintTable, q: int, r: int, dist: int, mirror: bool, config: MatchConfig,
-    new_cache: FeatureCache, ref_cache: FeatureCache,
+    new_cache: FeatureCache, ref_cache: FeatureCache, both_ways: bool = False,
 ) -> tuple[Any, ...] | None:
-    """One candidate pair: local features first, then dense alignment (smooth pictures); a match row or None."""
+    """One candidate pair: local features first, then dense alignment (smooth pictures); a match row or None.
+
+    Alignment places the new image inside the reference (a crop); ``both_ways`` also tries the reference inside
+    the new image (the new one has a frame or more of the picture than the reference kept after trimming).
+    """
     query = new_cache.get(q, mirror=mirror)
     result = local_features.verify(
         query, ref_cache.get(r), min_inliers=config.min_inliers, min_coverage=config.min_coverage
@@ -528,6 +568,11 @@ def _verify_pair(
         return None
     new_image, ref_image = new_cache.image(q), ref_cache.image(r)
     aligned = align(new_image, ref_image)
+    if both_ways and (aligned is None or aligned.similarity < config.aligned_similarity):
+        inverse = align(ref_image, new_image)
+        if inverse is not None:  # reference -> new transform, turned into new -> reference
+            m = np.linalg.inv(np.vstack([inverse.transform, [0.0, 0.0, 1.0]]))[:2]
+            aligned = Alignment(m, inverse.similarity, inverse.detail_similarity, 1.0 / inverse.scale)
     if (
         aligned is None
         or aligned.similarity < config.aligned_similarity
