@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -39,58 +41,60 @@ def test_align_does_not_pass_another_photo() -> None:
         assert result is None or result.similarity < 0.92 or result.detail_similarity < 0.3
 
 
-def test_gate_matches_crops_of_smooth_pictures(tmp_path: Path) -> None:
+def smooth_photo(name: str) -> np.ndarray:
+    """A real photo at 640 px wide, blurred to the texture of a gradient wallpaper (RGB)."""
+    rgb = decode_file(EXIF_JPG / name).pixels
+    h, w = rgb.shape[:2]
+    return cv2.GaussianBlur(cv2.resize(rgb, (640, round(h * 640 / w)), interpolation=cv2.INTER_AREA), (0, 0), 12)
+
+
+def gate_pairs(tmp_path: Path, edit: Callable[[int, np.ndarray], np.ndarray], names: list[str]) -> Any:
+    """Reference ``r{i}.png`` = smooth photo ``i``; new ``n{i}.jpg`` = ``edit(i, photo)``; the gate's decision."""
     ref_dir, new_dir = tmp_path / "ref", tmp_path / "new"
     ref_dir.mkdir()
     new_dir.mkdir()
-    names = ["Canon_40D.jpg", "Nikon_D70.jpg", "Pentax_K10D.jpg", "Kodak_CX7530.jpg", "Olympus_C8080WZ.jpg"]
-    expected = {}
     for i, name in enumerate(names):
-        rgb = decode_file(EXIF_JPG / name).pixels
-        h, w = rgb.shape[:2]
-        rgb = cv2.GaussianBlur(cv2.resize(rgb, (640, round(h * 640 / w)), interpolation=cv2.INTER_AREA), (0, 0), 12)
+        rgb = smooth_photo(name)
         cv2.imwrite(str(ref_dir / f"r{i}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(new_dir / f"n{i}.jpg"), cv2.cvtColor(edit(i, rgb.copy()), cv2.COLOR_RGB2BGR),
+                    [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return DatasetGate(reference=ref_dir, workers=0).check(new_dir)
+
+
+def counted_pairs(decision: Any) -> dict[str, str]:
+    m = decision.matches
+    return {Path(n).name: Path(r).name for n, r, k in zip(m["new_path"], m["ref_path"], m["kind"]) if k != "similar"}
+
+
+def test_gate_matches_crops_of_smooth_pictures(tmp_path: Path) -> None:
+    names = ["Canon_40D.jpg", "Nikon_D70.jpg", "Pentax_K10D.jpg", "Kodak_CX7530.jpg", "Olympus_C8080WZ.jpg"]
+
+    def crop(_: int, rgb: np.ndarray) -> np.ndarray:  # off-centre: bottom-left 78 % x 80 %
         h, w = rgb.shape[:2]
-        crop = rgb[int(h * 0.2) :, : int(w * 0.78)]  # off-centre: bottom-left 78 % x 80 %
-        cv2.imwrite(str(new_dir / f"n{i}.jpg"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
-        expected[f"n{i}.jpg"] = f"r{i}.png"
-    decision = DatasetGate(reference=ref_dir, workers=0).check(new_dir)
-    found = {Path(n).name: Path(r).name for n, r, k in
-             zip(decision.matches["new_path"], decision.matches["ref_path"], decision.matches["kind"])
-             if k != "similar"}
-    assert found == expected
+        return rgb[int(h * 0.2) :, : int(w * 0.78)]
+
+    decision = gate_pairs(tmp_path, crop, names)
+    assert counted_pairs(decision) == {f"n{i}.jpg": f"r{i}.png" for i in range(len(names))}
     assert "alignment" in set(decision.matches["method"])  # at least one was beyond the features
 
 
 def test_gate_matches_smooth_pictures_under_a_caption_or_logo(tmp_path: Path) -> None:
-    ref_dir, new_dir = tmp_path / "ref", tmp_path / "new"
-    ref_dir.mkdir()
-    new_dir.mkdir()
     names = ["Canon_40D.jpg", "Nikon_D70.jpg", "Pentax_K10D.jpg", "Kodak_CX7530.jpg"]
-    expected = {}
-    for i, name in enumerate(names):
-        rgb = decode_file(EXIF_JPG / name).pixels
+
+    def overlay(i: int, rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]
-        rgb = cv2.GaussianBlur(cv2.resize(rgb, (640, round(h * 640 / w)), interpolation=cv2.INTER_AREA), (0, 0), 12)
-        cv2.imwrite(str(ref_dir / f"r{i}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-        h, w = rgb.shape[:2]
-        edited = rgb.copy()
         if i % 2:  # a caption bar across the bottom 12 %
-            edited[int(h * 0.88) :] = (20, 20, 20)
-            cv2.putText(edited, "Holiday 2019 - all rights reserved", (10, h - 20), cv2.FONT_HERSHEY_SIMPLEX, 0.8,
+            rgb[int(h * 0.88) :] = (20, 20, 20)
+            cv2.putText(rgb, "Holiday 2019 - all rights reserved", (10, h - 20), cv2.FONT_HERSHEY_SIMPLEX, 0.8,
                         (255, 255, 255), 2)
         else:  # a logo in the top-right corner, a fifth of the width
             side = w // 5
-            cv2.rectangle(edited, (w - side - 10, 10), (w - 10, 10 + side), (220, 30, 30), -1)
-            cv2.circle(edited, (w - side // 2 - 10, 10 + side // 2), side // 3, (255, 255, 0), -1)
-        cv2.imwrite(str(new_dir / f"n{i}.jpg"), cv2.cvtColor(edited, cv2.COLOR_RGB2BGR),
-                    [cv2.IMWRITE_JPEG_QUALITY, 85])
-        expected[f"n{i}.jpg"] = f"r{i}.png"
-    decision = DatasetGate(reference=ref_dir, workers=0).check(new_dir)
-    found = {Path(n).name: Path(r).name for n, r, k in
-             zip(decision.matches["new_path"], decision.matches["ref_path"], decision.matches["kind"])
-             if k != "similar"}
-    assert found == expected
+            cv2.rectangle(rgb, (w - side - 10, 10), (w - 10, 10 + side), (220, 30, 30), -1)
+            cv2.circle(rgb, (w - side // 2 - 10, 10 + side // 2), side // 3, (255, 255, 0), -1)
+        return rgb
+
+    decision = gate_pairs(tmp_path, overlay, names)
+    assert counted_pairs(decision) == {f"n{i}.jpg": f"r{i}.png" for i in range(len(names))}
 
 
 def test_gate_matches_a_framed_copy_of_a_picture_with_plain_sides(tmp_path: Path) -> None:
