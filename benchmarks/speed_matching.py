@@ -296,8 +296,9 @@ def patch_engine(engine: str) -> str:
                 if self._mih is None:
                     self._mih = MultiIndexHashing(self.codes)
                 q, c, d = self._mih.search(queries, radius)
-            order = np.lexsort((d, q))
-            return q[order], self.owners[c[order]], d[order]
+            order = np.lexsort((c, d, q))
+            c = c[order]
+            return q[order], (c if self.owners is None else self.owners[c]), d[order]
 
     matching.HammingIndex = PatchedIndex
     return f"every HammingIndex search {'on faiss flat' if engine == 'flat' else 'by the MIH prototype'}"

@@ -41,3 +41,21 @@ def test_exact_index_pairs_and_ignores_missing_keys() -> None:
     assert index.get(b"a") == [0, 3]
     assert index.get(None) == []
     assert index.pairs([b"b", None, b"a"]) == [(0, 2), (2, 0), (2, 3)]
+
+
+def test_every_backend_returns_the_same_rows_in_the_same_order_for_any_query_subset() -> None:
+    """Ties of (query, distance) come by code row, so a search of some queries is a slice of the full search."""
+    rng = np.random.default_rng(7)
+    codes = rng.integers(0, 2**63, size=4000, dtype=np.uint64) * 2 + 1
+    codes[1000:1100] = codes[:100]  # repeated codes: ties at every distance
+    queries = codes[:300] ^ np.uint64(0b1011)
+    results = []
+    for backend in ("numpy", "flat", "mih"):
+        q, owners, dist = HammingIndex(codes, backend=backend).search(queries, 10)
+        results.append((q.tolist(), owners.tolist(), dist.tolist()))
+        subset = np.arange(0, len(queries), 3)
+        sq, so, sd = HammingIndex(codes, backend=backend).search(queries[subset], 10)
+        keep = np.isin(q, subset)
+        assert (subset[sq].tolist(), so.tolist(), sd.tolist()) == (q[keep].tolist(), owners[keep].tolist(),
+                                                                   dist[keep].tolist())
+    assert results[0] == results[1] == results[2]
