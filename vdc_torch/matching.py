@@ -278,9 +278,13 @@ def match_tables(
         feature_candidates.append(_nearest_thumbnails(new, ref, ~settled, same_table, config))
     if config.use_features and len(ref):
         k = len(CROP_BOXES)
+        # only rows not settled yet: _verify_with_features drops settled rows first thing, and nothing settles
+        # between here and there, so the candidates of settled rows were searched for nothing (27M codes at 1M)
+        open_rows = np.flatnonzero(~settled)
         crop_index = HammingIndex(ref.crop_hashes.reshape(-1))  # code i is crop i % k of reference row i // k
-        q, code, dist = crop_index.search(new.phash, config.crop_radius)
-        r = code // k
+        q, code, dist = crop_index.search(np.asarray(new.phash)[open_rows], config.crop_radius)
+        del crop_index  # ~1 GB of MIH tables at 1M reference rows: not kept through feature verification
+        q, r = open_rows[q], code // k
         feature_candidates.insert(0, (q, r, dist, False, True))
         add(_verify_with_features(new, ref, feature_candidates, settled, same_table, config, verifier))
     if config.use_alignment and len(ref) and len(new) and config.overlay_boxes:
