@@ -59,3 +59,18 @@ def test_every_backend_returns_the_same_rows_in_the_same_order_for_any_query_sub
         assert (subset[sq].tolist(), so.tolist(), sd.tolist()) == (q[keep].tolist(), owners[keep].tolist(),
                                                                    dist[keep].tolist())
     assert results[0] == results[1] == results[2]
+
+
+def test_mih_blocked_build_equals_a_global_stable_argsort(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vdc_torch import mih
+
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 2**64 - 1, size=5000, dtype=np.uint64, endpoint=True)
+    codes[::7] = codes[0]  # many equal keys in every chunk, spread over every block
+    monkeypatch.setattr(mih, "BUILD_BLOCK", 333)
+    index = mih.MultiIndexHashing(codes, widths=(10, 10, 11, 11, 11, 11))
+    for shift, bits, order, chunk_codes, offsets in index._chunks:
+        key = ((codes >> np.uint64(shift)) & np.uint64((1 << bits) - 1)).astype(np.int64)
+        assert order.tolist() == np.argsort(key, kind="stable").tolist()
+        assert offsets.tolist() == [0] + np.cumsum(np.bincount(key, minlength=1 << bits)).tolist()
+        assert (chunk_codes == codes[order]).all()

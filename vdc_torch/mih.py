@@ -52,6 +52,8 @@ MIH_PROBE_NS = ((17, 13.0), (20, 20.0), (26, 45.0))  # (max chunk bits, ns per p
 MIH_CANDIDATE_NS = 2.5
 MIH_BUILD_NS = 100.0
 FLAT_PAIR_NS = 0.4
+#: Codes per block of the counting sort that builds the chunk tables (bounds its temporaries to ~40 B x block).
+BUILD_BLOCK = 1 << 20
 #: Even splits of the 64 bits considered by :func:`best_widths`.
 WIDTH_CHOICES = ((22, 21, 21), (16, 16, 16, 16), (13, 13, 13, 13, 12), (11, 11, 11, 11, 10, 10))
 
@@ -119,15 +121,38 @@ class MultiIndexHashing:
         self._chunks = []
         shift = 0
         for bits in self.widths:
-            key = self._key(self.codes, shift, bits)
-            order = np.argsort(key, kind="stable")
-            if len(order) < 2**31:  # halves the permutation: 27M crop codes of 1M images x 3 chunks
-                order = order.astype(np.int32)
-            offsets = np.zeros((1 << bits) + 1, dtype=np.int64)
-            np.cumsum(np.bincount(key, minlength=1 << bits), out=offsets[1:])
-            del key
+            order, offsets = self._chunk_order(shift, bits)
             self._chunks.append((shift, bits, order, self.codes[order], offsets))
             shift += bits
+
+    def _chunk_order(self, shift: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
+        """The stable order of the codes by one chunk's value and its offsets table, by a blocked counting sort.
+
+        Identical to ``np.argsort(key, kind="stable")`` but without any full-length key or int64 permutation: the
+        bucket sizes are counted block by block, then each block is sorted on its own and its rows are written
+        to the next free places of their buckets. For the 27M crop codes of 1M images this avoids ~650 MB of
+        temporaries per chunk (int64 keys, the int64 argsort, the shifted and masked uint64 copies) and is
+        faster than one global merge sort.
+        """
+        n = len(self.codes)
+        offsets = np.zeros((1 << bits) + 1, dtype=np.int64)
+        for start in range(0, n, BUILD_BLOCK):
+            offsets[1:] += np.bincount(self._key(self.codes[start : start + BUILD_BLOCK], shift, bits),
+                                       minlength=1 << bits)
+        np.cumsum(offsets, out=offsets)
+        cursor = offsets[:-1].copy()  # next free place of each bucket
+        # halves the permutation below 2**31 codes: 27M crop codes of 1M images x 3 chunks
+        order = np.empty(n, dtype=np.int32 if n < 2**31 else np.int64)
+        for start in range(0, n, BUILD_BLOCK):
+            key = self._key(self.codes[start : start + BUILD_BLOCK], shift, bits)
+            perm = np.argsort(key, kind="stable")
+            key = key[perm]
+            first = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+            run = np.diff(np.append(first, len(key)))
+            rank = np.arange(len(key)) - np.repeat(first, run)  # place within its bucket, in this block
+            order[cursor[key] + rank] = perm + start
+            cursor[key[first]] += run
+        return order, offsets
 
     @staticmethod
     def _key(codes: np.ndarray, shift: int, bits: int) -> np.ndarray:
