@@ -54,8 +54,10 @@ MIH_BUILD_NS = 100.0
 FLAT_PAIR_NS = 0.4
 #: Codes per block of the counting sort that builds the chunk tables (bounds its temporaries to ~40 B x block).
 BUILD_BLOCK = 1 << 20
-#: Even splits of the 64 bits considered by :func:`best_widths`.
-WIDTH_CHOICES = ((22, 21, 21), (16, 16, 16, 16), (13, 13, 13, 13, 12), (11, 11, 11, 11, 10, 10))
+#: Splits of the 64 bits considered by :func:`best_widths`: even ones, and (22, 22, 20) for the crop index of 1M
+#: images (27M codes, radius 10: budgets (3, 3, 2), so the chunk probed to 2 flips is the narrow one; 28.5k
+#: candidates per query against 34.6k for (22, 21, 21), 370 against 410 us per query measured).
+WIDTH_CHOICES = ((22, 21, 21), (22, 22, 20), (16, 16, 16, 16), (13, 13, 13, 13, 12), (11, 11, 11, 11, 10, 10))
 
 
 def mih_query_ns(widths: tuple[int, ...], n_codes: int, radius: int) -> float:
