@@ -69,8 +69,28 @@ def test_mih_blocked_build_equals_a_global_stable_argsort(monkeypatch: pytest.Mo
     codes[::7] = codes[0]  # many equal keys in every chunk, spread over every block
     monkeypatch.setattr(mih, "BUILD_BLOCK", 333)
     index = mih.MultiIndexHashing(codes, widths=(10, 10, 11, 11, 11, 11))
-    for shift, bits, order, chunk_codes, offsets in index._chunks:
+    for i, (shift, bits, order, chunk_codes, offsets) in enumerate(index._chunks):
         key = ((codes >> np.uint64(shift)) & np.uint64((1 << bits) - 1)).astype(np.int64)
-        assert order.tolist() == np.argsort(key, kind="stable").tolist()
+        expected = np.argsort(key, kind="stable")
+        assert order is None if i else order.tolist() == expected.tolist()
+        assert (index._chunk_order(shift, bits)[0] == expected).all()
         assert offsets.tolist() == [0] + np.cumsum(np.bincount(key, minlength=1 << bits)).tolist()
-        assert (chunk_codes == codes[order]).all()
+        assert (chunk_codes == codes[expected]).all()
+
+
+@pytest.mark.parametrize("widths", [(22, 22, 20), (11, 11, 11, 11, 10, 10)])
+def test_mih_finds_every_row_of_repeated_codes_once(widths: tuple[int, ...]) -> None:
+    """Only the first chunk keeps its permutation; rows found through the others are looked up by value."""
+    from vdc_torch.mih import MultiIndexHashing
+
+    rng = np.random.default_rng(11)
+    codes = rng.integers(0, 2**64 - 1, size=3000, dtype=np.uint64, endpoint=True)
+    codes[::5] = codes[3]  # one code held by 600 rows
+    codes[1::9] = codes[10]
+    queries = codes[:200] ^ np.uint64(0b1001011)
+    queries[::3] = rng.integers(0, 2**64 - 1, size=len(queries[::3]), dtype=np.uint64, endpoint=True)
+    for radius in (3, 8, 12):
+        q, c, d = MultiIndexHashing(codes, widths).search(queries, radius)
+        got = list(zip(q.tolist(), c.tolist(), d.tolist()))
+        assert len(got) == len(set(got))
+        assert set(got) == brute_force(queries, codes, radius)

@@ -102,8 +102,10 @@ class MultiIndexHashing:
 
     Work is done mask-major over sorted queries (``query_chunk ^ mask`` for many queries at once), so the
     table reads stay local, in steps of about ``step_candidates`` candidates so the temporaries stay in
-    cache. Memory: per chunk, the codes in chunk order (8 B/code), the permutation (4 B/code below 2**31 codes) and
-    ``2**bits + 1`` offsets (512 KiB for 16 bits): 48 B per code for 4 chunks, 48 MB for 1M codes.
+    cache. Memory: per chunk, the codes in chunk order (8 B/code) and ``2**bits + 1`` offsets (4 B each below 2**31
+    codes: 256 KiB for 16 bits); the first chunk also keeps the permutation (4 B/code below 2**31 codes), through
+    which the rows of codes found by the other chunks are looked up by value: 36 B per code for 4 chunks, 36 MB for
+    1M codes, 0.75 GB for the 27M crop codes of 1M images.
     """
 
     def __init__(self, codes: np.ndarray, widths: tuple[int, ...] | None = None) -> None:
@@ -122,10 +124,36 @@ class MultiIndexHashing:
         self.widths = widths
         self._chunks = []
         shift = 0
-        for bits in self.widths:
+        for i, bits in enumerate(self.widths):
             order, offsets = self._chunk_order(shift, bits)
-            self._chunks.append((shift, bits, order, self.codes[order], offsets))
+            # only the first chunk keeps its permutation: the rows of the few codes found through another chunk
+            # are looked up by value in the first one (_rows_of_values), which saves 4 B per code and chunk
+            self._chunks.append((shift, bits, order if i == 0 else None, self.codes[order], offsets))
+            del order
             shift += bits
+
+    def _rows_of_values(
+        self, values: np.ndarray, qrow: np.ndarray, dist: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every code row holding ``values[i]``, as ``(query_row, code_row, distance)`` triples, once each.
+
+        A value held by ``k`` rows is found ``k`` times by a probe of another chunk (all in the same step: equal
+        codes share every bucket); each ``(query, value)`` is kept once, then expanded to its ``k`` rows.
+        """
+        if len(values) > 1:
+            by = np.lexsort((values, qrow))
+            first = by[np.concatenate(([True], (qrow[by[1:]] != qrow[by[:-1]]) | (values[by[1:]] != values[by[:-1]])))]
+            values, qrow, dist = values[first], qrow[first], dist[first]
+        shift0, bits0, order0, codes0, offsets0 = self._chunks[0]
+        k0 = self._key(values, shift0, bits0)
+        lo = offsets0[k0].astype(np.int64)
+        cnt = offsets0[k0 + 1] - lo
+        ends = np.cumsum(cnt)
+        which = np.repeat(np.arange(len(values)), cnt)
+        pos0 = np.arange(int(ends[-1]) if len(ends) else 0, dtype=np.int64) + np.repeat(lo - ends + cnt, cnt)
+        same = codes0[pos0] == values[which]
+        which, rows = which[same], order0[pos0[same]].astype(np.int64)
+        return qrow[which], rows, dist[which]
 
     def _chunk_order(self, shift: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
         """The stable order of the codes by one chunk's value and its offsets table, by a blocked counting sort.
@@ -137,7 +165,8 @@ class MultiIndexHashing:
         faster than one global merge sort.
         """
         n = len(self.codes)
-        offsets = np.zeros((1 << bits) + 1, dtype=np.int64)
+        # int32 offsets below 2**31 codes: 16 MB instead of 32 MB per 22-bit chunk
+        offsets = np.zeros((1 << bits) + 1, dtype=np.int32 if n < 2**31 else np.int64)
         for start in range(0, n, BUILD_BLOCK):
             offsets[1:] += np.bincount(self._key(self.codes[start : start + BUILD_BLOCK], shift, bits),
                                        minlength=1 << bits)
@@ -162,7 +191,7 @@ class MultiIndexHashing:
 
     @property
     def nbytes(self) -> int:
-        return sum(o.nbytes + c.nbytes + f.nbytes for _, _, o, c, f in self._chunks)
+        return sum((0 if o is None else o.nbytes) + c.nbytes + f.nbytes for _, _, o, c, f in self._chunks)
 
     def search(
         self, queries: np.ndarray, radius: int, *, step_candidates: int = 1 << 18
@@ -203,7 +232,7 @@ class MultiIndexHashing:
                     self.last_candidates += total
                     if total == 0:
                         continue
-                    pos = np.arange(total, dtype=np.int64) + np.repeat(lo - ends + cnt, cnt)
+                    pos = np.arange(total, dtype=np.int64) + np.repeat((lo - ends + cnt).astype(np.int64), cnt)
                     dist = np.bitwise_count(chunk_codes[pos] ^ np.repeat(np.tile(qcb, len(mblock)), cnt))
                     hit = np.flatnonzero(dist <= radius)
                     if len(hit) == 0:
@@ -219,8 +248,12 @@ class MultiIndexHashing:
                             d_j = np.bitwise_count(self._key(found_codes, shift_j, bits_j) ^ qkeys[j][qrow])
                             keep &= d_j > thresholds[j]
                         qrow, pos, dist = qrow[keep], pos[keep], dist[keep]
+                    if order is None:
+                        qrow, rows, dist = self._rows_of_values(chunk_codes[pos], qrow, dist)
+                    else:
+                        rows = order[pos]
                     out_q.append(qrow)
-                    out_c.append(order[pos])
+                    out_c.append(rows)
                     out_d.append(dist)
         if not out_q:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
