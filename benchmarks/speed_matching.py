@@ -504,7 +504,7 @@ def child_match_default(args: dict[str, Any]) -> dict[str, Any]:
     load_s = time.perf_counter() - t0
     gc.collect()
     rss_tables = current_rss_mb()
-    stages: dict[str, list[float]] = {}  # name -> [seconds, peak RSS MB inside, calls]
+    stages: dict[str, list[float]] = {}  # name -> [seconds, peak RSS MB inside, calls, RSS MB at first entry]
     sampled = [0.0]
 
     def sampler() -> None:  # per-stage peaks (VmHWM gives the overall one)
@@ -514,9 +514,9 @@ def child_match_default(args: dict[str, Any]) -> dict[str, Any]:
 
     def timed(name: str, fn: Any, *a: Any, **k: Any) -> Any:
         sampled[0] = current_rss_mb()
+        entry = stages.setdefault(name, [0.0, 0.0, 0, sampled[0]])
         t = time.perf_counter()
         out = fn(*a, **k)
-        entry = stages.setdefault(name, [0.0, 0.0, 0])
         entry[0] += time.perf_counter() - t
         entry[1] = max(entry[1], sampled[0], current_rss_mb())
         entry[2] += 1
@@ -573,9 +573,10 @@ def bench_default(n_ref: int, n_new: int, timeout: float, manifests: str | None)
         return f"Run failed: {r['error']}"
     rows = []
     before = DEFAULT_BEFORE["stages"]
-    for name, (seconds, peak, calls) in sorted(r["stages"].items(), key=lambda kv: -kv[1][0]):
-        rows.append([name, calls, fmt_s(before.get(name)), fmt_s(seconds), f"{peak:,.0f}"])
+    for name, (seconds, peak, calls, entry) in sorted(r["stages"].items(), key=lambda kv: -kv[1][0]):
+        rows.append([name, calls, fmt_s(before.get(name)), fmt_s(seconds), f"{entry:,.0f}", f"{peak:,.0f}"])
     rows.append(["**match_tables total**", 1, fmt_s(DEFAULT_BEFORE["match_s"]), f"**{fmt_s(r['match_s'])}**",
+                 f"{r['rss_tables_mb']:,.0f}",
                  f"**{r['peak_rss_mb']:,.0f}** (VmHWM; before: {DEFAULT_BEFORE['peak_rss_mb']:,.0f})"])
     ok_time, ok_mem = r["match_s"] < 60, r["peak_rss_mb"] <= 2048
     return "\n".join([
@@ -598,7 +599,7 @@ def bench_default(n_ref: int, n_new: int, timeout: float, manifests: str | None)
         "",
         "### Stages",
         "",
-        md_table(["stage", "calls", "before s", "s", "peak RSS inside MB"], rows),
+        md_table(["stage", "calls", "before s", "s", "RSS at first entry MB", "peak RSS inside MB"], rows),
     ])
 
 
