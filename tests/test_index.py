@@ -78,8 +78,9 @@ def test_mih_blocked_build_equals_a_global_stable_argsort(monkeypatch: pytest.Mo
         assert (chunk_codes == codes[expected]).all()
 
 
+@pytest.mark.parametrize("low_memory", [False, True])
 @pytest.mark.parametrize("widths", [(22, 22, 20), (11, 11, 11, 11, 10, 10)])
-def test_mih_finds_every_row_of_repeated_codes_once(widths: tuple[int, ...]) -> None:
+def test_mih_finds_every_row_of_repeated_codes_once(widths: tuple[int, ...], low_memory: bool) -> None:
     """Only the first chunk keeps its permutation; rows found through the others are looked up by value."""
     from vdc_torch.mih import MultiIndexHashing
 
@@ -89,8 +90,9 @@ def test_mih_finds_every_row_of_repeated_codes_once(widths: tuple[int, ...]) -> 
     codes[1::9] = codes[10]
     queries = codes[:200] ^ np.uint64(0b1001011)
     queries[::3] = rng.integers(0, 2**64 - 1, size=len(queries[::3]), dtype=np.uint64, endpoint=True)
-    for radius in (3, 8, 12):
-        q, c, d = MultiIndexHashing(codes, widths).search(queries, radius)
+    index = MultiIndexHashing(codes, widths, low_memory=low_memory)
+    for radius in (3, 8, 12):  # the same index searched again (low_memory rebuilds its chunk tables)
+        q, c, d = index.search(queries, radius)
         got = list(zip(q.tolist(), c.tolist(), d.tolist()))
         assert len(got) == len(set(got))
         assert set(got) == brute_force(queries, codes, radius)

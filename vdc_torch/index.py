@@ -19,6 +19,9 @@ from .mih import MultiIndexHashing, prefer_mih
 log = logging.getLogger(__name__)
 
 HAMMING_BACKENDS = ("auto", "flat", "mih", "multihash", "numpy")
+#: From this many codes MIH keeps one chunk table at a time (``low_memory``): the crop index of 1M images (27M
+#: codes, searched once) then needs ~0.35 GB instead of ~0.84 GB, for the same search time.
+MIH_LOW_MEMORY_CODES = 8_000_000
 
 
 class ExactIndex:
@@ -103,7 +106,7 @@ class HammingIndex:
             q, c, d = self._search_numpy(queries, radius)
         elif backend == "mih":
             if self._mih is None:  # built once, reused by the mirror search
-                self._mih = MultiIndexHashing(self.codes)
+                self._mih = MultiIndexHashing(self.codes, low_memory=len(self.codes) >= MIH_LOW_MEMORY_CODES)
             q, c, d = self._mih.search(queries, radius)
         else:
             q, c, d = self._search_faiss(queries, radius, backend)

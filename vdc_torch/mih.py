@@ -108,14 +108,18 @@ class MultiIndexHashing:
     1M codes, 0.75 GB for the 27M crop codes of 1M images.
     """
 
-    def __init__(self, codes: np.ndarray, widths: tuple[int, ...] | None = None) -> None:
+    def __init__(self, codes: np.ndarray, widths: tuple[int, ...] | None = None, low_memory: bool = False) -> None:
         if widths is not None and (sum(widths) != 64 or min(widths) < 1 or max(widths) > 26):
             raise ValueError(f"widths={widths} must be 1..26-bit chunks adding up to 64 bits")
         self.codes = np.ascontiguousarray(codes, dtype=np.uint64).reshape(-1)
+        #: Build each chunk's sorted codes at the start of its search pass and drop them after, instead of keeping
+        #: all of them: one chunk's table in memory at a time (for an index searched once, like the crop index).
+        self.low_memory = low_memory
         self.widths: tuple[int, ...] | None = None
         self.last_candidates = 0
         self.last_probes = 0
-        self._chunks: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]] = []
+        # (shift, bits, permutation, codes in chunk order, offsets); None where not kept (see low_memory)
+        self._chunks: list[tuple[int, int, np.ndarray | None, np.ndarray | None, np.ndarray | None]] = []
         if widths is not None:
             self._build(tuple(int(w) for w in widths))
 
@@ -125,7 +129,15 @@ class MultiIndexHashing:
         self._chunks = []
         shift = 0
         for i, bits in enumerate(self.widths):
+            if self.low_memory and i > 0:  # built by search(), for its pass only
+                self._chunks.append((shift, bits, None, None, None))
+                shift += bits
+                continue
             order, offsets = self._chunk_order(shift, bits)
+            if self.low_memory:  # the first chunk's permutation and offsets stay (row look-ups); not its codes
+                self._chunks.append((shift, bits, order, None, offsets))
+                shift += bits
+                continue
             # only the first chunk keeps its permutation: the rows of the few codes found through another chunk
             # are looked up by value in the first one (_rows_of_values), which saves 4 B per code and chunk
             self._chunks.append((shift, bits, order if i == 0 else None, self.codes[order], offsets))
@@ -144,15 +156,16 @@ class MultiIndexHashing:
             by = np.lexsort((values, qrow))
             first = by[np.concatenate(([True], (qrow[by[1:]] != qrow[by[:-1]]) | (values[by[1:]] != values[by[:-1]])))]
             values, qrow, dist = values[first], qrow[first], dist[first]
-        shift0, bits0, order0, codes0, offsets0 = self._chunks[0]
+        shift0, bits0, order0, _, offsets0 = self._chunks[0]
         k0 = self._key(values, shift0, bits0)
         lo = offsets0[k0].astype(np.int64)
         cnt = offsets0[k0 + 1] - lo
         ends = np.cumsum(cnt)
         which = np.repeat(np.arange(len(values)), cnt)
         pos0 = np.arange(int(ends[-1]) if len(ends) else 0, dtype=np.int64) + np.repeat(lo - ends + cnt, cnt)
-        same = codes0[pos0] == values[which]
-        which, rows = which[same], order0[pos0[same]].astype(np.int64)
+        rows = order0[pos0].astype(np.int64)
+        same = self.codes[rows] == values[which]  # few hits: random reads are cheap here
+        which, rows = which[same], rows[same]
         return qrow[which], rows, dist[which]
 
     def _chunk_order(self, shift: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -191,7 +204,8 @@ class MultiIndexHashing:
 
     @property
     def nbytes(self) -> int:
-        return sum((0 if o is None else o.nbytes) + c.nbytes + f.nbytes for _, _, o, c, f in self._chunks)
+        """Bytes of the tables kept between searches."""
+        return sum(sum(0 if a is None else a.nbytes for a in (o, c, f)) for _, _, o, c, f in self._chunks)
 
     def search(
         self, queries: np.ndarray, radius: int, *, step_candidates: int = 1 << 18
@@ -208,9 +222,15 @@ class MultiIndexHashing:
             self._build(best_widths(len(self.codes), radius))
         thresholds = chunk_thresholds(self.widths, radius)
         qkeys = [self._key(queries, shift, bits) for shift, bits, *_ in self._chunks]
-        for i, (_, bits, order, chunk_codes, offsets) in enumerate(self._chunks):
+        for i, (shift, bits, order, chunk_codes, offsets) in enumerate(self._chunks):
             if thresholds[i] < 0:
                 continue
+            if chunk_codes is None:  # low_memory: this chunk's table for this pass only
+                if order is None:
+                    order, offsets = self._chunk_order(shift, bits)
+                chunk_codes = self.codes[order]
+                if i > 0:
+                    order = None
             masks = flip_masks(bits, thresholds[i])
             earlier = [j for j in range(i) if thresholds[j] >= 0]
             qorder = np.argsort(qkeys[i], kind="stable")
