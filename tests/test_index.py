@@ -41,3 +41,58 @@ def test_exact_index_pairs_and_ignores_missing_keys() -> None:
     assert index.get(b"a") == [0, 3]
     assert index.get(None) == []
     assert index.pairs([b"b", None, b"a"]) == [(0, 2), (2, 0), (2, 3)]
+
+
+def test_every_backend_returns_the_same_rows_in_the_same_order_for_any_query_subset() -> None:
+    """Ties of (query, distance) come by code row, so a search of some queries is a slice of the full search."""
+    rng = np.random.default_rng(7)
+    codes = rng.integers(0, 2**63, size=4000, dtype=np.uint64) * 2 + 1
+    codes[1000:1100] = codes[:100]  # repeated codes: ties at every distance
+    queries = codes[:300] ^ np.uint64(0b1011)
+    results = []
+    for backend in ("numpy", "flat", "mih"):
+        q, owners, dist = HammingIndex(codes, backend=backend).search(queries, 10)
+        results.append((q.tolist(), owners.tolist(), dist.tolist()))
+        subset = np.arange(0, len(queries), 3)
+        sq, so, sd = HammingIndex(codes, backend=backend).search(queries[subset], 10)
+        keep = np.isin(q, subset)
+        assert (subset[sq].tolist(), so.tolist(), sd.tolist()) == (q[keep].tolist(), owners[keep].tolist(),
+                                                                   dist[keep].tolist())
+    assert results[0] == results[1] == results[2]
+
+
+def test_mih_blocked_build_equals_a_global_stable_argsort(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vdc_torch import mih
+
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 2**64 - 1, size=5000, dtype=np.uint64, endpoint=True)
+    codes[::7] = codes[0]  # many equal keys in every chunk, spread over every block
+    monkeypatch.setattr(mih, "BUILD_BLOCK", 333)
+    index = mih.MultiIndexHashing(codes, widths=(10, 10, 11, 11, 11, 11))
+    for i, (shift, bits, order, chunk_codes, offsets) in enumerate(index._chunks):
+        key = ((codes >> np.uint64(shift)) & np.uint64((1 << bits) - 1)).astype(np.int64)
+        expected = np.argsort(key, kind="stable")
+        assert order is None if i else order.tolist() == expected.tolist()
+        assert (index._chunk_order(shift, bits)[0] == expected).all()
+        assert offsets.tolist() == [0] + np.cumsum(np.bincount(key, minlength=1 << bits)).tolist()
+        assert (chunk_codes == codes[expected]).all()
+
+
+@pytest.mark.parametrize("low_memory", [False, True])
+@pytest.mark.parametrize("widths", [(22, 22, 20), (11, 11, 11, 11, 10, 10)])
+def test_mih_finds_every_row_of_repeated_codes_once(widths: tuple[int, ...], low_memory: bool) -> None:
+    """Only the first chunk keeps its permutation; rows found through the others are looked up by value."""
+    from vdc_torch.mih import MultiIndexHashing
+
+    rng = np.random.default_rng(11)
+    codes = rng.integers(0, 2**64 - 1, size=3000, dtype=np.uint64, endpoint=True)
+    codes[::5] = codes[3]  # one code held by 600 rows
+    codes[1::9] = codes[10]
+    queries = codes[:200] ^ np.uint64(0b1001011)
+    queries[::3] = rng.integers(0, 2**64 - 1, size=len(queries[::3]), dtype=np.uint64, endpoint=True)
+    index = MultiIndexHashing(codes, widths, low_memory=low_memory)
+    for radius in (3, 8, 12):  # the same index searched again (low_memory rebuilds its chunk tables)
+        q, c, d = index.search(queries, radius)
+        got = list(zip(q.tolist(), c.tolist(), d.tolist()))
+        assert len(got) == len(set(got))
+        assert set(got) == brute_force(queries, codes, radius)

@@ -52,8 +52,12 @@ MIH_PROBE_NS = ((17, 13.0), (20, 20.0), (26, 45.0))  # (max chunk bits, ns per p
 MIH_CANDIDATE_NS = 2.5
 MIH_BUILD_NS = 100.0
 FLAT_PAIR_NS = 0.4
-#: Even splits of the 64 bits considered by :func:`best_widths`.
-WIDTH_CHOICES = ((22, 21, 21), (16, 16, 16, 16), (13, 13, 13, 13, 12), (11, 11, 11, 11, 10, 10))
+#: Codes per block of the counting sort that builds the chunk tables (bounds its temporaries to ~40 B x block).
+BUILD_BLOCK = 1 << 20
+#: Splits of the 64 bits considered by :func:`best_widths`: even ones, and (22, 22, 20) for the crop index of 1M
+#: images (27M codes, radius 10: budgets (3, 3, 2), so the chunk probed to 2 flips is the narrow one; 28.5k
+#: candidates per query against 34.6k for (22, 21, 21), 370 against 410 us per query measured).
+WIDTH_CHOICES = ((22, 21, 21), (22, 22, 20), (16, 16, 16, 16), (13, 13, 13, 13, 12), (11, 11, 11, 11, 10, 10))
 
 
 def mih_query_ns(widths: tuple[int, ...], n_codes: int, radius: int) -> float:
@@ -98,18 +102,24 @@ class MultiIndexHashing:
 
     Work is done mask-major over sorted queries (``query_chunk ^ mask`` for many queries at once), so the
     table reads stay local, in steps of about ``step_candidates`` candidates so the temporaries stay in
-    cache. Memory: per chunk, the codes in chunk order (8 B/code), the permutation (4 B/code below 2**31 codes) and
-    ``2**bits + 1`` offsets (512 KiB for 16 bits): 48 B per code for 4 chunks, 48 MB for 1M codes.
+    cache. Memory: per chunk, the codes in chunk order (8 B/code) and ``2**bits + 1`` offsets (4 B each below 2**31
+    codes: 256 KiB for 16 bits); the first chunk also keeps the permutation (4 B/code below 2**31 codes), through
+    which the rows of codes found by the other chunks are looked up by value: 36 B per code for 4 chunks, 36 MB for
+    1M codes, 0.75 GB for the 27M crop codes of 1M images.
     """
 
-    def __init__(self, codes: np.ndarray, widths: tuple[int, ...] | None = None) -> None:
+    def __init__(self, codes: np.ndarray, widths: tuple[int, ...] | None = None, low_memory: bool = False) -> None:
         if widths is not None and (sum(widths) != 64 or min(widths) < 1 or max(widths) > 26):
             raise ValueError(f"widths={widths} must be 1..26-bit chunks adding up to 64 bits")
         self.codes = np.ascontiguousarray(codes, dtype=np.uint64).reshape(-1)
+        #: Build each chunk's sorted codes at the start of its search pass and drop them after, instead of keeping
+        #: all of them: one chunk's table in memory at a time (for an index searched once, like the crop index).
+        self.low_memory = low_memory
         self.widths: tuple[int, ...] | None = None
         self.last_candidates = 0
         self.last_probes = 0
-        self._chunks: list[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]] = []
+        # (shift, bits, permutation, codes in chunk order, offsets); None where not kept (see low_memory)
+        self._chunks: list[tuple[int, int, np.ndarray | None, np.ndarray | None, np.ndarray | None]] = []
         if widths is not None:
             self._build(tuple(int(w) for w in widths))
 
@@ -118,16 +128,75 @@ class MultiIndexHashing:
         self.widths = widths
         self._chunks = []
         shift = 0
-        for bits in self.widths:
-            key = self._key(self.codes, shift, bits)
-            order = np.argsort(key, kind="stable")
-            if len(order) < 2**31:  # halves the permutation: 27M crop codes of 1M images x 3 chunks
-                order = order.astype(np.int32)
-            offsets = np.zeros((1 << bits) + 1, dtype=np.int64)
-            np.cumsum(np.bincount(key, minlength=1 << bits), out=offsets[1:])
-            del key
-            self._chunks.append((shift, bits, order, self.codes[order], offsets))
+        for i, bits in enumerate(self.widths):
+            if self.low_memory and i > 0:  # built by search(), for its pass only
+                self._chunks.append((shift, bits, None, None, None))
+                shift += bits
+                continue
+            order, offsets = self._chunk_order(shift, bits)
+            if self.low_memory:  # the first chunk's permutation and offsets stay (row look-ups); not its codes
+                self._chunks.append((shift, bits, order, None, offsets))
+                shift += bits
+                continue
+            # only the first chunk keeps its permutation: the rows of the few codes found through another chunk
+            # are looked up by value in the first one (_rows_of_values), which saves 4 B per code and chunk
+            self._chunks.append((shift, bits, order if i == 0 else None, self.codes[order], offsets))
+            del order
             shift += bits
+
+    def _rows_of_values(
+        self, values: np.ndarray, qrow: np.ndarray, dist: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every code row holding ``values[i]``, as ``(query_row, code_row, distance)`` triples, once each.
+
+        A value held by ``k`` rows is found ``k`` times by a probe of another chunk (all in the same step: equal
+        codes share every bucket); each ``(query, value)`` is kept once, then expanded to its ``k`` rows.
+        """
+        if len(values) > 1:
+            by = np.lexsort((values, qrow))
+            first = by[np.concatenate(([True], (qrow[by[1:]] != qrow[by[:-1]]) | (values[by[1:]] != values[by[:-1]])))]
+            values, qrow, dist = values[first], qrow[first], dist[first]
+        shift0, bits0, order0, _, offsets0 = self._chunks[0]
+        k0 = self._key(values, shift0, bits0)
+        lo = offsets0[k0].astype(np.int64)
+        cnt = offsets0[k0 + 1] - lo
+        ends = np.cumsum(cnt)
+        which = np.repeat(np.arange(len(values)), cnt)
+        pos0 = np.arange(int(ends[-1]) if len(ends) else 0, dtype=np.int64) + np.repeat(lo - ends + cnt, cnt)
+        rows = order0[pos0].astype(np.int64)
+        same = self.codes[rows] == values[which]  # few hits: random reads are cheap here
+        which, rows = which[same], rows[same]
+        return qrow[which], rows, dist[which]
+
+    def _chunk_order(self, shift: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
+        """The stable order of the codes by one chunk's value and its offsets table, by a blocked counting sort.
+
+        Identical to ``np.argsort(key, kind="stable")`` but without any full-length key or int64 permutation: the
+        bucket sizes are counted block by block, then each block is sorted on its own and its rows are written
+        to the next free places of their buckets. For the 27M crop codes of 1M images this avoids ~650 MB of
+        temporaries per chunk (int64 keys, the int64 argsort, the shifted and masked uint64 copies) and is
+        faster than one global merge sort.
+        """
+        n = len(self.codes)
+        # int32 offsets below 2**31 codes: 16 MB instead of 32 MB per 22-bit chunk
+        offsets = np.zeros((1 << bits) + 1, dtype=np.int32 if n < 2**31 else np.int64)
+        for start in range(0, n, BUILD_BLOCK):
+            offsets[1:] += np.bincount(self._key(self.codes[start : start + BUILD_BLOCK], shift, bits),
+                                       minlength=1 << bits)
+        np.cumsum(offsets, out=offsets)
+        cursor = offsets[:-1].copy()  # next free place of each bucket
+        # halves the permutation below 2**31 codes: 27M crop codes of 1M images x 3 chunks
+        order = np.empty(n, dtype=np.int32 if n < 2**31 else np.int64)
+        for start in range(0, n, BUILD_BLOCK):
+            key = self._key(self.codes[start : start + BUILD_BLOCK], shift, bits)
+            perm = np.argsort(key, kind="stable")
+            key = key[perm]
+            first = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+            run = np.diff(np.append(first, len(key)))
+            rank = np.arange(len(key)) - np.repeat(first, run)  # place within its bucket, in this block
+            order[cursor[key] + rank] = perm + start
+            cursor[key[first]] += run
+        return order, offsets
 
     @staticmethod
     def _key(codes: np.ndarray, shift: int, bits: int) -> np.ndarray:
@@ -135,7 +204,8 @@ class MultiIndexHashing:
 
     @property
     def nbytes(self) -> int:
-        return sum(o.nbytes + c.nbytes + f.nbytes for _, _, o, c, f in self._chunks)
+        """Bytes of the tables kept between searches."""
+        return sum(sum(0 if a is None else a.nbytes for a in (o, c, f)) for _, _, o, c, f in self._chunks)
 
     def search(
         self, queries: np.ndarray, radius: int, *, step_candidates: int = 1 << 18
@@ -152,9 +222,15 @@ class MultiIndexHashing:
             self._build(best_widths(len(self.codes), radius))
         thresholds = chunk_thresholds(self.widths, radius)
         qkeys = [self._key(queries, shift, bits) for shift, bits, *_ in self._chunks]
-        for i, (_, bits, order, chunk_codes, offsets) in enumerate(self._chunks):
+        for i, (shift, bits, order, chunk_codes, offsets) in enumerate(self._chunks):
             if thresholds[i] < 0:
                 continue
+            if chunk_codes is None:  # low_memory: this chunk's table for this pass only
+                if order is None:
+                    order, offsets = self._chunk_order(shift, bits)
+                chunk_codes = self.codes[order]
+                if i > 0:
+                    order = None
             masks = flip_masks(bits, thresholds[i])
             earlier = [j for j in range(i) if thresholds[j] >= 0]
             qorder = np.argsort(qkeys[i], kind="stable")
@@ -176,7 +252,7 @@ class MultiIndexHashing:
                     self.last_candidates += total
                     if total == 0:
                         continue
-                    pos = np.arange(total, dtype=np.int64) + np.repeat(lo - ends + cnt, cnt)
+                    pos = np.arange(total, dtype=np.int64) + np.repeat((lo - ends + cnt).astype(np.int64), cnt)
                     dist = np.bitwise_count(chunk_codes[pos] ^ np.repeat(np.tile(qcb, len(mblock)), cnt))
                     hit = np.flatnonzero(dist <= radius)
                     if len(hit) == 0:
@@ -192,8 +268,12 @@ class MultiIndexHashing:
                             d_j = np.bitwise_count(self._key(found_codes, shift_j, bits_j) ^ qkeys[j][qrow])
                             keep &= d_j > thresholds[j]
                         qrow, pos, dist = qrow[keep], pos[keep], dist[keep]
+                    if order is None:
+                        qrow, rows, dist = self._rows_of_values(chunk_codes[pos], qrow, dist)
+                    else:
+                        rows = order[pos]
                     out_q.append(qrow)
-                    out_c.append(order[pos])
+                    out_c.append(rows)
                     out_d.append(dist)
         if not out_q:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
