@@ -96,3 +96,18 @@ def test_mih_finds_every_row_of_repeated_codes_once(widths: tuple[int, ...], low
         got = list(zip(q.tolist(), c.tolist(), d.tolist()))
         assert len(got) == len(set(got))
         assert set(got) == brute_force(queries, codes, radius)
+
+
+def test_crop_radius_shrinks_with_the_index_so_chance_candidates_stay_rare() -> None:
+    from vdc_torch.matching import chance_limited_radius
+
+    assert chance_limited_radius(12, 27 * 50_000) == 12  # CIFAR-10 train: the configured radius
+    assert chance_limited_radius(12, 27 * 1_000_000) == 10  # 1M images
+    assert chance_limited_radius(8, 27 * 1_000_000) == 8  # never above the configured radius
+    # the measured rate agrees with the model: random codes against random queries at the chosen radius
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 2**64 - 1, size=2_000_000, dtype=np.uint64, endpoint=True)
+    queries = rng.integers(0, 2**64 - 1, size=2_000, dtype=np.uint64, endpoint=True)
+    radius = chance_limited_radius(14, len(codes))
+    q, _, _ = HammingIndex(codes).search(queries, radius)
+    assert len(q) / len(queries) <= 2.0

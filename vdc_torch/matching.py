@@ -16,6 +16,7 @@ Each stage only looks at new samples that earlier stages left unmatched (or matc
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -54,7 +55,8 @@ class MatchConfig:
     """
 
     hash_radius: int = 12  # pHash Hamming radius (of 64 bits) for candidates
-    crop_radius: int = 12  # radius against the indexed crop hashes (seeds 7-10: crop recall 0.85 at 10, 0.92 at 12)
+    crop_radius: int = 12  # against the crop hashes (seeds 7-10: crop recall 0.85 at 10, 0.92 at 12); lowered for
+    # very large references so chance candidates stay rare (chance_limited_radius: 10 at 1M images)
     near_duplicate_similarity: float = 0.90
     min_detail_similarity: float = 0.30  # NCC of the high-pass thumbnails (fine structure) for a near-duplicate
     similar_similarity: float = 0.75
@@ -297,7 +299,8 @@ def match_tables(
         # between here and there, so the candidates of settled rows were searched for nothing (27M codes at 1M)
         open_rows = np.flatnonzero(~settled)
         crop_index = HammingIndex(ref.crop_hashes.reshape(-1))  # code i is crop i % k of reference row i // k
-        q, code, dist = crop_index.search(np.asarray(new.phash)[open_rows], config.crop_radius)
+        radius = chance_limited_radius(config.crop_radius, len(ref) * k)
+        q, code, dist = crop_index.search(np.asarray(new.phash)[open_rows], radius)
         del crop_index  # ~1 GB of MIH tables at 1M reference rows: not kept through feature verification
         q, r = open_rows[q], code // k
         feature_candidates.insert(0, (q, r, dist, False, True))
@@ -417,6 +420,27 @@ def table_coarse_vectors(thumbs: Any, rows: np.ndarray | slice | None = None) ->
     if stored is not None:
         return np.ascontiguousarray(stored[:] if rows is None else stored[rows], dtype=np.float32)
     return coarse_vectors(thumbs if rows is None else thumbs[rows])
+
+
+#: Chance candidates per query (expected, for uniformly random codes) above which a radius is lowered.
+MAX_CHANCE_CANDIDATES = 1.0
+
+
+def chance_limited_radius(radius: int, n_codes: int, bits: int = 64) -> int:
+    """The largest radius ``<= radius`` at which a random query meets at most :data:`MAX_CHANCE_CANDIDATES` of
+    ``n_codes`` random codes by chance.
+
+    The crop index holds 27 codes per reference image: at 1M images (27M codes) radius 12 would hand every
+    unmatched query ~6 chance candidates to verify (~3x the matching time), radius 10 ~0.3; at CIFAR-10 size
+    (1.35M codes) radius 12 gives ~0.3 and is kept. Real hashes cluster, so the true rates are higher, but
+    they grow with the index the same way.
+    """
+    total = 0.0
+    for r in range(radius + 1):
+        total += math.comb(bits, r) / 2.0**bits
+        if n_codes * total > MAX_CHANCE_CANDIDATES:
+            return max(0, r - 1)
+    return radius
 
 
 #: ``box`` value of candidates from :func:`_whole_picture_candidates`: verified in both directions.
