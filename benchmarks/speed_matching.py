@@ -609,11 +609,11 @@ def bench_default(n_ref: int, n_new: int, timeout: float, manifests: str | None)
         "",
         md_table(["stage", "calls", "before s", "s", "RSS at first entry MB", "peak RSS inside MB"], rows),
         "",
-        "Where the rest stands: the peak outside the timed stages is `ThumbVerifier.similarity` of the pHash stage, "
-        "which compares all ~27k pHash candidate pairs at once (+1.0 GB of float32 temporaries, measured alone); "
-        "evaluating it in blocks of 4,096 pairs gives +0.11 GB with the same values, which would put the peak near "
-        "the crop search's ~1.83 GB. The time is spent in numpy multi-index hashing (crop index: 27M codes at "
-        "radius 10, ~370 µs per open query; pHash and same-crop searches) and in the IVF kNN search.",
+        "Where the rest stands: the thumbnail checks run in blocks of 4,096 pairs (before: all ~27k pHash "
+        "candidate pairs at once, +1.0 GB), so the peak is the crop search's MIH tables. The time is spent in numpy "
+        "multi-index hashing — the crop index (27M codes; radius 10 at this size, `chance_limited_radius`, ~370 µs "
+        "per open query), the pHash, mirror and six same-crop searches over 1M codes — and in the IVF kNN search. "
+        "Under 60 s needs that inner loop in compiled code or fewer indexed crops.",
     ])
 
 
