@@ -21,3 +21,27 @@ def test_one_tone_curve_explains_gamma_edits_but_not_colour_variants() -> None:
         assert tone_mapped_colour_difference(variant, pixels) > 14.0
         gray = np.repeat(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).reshape(-1, 1), 3, axis=1)
         assert tone_mapped_colour_difference(gray, pixels) == 0.0  # grayscale copies are not judged by colour
+
+
+def test_crop_hint_compares_the_new_image_with_the_crop_that_matched(tmp_path) -> None:
+    from vdc_torch import Dataset
+    from vdc_torch.fingerprint import CROP_BOXES, compute_fingerprints, crop_pixels
+    from vdc_torch.matching import _crop_hint_similarity
+
+    names = ["Canon_40D.jpg", "Nikon_D70.jpg", "Pentax_K10D.jpg"]
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "new").mkdir()
+    box = 2  # 70 % of each side at the top right
+    for name in names:
+        rgb = decode_file(EXIF_JPG / name).pixels
+        cv2.imwrite(str(tmp_path / "ref" / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        y, x, h, w = crop_pixels(CROP_BOXES[box], *rgb.shape[:2])
+        cv2.imwrite(str(tmp_path / "new" / name), cv2.cvtColor(rgb[y : y + h, x : x + w], cv2.COLOR_RGB2BGR))
+    ref, _ = compute_fingerprints(Dataset(tmp_path / "ref"), workers=0)
+    new, _ = compute_fingerprints(Dataset(tmp_path / "new"), workers=0)
+    q = np.repeat(np.arange(3), 3)
+    r = np.tile(np.arange(3), 3)
+    similarity, tiny = _crop_hint_similarity(new, ref, q, r, np.full(9, box))
+    assert not tiny.any()
+    same = similarity[q == r]
+    assert same.min() > 0.9 and similarity[q != r].max() < same.min() - 0.3
