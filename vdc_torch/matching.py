@@ -643,23 +643,21 @@ def _crop_hint_similarity(
     """
     out = np.empty(len(q), np.float32)
     tiny = np.zeros(len(q), dtype=bool)
-    if not len(q):
-        return out, tiny
-    new_gray = normalized_thumbs(np.asarray(new.thumbs[np.unique(q)]))
-    new_row = {int(v): i for i, v in enumerate(np.unique(q))}
-    crops = np.empty((len(q), THUMB_SIDE, THUMB_SIDE, 3), np.uint8)
-    details: dict[int, np.ndarray] = {}
-    for i, (row, box) in enumerate(zip(r.tolist(), boxes.tolist())):
-        if row not in details:
-            details[row] = decode_detail(ref.details[row])
-        image = details[row]
-        tiny[i] = min(image.shape) < ALIGN_MIN_SIDE
-        y, x, h, w = crop_pixels(CROP_BOXES[box], *image.shape)
-        gray = cv2.resize(image[y : y + h, x : x + w], (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
-        crops[i] = gray[..., None]
-    ref_gray = normalized_thumbs(crops)
-    rows = np.array([new_row[int(v)] for v in q])
-    return np.einsum("ij,ij->i", new_gray[rows], ref_gray).astype(np.float32), tiny
+    for start in range(0, len(q), THUMB_BLOCK):  # bounded temporaries: ~27k candidates at 1M x 100k
+        block = slice(start, start + THUMB_BLOCK)
+        details: dict[int, np.ndarray] = {}  # decoded once per block (a 256 px detail is 64 KB)
+        crops = np.empty((len(q[block]), THUMB_SIDE, THUMB_SIDE, 3), np.uint8)
+        for i, (row, box) in enumerate(zip(r[block].tolist(), boxes[block].tolist())):
+            if row not in details:
+                details[row] = decode_detail(ref.details[row])
+            image = details[row]
+            tiny[start + i] = min(image.shape) < ALIGN_MIN_SIDE
+            y, x, h, w = crop_pixels(CROP_BOXES[box], *image.shape)
+            gray = cv2.resize(image[y : y + h, x : x + w], (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+            crops[i] = gray[..., None]
+        new_gray = normalized_thumbs(np.asarray(new.thumbs[q[block]]))
+        out[block] = np.einsum("ij,ij->i", new_gray, normalized_thumbs(crops))
+    return out, tiny
 
 
 def _verify_groups(groups: list[tuple[int, list[tuple[int, int, bool, int]]]]) -> list[tuple[Any, ...]]:
