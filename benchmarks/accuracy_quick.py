@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import cv2
-
 from accuracy import POSITIVE_KINDS
 from accuracy_suite import build_suite
 
