@@ -172,7 +172,7 @@ def _hashes_and_mirror(stack: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 @functools.lru_cache(maxsize=256)
-def _crop_windows(height: int, width: int) -> tuple[tuple[slice, slice], ...]:
+def crop_windows(height: int, width: int) -> tuple[tuple[slice, slice], ...]:
     """The :data:`CROP_BOXES` of a ``height`` × ``width`` content as array slices (cached per size)."""
     windows = []
     for box in CROP_BOXES:
@@ -206,7 +206,7 @@ def fingerprint_decoded(decoded: DecodedImage, extra_hashes: Sequence[str] = ())
     ch, cw = gray.shape
     stack = np.empty((1 + len(CROP_BOXES), THUMB_SIDE, THUMB_SIDE), dtype=np.uint8)
     stack[0] = cv2.cvtColor(thumb, cv2.COLOR_RGB2GRAY)
-    for i, window in enumerate(_crop_windows(ch, cw), start=1):
+    for i, window in enumerate(crop_windows(ch, cw), start=1):
         stack[i] = cv2.resize(gray[window], (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
     trimmed = (top, bottom, left, right) != (0, small.shape[0], 0, small.shape[1])
     if trimmed:

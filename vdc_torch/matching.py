@@ -32,7 +32,7 @@ from .fingerprint import (
     CROP_BOXES,
     THUMB_SIDE,
     FingerprintTable,
-    crop_pixels,
+    crop_windows,
     decode_detail,
     default_workers,
     single_threaded_opencv,
@@ -652,8 +652,8 @@ def _crop_hint_similarity(
                 details[row] = decode_detail(ref.details[row])
             image = details[row]
             tiny[start + i] = min(image.shape) < ALIGN_MIN_SIDE
-            y, x, h, w = crop_pixels(CROP_BOXES[box], *image.shape)
-            gray = cv2.resize(image[y : y + h, x : x + w], (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+            gray = cv2.resize(image[crop_windows(*image.shape)[box]], (THUMB_SIDE, THUMB_SIDE),
+                              interpolation=cv2.INTER_AREA)
             crops[i] = gray[..., None]
         new_gray = normalized_thumbs(np.asarray(new.thumbs[q[block]]))
         out[block] = np.einsum("ij,ij->i", new_gray, normalized_thumbs(crops))
@@ -713,16 +713,12 @@ def _verify_pair(
         return None
     new_image, ref_image = new_cache.image(q), ref_cache.image(r)
     aligned = align(new_image, ref_image)
-    if both_ways and (aligned is None or aligned.similarity < config.aligned_similarity):
+    if both_ways and not _alignment_agrees(aligned, config):
         inverse = align(ref_image, new_image)
         if inverse is not None:  # reference -> new transform, turned into new -> reference
-            m = np.linalg.inv(np.vstack([inverse.transform, [0.0, 0.0, 1.0]]))[:2]
+            m = np.linalg.inv(_homogeneous(inverse.transform))[:2]
             aligned = Alignment(m, inverse.similarity, inverse.detail_similarity, 1.0 / inverse.scale)
-    if (
-        aligned is None
-        or aligned.similarity < config.aligned_similarity
-        or aligned.detail_similarity < config.min_detail_similarity
-    ):
+    if not _alignment_agrees(aligned, config):
         return None
     colour = _aligned_colour_difference(new.thumbs[q], ref.thumbs[r], aligned.transform, new_image.shape,
                                         ref_image.shape)
@@ -738,27 +734,38 @@ def _verify_pair(
     return (q, r, kind, "alignment", aligned.similarity, evidence)
 
 
+def _alignment_agrees(aligned: Alignment | None, config: MatchConfig) -> bool:
+    """An alignment good enough for a near-duplicate: thumbnail and fine-structure similarity over their bounds."""
+    return (
+        aligned is not None
+        and aligned.similarity >= config.aligned_similarity
+        and aligned.detail_similarity >= config.min_detail_similarity
+    )
+
+
+def _homogeneous(transform: np.ndarray) -> np.ndarray:
+    """A 2×3 affine (or 3×3) transform as a 3×3 matrix."""
+    m = np.eye(3)
+    m[: transform.shape[0]] = transform
+    return m
+
+
 def _verify_box(
     new: FingerprintTable, ref: FingerprintTable, q: int, r: int, dist: int, box: int, config: MatchConfig,
     new_cache: FeatureCache, ref_cache: FeatureCache,
 ) -> tuple[Any, ...] | None:
     """A pair whose crop ``box`` agrees: align that crop of both images (an overlay elsewhere does not count)."""
     new_image, ref_image = new_cache.image(q), ref_cache.image(r)
-    ny, nx, nh, nw = crop_pixels(CROP_BOXES[box], *new_image.shape)
-    ry, rx, rh, rw = crop_pixels(CROP_BOXES[box], *ref_image.shape)
-    aligned = align(new_image[ny : ny + nh, nx : nx + nw], ref_image[ry : ry + rh, rx : rx + rw])
-    if (
-        aligned is None
-        or aligned.scale < 0.9
-        or aligned.similarity < config.aligned_similarity
-        or aligned.detail_similarity < config.min_detail_similarity
-    ):
+    new_window, ref_window = crop_windows(*new_image.shape)[box], crop_windows(*ref_image.shape)[box]
+    aligned = align(new_image[new_window], ref_image[ref_window])
+    if not _alignment_agrees(aligned, config) or aligned.scale < 0.9:
         return None
     # the crop's transform, in whole-image pixels: shift into the crop, map, shift back
-    inner = np.vstack([aligned.transform, [0.0, 0.0, 1.0]])
-    transform = (np.array([[1, 0, rx], [0, 1, ry], [0, 0, 1.0]]) @ inner @ np.array([[1, 0, -nx], [0, 1, -ny], [0, 0, 1.0]]))[:2]
+    into_new = _homogeneous(np.array([[1.0, 0, -new_window[1].start], [0, 1.0, -new_window[0].start]]))
+    out_of_ref = _homogeneous(np.array([[1.0, 0, ref_window[1].start], [0, 1.0, ref_window[0].start]]))
+    transform = (out_of_ref @ _homogeneous(aligned.transform) @ into_new)[:2]
     colour = _aligned_colour_difference(new.thumbs[q], ref.thumbs[r], transform, new_image.shape, ref_image.shape,
-                                        region=CROP_BOXES[box])
+                                        box=box)
     if colour > config.max_alignment_color_difference:
         return None
     keep = CROP_BOXES[box][0]
@@ -776,7 +783,7 @@ def _aligned_colour_difference(
     transform: np.ndarray | None,
     new_shape: tuple[int, int],
     ref_shape: tuple[int, int],
-    region: tuple[float, float, float] | None = None,
+    box: int | None = None,
 ) -> float:
     """Mean Lab chroma difference of two thumbnails after aligning the reference onto the new one.
 
@@ -792,9 +799,7 @@ def _aligned_colour_difference(
         sx, sy = side / max(w, 1), side / max(h, 1)
         return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]], np.float64)
 
-    m = np.eye(3)
-    m[: transform.shape[0]] = transform
-    new_to_ref = to_thumb(ref_shape) @ m @ np.linalg.inv(to_thumb(new_shape))
+    new_to_ref = to_thumb(ref_shape) @ _homogeneous(transform) @ np.linalg.inv(to_thumb(new_shape))
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     if transform.shape[0] == 3:
         warped = cv2.warpPerspective(ref_thumb, new_to_ref, (side, side), flags=flags)
@@ -803,10 +808,9 @@ def _aligned_colour_difference(
         warped = cv2.warpAffine(ref_thumb, new_to_ref[:2], (side, side), flags=flags)
         valid = cv2.warpAffine(np.full((side, side), 255, np.uint8), new_to_ref[:2], (side, side), flags=flags)
     mask = cv2.erode(valid, np.ones((3, 3), np.uint8)) == 255
-    if region is not None:  # only this (keep, top, left) box of the new thumbnail
-        y, x, h, w = crop_pixels(region, side, side)
+    if box is not None:  # only this crop (an index into CROP_BOXES) of the new thumbnail
         inside = np.zeros_like(mask)
-        inside[y : y + h, x : x + w] = True
+        inside[crop_windows(side, side)[box]] = True
         mask &= inside
     if mask.sum() < 16:
         return 0.0
