@@ -112,3 +112,18 @@ def test_gate_matches_a_framed_copy_of_a_picture_with_plain_sides(tmp_path: Path
     cv2.imwrite(str(new_dir / "n.jpg"), cv2.cvtColor(framed, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
     decision = DatasetGate(reference=ref_dir, workers=0).check(new_dir)
     assert decision.counts["near_duplicate"] == 1, decision.matches[["kind", "method", "evidence"]]
+
+
+def test_gate_matches_heavy_offcentre_crops_between_the_indexed_crops(tmp_path: Path) -> None:
+    # 76 % of each side (58 % of the area) at offsets between the 3x3 crop grid: 13-19 bits from the nearest
+    # indexed crop hash, found because the crop radius grows while the reference is small (chance_limited_radius)
+    names = ["Canon_40D.jpg", "Nikon_D70.jpg", "Pentax_K10D.jpg", "Kodak_CX7530.jpg", "Olympus_C8080WZ.jpg"]
+    offsets = ((0.07, 0.17), (0.2, 0.04), (0.11, 0.09), (0.02, 0.22), (0.16, 0.13))
+
+    def crop(i: int, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        top, left = int(h * offsets[i][0]), int(w * offsets[i][1])
+        return rgb[top : top + int(h * 0.76), left : left + int(w * 0.76)]
+
+    decision = gate_pairs(tmp_path, crop, names)
+    assert counted_pairs(decision) == {f"n{i}.jpg": f"r{i}.png" for i in range(len(names))}

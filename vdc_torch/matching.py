@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("exact", "near_duplicate", "similar")
 #: Bumped whenever the cascade changes its results for the same fingerprints and config (invalidates caches).
-MATCHING_VERSION = 11
+MATCHING_VERSION = 12
 _KIND_RANK = {"exact": 0, "near_duplicate": 1, "similar": 2}
 MATCH_COLUMNS = ["new_row", "ref_row", "kind", "method", "score", "evidence"]
 
@@ -57,8 +57,9 @@ class MatchConfig:
     """
 
     hash_radius: int = 12  # pHash Hamming radius (of 64 bits) for candidates
-    crop_radius: int = 12  # against the crop hashes (seeds 7-10: crop recall 0.85 at 10, 0.92 at 12); lowered for
-    # very large references so chance candidates stay rare (chance_limited_radius: 10 at 1M images)
+    crop_radius: int = 20  # ceiling for the crop hashes; chance_limited_radius lowers it to what the index size
+    # allows (~18 for 50 images, 12 for 50k, 10 at 1M): off-centre crops keeping ~58 % of the area lie 13-19 bits
+    # from the nearest of the 27 indexed crops (seeds 1-13: crop_offcenter recall 0.96 at 12, 0.99 at 16 and 20)
     near_duplicate_similarity: float = 0.90
     min_detail_similarity: float = 0.30  # NCC of the high-pass thumbnails (fine structure) for a near-duplicate
     similar_similarity: float = 0.75
@@ -406,10 +407,11 @@ def _same_crop_candidates(
     """Unmatched samples whose corner crop hashes agree with the same crop of a reference (overlays)."""
     rows = np.flatnonzero(open_rows)
     found = []
+    radius = chance_limited_radius(config.crop_radius, len(ref) * len(OVERLAY_BOXES))  # chance over every box
     for box in OVERLAY_BOXES:
         if not len(rows):
             break
-        q, r, dist = HammingIndex(ref.crop_hashes[:, box]).search(new.crop_hashes[rows, box], config.crop_radius)
+        q, r, dist = HammingIndex(ref.crop_hashes[:, box]).search(new.crop_hashes[rows, box], radius)
         found.append((rows[q], r, dist, False, True, np.full(len(q), box)))
     return found
 
@@ -671,6 +673,9 @@ def _verify_groups(groups: list[tuple[int, list[tuple[int, int, bool, int]]]]) -
         for r, dist, mirror, box in candidates:
             if box >= 0:
                 row = _verify_box(new, ref, q, r, dist, box, config, new_cache, ref_cache)
+                if row is None:  # a copy rotated with black corners fails on the crop, but the reference
+                    # aligns inside it as a whole
+                    row = _verify_by_alignment(new, ref, q, r, dist, config, new_cache, ref_cache, both_ways=True)
             else:
                 row = _verify_pair(new, ref, q, r, dist, mirror, config, new_cache, ref_cache,
                                    both_ways=box == WHOLE_PICTURE)
@@ -711,6 +716,14 @@ def _verify_pair(
             return (q, r, kind, f"{config.extractor}{'-mirror' if mirror else ''}", score, evidence)
     if mirror or not config.use_alignment:
         return None
+    return _verify_by_alignment(new, ref, q, r, dist, config, new_cache, ref_cache, both_ways)
+
+
+def _verify_by_alignment(
+    new: FingerprintTable, ref: FingerprintTable, q: int, r: int, dist: int, config: MatchConfig,
+    new_cache: FeatureCache, ref_cache: FeatureCache, both_ways: bool = False,
+) -> tuple[Any, ...] | None:
+    """One candidate pair by dense alignment of the whole pictures (see :func:`_verify_pair`); a match row or None."""
     new_image, ref_image = new_cache.image(q), ref_cache.image(r)
     aligned = align(new_image, ref_image)
     if both_ways and not _alignment_agrees(aligned, config):
