@@ -101,3 +101,40 @@ def test_in_memory_tensor_and_array() -> None:
     assert decode_object(array).pixels.shape == (20, 30, 3)
     with pytest.raises(ImageDecodeError, match="unsupported sample type"):
         decode_object("not an image")
+
+
+def test_opencv_and_pillow_decode_jpegs_to_the_same_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    # complete 8-bit JPEGs take OpenCV's faster path; it must give Pillow's pixels exactly: every camera photo
+    # (DCT-scaled above 512 px), every EXIF orientation, gray and small images
+    import vdc_torch.decode as decode_module
+
+    files = sorted(EXIF_JPG.rglob("*.jpg"))
+    assert len(files) > 40
+    fast: dict[Path, tuple] = {}
+    for path in files:
+        try:
+            d = decode_file(path)
+            fast[path] = (d.pixels.tobytes(), d.pixels.shape, d.width, d.height, d.exif_identity, d.warnings)
+        except ImageDecodeError as exc:
+            fast[path] = ("error", str(exc))
+    calls = []
+    monkeypatch.setattr(decode_module, "_opencv_pixels", lambda *args: calls.append(1))  # always Pillow
+    for path in files:
+        try:
+            d = decode_file(path)
+            slow = (d.pixels.tobytes(), d.pixels.shape, d.width, d.height, d.exif_identity, d.warnings)
+        except ImageDecodeError as exc:
+            slow = ("error", str(exc))
+        assert fast[path] == slow, path
+    assert len(calls) > 40
+    assert sum(1 for v in fast.values() if v[0] != "error" and v[2] > 2 * v[1][1]) > 5  # DCT-scaled ones
+
+
+def test_truncated_jpeg_never_takes_the_opencv_path(tmp_path: Path) -> None:
+    # OpenCV fills a cut stream with gray; it must stay an error naming the file, as Pillow reports it
+    data = (EXIF_JPG / "Canon_40D.jpg").read_bytes()
+    for cut in (0.5, 0.9, 0.999):
+        path = tmp_path / f"cut{cut}.jpg"
+        path.write_bytes(data[: int(len(data) * cut)])
+        with pytest.raises(ImageDecodeError, match="truncated|corrupt"):
+            decode_file(path)

@@ -19,6 +19,7 @@ import errno
 import hashlib
 import io
 import logging
+import math
 import os
 import stat as stat_module
 import struct
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -273,16 +275,20 @@ def _decode_bytes(data: bytes, name: str, decode_side: int | None, max_pixels: i
                 problems.append(f"{name}: frame count unreadable, first frame used ({type(exc).__name__}: {exc})")
                 frames = 1
             fmt = image.format
+            reduction = 1
             if decode_side and fmt == "JPEG" and min(width, height) > 2 * decode_side:
                 scale = min(width, height) / decode_side
                 image.draft("RGB", (max(1, int(width / scale)), max(1, int(height / scale))))
-            try:
-                image.load()
-                pixels = to_rgb_array(image)
-            except Image.DecompressionBombError as exc:
-                raise ImageDecodeError(f"{name}: refused as a decompression bomb ({exc})") from exc
-            except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as exc:
-                raise ImageDecodeError(f"{name}: corrupt or truncated image data ({exc})") from exc
+                reduction = 1 << round(math.log2(width / max(1, image.size[0])))  # the DCT scale draft chose
+            pixels = _opencv_pixels(data, image, reduction) if frames == 1 else None
+            if pixels is None:
+                try:
+                    image.load()
+                    pixels = to_rgb_array(image)
+                except Image.DecompressionBombError as exc:
+                    raise ImageDecodeError(f"{name}: refused as a decompression bomb ({exc})") from exc
+                except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as exc:
+                    raise ImageDecodeError(f"{name}: corrupt or truncated image data ({exc})") from exc
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8 or pixels.size == 0:
         raise ImageDecodeError(f"{name}: decoded to an unusable array of shape {pixels.shape} ({pixels.dtype})")
     pixels = apply_orientation(pixels, orientation)
@@ -292,6 +298,40 @@ def _decode_bytes(data: bytes, name: str, decode_side: int | None, max_pixels: i
         pixels=pixels, width=width, height=height, exif_identity=exif_identity,
         format=fmt, frames=frames, warnings=problems,
     )
+
+
+#: OpenCV flags for a JPEG decoded at 1/1, 1/2, 1/4 or 1/8 of its size (the scales of libjpeg and of Pillow's draft).
+_OPENCV_REDUCED = {1: 0, 2: cv2.IMREAD_REDUCED_COLOR_2 & ~cv2.IMREAD_COLOR,
+                   4: cv2.IMREAD_REDUCED_COLOR_4 & ~cv2.IMREAD_COLOR, 8: cv2.IMREAD_REDUCED_COLOR_8 & ~cv2.IMREAD_COLOR}
+
+
+def _opencv_pixels(data: bytes, image: Image.Image, reduction: int) -> np.ndarray | None:
+    """The RGB pixels of a complete 8-bit RGB or gray JPEG decoded by OpenCV, or None to let Pillow decode.
+
+    Same libjpeg/libpng decode, same pixels as Pillow's (checked on CIFAR-10, the EXIF samples and the wallpapers,
+    DCT-scaled ones included), without Pillow's per-image set-up: a 32×32 JPEG decodes ~4× faster. Only streams
+    that end as a complete file does (the end-of-image marker) take this path: OpenCV fills a
+    truncated stream with gray where Pillow reports it, so anything else, every other mode (alpha, palette, 16-bit,
+    CMYK) and every failure goes to Pillow, which decodes it or names the problem.
+    """
+    fmt, mode = image.format, image.mode
+    if mode not in ("RGB", "L") or reduction not in _OPENCV_REDUCED:
+        return None
+    if fmt == "JPEG":
+        complete = data.rstrip(b"\x00").endswith(b"\xff\xd9")
+    else:  # PNG stays with Pillow: its zlib inflates ~20 % faster than OpenCV's (wallpapers)
+        return None
+    if not complete:
+        return None
+    flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION | _OPENCV_REDUCED[reduction]
+    try:
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:
+        return None
+    width, height = image.size
+    if pixels is None or pixels.shape != (height, width, 3) or pixels.dtype != np.uint8:
+        return None
+    return pixels
 
 
 def decode_object(sample: Any, *, name: str = "<sample>") -> DecodedImage:
