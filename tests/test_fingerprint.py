@@ -70,3 +70,39 @@ def test_small_details_are_stored_raw_and_read_back_exactly() -> None:
             decode_detail(damaged)
     big = cv2.resize(gray, (200, 150))
     assert np.abs(decode_detail(encode_detail(big)).astype(int) - big).mean() < 2  # JPEG above 64x64 px
+
+
+def test_batch_fingerprints_equal_one_at_a_time() -> None:
+    # the batch path (shared matrix products, edges recognised together) gives each image's own fingerprint
+    from vdc_torch.fingerprint import fingerprint_batch
+
+    files = sorted(COWS.glob("*.png"))[:3] + sorted(EXIF_JPG.glob("*.jpg"))[:6]
+    decoded = [decode_file(f) for f in files]
+    for small in (decoded[3], decoded[4]):  # CIFAR-size images, one with a letterbox, take the small path
+        pixels = cv2.resize(small.pixels, (32, 32), interpolation=cv2.INTER_AREA)
+        decoded.append(decode_file(files[0]))
+        decoded[-1].pixels = pixels
+        boxed = decode_file(files[0])
+        boxed.pixels = cv2.copyMakeBorder(pixels[4:28], 4, 4, 0, 0, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        decoded.append(boxed)
+    together = fingerprint_batch(decoded)
+    for d, fp in zip(decoded, together):
+        alone = fingerprint_decoded(d)
+        assert (fp.phash, fp.phash_mirror, fp.phash_whole, fp.pixel_digest, fp.detail) == (
+            alone.phash, alone.phash_mirror, alone.phash_whole, alone.pixel_digest, alone.detail)
+        assert np.array_equal(fp.crop_hashes, alone.crop_hashes) and np.array_equal(fp.thumb, alone.thumb)
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (24, 40), (64, 17), (5, 7), (100, 150)])
+def test_crop_coefficients_are_those_of_the_resized_crops(shape: tuple[int, int]) -> None:
+    # the folded matrices (small images) and the crop-by-crop path both mean: DCT of the float INTER_AREA resize
+    from vdc_torch.fingerprint import _DCT8, crop_coefficients, crop_windows
+
+    photo = cv2.cvtColor(decode_file(EXIF_JPG / "Canon_40D.jpg").pixels, cv2.COLOR_RGB2GRAY)
+    grays = [cv2.resize(photo[i * 10 :], shape[::-1], interpolation=cv2.INTER_AREA) for i in range(3)]
+    got = crop_coefficients(grays)
+    for gray, coefficients in zip(grays, got):
+        f = gray.astype(np.float32)
+        expected = np.stack([_DCT8 @ cv2.resize(f[w], (32, 32), interpolation=cv2.INTER_AREA) @ _DCT8.T
+                             for w in crop_windows(*shape)])
+        np.testing.assert_allclose(coefficients, expected, rtol=1e-5, atol=1e-2)

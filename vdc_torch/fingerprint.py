@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 import torch
 import torch.utils.data
+from threadpoolctl import threadpool_limits
 
 from .decode import (
     DEFAULT_DECODE_SIDE,
@@ -50,8 +51,8 @@ log = logging.getLogger(__name__)
 
 #: Bumped whenever a change alters fingerprint values; manifests of another version are recomputed or refused.
 #: 2: tighter border trimming (BORDER_TOL 12 -> 6, BORDER_MAX_TRIM 0.3 -> 0.45); 3: 27 crop hashes (CROP_BOXES),
-#: small detail images stored raw; 4: phash_whole.
-FINGERPRINT_VERSION = 4
+#: small detail images stored raw; 4: phash_whole; 5: crop hashes from float resizes (fingerprint_batch).
+FINGERPRINT_VERSION = 5
 THUMB_SIDE = 32
 DETAIL_SIDE = 256
 #: Crops whose pHashes are indexed, as ``(keep, top, left)`` fractions of the content: 70, 80 and 90 % of each
@@ -165,19 +166,13 @@ def _hash_bits(coeffs: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(packed).view(">u8").reshape(-1).astype(np.uint64)
 
 
-def _hashes_and_mirror(stack: np.ndarray) -> tuple[np.ndarray, int]:
-    """:func:`phash_batch` of a stack, plus the mirror pHash of its first image, from one DCT."""
-    coeffs = (_DCT8 @ stack.astype(np.float32) @ _DCT8.T).reshape(len(stack), 64)
-    return _hash_bits(coeffs), int(_hash_bits(coeffs[:1] * _MIRROR_SIGN)[0])
-
-
 @functools.lru_cache(maxsize=256)
 def crop_windows(height: int, width: int) -> tuple[tuple[slice, slice], ...]:
     """The :data:`CROP_BOXES` of a ``height`` × ``width`` content as array slices (cached per size)."""
     windows = []
     for box in CROP_BOXES:
         y, x, h, w = crop_pixels(box, height, width)
-        windows.append((slice(y, y + h), slice(x, x + w)))
+        windows.append((slice(y, min(y + h, height)), slice(x, min(x + w, width))))  # clipped as numpy would
     return tuple(windows)
 
 
@@ -187,56 +182,186 @@ def crop_pixels(box: tuple[float, float, float], height: int, width: int) -> tup
     return round(height * top), round(width * left), max(1, round(height * keep)), max(1, round(width * keep))
 
 
+#: Contents up to this side (CIFAR-size images) get their crop hashes from one matrix product per batch
+#: (:func:`_crop_matrices`) instead of 27 resizes each; larger contents are resized crop by crop.
+SMALL_CONTENT_SIDE = 64
+
+
 def fingerprint_decoded(decoded: DecodedImage, extra_hashes: Sequence[str] = ()) -> Fingerprint:
     """Compute every fingerprint of one decoded image (no further reading or decoding)."""
-    pixels = decoded.pixels
-    pixel_digest = digest(np.ascontiguousarray(pixels).data)
+    return fingerprint_batch([decoded], extra_hashes)[0]
+
+
+@dataclass
+class _Prepared:
+    """Internal: one image's working copies on the way to its fingerprint."""
+
+    content: np.ndarray  # RGB content (borders trimmed) of the <= DETAIL_SIDE working copy
+    gray: np.ndarray  # its gray version
+    thumb: np.ndarray  # THUMB_SIDE x THUMB_SIDE RGB
+    whole: np.ndarray | None  # gray THUMB_SIDE x THUMB_SIDE of the untrimmed picture; None when nothing was trimmed
+
+
+def _working_copy(pixels: np.ndarray) -> np.ndarray:
+    """The picture at most :data:`DETAIL_SIDE` px on its longer side (area-resized), from which everything is taken."""
     h, w = pixels.shape[:2]
     scale = min(1.0, DETAIL_SIDE / max(h, w))
-    if scale < 1.0:
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        small = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
-    else:
-        small = pixels
-    gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-    top, bottom, left, right = content_box(gray)
-    gray = gray[top:bottom, left:right]
+    if scale >= 1.0:
+        return pixels
+    return cv2.resize(pixels, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+def _content_boxes(grays: Sequence[np.ndarray]) -> list[tuple[int, int, int, int]]:
+    """:func:`content_box` of each image; images of one shape whose four edges are all textured (most pictures)
+    are recognised together, without a call each."""
+    boxes: list[tuple[int, int, int, int] | None] = [None] * len(grays)
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, gray in enumerate(grays):
+        by_shape.setdefault(gray.shape, []).append(i)
+    for (h, w), rows in by_shape.items():
+        if len(rows) > 1:
+            stack = np.stack([grays[i] for i in rows])
+            edges = (stack[:, 0, :], stack[:, -1, :], stack[:, :, 0], stack[:, :, -1])
+            textured = np.all([e.max(axis=1).astype(np.int16) - e.min(axis=1) > 2 * BORDER_TOL for e in edges], axis=0)
+            for i in np.asarray(rows)[textured].tolist():
+                boxes[i] = (0, h, 0, w)
+    return [box if box is not None else content_box(gray) for box, gray in zip(boxes, grays)]
+
+
+def _prepare(small: np.ndarray, full_gray: np.ndarray, box: tuple[int, int, int, int]) -> _Prepared:
+    top, bottom, left, right = box
+    gray = full_gray[top:bottom, left:right]
     content = small[top:bottom, left:right]
     thumb = cv2.resize(content, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
-    ch, cw = gray.shape
-    stack = np.empty((1 + len(CROP_BOXES), THUMB_SIDE, THUMB_SIDE), dtype=np.uint8)
-    stack[0] = cv2.cvtColor(thumb, cv2.COLOR_RGB2GRAY)
-    for i, window in enumerate(crop_windows(ch, cw), start=1):
-        stack[i] = cv2.resize(gray[window], (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
-    trimmed = (top, bottom, left, right) != (0, small.shape[0], 0, small.shape[1])
-    if trimmed:
-        whole = cv2.resize(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
-        stack = np.concatenate([stack, whole[None]])
-    hashes, mirror_hash = _hashes_and_mirror(stack)
-    whole_hash = int(hashes[-1]) if trimmed else None
-    hashes = hashes[: 1 + len(CROP_BOXES)]
-    detail = encode_detail(gray)
-    extras: dict[str, str] = {}
-    if extra_hashes:
-        bgr = cv2.cvtColor(content, cv2.COLOR_RGB2BGR)
-        extras = {m: str(compute_hash(m, bgr)) for m in extra_hashes}
-    return Fingerprint(
-        width=decoded.width,
-        height=decoded.height,
-        pixel_digest=pixel_digest,
-        phash=int(hashes[0]),
-        phash_mirror=mirror_hash,
-        phash_whole=whole_hash,
-        crop_hashes=hashes[1:],
-        thumb=thumb,
-        detail=detail,
-        byte_digest=decoded.byte_digest,
-        exif_identity=decoded.exif_identity,
-        file_size=decoded.file_size,
-        mtime_ns=decoded.mtime_ns,
-        extra_hashes=extras,
-        warnings=list(decoded.warnings),
-    )
+    whole = None
+    if box != (0, small.shape[0], 0, small.shape[1]):
+        whole = cv2.resize(full_gray, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+    return _Prepared(content, gray, thumb, whole)
+
+
+def fingerprint_batch(decoded: Sequence[DecodedImage], extra_hashes: Sequence[str] = ()) -> list[Fingerprint]:
+    """:func:`fingerprint_decoded` of many images at once: the same values, the hash arithmetic done batch-wide.
+
+    The pHash of the content and its mirror come from the 8-bit gray thumbnail (bit-identical to
+    ``cv2.img_hash.pHash``); the crop hashes are the pHashes of the float area-resized crops of the gray content
+    (:func:`crop_coefficients`), so no 8-bit rounding sits between a crop and its DCT.
+    """
+    if not decoded:
+        return []
+    smalls = [_working_copy(d.pixels) for d in decoded]
+    full_grays = [cv2.cvtColor(small, cv2.COLOR_RGB2GRAY) for small in smalls]
+    prepared = [_prepare(*args) for args in zip(smalls, full_grays, _content_boxes(full_grays))]
+    n = len(prepared)
+    thumbs = np.stack([p.thumb for p in prepared])
+    thumb_gray = cv2.cvtColor(thumbs.reshape(n * THUMB_SIDE, THUMB_SIDE, 3), cv2.COLOR_RGB2GRAY)
+    coeffs = (_DCT8 @ thumb_gray.reshape(n, THUMB_SIDE, THUMB_SIDE).astype(np.float32) @ _DCT8.T).reshape(n, 64)
+    phashes = _hash_bits(coeffs)
+    mirrors = _hash_bits(coeffs * _MIRROR_SIGN)
+    crop_hashes = _hash_bits(crop_coefficients([p.gray for p in prepared]).reshape(-1, 64)).reshape(n, -1)
+    trimmed = [i for i, p in enumerate(prepared) if p.whole is not None]
+    wholes = dict(zip(trimmed, phash_batch(np.stack([prepared[i].whole for i in trimmed])).tolist())) if trimmed else {}
+    out = []
+    for i, (d, p) in enumerate(zip(decoded, prepared)):
+        extras: dict[str, str] = {}
+        if extra_hashes:
+            bgr = cv2.cvtColor(p.content, cv2.COLOR_RGB2BGR)
+            extras = {m: str(compute_hash(m, bgr)) for m in extra_hashes}
+        out.append(Fingerprint(
+            width=d.width,
+            height=d.height,
+            pixel_digest=digest(np.ascontiguousarray(d.pixels).data),
+            phash=int(phashes[i]),
+            phash_mirror=int(mirrors[i]),
+            phash_whole=wholes.get(i),
+            crop_hashes=crop_hashes[i],
+            thumb=p.thumb,
+            detail=encode_detail(p.gray),
+            byte_digest=d.byte_digest,
+            exif_identity=d.exif_identity,
+            file_size=d.file_size,
+            mtime_ns=d.mtime_ns,
+            extra_hashes=extras,
+            warnings=list(d.warnings),
+        ))
+    return out
+
+
+def crop_coefficients(grays: Sequence[np.ndarray]) -> np.ndarray:
+    """(n, len(CROP_BOXES), 8, 8) low-frequency DCT coefficients of the :data:`CROP_BOXES` crops of each gray image.
+
+    Each crop is area-resized to THUMB_SIDE² in float (OpenCV ``INTER_AREA``) and transformed like a pHash. Images of
+    one shape up to :data:`SMALL_CONTENT_SIDE` are done together as ``L_box @ image @ R_box.T`` with the resize and
+    the DCT folded into two small matrices per box (:func:`_crop_matrices`); larger ones crop by crop.
+    """
+    out = np.empty((len(grays), len(CROP_BOXES), 8, 8), np.float32)
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, gray in enumerate(grays):
+        by_shape.setdefault(gray.shape, []).append(i)
+    for (h, w), rows in by_shape.items():
+        if max(h, w) <= SMALL_CONTENT_SIDE:
+            left, right, left_of_box, right_of_box = _crop_matrices(h, w)
+            stack = np.stack([grays[i] for i in rows]).astype(np.float32)  # (m, h, w)
+            m, k_left, k_right = len(rows), len(left), len(right)
+            # two matrix products for the whole group: every distinct column transform, then every row transform
+            cols = stack.reshape(m * h, w) @ right.reshape(-1, w).T  # (m*h, k_right*8)
+            cols = cols.reshape(m, h, -1).transpose(1, 0, 2).reshape(h, -1)  # (h, m*k_right*8)
+            both = (left.reshape(-1, h) @ cols).reshape(k_left, 8, m, k_right, 8).transpose(2, 0, 3, 1, 4)
+            out[rows] = both[:, list(left_of_box), list(right_of_box)]  # (m, boxes, 8, 8)
+            continue
+        windows = crop_windows(h, w)
+        for i in rows:
+            gray = grays[i].astype(np.float32)
+            crops = np.stack([cv2.resize(gray[window], (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+                              for window in windows])
+            out[i] = _DCT8 @ crops @ _DCT8.T
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _crop_matrices(height: int, width: int) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], tuple[int, ...]]:
+    """Folded resize + DCT matrices of the crop boxes of a ``height`` × ``width`` image.
+
+    Returns ``(left, right, left_of_box, right_of_box)``: ``left[a]`` (8, height) and ``right[b]`` (8, width) such
+    that ``left[a] @ image @ right[b].T`` is the 8×8 DCT block of the resized crop ``box`` with ``a =
+    left_of_box[box]``, ``b = right_of_box[box]`` (boxes share rows or columns, so only the distinct ones are
+    kept). The factors are read off OpenCV itself by resizing one-hot images of the crop's own 2-D size, so they
+    are the weights ``cv2.resize`` applies (area for shrinking, bilinear where a side grows).
+    """
+    lefts: dict[tuple[int, int, int, int], int] = {}
+    rights: dict[tuple[int, int, int, int], int] = {}
+    left_rows, right_rows, left_of_box, right_of_box = [], [], [], []
+    for y, x in crop_windows(height, width):
+        hh, ww = y.stop - y.start, x.stop - x.start
+        for key_store, rows, of_box, key, n, start, along in (
+            (lefts, left_rows, left_of_box, (y.start, hh, ww, 0), height, y.start, 0),
+            (rights, right_rows, right_of_box, (x.start, ww, hh, 1), width, x.start, 1),
+        ):
+            if key not in key_store:
+                key_store[key] = len(rows)
+                rows.append(_DCT8 @ _resize_factor(hh, ww, along, n, start))
+            of_box.append(key_store[key])
+    return np.stack(left_rows), np.stack(right_rows), tuple(left_of_box), tuple(right_of_box)
+
+
+def _resize_factor(height: int, width: int, along: int, full: int, start: int) -> np.ndarray:
+    """(THUMB_SIDE, full) matrix of ``cv2.resize(crop, (THUMB_SIDE, THUMB_SIDE), INTER_AREA)`` along one axis.
+
+    ``along=0``: rows (the crop's ``height`` rows start at ``start`` of ``full``); ``along=1``: columns. Found by
+    resizing ``height`` × ``width`` images that are one-hot along that axis.
+    """
+    n = height if along == 0 else width
+    factor = np.empty((THUMB_SIDE, n), np.float32)
+    for i in range(n):  # the weights are separable: a one-hot row (column) comes out as that row's (column's) weights
+        probe = np.zeros((height, width), np.float32)
+        if along == 0:
+            probe[i, :] = 1.0
+        else:
+            probe[:, i] = 1.0
+        resized = cv2.resize(probe, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+        factor[:, i] = resized[:, 0] if along == 0 else resized[0, :]
+    out = np.zeros((THUMB_SIDE, full), np.float32)
+    out[:, start : start + n] = factor
+    return out
 
 
 #: Header of a detail image stored raw (small images: rows of uint8 after a 4-byte tag and two uint16 sizes).
@@ -432,25 +557,44 @@ class _FingerprintTask(torch.utils.data.Dataset):
             return _KnownContent(found, len(data), st.st_mtime_ns)
         return None
 
-    def __getitem__(self, position: int) -> tuple[int, Fingerprint | Problem | _KnownContent]:
-        index = self.indices[position]
-        path = self.dataset.samples[index][0]
+    def __getitem__(self, positions: Sequence[int]) -> list[tuple[int, Fingerprint | Problem | _KnownContent]]:
+        """A batch: each sample read and decoded on its own, then fingerprinted together (:func:`fingerprint_batch`)."""
+        results: list[tuple[int, Fingerprint | Problem | _KnownContent]] = []
+        decoded: list[tuple[int, str, DecodedImage]] = []
+        for position in positions:
+            index = self.indices[position]
+            path = self.dataset.samples[index][0]
+            try:
+                if self.known is not None and self.dataset.is_file_backed:
+                    known = self._known_content(path)
+                    if known is not None:
+                        results.append((index, known))
+                        continue
+                if self.dataset.is_file_backed:
+                    decoded.append((index, path, decode_file(path, decode_side=self.decode_side,
+                                                             max_pixels=self.max_pixels)))
+                else:
+                    image, _ = self.dataset.raw_item(index)
+                    decoded.append((index, path, decode_object(image, name=path)))
+            except ImageDecodeError as exc:
+                results.append((index, Problem(index, path, str(exc))))
+            except Exception as exc:  # noqa: BLE001 - never let one sample end the run
+                results.append((index, _unexpected(index, path, exc)))
         try:
-            if self.known is not None and self.dataset.is_file_backed:
-                known = self._known_content(path)
-                if known is not None:
-                    return index, known
-            if self.dataset.is_file_backed:
-                decoded = decode_file(path, decode_side=self.decode_side, max_pixels=self.max_pixels)
-            else:
-                image, _ = self.dataset.raw_item(index)
-                decoded = decode_object(image, name=path)
-            return index, fingerprint_decoded(decoded, self.extra_hashes)
-        except ImageDecodeError as exc:
-            return index, Problem(index, path, str(exc))
-        except Exception as exc:  # never let one sample end the run
-            log.debug("unexpected failure on %s", path, exc_info=True)
-            return index, Problem(index, path, f"{path}: unexpected {type(exc).__name__}: {exc}")
+            fingerprints = fingerprint_batch([d for _, _, d in decoded], self.extra_hashes)
+            results.extend((index, fp) for (index, _, _), fp in zip(decoded, fingerprints))
+        except Exception:  # noqa: BLE001 - find the one sample that fails, keep the others
+            for index, path, d in decoded:
+                try:
+                    results.append((index, fingerprint_decoded(d, self.extra_hashes)))
+                except Exception as exc:  # noqa: BLE001 - one sample's failure is its problem record
+                    results.append((index, _unexpected(index, path, exc)))
+        return results
+
+
+def _unexpected(index: int, path: str, exc: Exception) -> Problem:
+    log.debug("unexpected failure on %s", path, exc_info=exc)
+    return Problem(index, path, f"{path}: unexpected {type(exc).__name__}: {exc}")
 
 
 def _collate_list(batch: list[Any]) -> list[Any]:
@@ -459,6 +603,12 @@ def _collate_list(batch: list[Any]) -> list[Any]:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
+    threadpool_limits(1, user_api="blas")  # the batch's small matrix products: threads cost more than they give
+
+
+#: Samples fingerprinted together: large enough that the hash arithmetic is done batch-wide, small enough that every
+#: worker gets several batches (photos of megapixels take ~50 ms each to decode).
+MAX_BATCH = 64
 
 
 class single_threaded_opencv:
@@ -533,9 +683,11 @@ def compute_fingerprints(
     if workers and not _worth_forking(dataset, todo):
         workers = 0  # starting processes costs more than it saves
     task = _FingerprintTask(dataset, todo, extra_hashes, decode_side, max_pixels, known)
+    batch_size = max(1, min(MAX_BATCH, len(todo) // (8 * max(1, workers))))
     loader = torch.utils.data.DataLoader(
         task,
-        batch_size=64,
+        batch_size=None,  # the task takes a whole batch of positions (fingerprint_batch)
+        sampler=torch.utils.data.BatchSampler(torch.utils.data.SequentialSampler(task), batch_size, drop_last=False),
         num_workers=workers,
         collate_fn=_collate_list,
         worker_init_fn=_worker_init if workers else None,
@@ -545,7 +697,7 @@ def compute_fingerprints(
     results: dict[int, Fingerprint] = {}
     problems: list[Problem] = []
     bar = _progress(len(todo), desc, progress)
-    with single_threaded_opencv():
+    with single_threaded_opencv(), threadpool_limits(1, user_api="blas"):
         for batch in loader:
             for index, result in batch:
                 if isinstance(result, Problem):
