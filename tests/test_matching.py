@@ -45,3 +45,34 @@ def test_crop_hint_compares_the_new_image_with_the_crop_that_matched(tmp_path) -
     assert not tiny.any()
     same = similarity[q == r]
     assert same.min() > 0.9 and similarity[q != r].max() < same.min() - 0.3
+
+
+def test_a_gate_check_describes_each_image_once_across_stages_and_threads(tmp_path, monkeypatch) -> None:
+    # a crop of each photo and a crop of that crop: both are verified by features against the reference, then the
+    # second against the first inside the new set; the shared caches describe each image once per side
+    from vdc_torch import DatasetGate
+    from vdc_torch import features as local_features
+
+    names = ["Canon_40D.jpg", "Nikon_D70.jpg", "Pentax_K10D.jpg", "Kodak_CX7530.jpg", "Olympus_C8080WZ.jpg"]
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "new").mkdir()
+    for name in names:
+        rgb = decode_file(EXIF_JPG / name).pixels
+        h, w = rgb.shape[:2]
+        cv2.imwrite(str(tmp_path / "ref" / name), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        crop = rgb[: int(h * 0.85), int(w * 0.1) : int(w * 0.95)]
+        ch, cw = crop.shape[:2]
+        for copy, part in enumerate((crop, crop[int(ch * 0.1) : int(ch * 0.86), int(cw * 0.15) : int(cw * 0.91)])):
+            cv2.imwrite(str(tmp_path / "new" / f"{copy}_{name}"), cv2.cvtColor(part, cv2.COLOR_RGB2BGR))
+    calls: list[tuple[int, bool]] = []
+    extract = local_features.extract
+
+    def counting(image, extractor="sift", max_features=500, *, flip=False):
+        calls.append((hash(image.tobytes()), flip))
+        return extract(image, extractor, max_features, flip=flip)
+
+    monkeypatch.setattr(local_features, "extract", counting)
+    decision = DatasetGate(reference=tmp_path / "ref", workers=2).check(tmp_path / "new")
+    assert decision.counts["near_duplicate"] + decision.counts["internal_duplicates"] >= 2 * len(names)
+    assert decision.counts["delta"] == 0
+    assert len(calls) >= 2 * len(names) and len(calls) == len(set(calls))  # no image described twice

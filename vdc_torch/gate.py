@@ -24,7 +24,7 @@ from .data import Dataset
 from .errors import InvalidParameterError
 from .fingerprint import FINGERPRINT_VERSION, FingerprintTable, Problem, compute_fingerprints
 from .manifest import load_manifest, save_manifest
-from .matching import MATCH_COLUMNS, MATCHING_VERSION, MatchConfig, match_tables
+from .matching import MATCH_COLUMNS, MATCHING_VERSION, FeatureCaches, MatchConfig, match_tables
 
 log = logging.getLogger(__name__)
 
@@ -329,8 +329,11 @@ class DatasetGate:
             from .encoder import embed_thumbs
 
             new_emb, ref_emb = embed_thumbs(self.encoder, new.thumbs), embed_thumbs(self.encoder, ref.thumbs)
-        matched = match_tables(new, ref, self.config, new_embeddings=new_emb, ref_embeddings=ref_emb)
-        internal = match_tables(new, new, self.config, same_table=True, new_embeddings=new_emb, ref_embeddings=new_emb)
+        caches = FeatureCaches()  # the new images verified against the reference are described once for both calls
+        matched = match_tables(new, ref, self.config, new_embeddings=new_emb, ref_embeddings=ref_emb,
+                               feature_caches=caches)
+        internal = match_tables(new, new, self.config, same_table=True, new_embeddings=new_emb, ref_embeddings=new_emb,
+                                feature_caches=caches)
         if self.cache is not None and key is not None:
             self.cache.store_result(key, {"cross": _records(matched), "internal": _records(internal)})
             self.cache.save()

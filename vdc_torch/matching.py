@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -177,28 +176,60 @@ class ThumbVerifier:
 
 
 class FeatureCache:
-    """Local features of table rows, extracted lazily from the stored detail images, once per row."""
+    """Local features of table rows, extracted lazily from the stored detail images, once per row.
 
-    def __init__(self, table: FingerprintTable, extractor: str, max_features: int) -> None:
+    Shared by the verification threads and by every stage of a gate check (:class:`FeatureCaches`), so an image
+    that is a candidate in several stages is decoded and described once. Entries are plain dict items (atomic
+    under the GIL); two threads may rarely extract the same row at once, with the same result. Beyond
+    ``max_rows`` rows the cache starts over, which bounds its memory (~15 KB a CIFAR-size row, up to ~250 KB
+    for a 256 px detail with 400 SIFT descriptors).
+    """
+
+    def __init__(self, table: FingerprintTable, extractor: str, max_features: int, max_rows: int = 20_000) -> None:
         self.table = table
         self.extractor = extractor
         self.max_features = max_features
+        self.max_rows = max_rows
         self._plain: dict[int, local_features.LocalFeatures] = {}
         self._mirror: dict[int, local_features.LocalFeatures] = {}
         self._images: dict[int, np.ndarray] = {}
 
     def image(self, row: int) -> np.ndarray:
         """The row's gray detail image (decoded once)."""
-        if row not in self._images:
-            self._images[row] = decode_detail(self.table.details[row])
-        return self._images[row]
+        image = self._images.get(row)
+        if image is None:
+            if len(self._images) >= self.max_rows:
+                self._images.clear()
+            image = self._images[row] = decode_detail(self.table.details[row])
+        return image
 
     def get(self, row: int, mirror: bool = False) -> local_features.LocalFeatures:
         store = self._mirror if mirror else self._plain
-        if row not in store:
+        found = store.get(row)
+        if found is None:
+            if len(store) >= self.max_rows:
+                store.clear()
             extract = local_features.extract_flipped if mirror else local_features.extract
-            store[row] = extract(self.image(row), self.extractor, self.max_features)
-        return store[row]
+            found = store[row] = extract(self.image(row), self.extractor, self.max_features)
+        return found
+
+
+class FeatureCaches:
+    """One :class:`FeatureCache` per fingerprint table, kept across the stages and calls of one gate check.
+
+    :meth:`DatasetGate.check` matches the new table against the reference and then against itself; the new
+    images verified in the first call are described already in the second.
+    """
+
+    def __init__(self) -> None:
+        self._caches: dict[tuple[int, str, int], tuple[FingerprintTable, FeatureCache]] = {}
+
+    def __call__(self, table: FingerprintTable, config: MatchConfig) -> FeatureCache:
+        key = (id(table), config.extractor, config.max_features)
+        entry = self._caches.get(key)
+        if entry is None or entry[0] is not table:
+            entry = self._caches[key] = (table, FeatureCache(table, config.extractor, config.max_features))
+        return entry[1]
 
 
 # -- the cascade ---------------------------------------------------------------------------------------------
@@ -225,15 +256,19 @@ def match_tables(
     same_table: bool = False,
     new_embeddings: np.ndarray | None = None,
     ref_embeddings: np.ndarray | None = None,
+    feature_caches: FeatureCaches | None = None,
 ) -> pd.DataFrame:
     """Run the cascade; one row per matched new row (its best match), columns :data:`MATCH_COLUMNS`.
 
     With ``same_table=True`` (``new is ref``) a row is only matched to an *earlier* row, which finds the
     duplicates inside one dataset: every later copy points at its first occurrence. ``new_embeddings`` and
     ``ref_embeddings`` (unit rows from a model encoder) add a last stage: nearest neighbours in the model's
-    feature space with cosine ``>= config.encoder_similarity``.
+    feature space with cosine ``>= config.encoder_similarity``. ``feature_caches`` keeps the local features of
+    verified images for a later call on the same tables (a fresh one per call by default).
     """
     found: list[pd.DataFrame] = []
+    caches = FeatureCaches() if feature_caches is None else feature_caches
+    job = _FeatureJob(new, ref, config, caches(new, config), caches(ref, config))
     settled = np.zeros(len(new), dtype=bool)  # matched as exact or near-duplicate
 
     def allowed(q: np.ndarray, r: np.ndarray) -> np.ndarray:
@@ -309,13 +344,13 @@ def match_tables(
         del crop_index  # ~1 GB of MIH tables at 1M reference rows: not kept through feature verification
         q, r = open_rows[q], code // k
         feature_candidates.insert(0, (q, r, dist, False, True, np.full(len(q), -1), code % k))
-        add(_verify_with_features(new, ref, feature_candidates, settled, same_table, config, verifier))
+        add(_verify_with_features(job, feature_candidates, settled, same_table, verifier))
     if config.use_alignment and len(ref) and len(new) and config.overlay_boxes:
-        add(_verify_with_features(new, ref, _same_crop_candidates(new, ref, ~settled, config), settled, same_table,
-                                  config, verifier))
+        add(_verify_with_features(job, _same_crop_candidates(new, ref, ~settled, config), settled, same_table,
+                                  verifier))
     if config.use_alignment and len(ref) and len(new):
-        add(_verify_with_features(new, ref, _whole_picture_candidates(new, ref, ~settled, global_index, config),
-                                  settled, same_table, config, verifier))
+        add(_verify_with_features(job, _whole_picture_candidates(new, ref, ~settled, global_index, config),
+                                  settled, same_table, verifier))
 
     # 7. model embeddings: nearest neighbours in the feature space of the model being trained
     if new_embeddings is not None and ref_embeddings is not None and len(ref) and len(new):
@@ -556,13 +591,22 @@ def _nearest_thumbnails(
 PREFILTER_BLOCK = 8192
 
 
+@dataclass(frozen=True)
+class _FeatureJob:
+    """What the verification threads share: both tables, the config and their feature caches."""
+
+    new: FingerprintTable
+    ref: FingerprintTable
+    config: MatchConfig
+    new_cache: FeatureCache
+    ref_cache: FeatureCache
+
+
 def _verify_with_features(
-    new: FingerprintTable,
-    ref: FingerprintTable,
+    job: _FeatureJob,
     candidates: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool, bool]],
     settled: np.ndarray,
     same_table: bool,
-    config: MatchConfig,
     verifier: ThumbVerifier,
 ) -> pd.DataFrame:
     """Verify candidate pairs; each tuple is ``(q, r, dist, mirror, skip_prefilter)`` or the same plus ``box``.
@@ -570,6 +614,7 @@ def _verify_with_features(
     ``box`` (an index into :data:`CROP_BOXES`) marks candidates found by that crop of *both* images: they are
     verified on that crop alone (the rest of the new image may carry a caption, logo or watermark).
     """
+    new, ref, config = job.new, job.ref, job.config
     frames = [
         pd.DataFrame({"q": c[0], "r": c[1], "dist": c[2], "mirror": c[3], "crop": c[4],
                       "box": c[5] if len(c) > 5 else -1, "hint": c[6] if len(c) > 6 else -1})
@@ -612,26 +657,20 @@ def _verify_with_features(
         (int(q), list(zip(g["r"].astype(int), g["dist"].astype(int), g["mirror"].astype(bool), g["box"].astype(int))))
         for q, g in table.groupby("q", sort=True)
     ]
-    global _FEATURE_JOB
-    _FEATURE_JOB = (new, ref, config)
+    # threads, not processes: OpenCV (SIFT, template matching, ECC) releases the GIL, which is most of the work, and
+    # the feature caches stay shared by all threads and later stages (forked workers each started empty)
     workers = min(default_workers(), max(1, len(table) // 300))
-    try:
-        if workers > 1 and os.name == "posix":
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
+    chunks = [groups[i::workers] for i in range(workers)]
+    with single_threaded_opencv():
+        if workers > 1:
+            from concurrent.futures import ThreadPoolExecutor
 
-            chunks = [groups[i::workers] for i in range(workers)]
-            with single_threaded_opencv(), ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-                results = [row for part in pool.map(_verify_groups, chunks) for row in part]
+            with ThreadPoolExecutor(workers) as pool:
+                results = [row for part in pool.map(lambda chunk: _verify_groups(job, chunk), chunks) for row in part]
         else:
-            results = _verify_groups(groups)
-    finally:
-        _FEATURE_JOB = None
+            results = _verify_groups(job, groups)
     rows = [_rows(*row) for row in sorted(results)]
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=MATCH_COLUMNS)
-
-
-_FEATURE_JOB: tuple[FingerprintTable, FingerprintTable, MatchConfig] | None = None
 
 
 def _crop_hint_similarity(
@@ -662,12 +701,9 @@ def _crop_hint_similarity(
     return out, tiny
 
 
-def _verify_groups(groups: list[tuple[int, list[tuple[int, int, bool, int]]]]) -> list[tuple[Any, ...]]:
-    """Verify each query's candidates in order and keep its first verified one (runs in worker processes)."""
-    assert _FEATURE_JOB is not None
-    new, ref, config = _FEATURE_JOB
-    new_cache = FeatureCache(new, config.extractor, config.max_features)
-    ref_cache = FeatureCache(ref, config.extractor, config.max_features)
+def _verify_groups(job: _FeatureJob, groups: list[tuple[int, list[tuple[int, int, bool, int]]]]) -> list[tuple[Any, ...]]:
+    """Verify each query's candidates in order and keep its first verified one (runs in worker threads)."""
+    new, ref, config, new_cache, ref_cache = job.new, job.ref, job.config, job.new_cache, job.ref_cache
     found = []
     for q, candidates in groups:
         for r, dist, mirror, box in candidates:
