@@ -60,6 +60,17 @@ BUILD_BLOCK = 1 << 20
 WIDTH_CHOICES = ((22, 21, 21), (22, 22, 20), (16, 16, 16, 16), (13, 13, 13, 13, 12), (11, 11, 11, 11, 10, 10))
 
 
+#: Engines of :meth:`MultiIndexHashing.search`.
+MIH_ENGINES = ("auto", "numba", "numpy")
+#: Searches whose numpy loop is predicted to take longer than this use the compiled loop (importing numba and
+#: loading its cached kernel cost ~0.3 s; below, numpy is about as fast all in).
+COMPILED_MIN_NS = 1e9
+#: Queries per block of the compiled loop (blocks run in parallel; a block's reads stay in 1/blocks of the table).
+COMPILED_BLOCK_QUERIES = 512
+#: Pairs a block of the compiled loop has room for before it is searched again alone (~1 pair per query is usual).
+COMPILED_BLOCK_PAIRS = 4 * COMPILED_BLOCK_QUERIES
+
+
 def mih_query_ns(widths: tuple[int, ...], n_codes: int, radius: int) -> float:
     """Predicted nanoseconds per query: probes x probe cost + expected candidates x candidate cost."""
     total = 0.0
@@ -88,6 +99,12 @@ def prefer_mih(n_codes: int, n_queries: int, radius: int) -> bool:
     widths = best_widths(n_codes, radius)
     mih = n_queries * mih_query_ns(widths, n_codes, radius) + n_codes * len(widths) * MIH_BUILD_NS
     return mih < n_queries * n_codes * FLAT_PAIR_NS
+
+
+def prefer_compiled(n_codes: int, n_queries: int, radius: int, widths: tuple[int, ...] | None = None) -> bool:
+    """True when the numpy probe loop is predicted to take longer than :data:`COMPILED_MIN_NS` for this search."""
+    widths = widths or best_widths(n_codes, radius)
+    return n_queries * mih_query_ns(widths, n_codes, radius) > COMPILED_MIN_NS
 
 
 class MultiIndexHashing:
@@ -208,18 +225,27 @@ class MultiIndexHashing:
         return sum(sum(0 if a is None else a.nbytes for a in (o, c, f)) for _, _, o, c, f in self._chunks)
 
     def search(
-        self, queries: np.ndarray, radius: int, *, step_candidates: int = 1 << 18
+        self, queries: np.ndarray, radius: int, *, step_candidates: int = 1 << 18, engine: str = "auto"
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """All ``(query_row, code_row, distance)`` with Hamming distance ``<= radius`` (unsorted)."""
+        """All ``(query_row, code_row, distance)`` with Hamming distance ``<= radius`` (unsorted).
+
+        ``engine``: ``"numba"`` (the compiled probe loop of ``vdc_torch._mih_numba``), ``"numpy"``, or ``"auto"``:
+        numba where the numpy loop is predicted to take longer than :data:`COMPILED_MIN_NS` (so small searches never
+        import numba), numpy otherwise. Both return the same pairs.
+        """
         queries = np.ascontiguousarray(queries, dtype=np.uint64).reshape(-1)
         out_q: list[np.ndarray] = []
         out_c: list[np.ndarray] = []
         out_d: list[np.ndarray] = []
         self.last_candidates = self.last_probes = 0
+        if engine not in MIH_ENGINES:
+            raise ValueError(f"engine={engine!r} must be one of {MIH_ENGINES}")
         if len(queries) == 0 or len(self.codes) == 0 or radius < 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
         if self.widths is None:
             self._build(best_widths(len(self.codes), radius))
+        if engine == "auto":
+            engine = "numba" if prefer_compiled(len(self.codes), len(queries), radius, self.widths) else "numpy"
         thresholds = chunk_thresholds(self.widths, radius)
         qkeys = [self._key(queries, shift, bits) for shift, bits, *_ in self._chunks]
         for i, (shift, bits, order, chunk_codes, offsets) in enumerate(self._chunks):
@@ -229,52 +255,21 @@ class MultiIndexHashing:
                 if order is None:
                     order, offsets = self._chunk_order(shift, bits)
                 chunk_codes = self.codes[order]
-                if i > 0:
+                if i > 0 and engine == "numpy":  # the compiled loop keeps it for the pass (no new peak: see _build)
                     order = None
             masks = flip_masks(bits, thresholds[i])
             earlier = [j for j in range(i) if thresholds[j] >= 0]
             qorder = np.argsort(qkeys[i], kind="stable")
-            qk, qc = qkeys[i][qorder], queries[qorder]
-            per_bucket = max(len(self.codes) / float(1 << bits), 1.0 / 16)
-            probes_per_step = max(1024, int(step_candidates / per_bucket))
-            nq = min(len(qk), probes_per_step)
-            nm = max(1, probes_per_step // nq)
-            for m0 in range(0, len(masks), nm):
-                mblock = masks[m0 : m0 + nm]
-                for q0 in range(0, len(qk), nq):
-                    qkb, qcb = qk[q0 : q0 + nq], qc[q0 : q0 + nq]
-                    probe = (qkb[None, :] ^ mblock[:, None]).ravel()  # mask-major: reads stay local
-                    lo = offsets[probe]
-                    cnt = offsets[probe + 1] - lo
-                    ends = np.cumsum(cnt)
-                    total = int(ends[-1])
-                    self.last_probes += len(probe)
-                    self.last_candidates += total
-                    if total == 0:
-                        continue
-                    pos = np.arange(total, dtype=np.int64) + np.repeat((lo - ends + cnt).astype(np.int64), cnt)
-                    dist = np.bitwise_count(chunk_codes[pos] ^ np.repeat(np.tile(qcb, len(mblock)), cnt))
-                    hit = np.flatnonzero(dist <= radius)
-                    if len(hit) == 0:
-                        continue
-                    probe_row = np.searchsorted(ends, hit, side="right")
-                    qrow = qorder[q0 + probe_row % len(qkb)]
-                    pos, dist = pos[hit], dist[hit]
-                    if earlier:  # reported by an earlier chunk already?
-                        found_codes = chunk_codes[pos]
-                        keep = np.ones(len(hit), dtype=bool)
-                        for j in earlier:
-                            shift_j, bits_j = self._chunks[j][0], self._chunks[j][1]
-                            d_j = np.bitwise_count(self._key(found_codes, shift_j, bits_j) ^ qkeys[j][qrow])
-                            keep &= d_j > thresholds[j]
-                        qrow, pos, dist = qrow[keep], pos[keep], dist[keep]
-                    if order is None:
-                        qrow, rows, dist = self._rows_of_values(chunk_codes[pos], qrow, dist)
-                    else:
-                        rows = order[pos]
-                    out_q.append(qrow)
-                    out_c.append(rows)
-                    out_d.append(dist)
+            args = (queries, qkeys, qorder, radius, thresholds, earlier, i, masks, order, chunk_codes, offsets)
+            if engine == "numba":
+                found = self._probe_compiled(*args)
+            else:
+                found = self._probe_numpy(*args, step_candidates=step_candidates)
+            for qrow, rows, dist in found:
+                out_q.append(qrow)
+                out_c.append(rows)
+                out_d.append(dist)
+            del order, chunk_codes, offsets
         if not out_q:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
         return (
@@ -282,6 +277,100 @@ class MultiIndexHashing:
             np.concatenate(out_c).astype(np.int64),
             np.concatenate(out_d).astype(np.int32),
         )
+
+    def _probe_numpy(
+        self, queries: np.ndarray, qkeys: list[np.ndarray], qorder: np.ndarray, radius: int, thresholds: list[int],
+        earlier: list[int], i: int, masks: np.ndarray, order: np.ndarray | None, chunk_codes: np.ndarray,
+        offsets: np.ndarray, *, step_candidates: int,
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Chunk ``i``'s probes in numpy, in steps of about ``step_candidates`` candidates."""
+        found = []
+        bits = self._chunks[i][1]
+        qk, qc = qkeys[i][qorder], queries[qorder]
+        per_bucket = max(len(self.codes) / float(1 << bits), 1.0 / 16)
+        probes_per_step = max(1024, int(step_candidates / per_bucket))
+        nq = min(len(qk), probes_per_step)
+        nm = max(1, probes_per_step // nq)
+        for m0 in range(0, len(masks), nm):
+            mblock = masks[m0 : m0 + nm]
+            for q0 in range(0, len(qk), nq):
+                qkb, qcb = qk[q0 : q0 + nq], qc[q0 : q0 + nq]
+                probe = (qkb[None, :] ^ mblock[:, None]).ravel()  # mask-major: reads stay local
+                lo = offsets[probe]
+                cnt = offsets[probe + 1] - lo
+                ends = np.cumsum(cnt)
+                total = int(ends[-1])
+                self.last_probes += len(probe)
+                self.last_candidates += total
+                if total == 0:
+                    continue
+                pos = np.arange(total, dtype=np.int64) + np.repeat((lo - ends + cnt).astype(np.int64), cnt)
+                dist = np.bitwise_count(chunk_codes[pos] ^ np.repeat(np.tile(qcb, len(mblock)), cnt))
+                hit = np.flatnonzero(dist <= radius)
+                if len(hit) == 0:
+                    continue
+                probe_row = np.searchsorted(ends, hit, side="right")
+                qrow = qorder[q0 + probe_row % len(qkb)]
+                pos, dist = pos[hit], dist[hit]
+                if earlier:  # reported by an earlier chunk already?
+                    found_codes = chunk_codes[pos]
+                    keep = np.ones(len(hit), dtype=bool)
+                    for j in earlier:
+                        shift_j, bits_j = self._chunks[j][0], self._chunks[j][1]
+                        d_j = np.bitwise_count(self._key(found_codes, shift_j, bits_j) ^ qkeys[j][qrow])
+                        keep &= d_j > thresholds[j]
+                    qrow, pos, dist = qrow[keep], pos[keep], dist[keep]
+                if order is None:
+                    found.append(self._rows_of_values(chunk_codes[pos], qrow, dist))
+                else:
+                    found.append((qrow, order[pos], dist))
+        return found
+
+    def _probe_compiled(
+        self, queries: np.ndarray, qkeys: list[np.ndarray], qorder: np.ndarray, radius: int, thresholds: list[int],
+        earlier: list[int], i: int, masks: np.ndarray, order: np.ndarray | None, chunk_codes: np.ndarray,
+        offsets: np.ndarray,
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Chunk ``i``'s probes in the compiled loop (``_mih_numba.probe_chunk``), blocks of queries in parallel.
+
+        Each block writes to its own slice of the output (:data:`COMPILED_BLOCK_PAIRS` pairs); the rare block
+        that finds more (many equal codes) is searched again alone with room for all its pairs.
+        """
+        from ._mih_numba import probe_chunk
+
+        shift, bits = self._chunks[i][0], self._chunks[i][1]
+        _, first_bits, first_perm, _, first_offsets = self._chunks[0]
+        qc = queries[qorder]
+        starts = np.arange(0, len(qc), COMPILED_BLOCK_QUERIES, dtype=np.int64)
+        ends = np.minimum(starts + COMPILED_BLOCK_QUERIES, len(qc))
+        earlier_shift = np.array([self._chunks[j][0] for j in earlier], dtype=np.int64)
+        earlier_mask = np.array([(1 << self._chunks[j][1]) - 1 for j in earlier], dtype=np.uint64)
+        earlier_flips = np.array([thresholds[j] for j in earlier], dtype=np.int64)
+        has_perm = order is not None
+        perm = order if has_perm else np.zeros(0, dtype=first_perm.dtype)
+        found = []
+        capacity = np.full(len(starts), COMPILED_BLOCK_PAIRS, dtype=np.int64)
+        while len(starts):
+            out_end = np.cumsum(capacity)
+            out_start = out_end - capacity
+            total = int(out_end[-1])
+            out_q = np.empty(total, np.int64)
+            out_r = np.empty(total, np.int64)
+            out_d = np.empty(total, np.int32)
+            counts = np.zeros(len(starts), np.int64)
+            candidates = np.zeros(len(starts), np.int64)
+            probe_chunk(qc, qorder, starts, ends, out_start, out_end, shift, bits, masks, chunk_codes, offsets, perm,
+                        has_perm, first_offsets, first_perm, first_bits, self.codes, earlier_shift, earlier_mask,
+                        earlier_flips, radius, out_q, out_r, out_d, counts, candidates)
+            fits = counts <= capacity
+            got = np.minimum(counts, capacity)
+            keep = np.arange(total) - np.repeat(out_start, capacity) < np.repeat(np.where(fits, got, 0), capacity)
+            found.append((out_q[keep], out_r[keep], out_d[keep]))
+            self.last_probes += int(np.sum((ends - starts)[fits])) * len(masks)
+            self.last_candidates += int(np.sum(candidates[fits]))
+            # blocks that did not fit: again, alone, with room for every pair they found
+            starts, ends, capacity = starts[~fits], ends[~fits], counts[~fits]
+        return found
 
 
 #: Above this radius the flip enumeration explodes (4 x 16 bits: radius 20 -> t = (5,5,5,4), 2 * 8k masks);
