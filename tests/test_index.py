@@ -74,6 +74,8 @@ def test_mih_blocked_build_equals_a_global_stable_argsort(monkeypatch: pytest.Mo
         expected = np.argsort(key, kind="stable")
         assert order is None if i else order.tolist() == expected.tolist()
         assert (index._chunk_order(shift, bits)[0] == expected).all()
+        compiled_order, compiled_offsets = index._chunk_order(shift, bits, compiled=True)  # numba counting sort
+        assert (compiled_order == expected).all() and (compiled_offsets == offsets).all()
         assert offsets.tolist() == [0] + np.cumsum(np.bincount(key, minlength=1 << bits)).tolist()
         assert (chunk_codes == codes[expected]).all()
 
