@@ -76,6 +76,8 @@ def test_mih_blocked_build_equals_a_global_stable_argsort(monkeypatch: pytest.Mo
         assert (index._chunk_order(shift, bits)[0] == expected).all()
         compiled_order, compiled_offsets = index._chunk_order(shift, bits, compiled=True)  # numba counting sort
         assert (compiled_order == expected).all() and (compiled_offsets == offsets).all()
+        compiled_codes, compiled_offsets = index._chunk_codes(shift, bits)  # no permutation: codes placed directly
+        assert (compiled_codes == codes[expected]).all() and (compiled_offsets == offsets).all()
         assert offsets.tolist() == [0] + np.cumsum(np.bincount(key, minlength=1 << bits)).tolist()
         assert (chunk_codes == codes[expected]).all()
 
@@ -204,19 +206,21 @@ def test_mih_compiled_loop_on_real_phashes(monkeypatch: pytest.MonkeyPatch) -> N
             assert set(got) == brute_force(queries, codes, radius)
 
 
-def test_crop_index_low_memory_mode_uses_the_compiled_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    """HammingIndex as the crop search uses it at 1M images (low_memory tables, numba), scaled down."""
+@pytest.mark.parametrize("low_memory", [True, False])
+def test_large_searches_use_the_compiled_loop_and_build(low_memory: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HammingIndex as the searches at 1M images use it (numba loop and counting sort; low_memory tables for the
+    crop index), scaled down."""
     from vdc_torch import index as index_module
     from vdc_torch import mih
 
-    monkeypatch.setattr(index_module, "MIH_LOW_MEMORY_CODES", 1000)
+    monkeypatch.setattr(index_module, "MIH_LOW_MEMORY_CODES", 1000 if low_memory else 10**9)
     monkeypatch.setattr(mih, "COMPILED_MIN_NS", 0.0)
     rng = np.random.default_rng(5)
     codes = _seeded_codes("duplicates", rng, 6000)
     queries = _queries_near(codes, rng, 500, 12)
     index = HammingIndex(codes, owners=np.arange(len(codes)) // 3, backend="mih")
     q, owners, dist = index.search(queries, 10)
-    assert index._mih is not None and index._mih.low_memory
+    assert index._mih is not None and index._mih.low_memory == low_memory
     expected = {(a, b // 3, d) for a, b, d in brute_force(queries, codes, 10)}
     assert len(q) == len(brute_force(queries, codes, 10))
     assert set(zip(q.tolist(), owners.tolist(), dist.tolist())) == expected
