@@ -224,6 +224,9 @@ def test_large_searches_use_the_compiled_loop_and_build(low_memory: bool, monkey
     expected = {(a, b // 3, d) for a, b, d in brute_force(queries, codes, 10)}
     assert len(q) == len(brute_force(queries, codes, 10))
     assert set(zip(q.tolist(), owners.tolist(), dist.tolist())) == expected
+    # the same index searched again by the numpy loop (a small search), at another radius
+    raw = index._mih.search(queries[:50], 7, engine="numpy")
+    assert set(zip(*(a.tolist() for a in raw))) == brute_force(queries[:50], codes, 7)
 
 
 def test_small_searches_do_not_import_numba() -> None:

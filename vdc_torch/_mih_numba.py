@@ -55,6 +55,11 @@ def _prefetch(typingctx, array, index):
     return types.void(array, index), codegen
 
 
+#: What :func:`probe_chunk` reports for each pair: the row (by the chunk's permutation), every row holding the code
+#: (looked up in the first chunk), or the code itself.
+ROWS_PERM, ROWS_LOOKUP, ROWS_VALUE = 0, 1, 2
+#: Low bits of a code in the bit filter of :func:`rows_of_values` (2 MB; ~0.6 % false positives for 100k values).
+VALUE_FILTER_BITS = 24
 #: Buckets the scan of a block prefetches ahead (their first two cache lines, ~16 codes). The buckets of the crop
 #: index of 1M images (27M codes, 216 MB) are mostly DRAM reads: without prefetching the loop waited on them, 5x
 #: slower (326 against 63 us per query, 2 threads, busy machine); 8 and 16 ahead measured alike, 8 slightly better.
@@ -77,18 +82,20 @@ def _jit(**options):
 def probe_chunk(
     queries: np.ndarray, query_rows: np.ndarray, block_start: np.ndarray, block_end: np.ndarray,
     out_start: np.ndarray, out_end: np.ndarray, shift: int, bits: int, masks: np.ndarray, chunk_codes: np.ndarray,
-    offsets: np.ndarray, perm: np.ndarray, has_perm: bool, first_offsets: np.ndarray, first_perm: np.ndarray,
+    offsets: np.ndarray, perm: np.ndarray, row_mode: int, first_offsets: np.ndarray, first_perm: np.ndarray,
     first_bits: int, codes: np.ndarray, earlier_shift: np.ndarray, earlier_mask: np.ndarray,
     earlier_flips: np.ndarray, radius: int, out_q: np.ndarray, out_r: np.ndarray, out_d: np.ndarray,
     counts: np.ndarray, candidates: np.ndarray,
 ) -> None:  # pragma: no cover - compiled
     """Search one chunk table for the queries of every block ``b`` (``queries[block_start[b]:block_end[b]]``).
 
-    ``queries`` are sorted by this chunk's value; ``query_rows`` their rows in the caller's query array. Rows of the
-    pairs found are ``perm[position]`` when ``has_perm``; otherwise they are looked up by value in the first chunk
-    (``first_offsets`` / ``first_perm`` over ``codes``; the first chunk is the low ``first_bits`` bits), once per
-    distinct value of a bucket. Block ``b`` writes its pairs to ``out_*[out_start[b]:out_end[b]]`` and its number of
-    pairs (also those that did not fit) to ``counts[b]``, its candidates checked to ``candidates[b]``.
+    ``queries`` are sorted by this chunk's value; ``query_rows`` their rows in the caller's query array. What
+    ``out_r`` receives (``row_mode``): :data:`ROWS_PERM`, the row ``perm[position]``; :data:`ROWS_LOOKUP`, every row
+    holding the code, looked up by value in the first chunk (``first_offsets`` / ``first_perm`` over ``codes``; the
+    first chunk is the low ``first_bits`` bits); :data:`ROWS_VALUE`, the code itself (rows found later by
+    :func:`rows_of_values`). In the last two modes a value held by several rows of a bucket is reported once.
+    Block ``b`` writes its pairs to ``out_*[out_start[b]:out_end[b]]`` and its number of pairs (also those that did
+    not fit) to ``counts[b]``, its candidates checked to ``candidates[b]``.
     """
     kmask = np.uint64((1 << bits) - 1)
     fmask = np.uint64((1 << first_bits) - 1)
@@ -137,7 +144,7 @@ def probe_chunk(
                             break
                     if seen:
                         continue
-                    if has_perm:
+                    if row_mode == ROWS_PERM:
                         if n < cap:
                             out_q[base + n] = query_rows[j]
                             out_r[base + n] = perm[p]
@@ -150,6 +157,13 @@ def probe_chunk(
                             seen = True
                             break
                     if seen:
+                        continue
+                    if row_mode == ROWS_VALUE:
+                        if n < cap:
+                            out_q[base + n] = query_rows[j]
+                            out_r[base + n] = c
+                            out_d[base + n] = d
+                        n += 1
                         continue
                     k0 = c & fmask
                     for p0 in range(first_offsets[k0], first_offsets[k0 + 1]):
@@ -194,3 +208,30 @@ def chunk_table(
     for v in range(len(offsets) - 1, 0, -1):
         offsets[v] = offsets[v - 1]
     offsets[0] = 0
+
+
+@_jit(nogil=True)
+def rows_of_values(codes: np.ndarray, values: np.ndarray, out_index: np.ndarray, out_row: np.ndarray) -> int:
+    """Every row ``r`` with ``codes[r]`` in ``values`` (sorted, distinct), as ``(index in values, r)``, rows ascending.
+
+    One pass over the codes; a bit filter of the values' low bits skips the binary search for almost every row.
+    Writes up to ``len(out_row)`` pairs and returns how many there are (call again with room for all when more).
+    """  # pragma: no cover - compiled
+    fmask = np.uint64((1 << VALUE_FILTER_BITS) - 1)
+    seen = np.zeros(1 << (VALUE_FILTER_BITS - 3), np.uint8)
+    for i in range(len(values)):
+        k = values[i] & fmask
+        seen[k >> np.uint64(3)] |= np.uint8(1 << (k & np.uint64(7)))
+    n = 0
+    for row in range(len(codes)):
+        c = codes[row]
+        k = c & fmask
+        if seen[k >> np.uint64(3)] & np.uint8(1 << (k & np.uint64(7))) == 0:
+            continue
+        i = np.searchsorted(values, c)
+        if i < len(values) and values[i] == c:
+            if n < len(out_row):
+                out_index[n] = i
+                out_row[n] = row
+            n += 1
+    return n
