@@ -1,8 +1,10 @@
-"""Exact Hamming range search over 64-bit codes by multi-index hashing (Norouzi et al.), numpy only.
+"""Exact Hamming range search over 64-bit codes by multi-index hashing (Norouzi et al.).
 
 The default backend of :class:`vdc_torch.index.HammingIndex` for large searches: at 1M reference x 100k queries
-(radius 12) it measured ~7 s against ~22 s for faiss ``IndexBinaryFlat`` (2 threads) and ~10 min for faiss
-``IndexBinaryMultiHash`` on this 2-core machine (``benchmarks/speed_matching.py``). Exact: identical to brute force.
+(radius 12) the numpy loop measured ~7 s against ~22 s for faiss ``IndexBinaryFlat`` (2 threads) and ~10 min for
+faiss ``IndexBinaryMultiHash`` on this 2-core machine (``benchmarks/speed_matching.py``); the same probe loop compiled
+with numba (``_mih_numba.py``, used where the numpy loop is predicted to take over a second) 1.5-2.5 s. Exact:
+identical to brute force, whichever loop.
 """
 
 from __future__ import annotations
@@ -62,8 +64,9 @@ WIDTH_CHOICES = ((22, 21, 21), (22, 22, 20), (16, 16, 16, 16), (13, 13, 13, 13, 
 
 #: Engines of :meth:`MultiIndexHashing.search`.
 MIH_ENGINES = ("auto", "numba", "numpy")
-#: Searches whose numpy loop is predicted to take longer than this use the compiled loop (importing numba and
-#: loading its cached kernel cost ~0.3 s; below, numpy is about as fast all in).
+#: Searches whose numpy loop is predicted to take longer than this use the compiled loop: the first compiled search of
+#: a process imports numba and loads its cached kernels, 0.9-1.6 s measured on this machine (busy), so below this
+#: numpy is as fast all in (and a fresh install's first compilation, ~10 s, is only paid by a large search).
 COMPILED_MIN_NS = 1e9
 #: Queries per block of the compiled loop (blocks run in parallel; a block's reads stay in 1/blocks of the table).
 COMPILED_BLOCK_QUERIES = 512
