@@ -45,8 +45,10 @@ def _prefetch(typingctx, array, index):
         ptr = cgutils.get_item_pointer(context, builder, arytype, ary, [args[1]], wraparound=False)
         byte_ptr = ir.IntType(8).as_pointer()
         i32 = ir.IntType(32)
+        # unsuffixed name: LLVM's auto-upgrade gives it the pointer suffix of its version (p0i8 before opaque
+        # pointers, p0 after), so the same IR compiles with every llvmlite numba supports
         fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]), "llvm.prefetch.p0"
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]), "llvm.prefetch"
         )
         # read, keep in every cache level, data cache; a prefetch never faults, even past the end of the array
         builder.call(fn, [builder.bitcast(ptr, byte_ptr), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
