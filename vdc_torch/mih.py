@@ -46,10 +46,14 @@ def chunk_thresholds(widths: tuple[int, ...], radius: int) -> list[int]:
     return t
 
 
-#: Cost model of the prototype, measured on this machine (2 cores, busy): nanoseconds per probed bucket
+#: Cost model of the numpy loop, measured on this machine (2 cores, busy): nanoseconds per probed bucket
 #: by chunk width (the offsets table is 512 KiB at 16 bits and 32 MiB at 22 bits, so wide chunks miss the
 #: cache), per candidate checked, and per code and chunk to build; faiss IndexBinaryFlat on 2 threads costs
-#: about FLAT_PAIR_NS per (code, query) pair. See the "configurations" table of the benchmark.
+#: about FLAT_PAIR_NS per (code, query) pair. See the "configurations" table of the benchmark. It also picks the
+#: widths of the compiled loop: re-measured there (every choice, random codes, 2 threads), the same widths were the
+#: fastest — 13 x 5 at 100k codes (6-7 us per query against 8-21 for 16 x 4), 16 x 4 at 1M and 1.35M (23-30 us
+#: against 35-50 for 13 x 5 and 76-104 for 3 chunks, whose 12k probes per query miss the cache even prefetched) —
+#: and at 27M codes (22, 22, 20) and (22, 21, 21) measured alike (22.2-24.9 s for 95k queries, interleaved).
 MIH_PROBE_NS = ((17, 13.0), (20, 20.0), (26, 45.0))  # (max chunk bits, ns per probe)
 MIH_CANDIDATE_NS = 2.5
 MIH_BUILD_NS = 100.0
