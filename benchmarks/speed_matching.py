@@ -563,8 +563,27 @@ DEFAULT_BEFORE = {
 DEFAULT_BEFORE_BUSY_S = 399.0
 
 
-def bench_default(n_ref: int, n_new: int, timeout: float, manifests: str | None) -> str:
-    """Time by stage and peak RSS of the default cascade at n_ref x n_new, tables loaded from manifests."""
+def run_at_commit(rev: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """:func:`run_child` with the package and this script as they were at git revision ``rev`` (``git archive`` into a
+    temporary folder; no checkout or branch is touched), so an earlier commit is measured in the same run."""
+    import subprocess
+    import tarfile
+    import tempfile
+
+    repo = SCRIPT.parents[1]
+    with tempfile.TemporaryDirectory(prefix="vdc-speed-matching-rev-") as tmp:
+        archive = Path(tmp) / "tree.tar"
+        subprocess.run(["git", "-C", str(repo), "archive", "-o", str(archive), rev], check=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        return run_child(Path(tmp) / "benchmarks" / SCRIPT.name, args, timeout=timeout)
+
+
+def bench_default(n_ref: int, n_new: int, timeout: float, manifests: str | None, compare: str | None = None) -> str:
+    """Time by stage and peak RSS of the default cascade at n_ref x n_new, tables loaded from manifests.
+
+    ``compare``: a git revision also measured, first, on the same manifests (same run conditions).
+    """
     import tempfile
 
     print(f"\n== default MatchConfig() at {n_ref:,} x {n_new:,} ({load_line()}) ==", flush=True)
@@ -573,19 +592,31 @@ def bench_default(n_ref: int, n_new: int, timeout: float, manifests: str | None)
         if not (Path(folder) / "ref.vdc").exists():
             saved = run_child(SCRIPT, {"what": "save", "n_ref": n_ref, "n_new": n_new, "dir": folder}, timeout=timeout)
             print(f"  manifests saved: {saved}", flush=True)
+        c = run_at_commit(compare, {"what": "default", "dir": folder}, timeout=timeout) if compare else {}
+        if compare:
+            print(f"  {compare}: {c} ({load_line()})", flush=True)
         r = run_child(SCRIPT, {"what": "default", "dir": folder}, timeout=timeout)
     print(f"  {r}", flush=True)
     if "error" in r:
         return f"Run failed: {r['error']}"
+    compared = bool(compare) and "error" not in c
     rows = []
     before = DEFAULT_BEFORE["stages"]
     for name, (seconds, peak, calls, entry) in sorted(r["stages"].items(), key=lambda kv: -kv[1][0]):
-        rows.append([name, calls or "–", fmt_s(before.get(name)), fmt_s(seconds), f"{entry:,.0f}" if calls else "–",
-                     f"{peak:,.0f}"])
-    rows.append(["**match_tables total**", 1, fmt_s(DEFAULT_BEFORE["match_s"]), f"**{fmt_s(r['match_s'])}**",
+        rows.append([name, calls or "–", fmt_s(before.get(name)),
+                     *([fmt_s(c["stages"].get(name, [float("nan")])[0])] if compared else []), fmt_s(seconds),
+                     f"{entry:,.0f}" if calls else "–", f"{peak:,.0f}"])
+    rows.append(["**match_tables total**", 1, fmt_s(DEFAULT_BEFORE["match_s"]),
+                 *([fmt_s(c["match_s"])] if compared else []), f"**{fmt_s(r['match_s'])}**",
                  f"{r['rss_tables_mb']:,.0f}",
-                 f"**{r['peak_rss_mb']:,.0f}** (before: {DEFAULT_BEFORE['peak_rss_mb']:,.0f})"])
+                 f"**{r['peak_rss_mb']:,.0f}** (before: {DEFAULT_BEFORE['peak_rss_mb']:,.0f}"
+                 + (f"; {compare}: {c['peak_rss_mb']:,.0f})" if compared else ")")])
     ok_time, ok_mem = r["match_s"] < 60, r["peak_rss_mb"] <= 2048
+    same_run = [
+        f"- Same run, {compare} on the same manifests just before: {c['match_s']:.0f} s, peak "
+        f"{c['peak_rss_mb']:,.0f} MB, digest {c['digest']} "
+        f"({'the same matches' if c['digest'] == r['digest'] else '**different matches**'}).",
+    ] if compared else []
     return "\n".join([
         f"Synthetic tables of `make_tables` ({r['n_ref']:,} reference × {r['n_new']:,} new) saved as manifests and "
         "loaded with `load_manifest` (as `DatasetGate.load` does), then `match_tables(new, ref, MatchConfig())`: the "
@@ -593,8 +624,10 @@ def bench_default(n_ref: int, n_new: int, timeout: float, manifests: str | None)
         "vectors of every reference and feature verification, in a fresh child process. Peak RSS = `VmHWM` reset "
         f"just before matching; it counts the loaded tables ({r['rss_tables_mb']:,.0f} MB with the imports, "
         f"~{r['rss_import_mb']:,.0f} MB of them torch, faiss and OpenCV). Per-stage peaks: `VmHWM` read and reset at every stage boundary. "
-        "'Before' is main at d87a9b6 on the same manifests. Machine load at end: "
-        f"{load_line()}. Run: `python benchmarks/speed_matching.py --default-only [--manifests DIR]`.",
+        "'Before' is main at d87a9b6 on the same manifests"
+        + (f"; the {compare} column is that commit measured in this run, just before" if compared else "")
+        + f". Machine load at end: {load_line()}. Run: `python benchmarks/speed_matching.py --default-only "
+        f"[--manifests DIR]{f' --compare {compare}' if compare else ''}`.",
         "",
         "### Verdict",
         "",
@@ -604,16 +637,22 @@ def bench_default(n_ref: int, n_new: int, timeout: float, manifests: str | None)
         f"- Peak RSS: **{r['peak_rss_mb']:,.0f} MB** (target ≤ 2,048 MB: {'met' if ok_mem else '**not met**'}; before "
         f"{DEFAULT_BEFORE['peak_rss_mb']:,.0f} MB).",
         f"- Matches: {', '.join(f'{k} {v}' for k, v in sorted(r['kinds'].items()))} (digest {r['digest']}).",
+        *same_run,
         "",
         "### Stages",
         "",
-        md_table(["stage", "calls", "before s", "s", "RSS at first entry MB", "peak RSS inside MB"], rows),
+        md_table(["stage", "calls", "before s", *([f"{compare} s"] if compared else []), "s", "RSS at first entry MB",
+                  "peak RSS inside MB"], rows),
         "",
-        "Where the rest stands: the thumbnail checks run in blocks of 4,096 pairs (before: all ~27k pHash "
-        "candidate pairs at once, +1.0 GB), so the peak is the crop search's MIH tables. The time is spent in numpy "
-        "multi-index hashing — the crop index (27M codes; radius 10 at this size, `chance_limited_radius`, ~370 µs "
-        "per open query), the pHash, mirror and six same-crop searches over 1M codes — and in the IVF kNN search. "
-        "Under 60 s needs that inner loop in compiled code or fewer indexed crops.",
+        "Where the rest stands: the Hamming searches run the multi-index-hashing probe loop compiled with numba "
+        "(`vdc_torch/_mih_numba.py`: blocks of sorted queries in parallel, the next buckets prefetched; chunk tables "
+        "by a compiled counting sort), the crop index (27M codes, radius 10 at this size) in `low_memory` mode with "
+        "no permutation kept. numba's LLVM adds ~150 MB to the process; the crop search's and the IVF kNN index's "
+        "tables were cut to make room (the kNN lists allocated at their final size). Searches the numpy loop would "
+        "finish in under a second stay in numpy (no numba import). What is left is mostly outside the Hamming "
+        "searches: the IVF kNN search (faiss, ~16 inverted lists of ~1,000 rows scanned per open query), local-"
+        "feature verification and the pHash-stage thumbnail checks — all of them 2-3x slower when the machine is "
+        "shared, as the machine load above says.",
     ])
 
 
@@ -926,9 +965,11 @@ def main() -> int:
                         help="only the default MatchConfig() at 1M x 100k from manifests, by stage; writes its own "
                              "BENCHMARKS.md section")
     parser.add_argument("--manifests", help="--default-only: folder with ref.vdc / new.vdc to reuse (else made)")
+    parser.add_argument("--compare", help="--default-only: a git revision measured too, first, on the same manifests")
     args = parser.parse_args()
     if args.default_only:
-        body = bench_default(args.memory_ref, 100_000, timeout=max(args.timeout, 1800.0), manifests=args.manifests)
+        body = bench_default(args.memory_ref, 100_000, timeout=max(args.timeout, 1800.0), manifests=args.manifests,
+                             compare=args.compare)
         print("\n" + body)
         if not args.no_write:
             from datasets import write_benchmarks_section

@@ -76,3 +76,29 @@ def test_a_gate_check_describes_each_image_once_across_stages_and_threads(tmp_pa
     assert decision.counts["near_duplicate"] + decision.counts["internal_duplicates"] >= 2 * len(names)
     assert decision.counts["delta"] == 0
     assert len(calls) >= 2 * len(names) and len(calls) == len(set(calls))  # no image described twice
+
+
+def test_ivf_lists_sized_exactly_hold_what_add_would(monkeypatch) -> None:
+    """The kNN index above KNN_EXACT_MAX_ROWS: lists reserved at their size first, the same search results as add."""
+    import faiss
+
+    from vdc_torch import matching
+
+    monkeypatch.setattr(matching, "KNN_EXACT_MAX_ROWS", 1000)
+    monkeypatch.setattr(matching, "KNN_ROWS_PER_LIST", 64)
+    monkeypatch.setattr(matching, "KNN_ADD_CHUNK", 700)  # several chunks, the last one short
+    rng = np.random.default_rng(4)
+    thumbs = rng.integers(0, 256, size=(5000, 32, 32, 3), dtype=np.uint8)
+    index = matching._coarse_index(thumbs)
+    vectors = matching.coarse_vectors(thumbs)
+    plain = faiss.IndexIVFFlat(faiss.IndexFlatIP(64), 64, index.nlist, faiss.METRIC_INNER_PRODUCT)
+    plain.cp.seed = 1234
+    sample = np.sort(np.random.default_rng(0).choice(len(thumbs), size=len(thumbs), replace=False))
+    plain.train(vectors[sample])
+    plain.nprobe = index.nprobe
+    for start in range(0, len(vectors), 700):
+        plain.add(vectors[start : start + 700])
+    assert index.ntotal == plain.ntotal == len(thumbs)
+    queries = vectors[::7] + rng.normal(0, 0.05, size=vectors[::7].shape).astype(np.float32)
+    for got, expected in zip(index.search(queries, 3), plain.search(queries, 3)):
+        assert np.array_equal(got, expected)

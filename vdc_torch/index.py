@@ -3,7 +3,8 @@
 Every backend answers the same question, ``search(queries, radius) -> (query_rows, owner_rows, distances)``,
 with no all-pairs loop in Python: the Hamming index uses faiss (brute-force popcount for small sets, multi-index
 hashing for large ones), chosen because it is maintained, multi-threaded C++ and exact within the radius; large
-searches use exact multi-index hashing in numpy (``mih.py``), which measured 3x faster than faiss flat at 1M x 100k.
+searches use exact multi-index hashing (``mih.py``: numpy, and for the largest a numba-compiled probe loop), which
+measured 3x (numpy) and ~10x (numba) faster than faiss flat at 1M x 100k.
 """
 
 from __future__ import annotations

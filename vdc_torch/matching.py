@@ -548,23 +548,52 @@ def _coarse_index(ref_thumbs: Any) -> Any:
     32 / 64, and 1.00 for exact copies at every nprobe; 16 is the smallest with recall >= 0.95 (~25x less work than
     flat). Recall of *far* neighbours (random thumbnails, correlation ~0.56) is only 0.3-0.5 at nprobe 16, and
     irrelevant: they are dropped by ``knn_min_similarity`` anyway.
-    The coarse vectors are added in chunks, so a manifest's column is never held twice in memory.
+    The coarse vectors are added in chunks, so a manifest's column is never held twice in memory; the inverted
+    lists are sized exactly first (:func:`_add_to_exact_lists`).
     """
     import faiss
 
     n = len(ref_thumbs)
     if n <= KNN_EXACT_MAX_ROWS:
         index = faiss.IndexFlatIP(64)
-    else:
-        nlist = int(min(4096, max(1, n // KNN_ROWS_PER_LIST)))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(64), 64, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = np.sort(np.random.default_rng(0).choice(n, size=min(n, KNN_TRAIN_ROWS), replace=False))
-        index.cp.seed = 1234
-        index.train(table_coarse_vectors(ref_thumbs, sample))
-        index.nprobe = min(nlist, KNN_NPROBE)
-    for start in range(0, n, KNN_ADD_CHUNK):
-        index.add(table_coarse_vectors(ref_thumbs, slice(start, start + KNN_ADD_CHUNK)))
+        for start in range(0, n, KNN_ADD_CHUNK):
+            index.add(table_coarse_vectors(ref_thumbs, slice(start, start + KNN_ADD_CHUNK)))
+        return index
+    nlist = int(min(4096, max(1, n // KNN_ROWS_PER_LIST)))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(64), 64, nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = np.sort(np.random.default_rng(0).choice(n, size=min(n, KNN_TRAIN_ROWS), replace=False))
+    index.cp.seed = 1234
+    index.train(table_coarse_vectors(ref_thumbs, sample))
+    index.nprobe = min(nlist, KNN_NPROBE)
+    _add_to_exact_lists(index, ref_thumbs)
     return index
+
+
+def _add_to_exact_lists(index: Any, ref_thumbs: Any) -> None:
+    """``index.add`` of every coarse vector in chunks, with each inverted list allocated at its final size first.
+
+    ``add`` appends to the lists one vector at a time, so they grow by doubling and end ~1.5x their size: 0.36 GB
+    for the 0.26 GB of vectors of 1M references, against 0.23 GB here. The lists of every vector are computed
+    first (``quantizer.assign``, as ``add`` does), each list reserved at its size, then the vectors added with those
+    lists (``add_core``): the same lists, in the same order, as ``add`` (searches checked identical at 1M rows).
+    Costs one more read of the coarse vectors (~1 s at 1M rows).
+    """
+    import faiss
+
+    n = len(ref_thumbs)
+    lists = np.empty(n, dtype=np.int64)
+    for start in range(0, n, KNN_ADD_CHUNK):
+        lists[start : start + KNN_ADD_CHUNK] = index.quantizer.assign(
+            table_coarse_vectors(ref_thumbs, slice(start, start + KNN_ADD_CHUNK)), 1
+        )[:, 0]
+    invlists = faiss.downcast_InvertedLists(index.invlists)
+    for list_no, size in enumerate(np.bincount(lists, minlength=index.nlist).tolist()):
+        invlists.resize(list_no, size)  # allocates exactly this many entries ...
+        invlists.resize(list_no, 0)  # ... and keeps them allocated while empty
+    for start in range(0, n, KNN_ADD_CHUNK):
+        vectors = table_coarse_vectors(ref_thumbs, slice(start, start + KNN_ADD_CHUNK))
+        chunk_lists = np.ascontiguousarray(lists[start : start + len(vectors)])
+        index.add_core(len(vectors), faiss.swig_ptr(vectors), None, faiss.swig_ptr(chunk_lists))
 
 
 def _nearest_thumbnails(

@@ -1,8 +1,10 @@
-"""Exact Hamming range search over 64-bit codes by multi-index hashing (Norouzi et al.), numpy only.
+"""Exact Hamming range search over 64-bit codes by multi-index hashing (Norouzi et al.).
 
 The default backend of :class:`vdc_torch.index.HammingIndex` for large searches: at 1M reference x 100k queries
-(radius 12) it measured ~7 s against ~22 s for faiss ``IndexBinaryFlat`` (2 threads) and ~10 min for faiss
-``IndexBinaryMultiHash`` on this 2-core machine (``benchmarks/speed_matching.py``). Exact: identical to brute force.
+(radius 12) the numpy loop measured ~7 s against ~22 s for faiss ``IndexBinaryFlat`` (2 threads) and ~10 min for
+faiss ``IndexBinaryMultiHash`` on this 2-core machine (``benchmarks/speed_matching.py``); the same probe loop compiled
+with numba (``_mih_numba.py``, used where the numpy loop is predicted to take over a second) 1.5-2.5 s. Exact:
+identical to brute force, whichever loop.
 """
 
 from __future__ import annotations
@@ -44,10 +46,14 @@ def chunk_thresholds(widths: tuple[int, ...], radius: int) -> list[int]:
     return t
 
 
-#: Cost model of the prototype, measured on this machine (2 cores, busy): nanoseconds per probed bucket
+#: Cost model of the numpy loop, measured on this machine (2 cores, busy): nanoseconds per probed bucket
 #: by chunk width (the offsets table is 512 KiB at 16 bits and 32 MiB at 22 bits, so wide chunks miss the
 #: cache), per candidate checked, and per code and chunk to build; faiss IndexBinaryFlat on 2 threads costs
-#: about FLAT_PAIR_NS per (code, query) pair. See the "configurations" table of the benchmark.
+#: about FLAT_PAIR_NS per (code, query) pair. See the "configurations" table of the benchmark. It also picks the
+#: widths of the compiled loop: re-measured there (every choice, random codes, 2 threads), the same widths were the
+#: fastest — 13 x 5 at 100k codes (6-7 us per query against 8-21 for 16 x 4), 16 x 4 at 1M and 1.35M (23-30 us
+#: against 35-50 for 13 x 5 and 76-104 for 3 chunks, whose 12k probes per query miss the cache even prefetched) —
+#: and at 27M codes (22, 22, 20) and (22, 21, 21) measured alike (22.2-24.9 s for 95k queries, interleaved).
 MIH_PROBE_NS = ((17, 13.0), (20, 20.0), (26, 45.0))  # (max chunk bits, ns per probe)
 MIH_CANDIDATE_NS = 2.5
 MIH_BUILD_NS = 100.0
@@ -58,6 +64,18 @@ BUILD_BLOCK = 1 << 20
 #: images (27M codes, radius 10: budgets (3, 3, 2), so the chunk probed to 2 flips is the narrow one; 28.5k
 #: candidates per query against 34.6k for (22, 21, 21), 370 against 410 us per query measured).
 WIDTH_CHOICES = ((22, 21, 21), (22, 22, 20), (16, 16, 16, 16), (13, 13, 13, 13, 12), (11, 11, 11, 11, 10, 10))
+
+
+#: Engines of :meth:`MultiIndexHashing.search`.
+MIH_ENGINES = ("auto", "numba", "numpy")
+#: Searches whose numpy loop is predicted to take longer than this use the compiled loop: the first compiled search of
+#: a process imports numba and loads its cached kernels, 0.9-1.6 s measured on this machine (busy), so below this
+#: numpy is as fast all in (and a fresh install's first compilation, ~10 s, is only paid by a large search).
+COMPILED_MIN_NS = 1e9
+#: Queries per block of the compiled loop (blocks run in parallel; a block's reads stay in 1/blocks of the table).
+COMPILED_BLOCK_QUERIES = 512
+#: Pairs a block of the compiled loop has room for before it is searched again alone (~1 pair per query is usual).
+COMPILED_BLOCK_PAIRS = 4 * COMPILED_BLOCK_QUERIES
 
 
 def mih_query_ns(widths: tuple[int, ...], n_codes: int, radius: int) -> float:
@@ -88,6 +106,12 @@ def prefer_mih(n_codes: int, n_queries: int, radius: int) -> bool:
     widths = best_widths(n_codes, radius)
     mih = n_queries * mih_query_ns(widths, n_codes, radius) + n_codes * len(widths) * MIH_BUILD_NS
     return mih < n_queries * n_codes * FLAT_PAIR_NS
+
+
+def prefer_compiled(n_codes: int, n_queries: int, radius: int, widths: tuple[int, ...] | None = None) -> bool:
+    """True when the numpy probe loop is predicted to take longer than :data:`COMPILED_MIN_NS` for this search."""
+    widths = widths or best_widths(n_codes, radius)
+    return n_queries * mih_query_ns(widths, n_codes, radius) > COMPILED_MIN_NS
 
 
 class MultiIndexHashing:
@@ -123,17 +147,22 @@ class MultiIndexHashing:
         if widths is not None:
             self._build(tuple(int(w) for w in widths))
 
-    def _build(self, widths: tuple[int, ...]) -> None:
-        """Sort the codes by each chunk (done once, at construction or at the first search)."""
+    def _build(self, widths: tuple[int, ...], compiled: bool = False) -> None:
+        """Sort the codes by each chunk (done once, at construction or at the first search; ``compiled``: with the
+        numba counting sort, for the searches that use the compiled loop)."""
         self.widths = widths
         self._chunks = []
         shift = 0
         for i, bits in enumerate(self.widths):
-            if self.low_memory and i > 0:  # built by search(), for its pass only
+            if self.low_memory and (i > 0 or compiled):  # built by search(), for its pass only
                 self._chunks.append((shift, bits, None, None, None))
                 shift += bits
                 continue
-            order, offsets = self._chunk_order(shift, bits)
+            if compiled and i > 0 and not self.low_memory:  # codes in chunk order directly, no permutation
+                self._chunks.append((shift, bits, None, *self._chunk_codes(shift, bits)))
+                shift += bits
+                continue
+            order, offsets = self._chunk_order(shift, bits, compiled)
             if self.low_memory:  # the first chunk's permutation and offsets stay (row look-ups); not its codes
                 self._chunks.append((shift, bits, order, None, offsets))
                 shift += bits
@@ -168,18 +197,25 @@ class MultiIndexHashing:
         which, rows = which[same], rows[same]
         return qrow[which], rows, dist[which]
 
-    def _chunk_order(self, shift: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    def _chunk_order(self, shift: int, bits: int, compiled: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The stable order of the codes by one chunk's value and its offsets table, by a blocked counting sort.
 
         Identical to ``np.argsort(key, kind="stable")`` but without any full-length key or int64 permutation: the
         bucket sizes are counted block by block, then each block is sorted on its own and its rows are written
         to the next free places of their buckets. For the 27M crop codes of 1M images this avoids ~650 MB of
         temporaries per chunk (int64 keys, the int64 argsort, the shifted and masked uint64 copies) and is
-        faster than one global merge sort.
+        faster than one global merge sort. ``compiled``: the same order by the numba counting sort of
+        ``vdc_torch._mih_numba`` (one pass to count, one to place; ~20x faster at 27M codes).
         """
         n = len(self.codes)
         # int32 offsets below 2**31 codes: 16 MB instead of 32 MB per 22-bit chunk
         offsets = np.zeros((1 << bits) + 1, dtype=np.int32 if n < 2**31 else np.int64)
+        if compiled:
+            from ._mih_numba import chunk_table
+
+            order = np.empty(n, dtype=np.int32 if n < 2**31 else np.int64)
+            chunk_table(self.codes, shift, bits, offsets, order, np.zeros(0, np.uint64))
+            return order, offsets
         for start in range(0, n, BUILD_BLOCK):
             offsets[1:] += np.bincount(self._key(self.codes[start : start + BUILD_BLOCK], shift, bits),
                                        minlength=1 << bits)
@@ -198,6 +234,21 @@ class MultiIndexHashing:
             cursor[key[first]] += run
         return order, offsets
 
+    def _chunk_codes(self, shift: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
+        """The codes in one chunk's order and its offsets table, by the numba counting sort, with no permutation.
+
+        What the compiled loop needs of a chunk other than the first: the rows of its (rare) pairs are looked up by
+        value in the first chunk. For the 27M crop codes of 1M images this saves the 108 MB permutation and the
+        16 MB cursor of a low_memory pass.
+        """
+        from ._mih_numba import chunk_table
+
+        n = len(self.codes)
+        offsets = np.zeros((1 << bits) + 1, dtype=np.int32 if n < 2**31 else np.int64)
+        chunk_codes = np.empty(n, dtype=np.uint64)
+        chunk_table(self.codes, shift, bits, offsets, np.zeros(0, offsets.dtype), chunk_codes)
+        return chunk_codes, offsets
+
     @staticmethod
     def _key(codes: np.ndarray, shift: int, bits: int) -> np.ndarray:
         return ((codes >> np.uint64(shift)) & np.uint64((1 << bits) - 1)).astype(np.int64)
@@ -208,80 +259,195 @@ class MultiIndexHashing:
         return sum(sum(0 if a is None else a.nbytes for a in (o, c, f)) for _, _, o, c, f in self._chunks)
 
     def search(
-        self, queries: np.ndarray, radius: int, *, step_candidates: int = 1 << 18
+        self, queries: np.ndarray, radius: int, *, step_candidates: int = 1 << 18, engine: str = "auto"
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """All ``(query_row, code_row, distance)`` with Hamming distance ``<= radius`` (unsorted)."""
+        """All ``(query_row, code_row, distance)`` with Hamming distance ``<= radius`` (unsorted).
+
+        ``engine``: ``"numba"`` (the compiled probe loop of ``vdc_torch._mih_numba``), ``"numpy"``, or ``"auto"``:
+        numba where the numpy loop is predicted to take longer than :data:`COMPILED_MIN_NS` (so small searches never
+        import numba), numpy otherwise. Both return the same pairs.
+        """
         queries = np.ascontiguousarray(queries, dtype=np.uint64).reshape(-1)
         out_q: list[np.ndarray] = []
         out_c: list[np.ndarray] = []
         out_d: list[np.ndarray] = []
         self.last_candidates = self.last_probes = 0
+        if engine not in MIH_ENGINES:
+            raise ValueError(f"engine={engine!r} must be one of {MIH_ENGINES}")
         if len(queries) == 0 or len(self.codes) == 0 or radius < 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
+        widths = self.widths or best_widths(len(self.codes), radius)
+        if engine == "auto":
+            engine = "numba" if prefer_compiled(len(self.codes), len(queries), radius, widths) else "numpy"
         if self.widths is None:
-            self._build(best_widths(len(self.codes), radius))
+            self._build(widths, compiled=engine == "numba")
+        if engine == "numpy" and self.low_memory and self._chunks[0][2] is None:  # built for the compiled loop
+            bits0 = self._chunks[0][1]
+            order0, offsets0 = self._chunk_order(0, bits0)  # the numpy loop finds rows through the first chunk
+            self._chunks[0] = (0, bits0, order0, None, offsets0)
         thresholds = chunk_thresholds(self.widths, radius)
         qkeys = [self._key(queries, shift, bits) for shift, bits, *_ in self._chunks]
+        # the compiled loop in low_memory mode keeps no permutation at all: every pass reports code values, whose rows
+        # one scan of the codes finds at the end (_expand_values); 124 MB less for the 27M crop codes of 1M images
+        by_value = engine == "numba" and self.low_memory
         for i, (shift, bits, order, chunk_codes, offsets) in enumerate(self._chunks):
             if thresholds[i] < 0:
                 continue
             if chunk_codes is None:  # low_memory: this chunk's table for this pass only
-                if order is None:
-                    order, offsets = self._chunk_order(shift, bits)
-                chunk_codes = self.codes[order]
-                if i > 0:
+                if by_value:
                     order = None
+                    chunk_codes, offsets = self._chunk_codes(shift, bits)
+                else:
+                    if order is None:
+                        order, offsets = self._chunk_order(shift, bits)
+                    chunk_codes = self.codes[order]
+                    if i > 0:
+                        order = None
             masks = flip_masks(bits, thresholds[i])
             earlier = [j for j in range(i) if thresholds[j] >= 0]
             qorder = np.argsort(qkeys[i], kind="stable")
-            qk, qc = qkeys[i][qorder], queries[qorder]
-            per_bucket = max(len(self.codes) / float(1 << bits), 1.0 / 16)
-            probes_per_step = max(1024, int(step_candidates / per_bucket))
-            nq = min(len(qk), probes_per_step)
-            nm = max(1, probes_per_step // nq)
-            for m0 in range(0, len(masks), nm):
-                mblock = masks[m0 : m0 + nm]
-                for q0 in range(0, len(qk), nq):
-                    qkb, qcb = qk[q0 : q0 + nq], qc[q0 : q0 + nq]
-                    probe = (qkb[None, :] ^ mblock[:, None]).ravel()  # mask-major: reads stay local
-                    lo = offsets[probe]
-                    cnt = offsets[probe + 1] - lo
-                    ends = np.cumsum(cnt)
-                    total = int(ends[-1])
-                    self.last_probes += len(probe)
-                    self.last_candidates += total
-                    if total == 0:
-                        continue
-                    pos = np.arange(total, dtype=np.int64) + np.repeat((lo - ends + cnt).astype(np.int64), cnt)
-                    dist = np.bitwise_count(chunk_codes[pos] ^ np.repeat(np.tile(qcb, len(mblock)), cnt))
-                    hit = np.flatnonzero(dist <= radius)
-                    if len(hit) == 0:
-                        continue
-                    probe_row = np.searchsorted(ends, hit, side="right")
-                    qrow = qorder[q0 + probe_row % len(qkb)]
-                    pos, dist = pos[hit], dist[hit]
-                    if earlier:  # reported by an earlier chunk already?
-                        found_codes = chunk_codes[pos]
-                        keep = np.ones(len(hit), dtype=bool)
-                        for j in earlier:
-                            shift_j, bits_j = self._chunks[j][0], self._chunks[j][1]
-                            d_j = np.bitwise_count(self._key(found_codes, shift_j, bits_j) ^ qkeys[j][qrow])
-                            keep &= d_j > thresholds[j]
-                        qrow, pos, dist = qrow[keep], pos[keep], dist[keep]
-                    if order is None:
-                        qrow, rows, dist = self._rows_of_values(chunk_codes[pos], qrow, dist)
-                    else:
-                        rows = order[pos]
-                    out_q.append(qrow)
-                    out_c.append(rows)
-                    out_d.append(dist)
+            args = (queries, qkeys, qorder, radius, thresholds, earlier, i, masks, order, chunk_codes, offsets)
+            if engine == "numba":
+                found = self._probe_compiled(*args, by_value=by_value)
+            else:
+                found = self._probe_numpy(*args, step_candidates=step_candidates)
+            for qrow, rows, dist in found:
+                out_q.append(qrow)
+                out_c.append(rows)
+                out_d.append(dist)
+            # a low_memory pass's tables (~0.3 GB for 27M codes) must be gone before the next pass builds its own
+            del args, order, chunk_codes, offsets
         if not out_q:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
+        if by_value:
+            return self._expand_values(np.concatenate(out_q), np.concatenate(out_c), np.concatenate(out_d))
         return (
             np.concatenate(out_q).astype(np.int64),
             np.concatenate(out_c).astype(np.int64),
             np.concatenate(out_d).astype(np.int32),
         )
+
+    def _expand_values(
+        self, qrow: np.ndarray, values: np.ndarray, dist: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(query_row, value, distance)`` (each pair once) -> ``(query_row, code_row, distance)`` for every code row
+        holding the value, by one pass over the codes (``_mih_numba.rows_of_values``)."""
+        from ._mih_numba import rows_of_values
+
+        unique = np.unique(values)
+        index = np.empty(len(unique), np.int64)
+        rows = np.empty(len(unique), np.int64)
+        n = rows_of_values(self.codes, unique, index, rows)
+        if n > len(rows):  # values held by several rows: again with room for all
+            index, rows = np.empty(n, np.int64), np.empty(n, np.int64)
+            rows_of_values(self.codes, unique, index, rows)
+        index, rows = index[:n], rows[:n]
+        by = np.argsort(index, kind="stable")
+        rows = rows[by]
+        count = np.bincount(index, minlength=len(unique))
+        first = np.cumsum(count) - count
+        which = np.searchsorted(unique, values)
+        cnt = count[which]
+        ends = np.cumsum(cnt)
+        pos = np.arange(int(ends[-1]) if len(ends) else 0, dtype=np.int64) + np.repeat(first[which] - ends + cnt, cnt)
+        return np.repeat(qrow, cnt).astype(np.int64), rows[pos], np.repeat(dist, cnt).astype(np.int32)
+
+    def _probe_numpy(
+        self, queries: np.ndarray, qkeys: list[np.ndarray], qorder: np.ndarray, radius: int, thresholds: list[int],
+        earlier: list[int], i: int, masks: np.ndarray, order: np.ndarray | None, chunk_codes: np.ndarray,
+        offsets: np.ndarray, *, step_candidates: int,
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Chunk ``i``'s probes in numpy, in steps of about ``step_candidates`` candidates."""
+        found = []
+        bits = self._chunks[i][1]
+        qk, qc = qkeys[i][qorder], queries[qorder]
+        per_bucket = max(len(self.codes) / float(1 << bits), 1.0 / 16)
+        probes_per_step = max(1024, int(step_candidates / per_bucket))
+        nq = min(len(qk), probes_per_step)
+        nm = max(1, probes_per_step // nq)
+        for m0 in range(0, len(masks), nm):
+            mblock = masks[m0 : m0 + nm]
+            for q0 in range(0, len(qk), nq):
+                qkb, qcb = qk[q0 : q0 + nq], qc[q0 : q0 + nq]
+                probe = (qkb[None, :] ^ mblock[:, None]).ravel()  # mask-major: reads stay local
+                lo = offsets[probe]
+                cnt = offsets[probe + 1] - lo
+                ends = np.cumsum(cnt)
+                total = int(ends[-1])
+                self.last_probes += len(probe)
+                self.last_candidates += total
+                if total == 0:
+                    continue
+                pos = np.arange(total, dtype=np.int64) + np.repeat((lo - ends + cnt).astype(np.int64), cnt)
+                dist = np.bitwise_count(chunk_codes[pos] ^ np.repeat(np.tile(qcb, len(mblock)), cnt))
+                hit = np.flatnonzero(dist <= radius)
+                if len(hit) == 0:
+                    continue
+                probe_row = np.searchsorted(ends, hit, side="right")
+                qrow = qorder[q0 + probe_row % len(qkb)]
+                pos, dist = pos[hit], dist[hit]
+                if earlier:  # reported by an earlier chunk already?
+                    found_codes = chunk_codes[pos]
+                    keep = np.ones(len(hit), dtype=bool)
+                    for j in earlier:
+                        shift_j, bits_j = self._chunks[j][0], self._chunks[j][1]
+                        d_j = np.bitwise_count(self._key(found_codes, shift_j, bits_j) ^ qkeys[j][qrow])
+                        keep &= d_j > thresholds[j]
+                    qrow, pos, dist = qrow[keep], pos[keep], dist[keep]
+                if order is None:
+                    found.append(self._rows_of_values(chunk_codes[pos], qrow, dist))
+                else:
+                    found.append((qrow, order[pos], dist))
+        return found
+
+    def _probe_compiled(
+        self, queries: np.ndarray, qkeys: list[np.ndarray], qorder: np.ndarray, radius: int, thresholds: list[int],
+        earlier: list[int], i: int, masks: np.ndarray, order: np.ndarray | None, chunk_codes: np.ndarray,
+        offsets: np.ndarray, *, by_value: bool = False,
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Chunk ``i``'s probes in the compiled loop (``_mih_numba.probe_chunk``), blocks of queries in parallel.
+
+        ``by_value``: report the code values found instead of their rows (``_mih_numba.ROWS_VALUE``). Each block writes to its own slice of the output (:data:`COMPILED_BLOCK_PAIRS` pairs); the rare block
+        that finds more (many equal codes) is searched again alone with room for all its pairs.
+        """
+        from ._mih_numba import ROWS_LOOKUP, ROWS_PERM, ROWS_VALUE, probe_chunk
+
+        shift, bits = self._chunks[i][0], self._chunks[i][1]
+        _, first_bits, first_perm, _, first_offsets = self._chunks[0]
+        if by_value:
+            row_mode, first_perm, first_offsets = ROWS_VALUE, np.zeros(0, np.int32), np.zeros(1, np.int32)
+        else:
+            row_mode = ROWS_LOOKUP if order is None else ROWS_PERM
+        qc = queries[qorder]
+        starts = np.arange(0, len(qc), COMPILED_BLOCK_QUERIES, dtype=np.int64)
+        ends = np.minimum(starts + COMPILED_BLOCK_QUERIES, len(qc))
+        earlier_shift = np.array([self._chunks[j][0] for j in earlier], dtype=np.int64)
+        earlier_mask = np.array([(1 << self._chunks[j][1]) - 1 for j in earlier], dtype=np.uint64)
+        earlier_flips = np.array([thresholds[j] for j in earlier], dtype=np.int64)
+        perm = order if order is not None else np.zeros(0, dtype=first_perm.dtype)
+        found = []
+        capacity = np.full(len(starts), COMPILED_BLOCK_PAIRS, dtype=np.int64)
+        while len(starts):
+            out_end = np.cumsum(capacity)
+            out_start = out_end - capacity
+            total = int(out_end[-1])
+            out_q = np.empty(total, np.int64)
+            out_r = np.empty(total, np.uint64)  # rows, or code values (by_value)
+            out_d = np.empty(total, np.int32)
+            counts = np.zeros(len(starts), np.int64)
+            candidates = np.zeros(len(starts), np.int64)
+            probe_chunk(qc, qorder, starts, ends, out_start, out_end, shift, bits, masks, chunk_codes, offsets, perm,
+                        row_mode, first_offsets, first_perm, first_bits, self.codes, earlier_shift, earlier_mask,
+                        earlier_flips, radius, out_q, out_r, out_d, counts, candidates)
+            fits = counts <= capacity
+            got = np.minimum(counts, capacity)
+            keep = np.arange(total) - np.repeat(out_start, capacity) < np.repeat(np.where(fits, got, 0), capacity)
+            found.append((out_q[keep], out_r[keep], out_d[keep]))
+            self.last_probes += int(np.sum((ends - starts)[fits])) * len(masks)
+            self.last_candidates += int(np.sum(candidates[fits]))
+            # blocks that did not fit: again, alone, with room for every pair they found
+            starts, ends, capacity = starts[~fits], ends[~fits], counts[~fits]
+        return found
 
 
 #: Above this radius the flip enumeration explodes (4 x 16 bits: radius 20 -> t = (5,5,5,4), 2 * 8k masks);
