@@ -76,6 +76,17 @@ def test_round_trip_keeps_every_value_including_non_utf8_names(table: Fingerprin
     assert meta["reference_root"] == "/data/train"
 
 
+def test_a_loaded_manifest_is_read_from_other_threads(table: FingerprintTable, tmp_path: Path) -> None:
+    # feature verification runs on threads and reads details and thumbnails of a loaded reference on demand
+    from concurrent.futures import ThreadPoolExecutor
+
+    loaded, _ = load_manifest(saved(table, tmp_path))
+    expected = rows(table)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: (loaded.details[i], loaded.thumbs[i].tobytes()), list(range(len(table))) * 3))
+    assert got == [(row[12], row[11]) for row in expected] * 3
+
+
 def test_an_empty_reference_round_trips(tmp_path: Path) -> None:
     loaded, meta = load_manifest(save_manifest(tmp_path / "empty.vdc", FingerprintTable.empty(), {}))
     assert len(loaded) == 0 and meta["samples"] == 0

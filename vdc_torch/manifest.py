@@ -586,7 +586,8 @@ def _check_file(source: Path, name: str) -> None:
 def _connect_readonly(source: Path) -> sqlite3.Connection:
     """Read-only and immutable: SQLite writes nothing beside the file (no journal, no -shm, no locks)."""
     uri = Path(os.path.abspath(source)).as_uri() + "?mode=ro&immutable=1"  # percent-encodes ?, #, % and non-UTF-8
-    connection = sqlite3.connect(uri, uri=True)
+    # read from the matching threads too: every read goes through ManifestHandle's lock, one at a time
+    connection = sqlite3.connect(uri, uri=True, check_same_thread=False)
     connection.execute("PRAGMA cell_size_check=ON")
     connection.execute("PRAGMA trusted_schema=OFF")
     return connection
