@@ -78,27 +78,41 @@ def test_a_gate_check_describes_each_image_once_across_stages_and_threads(tmp_pa
     assert len(calls) >= 2 * len(names) and len(calls) == len(set(calls))  # no image described twice
 
 
-def test_ivf_lists_sized_exactly_hold_what_add_would(monkeypatch) -> None:
-    """The kNN index above KNN_EXACT_MAX_ROWS: lists reserved at their size first, the same search results as add."""
+def test_inverted_file_finds_what_faiss_ivf_finds_above_the_threshold(monkeypatch) -> None:
+    """The kNN index above KNN_EXACT_MAX_ROWS, searched list by list: faiss IndexIVFFlat's candidates (same
+    centroids, same probes), top-k of those above the similarity bound, on the coarse vectors of real photos."""
     import faiss
 
     from vdc_torch import matching
 
     monkeypatch.setattr(matching, "KNN_EXACT_MAX_ROWS", 1000)
     monkeypatch.setattr(matching, "KNN_ROWS_PER_LIST", 64)
-    monkeypatch.setattr(matching, "KNN_ADD_CHUNK", 700)  # several chunks, the last one short
+    monkeypatch.setattr(matching, "KNN_NPROBE", 4)
     rng = np.random.default_rng(4)
-    thumbs = rng.integers(0, 256, size=(5000, 32, 32, 3), dtype=np.uint8)
+    photos = [cv2.resize(decode_file(p).pixels, (160, 120), interpolation=cv2.INTER_AREA)
+              for p in sorted(EXIF_JPG.glob("*.jpg"))[:12] if p.name != "corrupted.jpg"]
+    thumbs = []
+    for i in range(3000):  # 32x32 windows of real photos at random places: related, not identical, vectors
+        photo = photos[i % len(photos)]
+        y, x = rng.integers(0, 120 - 48), rng.integers(0, 160 - 48)
+        thumbs.append(cv2.resize(photo[y : y + 48, x : x + 48], (32, 32), interpolation=cv2.INTER_AREA))
+    thumbs = np.stack(thumbs)
     index = matching._coarse_index(thumbs)
+    assert isinstance(index, matching.InvertedFileIP) and index.nlist == 3000 // 64
     vectors = matching.coarse_vectors(thumbs)
-    plain = faiss.IndexIVFFlat(faiss.IndexFlatIP(64), 64, index.nlist, faiss.METRIC_INNER_PRODUCT)
-    plain.cp.seed = 1234
-    sample = np.sort(np.random.default_rng(0).choice(len(thumbs), size=len(thumbs), replace=False))
-    plain.train(vectors[sample])
-    plain.nprobe = index.nprobe
-    for start in range(0, len(vectors), 700):
-        plain.add(vectors[start : start + 700])
-    assert index.ntotal == plain.ntotal == len(thumbs)
-    queries = vectors[::7] + rng.normal(0, 0.05, size=vectors[::7].shape).astype(np.float32)
-    for got, expected in zip(index.search(queries, 3), plain.search(queries, 3)):
-        assert np.array_equal(got, expected)
+    ivf = faiss.IndexIVFFlat(index.quantizer, 64, index.nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.is_trained = True
+    ivf.add(vectors)
+    ivf.nprobe = index.nprobe
+    queries = vectors[::5] + rng.normal(0, 0.02, size=vectors[::5].shape).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    q, r, sim = index.search_above(queries, 3, 0.9)
+    sims, ids = ivf.search(queries, 3)
+    expected = {(i, int(j)) for i in range(len(queries)) for j, v in zip(ids[i], sims[i]) if j >= 0 and v >= 0.9}
+    got = set(zip(q.tolist(), r.tolist()))
+    assert len(expected) > len(queries) // 2 and len(got ^ expected) <= len(expected) // 100  # rounding ties only
+    for i in range(len(queries)):  # the same similarities, whichever of two tied rows was kept
+        ours = np.sort(sim[q == i])
+        theirs = np.sort(sims[i][(ids[i] >= 0) & (sims[i] >= 0.9)])
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    np.testing.assert_allclose(sim, [float(vectors[j] @ queries[i]) for i, j in zip(q, r)], atol=1e-5)

@@ -10,7 +10,7 @@ measured 3x (numpy) and ~10x (numba) faster than faiss flat at 1M x 100k.
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -146,3 +146,90 @@ class HammingIndex:
         lims, dist, ids = index.range_search(uint64_to_bytes(queries), radius + 1)  # faiss: strictly below
         q = np.repeat(np.arange(len(queries)), np.diff(lims.astype(np.int64)))
         return q.astype(np.int64), ids.astype(np.int64), dist.astype(np.int32)
+
+
+#: Queries compared with one inverted list at a time (bounds the similarity block to ``QUERY_BLOCK x list size``).
+QUERY_BLOCK = 2048
+
+
+class InvertedFileIP:
+    """Approximate nearest neighbours by inner product over unit vectors: an inverted file searched list by list.
+
+    Each vector belongs to the list of its nearest centroid; a query is compared with the vectors of its
+    ``nprobe`` nearest lists, the same candidates as faiss ``IndexIVFFlat``. The search goes list-major: all
+    queries that probe a list are compared with it in one matrix product (BLAS), where faiss reads every probed
+    list again for each query; at 1M x 64-d reference vectors, 976 lists and 95k queries probing 16 each, that is
+    ~400 GB of list reads against one pass, 11 s against 24 s. Vectors are kept sorted by list (4 B per dimension).
+    """
+
+    def __init__(self, centroids: np.ndarray, nprobe: int) -> None:
+        import faiss
+
+        centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        nlist = len(centroids)
+        self.quantizer = faiss.IndexFlatIP(centroids.shape[1])  # nearest centroids by inner product, as IVF does
+        self.quantizer.add(centroids)
+        self.nlist = int(nlist)
+        self.nprobe = int(min(nprobe, nlist))
+        self.vectors = np.zeros((0, 0), np.float32)
+        self.rows = np.zeros(0, np.int64)  # original row of each sorted vector
+        self.bounds = np.zeros(self.nlist + 1, np.int64)  # list l holds sorted vectors bounds[l]:bounds[l+1]
+
+    def _lists(self, vectors: np.ndarray, nprobe: int) -> np.ndarray:
+        _, lists = self.quantizer.search(np.ascontiguousarray(vectors, dtype=np.float32), nprobe)
+        return lists
+
+    def build(self, n: int, dim: int, read: Callable[[int, int], np.ndarray]) -> None:
+        """Assign ``n`` vectors to their lists and store them sorted by list.
+
+        ``read(start, stop)`` returns rows ``start:stop`` (float32, ``dim`` wide); it is called twice per chunk (to
+        assign, then to place), so a column read from a manifest is never held twice in memory.
+        """
+        lists = np.empty(n, np.int64)
+        for start in range(0, n, QUERY_BLOCK * 8):
+            lists[start : start + QUERY_BLOCK * 8] = self._lists(read(start, min(n, start + QUERY_BLOCK * 8)), 1)[:, 0]
+        order = np.argsort(lists, kind="stable")
+        place = np.empty(n, np.int64)
+        place[order] = np.arange(n)
+        self.vectors = np.empty((n, dim), np.float32)
+        for start in range(0, n, QUERY_BLOCK * 8):
+            stop = min(n, start + QUERY_BLOCK * 8)
+            self.vectors[place[start:stop]] = read(start, stop)
+        self.rows = order
+        self.bounds = np.searchsorted(lists[order], np.arange(self.nlist + 1))
+
+    def search_above(self, queries: np.ndarray, k: int, min_similarity: float) -> tuple[np.ndarray, ...]:
+        """The ``k`` most similar vectors of each query among its probed lists, of those ``>= min_similarity``.
+
+        Returns flat arrays ``(query_row, vector_row, similarity)``, best first within each query (ties: lower row).
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        probes = self._lists(queries, self.nprobe).reshape(-1)
+        owner = np.repeat(np.arange(len(queries)), self.nprobe)
+        keep = probes >= 0
+        probes, owner = probes[keep], owner[keep]
+        by_list = np.argsort(probes, kind="stable")
+        probes, owner = probes[by_list], owner[by_list]
+        starts = np.searchsorted(probes, np.arange(self.nlist + 1))
+        found_q, found_r, found_s = [], [], []
+        for lst in np.flatnonzero(np.diff(starts)).tolist():
+            lo, hi = int(self.bounds[lst]), int(self.bounds[lst + 1])
+            if hi == lo:
+                continue
+            members = self.vectors[lo:hi]
+            for q0 in range(starts[lst], starts[lst + 1], QUERY_BLOCK):
+                who = owner[q0 : min(starts[lst + 1], q0 + QUERY_BLOCK)]
+                sims = queries[who] @ members.T
+                i, j = np.nonzero(sims >= min_similarity)
+                found_q.append(who[i])
+                found_r.append(self.rows[lo + j])
+                found_s.append(sims[i, j])
+        if not found_q:
+            empty = np.zeros(0, np.int64)
+            return empty, empty, np.zeros(0, np.float32)
+        q, r, s = np.concatenate(found_q), np.concatenate(found_r), np.concatenate(found_s)
+        order = np.lexsort((r, -s, q))
+        q, r, s = q[order], r[order], s[order]
+        rank = np.arange(len(q)) - np.searchsorted(q, q)  # place within its query's run
+        best = rank < k
+        return q[best], r[best], s[best]

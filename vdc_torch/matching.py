@@ -36,7 +36,7 @@ from .fingerprint import (
     default_workers,
     single_threaded_opencv,
 )
-from .index import ExactIndex, HammingIndex
+from .index import ExactIndex, HammingIndex, InvertedFileIP
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +128,10 @@ THUMB_BLOCK = 4096
 class ThumbVerifier:
     """Thumbnail checks for candidate pairs, vectorised over the pairs (only candidate rows are touched)."""
 
-    def __init__(self, new: FingerprintTable, ref: FingerprintTable, config: MatchConfig) -> None:
+    def __init__(self, new_thumbs: Any, ref_thumbs: Any, config: MatchConfig) -> None:
         self.config = config
-        self.new_thumbs = new.thumbs
-        self.ref_thumbs = ref.thumbs
+        self.new_thumbs = new_thumbs  # arrays, or stored columns read on demand
+        self.ref_thumbs = ref_thumbs
 
     @staticmethod
     def _in_blocks(method: Any, q: np.ndarray, r: np.ndarray, mirror: bool) -> np.ndarray:
@@ -164,6 +164,24 @@ class ThumbVerifier:
         difference = np.abs(new_chroma - ref_chroma).sum(axis=3).mean(axis=(1, 2))
         ncc = np.where(colourful & (difference > self.config.max_color_difference), -1.0, ncc)
         return ncc.astype(np.float32)
+
+    def similarities(self, q: np.ndarray, r: np.ndarray, mirror: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(similarity, detail_similarity)`` of pairs ``(q[i], r[i])``, each pair's thumbnails read once.
+
+        At 1M stored references most of the pHash stage's time went into reading the same random thumbnail rows
+        from the manifest twice, once per similarity.
+        """
+        sims, fines = [np.zeros(0, np.float32)], [np.zeros(0, np.float32)]
+        for start in range(0, len(q), THUMB_BLOCK):
+            block = slice(start, start + THUMB_BLOCK)
+            new_rows, new_inverse = np.unique(q[block], return_inverse=True)
+            ref_rows, ref_inverse = np.unique(r[block], return_inverse=True)
+            # the same checks, on this block's thumbnails only (read once)
+            verifier = ThumbVerifier(np.asarray(self.new_thumbs[new_rows]), np.asarray(self.ref_thumbs[ref_rows]),
+                                     self.config)
+            sims.append(verifier.similarity(new_inverse, ref_inverse, mirror))
+            fines.append(verifier.detail_similarity(new_inverse, ref_inverse, mirror))
+        return np.concatenate(sims), np.concatenate(fines)
 
     def detail_similarity(self, q: np.ndarray, r: np.ndarray, mirror: bool = False) -> np.ndarray:
         """NCC of the high-pass thumbnails (fine structure) for pairs ``(q[i], r[i])``."""
@@ -293,7 +311,7 @@ def match_tables(
         keep = allowed(q, r)
         add(_first_per_query(_rows(q[keep], r[keep], "exact", method, 1.0, f"identical {method}")))
 
-    verifier = ThumbVerifier(new, ref, config)
+    verifier = ThumbVerifier(new.thumbs, ref.thumbs, config)
 
     # 3. EXIF identity confirmed by pixels
     pairs = np.asarray(ExactIndex(ref.exif_identity).pairs(new.exif_identity), dtype=np.int64).reshape(-1, 2)
@@ -315,8 +333,7 @@ def match_tables(
         if same_table and mirror:
             keep &= q != r
         q, r, dist = q[keep], r[keep], dist[keep]
-        sim = verifier.similarity(q, r, mirror=mirror)
-        fine = verifier.detail_similarity(q, r, mirror=mirror)
+        sim, fine = verifier.similarities(q, r, mirror=mirror)
         near = (sim >= config.near_duplicate_similarity) & (fine >= config.min_detail_similarity)
         similar = ~near & (sim >= config.similar_similarity)
         method = "mirror" if mirror else "phash"
@@ -548,8 +565,9 @@ def _coarse_index(ref_thumbs: Any) -> Any:
     32 / 64, and 1.00 for exact copies at every nprobe; 16 is the smallest with recall >= 0.95 (~25x less work than
     flat). Recall of *far* neighbours (random thumbnails, correlation ~0.56) is only 0.3-0.5 at nprobe 16, and
     irrelevant: they are dropped by ``knn_min_similarity`` anyway.
-    The coarse vectors are added in chunks, so a manifest's column is never held twice in memory; the inverted
-    lists are sized exactly first (:func:`_add_to_exact_lists`).
+    The inverted file is searched list by list (``index.InvertedFileIP``: the candidates of faiss ``IndexIVFFlat``
+    with the same centroids, 2x faster at 1M); the coarse vectors are read in chunks, so a manifest's column is
+    never held twice in memory.
     """
     import faiss
 
@@ -560,40 +578,13 @@ def _coarse_index(ref_thumbs: Any) -> Any:
             index.add(table_coarse_vectors(ref_thumbs, slice(start, start + KNN_ADD_CHUNK)))
         return index
     nlist = int(min(4096, max(1, n // KNN_ROWS_PER_LIST)))
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(64), 64, nlist, faiss.METRIC_INNER_PRODUCT)
+    trainer = faiss.IndexIVFFlat(faiss.IndexFlatIP(64), 64, nlist, faiss.METRIC_INNER_PRODUCT)
     sample = np.sort(np.random.default_rng(0).choice(n, size=min(n, KNN_TRAIN_ROWS), replace=False))
-    index.cp.seed = 1234
-    index.train(table_coarse_vectors(ref_thumbs, sample))
-    index.nprobe = min(nlist, KNN_NPROBE)
-    _add_to_exact_lists(index, ref_thumbs)
+    trainer.cp.seed = 1234
+    trainer.train(table_coarse_vectors(ref_thumbs, sample))  # k-means: the lists' centroids
+    index = InvertedFileIP(trainer.quantizer.reconstruct_n(0, nlist), KNN_NPROBE)
+    index.build(n, 64, lambda start, stop: table_coarse_vectors(ref_thumbs, slice(start, stop)))
     return index
-
-
-def _add_to_exact_lists(index: Any, ref_thumbs: Any) -> None:
-    """``index.add`` of every coarse vector in chunks, with each inverted list allocated at its final size first.
-
-    ``add`` appends to the lists one vector at a time, so they grow by doubling and end ~1.5x their size: 0.36 GB
-    for the 0.26 GB of vectors of 1M references, against 0.23 GB here. The lists of every vector are computed
-    first (``quantizer.assign``, as ``add`` does), each list reserved at its size, then the vectors added with those
-    lists (``add_core``): the same lists, in the same order, as ``add`` (searches checked identical at 1M rows).
-    Costs one more read of the coarse vectors (~1 s at 1M rows).
-    """
-    import faiss
-
-    n = len(ref_thumbs)
-    lists = np.empty(n, dtype=np.int64)
-    for start in range(0, n, KNN_ADD_CHUNK):
-        lists[start : start + KNN_ADD_CHUNK] = index.quantizer.assign(
-            table_coarse_vectors(ref_thumbs, slice(start, start + KNN_ADD_CHUNK)), 1
-        )[:, 0]
-    invlists = faiss.downcast_InvertedLists(index.invlists)
-    for list_no, size in enumerate(np.bincount(lists, minlength=index.nlist).tolist()):
-        invlists.resize(list_no, size)  # allocates exactly this many entries ...
-        invlists.resize(list_no, 0)  # ... and keeps them allocated while empty
-    for start in range(0, n, KNN_ADD_CHUNK):
-        vectors = table_coarse_vectors(ref_thumbs, slice(start, start + KNN_ADD_CHUNK))
-        chunk_lists = np.ascontiguousarray(lists[start : start + len(vectors)])
-        index.add_core(len(vectors), faiss.swig_ptr(vectors), None, faiss.swig_ptr(chunk_lists))
 
 
 def _nearest_thumbnails(
@@ -609,10 +600,15 @@ def _nearest_thumbnails(
         return empty, empty, empty, False, True
     index = _coarse_index(ref.thumbs)
     k = min(len(ref), config.knn_candidates + (1 if same_table else 0))
-    sims, ids = index.search(table_coarse_vectors(new.thumbs, rows), k)
+    queries = table_coarse_vectors(new.thumbs, rows)
+    if isinstance(index, InvertedFileIP):
+        found, r, sim = index.search_above(queries, k, config.knn_min_similarity)
+        q = rows[found]
+    else:
+        sims, ids = index.search(queries, k)
+        q = np.repeat(rows, k)
+        r, sim = ids.reshape(-1).astype(np.int64), sims.reshape(-1)
     del index
-    q = np.repeat(rows, k)
-    r, sim = ids.reshape(-1).astype(np.int64), sims.reshape(-1)
     keep = (r >= 0) & (sim >= config.knn_min_similarity)
     if same_table:
         keep &= r < q
