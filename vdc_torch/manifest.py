@@ -44,7 +44,7 @@ import numpy as np
 
 from .errors import ManifestError
 from .fingerprint import CROP_BOXES, FINGERPRINT_VERSION, THUMB_SIDE, FingerprintTable
-from .stored import ManifestHandle, PartStream, StoredRows, part_digest
+from .stored import ManifestHandle, PartStream, StoredRows, part_digest, part_matches
 
 try:  # POSIX; elsewhere saves are not locked against each other (the rename still keeps them atomic)
     import fcntl
@@ -705,7 +705,7 @@ def _read_v2(
         chunks = []
         for rowid, _, digest in parts[column]:
             (data,) = connection.execute("SELECT data FROM parts WHERE id = ?", (rowid,)).fetchone()
-            if not isinstance(data, bytes) or part_digest(data) != digest:
+            if not isinstance(data, bytes) or not part_matches([data], digest):
                 raise ManifestError(
                     f"{name} is corrupted: column {column!r} does not match its checksum (damaged or edited)"
                 )

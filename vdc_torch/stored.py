@@ -16,7 +16,8 @@ import hashlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,29 @@ from .errors import ManifestError
 _VERIFY_CHUNK = 1 << 22
 
 
+#: Prefix of the part checksums written now. CRC-32 is what zip, gzip and PNG guard their data with: it catches
+#: damage (every burst of up to 32 bits, any other change but for 1 in 4 billion) at ~3 GB/s, where BLAKE2b ran at
+#: ~0.5 GB/s and verifying the 3 GB thumbnail column of a 1M-image manifest took 7 s of a 62 s match. No checksum
+#: without a key stops a deliberate edit, so nothing was given up. Parts saved before carry a bare BLAKE2b hex.
+_CRC_PREFIX = "crc32:"
+
+
 def part_digest(data: bytes | memoryview) -> str:
-    """Digest of one stored part (hex BLAKE2b-128)."""
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+    """Checksum of one stored part, as saved: ``crc32:`` and 8 hex digits."""
+    return f"{_CRC_PREFIX}{zlib.crc32(data):08x}"
+
+
+def part_matches(chunks: Iterable[bytes | memoryview], expected: str) -> bool:
+    """True when the part read as ``chunks`` has the checksum ``expected`` (CRC-32, or BLAKE2b of older saves)."""
+    if expected.startswith(_CRC_PREFIX):
+        crc = 0
+        for chunk in chunks:
+            crc = zlib.crc32(chunk, crc)
+        return f"{_CRC_PREFIX}{crc:08x}" == expected
+    h = hashlib.blake2b(digest_size=16)
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest() == expected
 
 
 class ManifestHandle:
@@ -66,11 +87,9 @@ class ManifestHandle:
                 if rowid not in self._verified:
                     if len(blob) != length:
                         raise ManifestError(f"{self.name} is corrupted: a stored part changed size after loading")
-                    h = hashlib.blake2b(digest_size=16)
                     blob.seek(0)
-                    for start in range(0, length, _VERIFY_CHUNK):
-                        h.update(blob.read(min(_VERIFY_CHUNK, length - start)))
-                    if h.hexdigest() != expected:
+                    chunks = (blob.read(min(_VERIFY_CHUNK, length - start)) for start in range(0, length, _VERIFY_CHUNK))
+                    if not part_matches(chunks, expected):
                         raise ManifestError(
                             f"{self.name} is corrupted: a stored part does not match its checksum "
                             "(damaged or edited after saving)"
