@@ -220,7 +220,11 @@ class InvertedFileIP:
             for q0 in range(starts[lst], starts[lst + 1], QUERY_BLOCK):
                 who = owner[q0 : min(starts[lst + 1], q0 + QUERY_BLOCK)]
                 sims = queries[who] @ members.T
-                i, j = np.nonzero(sims >= min_similarity)
+                hit = np.flatnonzero(sims.max(axis=1) >= min_similarity)  # most queries meet nothing this close
+                if not len(hit):
+                    continue
+                i, j = np.nonzero(sims[hit] >= min_similarity)
+                i = hit[i]
                 found_q.append(who[i])
                 found_r.append(self.rows[lo + j])
                 found_s.append(sims[i, j])
