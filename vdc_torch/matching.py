@@ -538,13 +538,15 @@ def _whole_picture_candidates(
     return [(q, r, d, False, True, np.full(len(q), WHOLE_PICTURE)) for q, r, d in found]
 
 
-#: Reference rows up to which the kNN stage searches exhaustively (faiss ``IndexFlatIP``, exact and bit-identical
-#: to before); above it an inverted-file index (``IndexIVFFlat``) is searched instead (see :func:`_coarse_index`).
-KNN_EXACT_MAX_ROWS = 200_000
 #: Inverted lists of the approximate index: about ``KNN_ROWS_PER_LIST`` reference rows each, at most 4096.
 KNN_ROWS_PER_LIST = 1024
 #: Lists probed per query (of ~1000 at 1M rows) and rows the lists are trained on (k-means, fixed seed).
 KNN_NPROBE = 16
+#: Reference rows up to which the kNN stage searches exhaustively (faiss ``IndexFlatIP``, exact); above, the
+#: inverted file (see :func:`_coarse_index`). The bound is what a query reads there anyway (``KNN_NPROBE`` lists
+#: of ``KNN_ROWS_PER_LIST`` rows): an exact search costs ``queries x rows``, so at the former bound of 200k it
+#: grew to 42 s for 100k queries x 100k rows, more than the whole 1M x 100k match spends on the inverted file.
+KNN_EXACT_MAX_ROWS = KNN_NPROBE * KNN_ROWS_PER_LIST
 KNN_TRAIN_ROWS = 65_536
 #: Reference rows added to the index per step (bounds the float32 copy read from a manifest).
 KNN_ADD_CHUNK = COARSE_CHUNK
