@@ -71,7 +71,10 @@ MIH_ENGINES = ("auto", "numba", "numpy")
 #: Searches whose numpy loop is predicted to take longer than this use the compiled loop: the first compiled search of
 #: a process imports numba and loads its cached kernels, 0.9-1.6 s measured on this machine (busy), so below this
 #: numpy is as fast all in (and a fresh install's first compilation, ~10 s, is only paid by a large search).
-COMPILED_MIN_NS = 1e9
+#: The model counts candidates of uniformly random codes; real pHashes cluster, and the CIFAR-10 crop index (1.35M
+#: codes, 10k queries, radius 12) took 3.4-3.8 s in numpy where 0.7 s were predicted (numba: 0.6 s warm, 1.2 s
+#: with its import), so the bound is a fifth of the one-second break-even.
+COMPILED_MIN_NS = 2e8
 #: Queries per block of the compiled loop (blocks run in parallel; a block's reads stay in 1/blocks of the table).
 COMPILED_BLOCK_QUERIES = 512
 #: Pairs a block of the compiled loop has room for before it is searched again alone (~1 pair per query is usual).
