@@ -436,9 +436,13 @@ def coarse_vectors(thumbs: Any) -> np.ndarray:
     thumbs = np.asarray(thumbs)
     if len(thumbs) == 0:
         return np.zeros((0, 64), np.float32)
-    gray = thumbs.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    n, h, w = gray.shape
-    coarse = gray.reshape(n, 8, h // 8, 8, w // 8).mean(axis=(2, 4)).reshape(n, 64)
+    n, h, w, _ = thumbs.shape
+    if h % 8 == 0 and w % 8 == 0:  # 8x8 block means of the stacked thumbnails at once (blocks never straddle two)
+        pooled = cv2.resize(thumbs.reshape(n * h, w, 3).astype(np.float32), (8, n * 8), interpolation=cv2.INTER_AREA)
+        coarse = pooled.reshape(n, 64, 3) @ np.array([0.299, 0.587, 0.114], np.float32)
+    else:
+        gray = thumbs.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        coarse = gray.reshape(n, 8, h // 8, 8, w // 8).mean(axis=(2, 4)).reshape(n, 64)
     coarse -= coarse.mean(axis=1, keepdims=True)
     return np.ascontiguousarray(coarse / np.maximum(np.linalg.norm(coarse, axis=1, keepdims=True), 1e-3))
 
@@ -456,16 +460,28 @@ OVERLAY_BOXES: tuple[int, ...] = tuple(
 def _same_crop_candidates(
     new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, config: MatchConfig
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, bool, bool, np.ndarray]]:
-    """Unmatched samples whose corner crop hashes agree with the same crop of a reference (overlays)."""
-    rows = np.flatnonzero(open_rows)
+    """Unmatched samples whose corner crop hashes agree with the same crop of a reference (overlays).
+
+    Only pictures large enough for dense alignment, which verifies these pairs: below ``align.MIN_SIDE`` (CIFAR
+    size) it cannot, and the stage proposed 49k such pairs on CIFAR-10 (test vs train and test vs itself) for none.
+    """
+    rows = np.flatnonzero(open_rows & _large_enough_to_align(new))
+    ref_rows = np.flatnonzero(_large_enough_to_align(ref))
     found = []
     radius = chance_limited_radius(config.crop_radius, len(ref) * len(OVERLAY_BOXES))  # chance over every box
     for box in OVERLAY_BOXES:
-        if not len(rows):
+        if not len(rows) or not len(ref_rows):
             break
-        q, r, dist = HammingIndex(ref.crop_hashes[:, box]).search(new.crop_hashes[rows, box], radius)
-        found.append((rows[q], r, dist, False, True, np.full(len(q), box)))
+        ref_codes = np.asarray(ref.crop_hashes[:, box])
+        ref_codes = ref_codes if len(ref_rows) == len(ref) else ref_codes[ref_rows]
+        q, r, dist = HammingIndex(ref_codes).search(new.crop_hashes[rows, box], radius)
+        found.append((rows[q], ref_rows[r], dist, False, True, np.full(len(q), box)))
     return found
+
+
+def _large_enough_to_align(table: FingerprintTable) -> np.ndarray:
+    """Rows whose detail image dense alignment (``align.align``) can work on: both sides at least its MIN_SIDE."""
+    return np.minimum(np.asarray(table.width), np.asarray(table.height)) >= ALIGN_MIN_SIDE
 
 
 def table_coarse_vectors(thumbs: Any, rows: np.ndarray | slice | None = None) -> np.ndarray:
@@ -518,8 +534,7 @@ def _whole_picture_candidates(
     """
     # only pictures large enough for dense alignment, this stage's verifier: below align.MIN_SIDE (CIFAR size) only
     # SIFT is left, which met ~1,600 chance pairs here for 1 match of 442 on CIFAR-10 (3 s of a 37 s check)
-    new_large = np.minimum(np.asarray(new.width), np.asarray(new.height)) >= ALIGN_MIN_SIDE
-    ref_large = np.minimum(np.asarray(ref.width), np.asarray(ref.height)) >= ALIGN_MIN_SIDE
+    new_large, ref_large = _large_enough_to_align(new), _large_enough_to_align(ref)
     rows = np.flatnonzero(open_rows & new_large)
     new_trimmed = rows[new.phash_whole[rows] != new.phash[rows]]
     ref_trimmed = np.flatnonzero((ref.phash_whole != ref.phash) & ref_large)
@@ -574,18 +589,28 @@ def _coarse_index(ref_thumbs: Any) -> Any:
     import faiss
 
     n = len(ref_thumbs)
+    if getattr(ref_thumbs, "coarse", None) is None:  # thumbnails in memory: their vectors once (1/12 of their size)
+        computed = coarse_vectors(ref_thumbs)
+
+        def read(rows: np.ndarray | slice) -> np.ndarray:
+            return computed[rows]
+    else:  # a manifest's stored column, read in chunks
+
+        def read(rows: np.ndarray | slice) -> np.ndarray:
+            return table_coarse_vectors(ref_thumbs, rows)
+
     if n <= KNN_EXACT_MAX_ROWS:
         index = faiss.IndexFlatIP(64)
         for start in range(0, n, KNN_ADD_CHUNK):
-            index.add(table_coarse_vectors(ref_thumbs, slice(start, start + KNN_ADD_CHUNK)))
+            index.add(np.ascontiguousarray(read(slice(start, start + KNN_ADD_CHUNK))))
         return index
     nlist = int(min(4096, max(1, n // KNN_ROWS_PER_LIST)))
     trainer = faiss.IndexIVFFlat(faiss.IndexFlatIP(64), 64, nlist, faiss.METRIC_INNER_PRODUCT)
     sample = np.sort(np.random.default_rng(0).choice(n, size=min(n, KNN_TRAIN_ROWS), replace=False))
     trainer.cp.seed = 1234
-    trainer.train(table_coarse_vectors(ref_thumbs, sample))  # k-means: the lists' centroids
+    trainer.train(np.ascontiguousarray(read(sample)))  # k-means: the lists' centroids
     index = InvertedFileIP(trainer.quantizer.reconstruct_n(0, nlist), KNN_NPROBE)
-    index.build(n, 64, lambda start, stop: table_coarse_vectors(ref_thumbs, slice(start, stop)))
+    index.build(n, 64, lambda start, stop: read(slice(start, stop)))
     return index
 
 
