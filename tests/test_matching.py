@@ -116,3 +116,20 @@ def test_inverted_file_finds_what_faiss_ivf_finds_above_the_threshold(monkeypatc
         theirs = np.sort(sims[i][(ids[i] >= 0) & (sims[i] >= 0.9)])
         np.testing.assert_allclose(ours, theirs, atol=1e-5)
     np.testing.assert_allclose(sim, [float(vectors[j] @ queries[i]) for i, j in zip(q, r)], atol=1e-5)
+
+
+def test_coarse_vectors_are_8x8_gray_block_means_independent_of_their_batch() -> None:
+    from vdc_torch import matching
+
+    photos = [decode_file(p).pixels for p in sorted(EXIF_JPG.glob("*.jpg"))[:9] if p.name != "corrupted.jpg"]
+    thumbs = np.stack([cv2.resize(p, (32, 32), interpolation=cv2.INTER_AREA) for p in photos])
+    vectors = matching.coarse_vectors(thumbs)
+    # the definition, one picture at a time: gray, 4x4 block means, zero mean, unit norm
+    gray = thumbs.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    blocks = gray.reshape(len(thumbs), 8, 4, 8, 4).mean(axis=(2, 4)).reshape(len(thumbs), 64)
+    blocks -= blocks.mean(axis=1, keepdims=True)
+    blocks /= np.linalg.norm(blocks, axis=1, keepdims=True)
+    np.testing.assert_allclose(vectors, blocks, atol=1e-5)
+    # a row's vector does not depend on the rows computed with it (manifests store them; queries recompute them)
+    one_by_one = np.concatenate([matching.coarse_vectors(thumbs[i : i + 1]) for i in range(len(thumbs))])
+    assert np.array_equal(vectors, one_by_one)
