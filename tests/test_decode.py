@@ -150,3 +150,22 @@ def test_cut_or_corrupt_jpegs_stay_pillows_errors(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(content)
         with pytest.raises(ImageDecodeError, match=f"{name}.*(truncated|corrupt|broken)"):
             decode_file(tmp_path / name)
+
+
+def test_small_jpeg_decoder_loads_torchvision_image_ops_without_importing_torchvision() -> None:
+    # every fingerprinting worker decodes in a fresh fork: importing torchvision (models, datasets) there took ~1.8 s
+    # per worker before its first sample; only its image library is needed
+    import subprocess
+    import sys
+
+    photo = next(p for p in sorted(EXIF_JPG.glob("*.jpg")) if p.name != "corrupted.jpg")
+    code = (
+        "import sys\n"
+        "import vdc_torch.decode as d\n"
+        f"d.decode_file({str(photo)!r}, decode_side=None)\n"
+        "assert d._image_ops_loaded(), 'no torch.ops.image'\n"
+        "print('torchvision' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
