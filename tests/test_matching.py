@@ -133,3 +133,15 @@ def test_coarse_vectors_are_8x8_gray_block_means_independent_of_their_batch() ->
     # a row's vector does not depend on the rows computed with it (manifests store them; queries recompute them)
     one_by_one = np.concatenate([matching.coarse_vectors(thumbs[i : i + 1]) for i in range(len(thumbs))])
     assert np.array_equal(vectors, one_by_one)
+
+
+def test_stacked_gaussian_blur_equals_scipy_per_image() -> None:
+    from scipy.ndimage import gaussian_filter
+
+    from vdc_torch import matching
+
+    photos = [decode_file(p).pixels for p in sorted(EXIF_JPG.glob("*.jpg"))[:9] if p.name != "corrupted.jpg"]
+    gray = np.stack([cv2.cvtColor(cv2.resize(p, (32, 32), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+                     for p in photos]).astype(np.float32)
+    expected = gaussian_filter(gray, sigma=(0, 1.5, 1.5), mode="reflect", truncate=3.0)  # no blur across images
+    np.testing.assert_allclose(matching._gaussian_blur_each(gray, 1.5, 5), expected, atol=1e-3)
