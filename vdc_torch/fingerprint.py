@@ -608,16 +608,19 @@ class _FingerprintTask(torch.utils.data.Dataset):
                     results.append((index, fingerprint_decoded(d, self.extra_hashes)))
                 except Exception as exc:  # noqa: BLE001 - one sample's failure is its problem record
                     results.append((index, _unexpected(index, path, exc)))
-        fingerprinted = [(index, fp) for index, fp in results if isinstance(fp, Fingerprint)]
-        if not fingerprinted:
-            return results  # type: ignore[return-value]
-        indices = [index for index, _ in fingerprinted]
-        fps = [fp for _, fp in fingerprinted]
-        # paths and labels are set in the main process (_labelled)
-        table = FingerprintTable.from_rows(indices, [""] * len(fps), [None] * len(fps), fps)
-        batch = _FingerprintBatch(indices, table, [fp.warnings for fp in fps])
-        others = [(index, item) for index, item in results if not isinstance(item, Fingerprint)]
-        return [(indices[0], batch), *others]  # type: ignore[list-item]
+        out: list[tuple[int, _FingerprintBatch | Problem | _KnownContent]] = []
+        indices: list[int] = []
+        fps: list[Fingerprint] = []
+        for index, item in results:
+            if isinstance(item, Fingerprint):
+                indices.append(index)
+                fps.append(item)
+            else:
+                out.append((index, item))
+        if fps:  # paths and labels are set in the main process (_labelled)
+            table = FingerprintTable.from_rows(indices, [""] * len(fps), [None] * len(fps), fps)
+            out.append((indices[0], _FingerprintBatch(indices, table, [fp.warnings for fp in fps])))
+        return out
 
 
 def _unexpected(index: int, path: str, exc: Exception) -> Problem:
