@@ -318,6 +318,7 @@ def main() -> int:
         enc_rate = b["n"] / b["encode_s"]
         find_60k = b["find_s"] * (n_full / b["n"]) ** 2
     ided_60k = n_full / enc_rate + find_60k
+    same_run = (full_measured["encode_s"] + full_measured["find_s"]) if full_measured is not None else ided_60k
     ided_rows = [[f"{d['n']:,}", fmt_s(d["encode_s"]), f"{d['n'] / d['encode_s']:.0f}", fmt_s(d["find_s"]),
                   f"{d['encode_s'] + d['find_s']:.1f}", d["dup_pairs"]] for d in ided]
     ided_rows.append([f"{n_full:,} (extrapolated)", fmt_s(n_full / enc_rate), f"{enc_rate:.0f}",
@@ -331,11 +332,17 @@ def main() -> int:
     verdict = [
         f"- Cold end to end (reference 50k + new 10k fingerprinted, matched, decided): **{cold:.1f} s** "
         f"(median of {len(runs)}; runs {run_list}).",
-        f"- imagededup PHash on the same 60k files: ≈{ided_60k:.0f} s extrapolated from this run's subsets "
-        f"({IMAGEDEDUP_FULL_S:.0f} s measured before) → vdc_torch is **{ided_60k / cold:.1f}×** "
-        f"({IMAGEDEDUP_FULL_S / cold:.1f}× against the quoted 433 s) faster; target ≥ 20× "
-        f"(≈{IMAGEDEDUP_FULL_S / 20:.0f} s): {'met' if IMAGEDEDUP_FULL_S / cold >= 20 else 'not met'}. "
-        "imagededup only hashes and finds pHash neighbours; the gate also verifies, matches mirrors and crops "
+        (f"- imagededup PHash on the same {n_full:,} files, measured in this run: "
+         f"**{full_measured['encode_s'] + full_measured['find_s']:.0f} s** (≈{ided_60k:.0f} s extrapolated from "
+         f"the subsets) → vdc_torch is **{same_run / cold:.1f}×** faster; target ≥ 20×: "
+         f"{'met' if same_run / cold >= 20 else 'not met'} ({IMAGEDEDUP_FULL_S / cold:.1f}× against the "
+         f"{IMAGEDEDUP_FULL_S:.0f} s quoted from an earlier machine). "
+         if full_measured is not None else
+         f"- imagededup PHash on the same 60k files: ≈{ided_60k:.0f} s extrapolated from this run's subsets "
+         f"({IMAGEDEDUP_FULL_S:.0f} s measured before) → vdc_torch is **{ided_60k / cold:.1f}×** "
+         f"({IMAGEDEDUP_FULL_S / cold:.1f}× against the quoted 433 s) faster; target ≥ 20× "
+         f"(≈{IMAGEDEDUP_FULL_S / 20:.0f} s): {'met' if IMAGEDEDUP_FULL_S / cold >= 20 else 'not met'}. ")
+        + "imagededup only hashes and finds pHash neighbours; the gate also verifies, matches mirrors and crops "
         "and decides.",
         f"- Fingerprinting is {100 * (fp_ref + fp_new) / cold:.0f} % of the cold run "
         f"({(len(all_files)) / (fp_ref + fp_new):.0f} images/s over both sets).",
