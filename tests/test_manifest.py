@@ -472,3 +472,28 @@ def test_part_checksums_crc32_now_blake2b_before(table: FingerprintTable, tmp_pa
         damaged = bytearray(data)
         damaged[77_777] ^= 0x10
         assert not part_matches([bytes(damaged)], expected)
+
+
+def test_a_manifest_replaced_at_every_read_is_read_last_under_the_savers_lock(table: FingerprintTable, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import vdc_torch.manifest as manifest_module
+
+    path = tmp_path / "reference.vdc"
+    save_manifest(path, table, {"writer": "a"})  # leaves <manifest>.lock behind
+    load_once = manifest_module._load_once
+    attempts: list[bool] = []
+
+    def replaced_unless_locked(source: Path, name: str):
+        with open(lock_path(source), "rb") as probe:  # can a saver take the lock now?
+            try:
+                fcntl.flock(probe.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(probe.fileno(), fcntl.LOCK_UN)
+                attempts.append(False)
+            except BlockingIOError:
+                attempts.append(True)
+                return load_once(source, name)
+        raise manifest_module._Replaced  # as if a saver had renamed a new file over it meanwhile
+
+    monkeypatch.setattr(manifest_module, "_load_once", replaced_unless_locked)
+    loaded, meta = load_manifest(path)
+    assert attempts == [False, False, False, True] and len(loaded) == len(table) and meta["writer"] == "a"

@@ -477,12 +477,49 @@ def load_manifest(path: str | os.PathLike[str]) -> tuple[FingerprintTable, dict[
     """
     source = Path(path)
     name = repr(str(source))
-    for _ in range(4):
+    for _ in range(3):
         try:
             return _load_once(source, name)
         except _Replaced:
             continue  # another process saved over it meanwhile: read the new file
+    # saved over again and again (savers in a loop): once more under the savers' lock, which holds the next save back
+    with _shared_lock(source):
+        try:
+            return _load_once(source, name)
+        except _Replaced:
+            pass
     raise ManifestError(f"manifest {name} keeps being replaced while it is read; try again")
+
+
+@contextlib.contextmanager
+def _shared_lock(target: Path, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold a shared ``flock`` on ``<target>.lock`` if it exists and can be opened (savers take it exclusively).
+
+    Never creates the lock file and needs no write permission; without it (or after ``timeout`` seconds) the body
+    runs unlocked, as before.
+    """
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    try:
+        handle = open(lock_path(target), "rb")  # noqa: SIM115 - closed by the `with handle` right below
+    except OSError:
+        yield
+        return
+    with handle:
+        deadline = time.monotonic() + max(0.0, timeout)
+        locked = False
+        while not locked and time.monotonic() < deadline:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                locked = True
+            except BlockingIOError:
+                time.sleep(0.005)
+        try:
+            yield
+        finally:
+            if locked:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 class _Replaced(Exception):
