@@ -212,14 +212,19 @@ def _working_copy(pixels: np.ndarray) -> np.ndarray:
     return cv2.resize(pixels, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
+def _rows_by_shape(grays: Sequence[np.ndarray]) -> dict[tuple[int, int], list[int]]:
+    """Positions of the images of each shape (images of one shape are processed as one stack)."""
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, gray in enumerate(grays):
+        by_shape.setdefault(gray.shape, []).append(i)
+    return by_shape
+
+
 def _content_boxes(grays: Sequence[np.ndarray]) -> list[tuple[int, int, int, int]]:
     """:func:`content_box` of each image; images of one shape whose four edges are all textured (most pictures)
     are recognised together, without a call each."""
     boxes: list[tuple[int, int, int, int] | None] = [None] * len(grays)
-    by_shape: dict[tuple[int, int], list[int]] = {}
-    for i, gray in enumerate(grays):
-        by_shape.setdefault(gray.shape, []).append(i)
-    for (h, w), rows in by_shape.items():
+    for (h, w), rows in _rows_by_shape(grays).items():
         if len(rows) > 1:
             stack = np.stack([grays[i] for i in rows])
             edges = (stack[:, 0, :], stack[:, -1, :], stack[:, :, 0], stack[:, :, -1])
@@ -295,10 +300,7 @@ def crop_coefficients(grays: Sequence[np.ndarray]) -> np.ndarray:
     the DCT folded into two small matrices per box (:func:`_crop_matrices`); larger ones crop by crop.
     """
     out = np.empty((len(grays), len(CROP_BOXES), 8, 8), np.float32)
-    by_shape: dict[tuple[int, int], list[int]] = {}
-    for i, gray in enumerate(grays):
-        by_shape.setdefault(gray.shape, []).append(i)
-    for (h, w), rows in by_shape.items():
+    for (h, w), rows in _rows_by_shape(grays).items():
         if max(h, w) <= SMALL_CONTENT_SIDE:
             left, right, left_of_box, right_of_box = _crop_matrices(h, w)
             stack = np.stack([grays[i] for i in rows]).astype(np.float32)  # (m, h, w)
@@ -578,7 +580,7 @@ class _FingerprintTask(torch.utils.data.Dataset):
         The fingerprints come back as one :class:`_FingerprintBatch` (under the first fingerprinted sample's index),
         problems and cache hits one by one.
         """
-        results: list[tuple[int, Fingerprint | Problem | _KnownContent]] = []
+        results: list[tuple[int, _FingerprintBatch | Problem | _KnownContent]] = []
         decoded: list[tuple[int, str, DecodedImage]] = []
         for position in positions:
             index = self.indices[position]
@@ -601,26 +603,20 @@ class _FingerprintTask(torch.utils.data.Dataset):
                 results.append((index, _unexpected(index, path, exc)))
         try:
             fingerprints = fingerprint_batch([d for _, _, d in decoded], self.extra_hashes)
-            results.extend((index, fp) for (index, _, _), fp in zip(decoded, fingerprints))
+            fingerprinted = [(index, fp) for (index, _, _), fp in zip(decoded, fingerprints)]
         except Exception:  # noqa: BLE001 - find the one sample that fails, keep the others
+            fingerprinted = []
             for index, path, d in decoded:
                 try:
-                    results.append((index, fingerprint_decoded(d, self.extra_hashes)))
+                    fingerprinted.append((index, fingerprint_decoded(d, self.extra_hashes)))
                 except Exception as exc:  # noqa: BLE001 - one sample's failure is its problem record
                     results.append((index, _unexpected(index, path, exc)))
-        out: list[tuple[int, _FingerprintBatch | Problem | _KnownContent]] = []
-        indices: list[int] = []
-        fps: list[Fingerprint] = []
-        for index, item in results:
-            if isinstance(item, Fingerprint):
-                indices.append(index)
-                fps.append(item)
-            else:
-                out.append((index, item))
-        if fps:  # paths and labels are set in the main process (_labelled)
+        if fingerprinted:  # paths and labels are set in the main process (_labelled)
+            indices = [index for index, _ in fingerprinted]
+            fps = [fp for _, fp in fingerprinted]
             table = FingerprintTable.from_rows(indices, [""] * len(fps), [None] * len(fps), fps)
-            out.append((indices[0], _FingerprintBatch(indices, table, [fp.warnings for fp in fps])))
-        return out
+            results.append((indices[0], _FingerprintBatch(indices, table, [fp.warnings for fp in fps])))
+        return results
 
 
 def _unexpected(index: int, path: str, exc: Exception) -> Problem:
@@ -754,8 +750,7 @@ def compute_fingerprints(
         order = sorted(reused)
         batches.append(FingerprintTable.from_rows(order, [""] * len(order), [None] * len(order),
                                                   [reused[i] for i in order]))
-    fresh = FingerprintTable.concat(batches)
-    fresh = fresh.rows(np.argsort(fresh.sample_index, kind="stable"))
+    fresh = FingerprintTable.concat(batches)  # in loader order; sorted by sample index once, at the end
     order = fresh.sample_index.tolist()
     fresh = _labelled(fresh, dataset, order)
     if use_cache:
