@@ -388,22 +388,29 @@ def _locked(target: Path, timeout: float) -> Iterator[None]:
         raise ManifestError(f"cannot save manifest {str(target)!r}: cannot open its lock file {str(lock)!r} "
                             f"({exc.strerror or exc})") from exc
     with handle:
-        deadline = time.monotonic() + max(0.0, timeout)
-        while True:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise ManifestError(
-                        f"cannot save manifest {str(target)!r}: another process has been saving it for more than "
-                        f"{timeout:g} s (lock file {str(lock)!r}); try again or raise lock_timeout"
-                    ) from None
-                time.sleep(0.02)
+        if not _flock_within(handle.fileno(), fcntl.LOCK_EX, timeout, interval=0.02):
+            raise ManifestError(
+                f"cannot save manifest {str(target)!r}: another process has been saving it for more than "
+                f"{timeout:g} s (lock file {str(lock)!r}); try again or raise lock_timeout"
+            )
         try:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _flock_within(fd: int, operation: int, timeout: float, interval: float) -> bool:
+    """Take the ``flock`` ``operation`` (shared or exclusive) on ``fd``, trying every ``interval`` seconds for at
+    most ``timeout`` seconds (at least once); False if it never came."""
+    deadline = time.monotonic() + max(0.0, timeout)
+    while True:
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(interval)
 
 
 def _check_replaceable(target: Path) -> None:
@@ -507,14 +514,7 @@ def _shared_lock(target: Path, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterato
         yield
         return
     with handle:
-        deadline = time.monotonic() + max(0.0, timeout)
-        locked = False
-        while not locked and time.monotonic() < deadline:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-                locked = True
-            except BlockingIOError:
-                time.sleep(0.005)
+        locked = _flock_within(handle.fileno(), fcntl.LOCK_SH, timeout, interval=0.005)
         try:
             yield
         finally:
