@@ -779,33 +779,30 @@ def _crop_hint_similarity(
 
 def _verify_groups(job: _FeatureJob, groups: list[tuple[int, list[tuple[int, int, bool, int]]]]) -> list[tuple[Any, ...]]:
     """Verify each query's candidates in order and keep its first verified one (runs in worker threads)."""
-    new, ref, config, new_cache, ref_cache = job.new, job.ref, job.config, job.new_cache, job.ref_cache
     found = []
     for q, candidates in groups:
         for r, dist, mirror, box in candidates:
             if box >= 0:
-                row = _verify_box(new, ref, q, r, dist, box, config, new_cache, ref_cache)
+                row = _verify_box(job, q, r, dist, box)
                 if row is None:  # a copy rotated with black corners fails on the crop, but the reference
                     # aligns inside it as a whole
-                    row = _verify_by_alignment(new, ref, q, r, dist, config, new_cache, ref_cache, both_ways=True)
+                    row = _verify_by_alignment(job, q, r, dist, both_ways=True)
             else:
-                row = _verify_pair(new, ref, q, r, dist, mirror, config, new_cache, ref_cache,
-                                   both_ways=box == WHOLE_PICTURE)
+                row = _verify_pair(job, q, r, dist, mirror, both_ways=box == WHOLE_PICTURE)
             if row is not None:
                 found.append(row)
                 break
     return found
 
 
-def _verify_pair(
-    new: FingerprintTable, ref: FingerprintTable, q: int, r: int, dist: int, mirror: bool, config: MatchConfig,
-    new_cache: FeatureCache, ref_cache: FeatureCache, both_ways: bool = False,
-) -> tuple[Any, ...] | None:
+def _verify_pair(job: _FeatureJob, q: int, r: int, dist: int, mirror: bool,
+                 both_ways: bool = False) -> tuple[Any, ...] | None:
     """One candidate pair: local features first, then dense alignment (smooth pictures); a match row or None.
 
     Alignment places the new image inside the reference (a crop); ``both_ways`` also tries the reference inside
     the new image (the new one has a frame or more of the picture than the reference kept after trimming).
     """
+    new, ref, config, new_cache, ref_cache = job.new, job.ref, job.config, job.new_cache, job.ref_cache
     query = new_cache.get(q, mirror=mirror)
     result = local_features.verify(
         query, ref_cache.get(r), min_inliers=config.min_inliers, min_coverage=config.min_coverage
@@ -828,15 +825,14 @@ def _verify_pair(
             return (q, r, kind, f"{config.extractor}{'-mirror' if mirror else ''}", score, evidence)
     if mirror or not config.use_alignment:
         return None
-    return _verify_by_alignment(new, ref, q, r, dist, config, new_cache, ref_cache, both_ways)
+    return _verify_by_alignment(job, q, r, dist, both_ways)
 
 
-def _verify_by_alignment(
-    new: FingerprintTable, ref: FingerprintTable, q: int, r: int, dist: int, config: MatchConfig,
-    new_cache: FeatureCache, ref_cache: FeatureCache, both_ways: bool = False,
-) -> tuple[Any, ...] | None:
+def _verify_by_alignment(job: _FeatureJob, q: int, r: int, dist: int,
+                         both_ways: bool = False) -> tuple[Any, ...] | None:
     """One candidate pair by dense alignment of the whole pictures (see :func:`_verify_pair`); a match row or None."""
-    new_image, ref_image = new_cache.image(q), ref_cache.image(r)
+    new, ref, config = job.new, job.ref, job.config
+    new_image, ref_image = job.new_cache.image(q), job.ref_cache.image(r)
     aligned = align(new_image, ref_image)
     if both_ways and not _alignment_agrees(aligned, config):
         inverse = align(ref_image, new_image)
@@ -875,12 +871,10 @@ def _homogeneous(transform: np.ndarray) -> np.ndarray:
     return m
 
 
-def _verify_box(
-    new: FingerprintTable, ref: FingerprintTable, q: int, r: int, dist: int, box: int, config: MatchConfig,
-    new_cache: FeatureCache, ref_cache: FeatureCache,
-) -> tuple[Any, ...] | None:
+def _verify_box(job: _FeatureJob, q: int, r: int, dist: int, box: int) -> tuple[Any, ...] | None:
     """A pair whose crop ``box`` agrees: align that crop of both images (an overlay elsewhere does not count)."""
-    new_image, ref_image = new_cache.image(q), ref_cache.image(r)
+    new, ref, config = job.new, job.ref, job.config
+    new_image, ref_image = job.new_cache.image(q), job.ref_cache.image(r)
     new_window, ref_window = crop_windows(*new_image.shape)[box], crop_windows(*ref_image.shape)[box]
     aligned = align(new_image[new_window], ref_image[ref_window])
     if not _alignment_agrees(aligned, config) or aligned.scale < 0.9:
