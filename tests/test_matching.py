@@ -47,6 +47,29 @@ def test_crop_hint_compares_the_new_image_with_the_crop_that_matched(tmp_path) -
     assert same.min() > 0.9 and similarity[q != r].max() < same.min() - 0.3
 
 
+def test_batched_crop_resize_equals_resizing_each_crop() -> None:
+    # crops of one size are resized as the channels of one image; more crops than OpenCV takes as channels, of
+    # several sizes, mixed order: every one must come out as cv2.resize of that crop alone
+    from vdc_torch.fingerprint import CROP_BOXES, crop_windows
+    from vdc_torch.matching import _MAX_CHANNELS, _resized_crops
+
+    names = ["Canon_40D.jpg", "Nikon_D70.jpg", "Pentax_K10D.jpg", "Kodak_CX7530.jpg"]
+    details = []
+    for name in names:
+        gray = cv2.cvtColor(decode_file(EXIF_JPG / name).pixels, cv2.COLOR_RGB2GRAY)
+        for side in (32, 57, 256):
+            details.append(cv2.resize(gray, (side, side * 3 // 4), interpolation=cv2.INTER_AREA))
+    rng = np.random.default_rng(0)
+    n = 3 * _MAX_CHANNELS + 7
+    which = rng.integers(0, len(details), n)
+    boxes = rng.integers(0, len(CROP_BOXES), n)
+    batched = _resized_crops(details, which, boxes)
+    for i in range(n):
+        image = details[which[i]]
+        one = cv2.resize(image[crop_windows(*image.shape)[boxes[i]]], (32, 32), interpolation=cv2.INTER_AREA)
+        assert np.array_equal(batched[i], one), i
+
+
 def test_a_gate_check_describes_each_image_once_across_stages_and_threads(tmp_path, monkeypatch) -> None:
     # a crop of each photo and a crop of that crop: both are verified by features against the reference, then the
     # second against the first inside the new set; the shared caches describe each image once per side

@@ -25,6 +25,7 @@ import json
 import logging
 import operator
 import os
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -388,7 +389,7 @@ def decode_detail(detail: bytes) -> np.ndarray:
     if detail[:4] == _RAW_DETAIL:
         if len(detail) < 8:
             raise ImageDecodeError("stored detail image is corrupt")
-        h, w = (int(v) for v in np.frombuffer(detail, "<u2", count=2, offset=4))
+        h, w = struct.unpack_from("<HH", detail, 4)
         if len(detail) != 8 + h * w:
             raise ImageDecodeError("stored detail image is corrupt")
         return np.frombuffer(detail, np.uint8, offset=8).reshape(h, w).copy()
