@@ -101,6 +101,36 @@ def test_a_gate_check_describes_each_image_once_across_stages_and_threads(tmp_pa
     assert len(calls) >= 2 * len(names) and len(calls) == len(set(calls))  # no image described twice
 
 
+def test_a_query_with_too_few_keypoints_does_not_describe_its_candidates(tmp_path) -> None:
+    # a strongly blurred copy of a CIFAR-size photo has fewer SIFT keypoints than min_inliers: verification could
+    # never pass, so the reference is not described (and the pair is not matched, as verify itself would decide)
+    from vdc_torch import Dataset
+    from vdc_torch import features as local_features
+    from vdc_torch.fingerprint import compute_fingerprints
+    from vdc_torch.matching import FeatureCache, MatchConfig, _FeatureJob, _verify_pair
+
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "new").mkdir()
+    names = ["Canon_40D.jpg", "Nikon_D70.jpg", "Pentax_K10D.jpg"]
+    for name in names:
+        small = cv2.resize(decode_file(EXIF_JPG / name).pixels, (32, 32), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(tmp_path / "ref" / f"{name}.png"), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+        blurred = cv2.GaussianBlur(small, (0, 0), 2.5)
+        cv2.imwrite(str(tmp_path / "new" / f"{name}.png"), cv2.cvtColor(blurred, cv2.COLOR_RGB2BGR))
+    ref, _ = compute_fingerprints(Dataset(tmp_path / "ref"), workers=0)
+    new, _ = compute_fingerprints(Dataset(tmp_path / "new"), workers=0)
+    config = MatchConfig()
+    job = _FeatureJob(new, ref, config, FeatureCache(new, "sift", config.max_features),
+                      FeatureCache(ref, "sift", config.max_features))
+    few = [q for q in range(len(names)) if len(job.new_cache.get(q)) < config.min_inliers]
+    assert few, "the blurred copies should have few keypoints"
+    for q in few:
+        assert _verify_pair(job, q, q, 0, False) is None
+        assert q not in job.ref_cache._plain  # not described
+        described = local_features.extract(job.ref_cache.image(q), "sift", config.max_features)
+        assert not local_features.verify(job.new_cache.get(q), described, min_inliers=config.min_inliers).matched
+
+
 def test_inverted_file_finds_what_faiss_ivf_finds_above_the_threshold(monkeypatch) -> None:
     """The kNN index above KNN_EXACT_MAX_ROWS, searched list by list: faiss IndexIVFFlat's candidates (same
     centroids, same probes), top-k of those above the similarity bound, on the coarse vectors of real photos."""
