@@ -670,6 +670,10 @@ def _nearest_thumbnails(
 PREFILTER_BLOCK = 8192
 
 
+#: Queries per task of the verification threads (each takes ~1-10 ms of local features).
+VERIFY_CHUNK = 32
+
+
 @dataclass(frozen=True)
 class _FeatureJob:
     """What the verification threads share: both tables, the config and their feature caches."""
@@ -743,7 +747,10 @@ def _verify_with_features(
     # threads, not processes: OpenCV (SIFT, template matching, ECC) releases the GIL, which is most of the work, and
     # the feature caches stay shared by all threads and later stages (forked workers each started empty)
     workers = min(default_workers(), max(1, len(table) // 300))
-    chunks = [groups[i::workers] for i in range(workers)]
+    # small chunks handed out as threads free up: a fixed share per thread left one core idle for the last ~4 s of
+    # CIFAR's 20 s (queries differ in candidates, and a thread can lose its core to other work for a while)
+    size = max(1, min(VERIFY_CHUNK, len(groups) // (8 * workers)))
+    chunks = [groups[i : i + size] for i in range(0, len(groups), size)]
     with single_threaded_opencv():
         if workers > 1:
             from concurrent.futures import ThreadPoolExecutor
