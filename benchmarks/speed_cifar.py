@@ -307,22 +307,27 @@ def main() -> int:
     subs = [d for d in ided if d is not full_measured]
     import math
 
+    # find_duplicates compares all pairs, so its time grows as n^2 once fixed costs no longer count; the power
+    # law fitted to two subsets is at the mercy of the small one's noise (exponent 1.65 in one run, 1.96 in the
+    # next), so the verdict takes the lower of the two estimates (a measured full run, --ided-full, beats both)
+    b = subs[-1]
+    enc_rate = b["n"] / b["encode_s"]
+    find_quadratic = b["find_s"] * (n_full / b["n"]) ** 2
     if len(subs) >= 2:
-        (a, b) = subs[0], subs[-1]
+        a = subs[0]
         find_exp = math.log(max(b["find_s"], 1e-6) / max(a["find_s"], 1e-6)) / math.log(b["n"] / a["n"])
-        enc_rate = b["n"] / b["encode_s"]
-        find_60k = b["find_s"] * (n_full / b["n"]) ** find_exp
+        find_60k = min(find_quadratic, b["find_s"] * (n_full / b["n"]) ** find_exp)
     else:
         find_exp = 2.0
-        b = subs[-1]
-        enc_rate = b["n"] / b["encode_s"]
-        find_60k = b["find_s"] * (n_full / b["n"]) ** 2
+        find_60k = find_quadratic
     ided_60k = n_full / enc_rate + find_60k
     same_run = (full_measured["encode_s"] + full_measured["find_s"]) if full_measured is not None else ided_60k
     ided_rows = [[f"{d['n']:,}", fmt_s(d["encode_s"]), f"{d['n'] / d['encode_s']:.0f}", fmt_s(d["find_s"]),
                   f"{d['encode_s'] + d['find_s']:.1f}", d["dup_pairs"]] for d in ided]
     ided_rows.append([f"{n_full:,} (extrapolated)", fmt_s(n_full / enc_rate), f"{enc_rate:.0f}",
-                      f"{fmt_s(find_60k)} (n^{find_exp:.2f})", f"{ided_60k:.0f}", "–"])
+                      f"{fmt_s(find_60k)} (lower of n^{find_exp:.2f}: "
+                      f"{fmt_s(b['find_s'] * (n_full / b['n']) ** find_exp)}, n^2: {fmt_s(find_quadratic)})",
+                      f"{ided_60k:.0f}", "–"])
     ided_rows.append([f"{n_full:,} (measured before, quoted)", "–", "–", "–", f"{IMAGEDEDUP_FULL_S:.0f}", "–"])
 
     fp_ref = stage_med.get("fingerprint reference", float("nan"))
@@ -339,7 +344,7 @@ def main() -> int:
          f"{IMAGEDEDUP_FULL_S:.0f} s quoted from an earlier machine). "
          if full_measured is not None else
          f"- imagededup PHash on the same 60k files: ≈{ided_60k:.0f} s extrapolated from this run's subsets "
-         f"(on 2026-12-01 the extrapolation was within 1 % of a measured run, `--ided-full`) → vdc_torch is "
+         f"(the lower of two extrapolations; only a measured run, `--ided-full`, settles the target) → vdc_torch is "
          f"**{ided_60k / cold:.1f}×** faster; target ≥ 20×: {'met' if ided_60k / cold >= 20 else 'not met'} "
          f"({IMAGEDEDUP_FULL_S / cold:.1f}× against the {IMAGEDEDUP_FULL_S:.0f} s quoted from an earlier machine). ")
         + "imagededup only hashes and finds pHash neighbours; the gate also verifies, matches mirrors and crops "
@@ -389,8 +394,8 @@ def main() -> int:
         "",
         md_table(["files", "encode s", "encode img/s", "find_duplicates s", "total s", "duplicate pairs"], ided_rows),
         "",
-        "Encoding is extrapolated linearly; find_duplicates (brute force over all pairs) by the power law "
-        f"fitted to the subsets (exponent {find_exp:.2f}).",
+        "Encoding is extrapolated linearly; find_duplicates (brute force over all pairs) by the lower of the power "
+        f"law fitted to the subsets (exponent {find_exp:.2f}) and n^2 from the largest subset.",
         "",
         "### Cached re-run",
         "",
