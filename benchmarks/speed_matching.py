@@ -394,6 +394,7 @@ def matches_digest(matches: Any) -> str:
     if not len(matches):
         return "empty"
     frame = matches.sort_values(["new_row", "ref_row"])[["new_row", "ref_row", "kind", "method", "score"]]
+    frame = frame.assign(score=frame["score"].round(4))  # float rounding of equal matches must not change it
     return hashlib.blake2b(frame.to_csv(index=False).encode(), digest_size=8).hexdigest()
 
 
