@@ -106,3 +106,29 @@ def test_crop_coefficients_are_those_of_the_resized_crops(shape: tuple[int, int]
         expected = np.stack([_DCT8 @ cv2.resize(f[w], (32, 32), interpolation=cv2.INTER_AREA) @ _DCT8.T
                              for w in crop_windows(*shape)])
         np.testing.assert_allclose(coefficients, expected, rtol=1e-5, atol=1e-2)
+
+
+def test_crop_resize_weights_read_in_one_call_equal_one_probe_at_a_time() -> None:
+    # the crop hashes' resize matrices are read off OpenCV with the one-hot probes stacked as channels (one call);
+    # they must equal probing row by row, bit for bit, for enlarged, integer-shrunk, shrunk and mixed crops
+    from vdc_torch.fingerprint import THUMB_SIDE, _resize_factor, crop_windows
+
+    def one_at_a_time(height: int, width: int, along: int, full: int, start: int) -> np.ndarray:
+        n = height if along == 0 else width
+        factor = np.zeros((THUMB_SIDE, full), np.float32)
+        for i in range(n):
+            probe = np.zeros((height, width), np.float32)
+            if along == 0:
+                probe[i, :] = 1.0
+            else:
+                probe[:, i] = 1.0
+            resized = cv2.resize(probe, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+            factor[:, start + i] = resized[:, 0] if along == 0 else resized[0, :]
+        return factor
+
+    for shape in [(1, 1), (7, 5), (24, 32), (31, 32), (32, 32), (33, 64), (40, 63), (48, 48), (64, 45), (64, 64)]:
+        for rows, cols in crop_windows(*shape):
+            height, width = rows.stop - rows.start, cols.stop - cols.start
+            for along, full, start in ((0, shape[0], rows.start), (1, shape[1], cols.start)):
+                expected = one_at_a_time(height, width, along, full, start)
+                assert np.array_equal(_resize_factor(height, width, along, full, start), expected), (shape, along)

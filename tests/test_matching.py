@@ -50,8 +50,8 @@ def test_crop_hint_compares_the_new_image_with_the_crop_that_matched(tmp_path) -
 def test_batched_crop_resize_equals_resizing_each_crop() -> None:
     # crops of one size are resized as the channels of one image; more crops than OpenCV takes as channels, of
     # several sizes, mixed order: every one must come out as cv2.resize of that crop alone
-    from vdc_torch.fingerprint import CROP_BOXES, crop_windows
-    from vdc_torch.matching import _MAX_CHANNELS, _resized_crops
+    from vdc_torch.fingerprint import CROP_BOXES, CV_MAX_CHANNELS, crop_windows
+    from vdc_torch.matching import _resized_crops
 
     names = ["Canon_40D.jpg", "Nikon_D70.jpg", "Pentax_K10D.jpg", "Kodak_CX7530.jpg"]
     details = []
@@ -60,7 +60,7 @@ def test_batched_crop_resize_equals_resizing_each_crop() -> None:
         for side in (32, 57, 256):
             details.append(cv2.resize(gray, (side, side * 3 // 4), interpolation=cv2.INTER_AREA))
     rng = np.random.default_rng(0)
-    n = 3 * _MAX_CHANNELS + 7
+    n = 3 * CV_MAX_CHANNELS + 7
     which = rng.integers(0, len(details), n)
     boxes = rng.integers(0, len(CROP_BOXES), n)
     batched = _resized_crops(details, which, boxes)

@@ -347,22 +347,40 @@ def _crop_matrices(height: int, width: int) -> tuple[np.ndarray, np.ndarray, tup
     return np.stack(left_rows), np.stack(right_rows), tuple(left_of_box), tuple(right_of_box)
 
 
+#: Channels of one image OpenCV's Python binding accepts (beyond, an array is taken for a 3-d matrix).
+CV_MAX_CHANNELS = 128
+
+
 def _resize_factor(height: int, width: int, along: int, full: int, start: int) -> np.ndarray:
     """(THUMB_SIDE, full) matrix of ``cv2.resize(crop, (THUMB_SIDE, THUMB_SIDE), INTER_AREA)`` along one axis.
 
     ``along=0``: rows (the crop's ``height`` rows start at ``start`` of ``full``); ``along=1``: columns. Found by
-    resizing ``height`` × ``width`` images that are one-hot along that axis.
+    resizing ``height`` × ``width`` images that are one-hot along that axis: the weights are separable, so a
+    one-hot row (column) comes out as that row's (column's) weights. The probes go through OpenCV as the channels
+    of one image, which it resizes one by one; shrinking by a non-integer factor takes at most 4 channels.
     """
     n = height if along == 0 else width
+    probes = np.zeros((height, width, n), np.float32)
+    hot = np.arange(n)
+    if along == 0:
+        probes[hot, :, hot] = 1.0
+    else:
+        probes[:, hot, hot] = 1.0
     factor = np.empty((THUMB_SIDE, n), np.float32)
-    for i in range(n):  # the weights are separable: a one-hot row (column) comes out as that row's (column's) weights
-        probe = np.zeros((height, width), np.float32)
-        if along == 0:
-            probe[i, :] = 1.0
-        else:
-            probe[:, i] = 1.0
-        resized = cv2.resize(probe, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
-        factor[:, i] = resized[:, 0] if along == 0 else resized[0, :]
+    step = CV_MAX_CHANNELS
+    start_probe = 0
+    while start_probe < n:
+        part = np.ascontiguousarray(probes[:, :, start_probe : start_probe + step])
+        try:
+            resized = cv2.resize(part, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+        except cv2.error:
+            if step == 4:
+                raise
+            step = 4  # OpenCV's area shrink: at most 4 channels
+            continue
+        resized = resized.reshape(THUMB_SIDE, THUMB_SIDE, -1)
+        factor[:, start_probe : start_probe + part.shape[2]] = resized[:, 0, :] if along == 0 else resized[0, :, :]
+        start_probe += part.shape[2]
     out = np.zeros((THUMB_SIDE, full), np.float32)
     out[:, start : start + n] = factor
     return out

@@ -29,6 +29,7 @@ from .align import MIN_SIDE as ALIGN_MIN_SIDE
 from .align import Alignment, align
 from .fingerprint import (
     CROP_BOXES,
+    CV_MAX_CHANNELS,
     THUMB_SIDE,
     FingerprintTable,
     crop_windows,
@@ -785,10 +786,6 @@ def _crop_hint_similarity(
     return out, tiny
 
 
-#: Channels of one image OpenCV's Python binding accepts (beyond, an array is taken for a 3-d matrix).
-_MAX_CHANNELS = 128
-
-
 def _resized_crops(details: list[np.ndarray], which: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """``(n, 32, 32)`` uint8: crop ``boxes[i]`` of ``details[which[i]]``, resized to the thumbnail side.
 
@@ -813,10 +810,10 @@ def _resized_crops(details: list[np.ndarray], which: np.ndarray, boxes: np.ndarr
                 out[i] = cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA)
             continue
         stack = np.stack(crops, axis=-1)  # (h, w, m)
-        for c in range(0, len(crops), _MAX_CHANNELS):
-            part = np.ascontiguousarray(stack[..., c : c + _MAX_CHANNELS])
+        for c in range(0, len(crops), CV_MAX_CHANNELS):
+            part = np.ascontiguousarray(stack[..., c : c + CV_MAX_CHANNELS])
             resized = cv2.resize(part, (side, side), interpolation=cv2.INTER_AREA)
-            out[members[c : c + _MAX_CHANNELS]] = resized.reshape(side, side, -1).transpose(2, 0, 1)
+            out[members[c : c + CV_MAX_CHANNELS]] = resized.reshape(side, side, -1).transpose(2, 0, 1)
     return out
 
 
