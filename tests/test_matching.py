@@ -63,11 +63,19 @@ def test_batched_crop_resize_equals_resizing_each_crop() -> None:
     n = 3 * CV_MAX_CHANNELS + 7
     which = rng.integers(0, len(details), n)
     boxes = rng.integers(0, len(CROP_BOXES), n)
-    batched = _resized_crops(details, which, boxes)
-    for i in range(n):
-        image = details[which[i]]
-        one = cv2.resize(image[crop_windows(*image.shape)[boxes[i]]], (32, 32), interpolation=cv2.INTER_AREA)
-        assert np.array_equal(batched[i], one), i
+    # ... and one size and box only, so that one group spans more than one call (and a group of one)
+    single = [d for d in details if d.shape == (24, 32)][0:1]
+    cases = [(details, which, boxes)]
+    for count in (2 * CV_MAX_CHANNELS + 1, 1):
+        cases.append((single, np.zeros(count, np.int64), np.full(count, 4)))
+    for images, rows, crop_boxes in cases:
+        batched = _resized_crops(images, rows, crop_boxes)
+        assert batched.shape == (len(rows), 32, 32)
+        for i in range(len(rows)):
+            image = images[rows[i]]
+            one = cv2.resize(image[crop_windows(*image.shape)[crop_boxes[i]]], (32, 32), interpolation=cv2.INTER_AREA)
+            assert np.array_equal(batched[i], one), i
+    assert _resized_crops(details, np.zeros(0, np.int64), np.zeros(0, np.int64)).shape == (0, 32, 32)
 
 
 def test_a_gate_check_describes_each_image_once_across_stages_and_threads(tmp_path, monkeypatch) -> None:
@@ -101,13 +109,23 @@ def test_a_gate_check_describes_each_image_once_across_stages_and_threads(tmp_pa
     assert len(calls) >= 2 * len(names) and len(calls) == len(set(calls))  # no image described twice
 
 
-def test_a_query_with_too_few_keypoints_does_not_describe_its_candidates(tmp_path) -> None:
+def test_a_query_with_too_few_keypoints_does_not_describe_its_candidates(tmp_path, monkeypatch) -> None:
     # a strongly blurred copy of a CIFAR-size photo has fewer SIFT keypoints than min_inliers: verification could
-    # never pass, so the reference is not described (and the pair is not matched, as verify itself would decide)
+    # never pass (verify itself says so below), so the reference is not described; dense alignment is still tried
     from vdc_torch import Dataset
     from vdc_torch import features as local_features
+    from vdc_torch import matching
     from vdc_torch.fingerprint import compute_fingerprints
     from vdc_torch.matching import FeatureCache, MatchConfig, _FeatureJob, _verify_pair
+
+    aligned: list[int] = []
+    by_alignment = matching._verify_by_alignment
+
+    def recording(job, q, *args, **kwargs):
+        aligned.append(q)
+        return by_alignment(job, q, *args, **kwargs)
+
+    monkeypatch.setattr(matching, "_verify_by_alignment", recording)
 
     (tmp_path / "ref").mkdir()
     (tmp_path / "new").mkdir()
@@ -125,8 +143,9 @@ def test_a_query_with_too_few_keypoints_does_not_describe_its_candidates(tmp_pat
     few = [q for q in range(len(names)) if len(job.new_cache.get(q)) < config.min_inliers]
     assert few, "the blurred copies should have few keypoints"
     for q in few:
-        assert _verify_pair(job, q, q, 0, False) is None
+        _verify_pair(job, q, q, 0, False)
         assert q not in job.ref_cache._plain  # not described
+        assert aligned[-1:] == [q]  # the fallback for smooth pictures still ran
         described = local_features.extract(job.ref_cache.image(q), "sift", config.max_features)
         assert not local_features.verify(job.new_cache.get(q), described, min_inliers=config.min_inliers).matched
 

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 KINDS = ("exact", "near_duplicate", "similar")
 #: Bumped whenever the cascade changes its results for the same fingerprints and config (invalidates caches).
-MATCHING_VERSION = 12
+#: 13: thumbnail similarities by OpenCV's gray conversion (the same matches, scores within float rounding).
+MATCHING_VERSION = 13
 _KIND_RANK = {"exact": 0, "near_duplicate": 1, "similar": 2}
 MATCH_COLUMNS = ["new_row", "ref_row", "kind", "method", "score", "evidence"]
 
@@ -109,10 +110,13 @@ def normalized_thumbs(thumbs: np.ndarray, high_pass: bool = False) -> np.ndarray
 
 
 def _normalized_rows(gray: np.ndarray, high_pass: bool = False) -> np.ndarray:
-    """(n, h, w) float32 gray images -> (n, h*w) zero-mean, unit-norm rows (see :func:`normalized_thumbs`)."""
+    """(n, h, w) float32 gray images -> (n, h*w) zero-mean, unit-norm rows (see :func:`normalized_thumbs`).
+
+    ``gray`` is a scratch array the caller hands over: it is normalised in place (no copy of the block).
+    """
     if high_pass:
         gray = gray - _gaussian_blur_each(gray, sigma=1.5, radius=5)
-    flat = np.array(gray, dtype=np.float32, copy=True).reshape(len(gray), -1)
+    flat = np.asarray(gray, dtype=np.float32).reshape(len(gray), gray.shape[1] * gray.shape[2])
     flat -= flat.mean(axis=1, keepdims=True)
     flat /= np.maximum(np.sqrt(np.einsum("ij,ij->i", flat, flat)), 1e-3)[:, None]
     return flat
@@ -791,10 +795,13 @@ def _resized_crops(details: list[np.ndarray], which: np.ndarray, boxes: np.ndarr
 
     Crops of one size that are enlarged (CIFAR-size details) are resized together: OpenCV resizes each channel on
     its own, so crops stacked as the channels of one image come out as if resized one by one (CIFAR: ~90k crops in
-    ~700 calls instead of 90k). Shrinking with ``INTER_AREA`` takes at most 4 channels, so larger crops go one by one.
+    about a thousand calls instead of 90k). Shrinking with ``INTER_AREA`` by a non-integer factor takes at most 4
+    channels, so crops larger than the thumbnail go one by one.
     """
     side = THUMB_SIDE
     out = np.empty((len(which), side, side), np.uint8)
+    if not len(which):
+        return out
     shape_of: dict[tuple[int, ...], int] = {}
     shape_ids = np.array([shape_of.setdefault(d.shape, len(shape_of)) for d in details], dtype=np.int64)
     keys = shape_ids[which] * len(CROP_BOXES) + boxes
@@ -845,7 +852,8 @@ def _verify_pair(job: _FeatureJob, q: int, r: int, dist: int, mirror: bool,
     new, ref, config, new_cache, ref_cache = job.new, job.ref, job.config, job.new_cache, job.ref_cache
     query = new_cache.get(q, mirror=mirror)
     # each of the query's keypoints matches at most once, so with fewer than min_inliers of them verification
-    # cannot pass and the reference need not be described (~6 % of CIFAR images, ~35 keypoints on average)
+    # cannot pass and the reference need not be described (~6 % of CIFAR images have fewer than 12; the average
+    # is ~35)
     can_match = len(query) >= config.min_inliers
     result = local_features.verify(
         query, ref_cache.get(r), min_inliers=config.min_inliers, min_coverage=config.min_coverage
