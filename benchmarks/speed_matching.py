@@ -388,13 +388,16 @@ def child_save_manifests(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def matches_digest(matches: Any) -> str:
-    """A digest of the match rows, to show two runs found exactly the same matches."""
+    """A digest of the match rows (pairs, kinds, methods), to show two runs found exactly the same matches.
+
+    Scores are left out: they are float results that move with rounding (a different gray conversion changed
+    them by < 1e-6 without changing a match), and rounding them would still flip values near a rounding edge.
+    """
     import hashlib
 
     if not len(matches):
         return "empty"
-    frame = matches.sort_values(["new_row", "ref_row"])[["new_row", "ref_row", "kind", "method", "score"]]
-    frame = frame.assign(score=frame["score"].round(4))  # float rounding of equal matches must not change it
+    frame = matches.sort_values(["new_row", "ref_row"])[["new_row", "ref_row", "kind", "method"]]
     return hashlib.blake2b(frame.to_csv(index=False).encode(), digest_size=8).hexdigest()
 
 
@@ -565,8 +568,9 @@ DEFAULT_BEFORE_BUSY_S = 399.0
 
 
 def run_at_commit(rev: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """:func:`run_child` with the package and this script as they were at git revision ``rev`` (``git archive`` into a
-    temporary folder; no checkout or branch is touched), so an earlier commit is measured in the same run."""
+    """:func:`run_child` with the package as it was at git revision ``rev`` (``git archive`` into a temporary folder;
+    no checkout or branch is touched), so an earlier commit is measured in the same run. The child runs *this*
+    script, so both sides time the stages and digest the matches the same way."""
     import subprocess
     import tarfile
     import tempfile
@@ -577,6 +581,8 @@ def run_at_commit(rev: str, args: dict[str, Any], timeout: float) -> dict[str, A
         subprocess.run(["git", "-C", str(repo), "archive", "-o", str(archive), rev], check=True)
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="data")
+        for helper in (SCRIPT.name, "common_timing.py", "datasets.py"):  # this script and the modules it imports
+            (Path(tmp) / "benchmarks" / helper).write_bytes((SCRIPT.parent / helper).read_bytes())
         return run_child(Path(tmp) / "benchmarks" / SCRIPT.name, args, timeout=timeout)
 
 
