@@ -35,9 +35,18 @@ from .errors import ImageDecodeError
 
 log = logging.getLogger(__name__)
 
-#: File extensions scanned by default (lower case, with the dot), as in torchvision's ``IMG_EXTENSIONS``.
+#: File extensions scanned by default (lower case, with the dot): torchvision's ``IMG_EXTENSIONS`` plus the other
+#: raster formats Pillow reads that turn up in datasets (GIF, MPO, PBM/PNM, TGA, ICO, JPEG 2000, HEIC with a plugin).
 IMG_EXTENSIONS: tuple[str, ...] = (
-    ".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".heic", ".heif",
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm",
+    ".pbm", ".pnm", ".mpo", ".tga", ".ico", ".jp2", ".j2k", ".heic", ".heif",
+)
+
+#: Leading bytes of the image formats vdc_torch decodes, to recognise an image under a foreign extension.
+_MAGIC: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\xff\xd8\xff", "JPEG"), (0, b"\x89PNG\r\n\x1a\n", "PNG"), (0, b"GIF87a", "GIF"), (0, b"GIF89a", "GIF"),
+    (0, b"BM", "BMP"), (8, b"WEBP", "WebP"), (0, b"II*\x00", "TIFF"), (0, b"MM\x00*", "TIFF"),
+    (4, b"ftypheic", "HEIC"), (4, b"ftypmif1", "HEIF"), (4, b"ftypavif", "AVIF"), (0, b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
 )
 
 #: Images declaring more pixels than this are refused before any pixel memory is allocated.
@@ -88,6 +97,24 @@ def digest(data: bytes | memoryview) -> bytes:
 def has_image_extension(path: str | os.PathLike[str], extensions: tuple[str, ...] = IMG_EXTENSIONS) -> bool:
     """True when ``path`` ends with one of ``extensions`` (case-insensitive)."""
     return str(path).lower().endswith(extensions)
+
+
+def sniff_image_format(path: str | os.PathLike[str]) -> str | None:
+    """The image format a file's first bytes announce (``"JPEG"``, ``"PNG"``, ...), or ``None``; never raises.
+
+    Used to report images hidden under a foreign extension (a JPEG named ``.svg``) instead of dropping them.
+    """
+    try:
+        if not stat_module.S_ISREG(os.stat(path).st_mode):  # a FIFO must not block the scan
+            return None
+        with open(path, "rb", buffering=0) as handle:
+            head = handle.read(16)
+    except OSError:
+        return None
+    for offset, magic, name in _MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return name
+    return None
 
 
 def display_name(path: str | bytes | os.PathLike[Any]) -> str:
@@ -481,10 +508,42 @@ def _image_ops_loaded() -> bool:
 _TORCHVISION_RGB = 3
 
 
+def decode_sample(
+    sample: Any,
+    *,
+    name: str = "<sample>",
+    decode_side: int | None = DEFAULT_DECODE_SIDE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> DecodedImage:
+    """Decode whatever a dataset stores for one image: encoded bytes, a file path, a Hugging Face image dict
+    (``{"bytes": ..., "path": ...}``), a PIL image, a tensor or an array.
+
+    Encoded bytes keep their digest, so a sample stored as bytes matches the same file byte for byte.
+    """
+    if isinstance(sample, dict) and ("bytes" in sample or "path" in sample):  # datasets.Image(decode=False)
+        if sample.get("bytes"):
+            sample = sample["bytes"]
+        elif sample.get("path"):
+            sample = sample["path"]
+        else:
+            raise ImageDecodeError(f"{name}: the image record holds neither bytes nor a path")
+    if isinstance(sample, (bytes, bytearray, memoryview)):
+        data = bytes(sample)
+        decoded = decode_bytes(data, name=name, decode_side=decode_side, max_pixels=max_pixels)
+        decoded.byte_digest = digest(data)
+        decoded.file_size = len(data)
+        return decoded
+    if isinstance(sample, (str, os.PathLike)):
+        return decode_file(sample, decode_side=decode_side, max_pixels=max_pixels)
+    return decode_object(sample, name=name)
+
+
 def decode_object(sample: Any, *, name: str = "<sample>") -> DecodedImage:
     """Decode an in-memory sample: a PIL image, a ``torch.Tensor`` (C,H,W) or an ``ndarray`` (H,W[,C]).
 
     Like :func:`decode_bytes`, it returns valid pixels or raises :class:`ImageDecodeError` naming ``name``.
+    Float tensors and arrays must hold pixels in [0, 1] (what ``ToTensor`` makes); anything else (the output of
+    ``Normalize(mean, std)``, say) is refused with a message saying how to pass the untransformed images.
     """
     try:
         return _decode_object(sample, name)
@@ -514,6 +573,8 @@ def _decode_object(sample: Any, name: str) -> DecodedImage:
         )
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.floating):
+        _check_unit_range(array, name)
     pixels = _array_to_rgb_uint8(array, name)
     h, w = pixels.shape[:2]
     return DecodedImage(pixels=pixels, width=w, height=h)
@@ -766,6 +827,29 @@ def _tensor_to_hwc(tensor: Any) -> np.ndarray:
     if array.ndim == 3 and array.shape[0] in (1, 3, 4):  # (C, H, W) as torchvision's ToTensor makes it
         array = array.transpose(1, 2, 0)
     return array
+
+
+#: Float pixels may stray this far outside [0, 1] (rounding in resize/colour transforms) and still count as images.
+FLOAT_PIXEL_TOLERANCE = 1e-3
+
+
+def _check_unit_range(array: np.ndarray, name: str) -> None:
+    """Refuse float pixels outside [0, 1]: they are not an image but, most often, a normalised tensor."""
+    if array.size == 0:
+        return
+    finite = np.isfinite(array)
+    if not finite.all():
+        raise ImageDecodeError(f"{name}: float pixels contain NaN or infinity; not an image")
+    low, high = float(array.min()), float(array.max())
+    if low >= -FLOAT_PIXEL_TOLERANCE and high <= 1.0 + FLOAT_PIXEL_TOLERANCE:
+        return
+    hint = ("it looks like the output of Normalize(mean, std)" if low < 0 else
+            "float pixels must lie in [0, 1] (convert 0-255 floats to uint8)")
+    raise ImageDecodeError(
+        f"{name}: float pixels lie in [{low:.3f}, {high:.3f}], not in [0, 1]: {hint}. vdc_torch fingerprints "
+        "images, not model inputs: pass the dataset without its transform (a dataset with a `transform` "
+        "attribute is read untransformed automatically), or Dataset.from_torch(ds, denormalize=(mean, std))"
+    )
 
 
 def _array_to_rgb_uint8(array: np.ndarray, name: str) -> np.ndarray:

@@ -27,6 +27,14 @@ class InvalidParameterError(VdcError, ValueError):
     """A parameter has a value outside its documented choices or range."""
 
 
+class InsufficientEvidenceError(VdcError, ValueError):
+    """Too little of a dataset could be read to decide anything: no decision rather than a guess.
+
+    Raised when no sample is readable, or more than ``Policy.max_problem_share`` of them are problems; the
+    message gives the counts, the first reasons and how to proceed.
+    """
+
+
 def check_choice(name: str, value: str, choices: tuple[str, ...] | list[str]) -> str:
     """Return ``value`` if it is one of ``choices``, else raise a message naming all three."""
     if value not in choices:
