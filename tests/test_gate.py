@@ -141,6 +141,13 @@ def test_gate_accepts_an_in_memory_torch_dataset(photos) -> None:
     assert decision.delta.dataset is new
 
 
+def test_decide_refuses_without_evidence() -> None:
+    from vdc_torch.errors import InsufficientEvidenceError
+
+    with pytest.raises(InsufficientEvidenceError, match="no readable samples"):
+        decide(0.0, 0, 0, 0, Policy())  # nothing readable is no decision, never a skip
+
+
 @pytest.mark.parametrize(
     ("overlap", "delta", "conflicts", "readable", "expected"),
     [
@@ -149,7 +156,6 @@ def test_gate_accepts_an_in_memory_torch_dataset(photos) -> None:
         (0.96, 4, 1, 100, Action.TRAIN),  # a label conflict is a reason to retrain
         (0.97, 3000, 0, 100000, Action.TRAIN),  # high overlap but a large delta
         (0.50, 50, 0, 100, Action.TRAIN),
-        (0.0, 0, 0, 0, Action.SKIP),  # nothing readable
     ],
 )
 def test_decide_table(overlap: float, delta: int, conflicts: int, readable: int, expected: Action) -> None:

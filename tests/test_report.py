@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vdc_torch import DatasetGate
+from vdc_torch import DatasetGate, Policy
 from vdc_torch.report import plot_overlap_per_class, plot_score_histograms, write_csv, write_html
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -99,7 +99,7 @@ def test_conflicts_and_problem_files_are_listed(photos, tmp_path: Path) -> None:
     shutil.copy(photos[0], new / "dog" / "relabelled.jpg")  # a cat of the reference, now labelled dog
     shutil.copy(photos[1], new / "cat" / "same.jpg")
     (new / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
-    decision = DatasetGate(reference=ref).check(new)
+    decision = DatasetGate(reference=ref, policy=Policy(max_problem_share=1.0)).check(new)  # problems reported
     assert len(decision.conflicts) == 1
     text = write_html(decision, tmp_path / "report.html").read_text(encoding="utf-8")
     conflicts = text.split('<section id="conflicts">')[1].split("</section>")[0]

@@ -41,7 +41,7 @@ from .decode import (
     DEFAULT_MAX_PIXELS,
     DecodedImage,
     decode_file,
-    decode_object,
+    decode_sample,
     digest,
     read_file,
 )
@@ -614,8 +614,9 @@ class _FingerprintTask(torch.utils.data.Dataset):
                     decoded.append((index, path, decode_file(path, decode_side=self.decode_side,
                                                              max_pixels=self.max_pixels)))
                 else:
-                    image, _ = self.dataset.raw_item(index)
-                    decoded.append((index, path, decode_object(image, name=path)))
+                    decoded.append((index, path, decode_sample(self.dataset.source_image(index), name=path,
+                                                               decode_side=self.decode_side,
+                                                               max_pixels=self.max_pixels)))
             except ImageDecodeError as exc:
                 results.append((index, Problem(index, path, str(exc))))
             except Exception as exc:  # noqa: BLE001 - never let one sample end the run
@@ -783,6 +784,69 @@ def compute_fingerprints(
         fresh, problems = _all_gather(fresh, problems)
     table = fresh.rows(np.argsort(fresh.sample_index, kind="stable"))
     problems.sort(key=lambda p: (p.index, not p.fatal))
+    return table, problems
+
+
+def fingerprint_stream(
+    items: Iterable[tuple[int, str, Any]],
+    *,
+    extra_hashes: Sequence[str] = (),
+    progress: bool = False,
+    total: int | None = None,
+    decode_side: int | None = DEFAULT_DECODE_SIDE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    desc: str = "fingerprinting",
+) -> tuple[FingerprintTable, list[Problem]]:
+    """Fingerprint ``(index, name, stored image)`` items in one pass, in this process (an iterable dataset
+    cannot be split between workers without changing what each sees).
+
+    The stored image is anything :func:`vdc_torch.decode.decode_sample` takes, or an exception (the item could
+    not be read). Rows carry the item's index; paths and labels are left for the caller.
+    """
+    batches: list[FingerprintTable] = []
+    problems: list[Problem] = []
+    pending: list[tuple[int, str, DecodedImage]] = []
+    bar = _progress(total, desc, progress)
+
+    def flush() -> None:
+        if not pending:
+            return
+        try:
+            fps = fingerprint_batch([d for _, _, d in pending], extra_hashes)
+            rows = [(i, fp) for (i, _, _), fp in zip(pending, fps)]
+        except Exception:  # noqa: BLE001 - find the one sample that fails, keep the others
+            rows = []
+            for i, name, d in pending:
+                try:
+                    rows.append((i, fingerprint_decoded(d, extra_hashes)))
+                except Exception as exc:  # noqa: BLE001
+                    problems.append(_unexpected(i, name, exc))
+        for (i, fp), (_, name, _) in zip(rows, pending):
+            problems.extend(Problem(i, name, w, fatal=False) for w in fp.warnings)
+        if rows:
+            batches.append(FingerprintTable.from_rows([i for i, _ in rows], [""] * len(rows), [None] * len(rows),
+                                                      [fp for _, fp in rows]))
+        bar.update(len(pending))
+        pending.clear()
+
+    with threadpool_limits(1, user_api="blas"):
+        for index, name, stored in items:
+            try:
+                if isinstance(stored, BaseException):
+                    raise stored
+                pending.append((index, name, decode_sample(stored, name=name, decode_side=decode_side,
+                                                           max_pixels=max_pixels)))
+            except ImageDecodeError as exc:
+                problems.append(Problem(index, name, str(exc)))
+                bar.update(1)
+            except Exception as exc:  # noqa: BLE001 - one item's failure is its problem record
+                problems.append(_unexpected(index, name, exc))
+                bar.update(1)
+            if len(pending) >= MAX_BATCH:
+                flush()
+        flush()
+    bar.close()
+    table = FingerprintTable.concat(batches) if batches else FingerprintTable.empty()
     return table, problems
 
 

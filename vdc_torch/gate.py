@@ -10,6 +10,8 @@ import hashlib
 import json
 import logging
 import os
+import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -20,9 +22,9 @@ import pandas as pd
 import torch.utils.data
 
 from .cache import FingerprintCache
-from .data import Dataset
-from .errors import InvalidParameterError
-from .fingerprint import FINGERPRINT_VERSION, FingerprintTable, Problem, compute_fingerprints
+from .data import Dataset, NovelStream, Stream, is_hf_dataset, is_stream, label_value
+from .errors import InsufficientEvidenceError, InvalidParameterError
+from .fingerprint import FINGERPRINT_VERSION, FingerprintTable, Problem, compute_fingerprints, fingerprint_stream
 from .manifest import load_manifest, save_manifest
 from .matching import MATCH_COLUMNS, MATCHING_VERSION, FeatureCaches, MatchConfig, match_tables
 
@@ -52,19 +54,48 @@ class Policy:
     skip_overlap: float = 0.95
     min_delta_to_train: int = 64
     count_similar: bool = False
+    #: No decision (``InsufficientEvidenceError``) when more than this share of a dataset's samples cannot be
+    #: read: the unread samples could be anything. 0.05 = as many as the default ``skip_overlap`` tolerates novel
+    #: ones, so unread samples alone can never turn a "train" into a "skip". 1.0 = decide on whatever was read.
+    max_problem_share: float = 0.05
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.skip_overlap <= 1.0:
             raise InvalidParameterError(f"skip_overlap={self.skip_overlap!r} must lie in [0, 1]")
+        if not 0.0 <= self.max_problem_share <= 1.0:
+            raise InvalidParameterError(f"max_problem_share={self.max_problem_share!r} must lie in [0, 1]")
         if self.min_delta_to_train < 0:
             raise InvalidParameterError(f"min_delta_to_train={self.min_delta_to_train!r} must be >= 0")
 
 
+def check_evidence(readable: int, problems: Sequence[Problem], policy: Policy, what: str = "new dataset") -> None:
+    """Raise :class:`InsufficientEvidenceError` when too little of a dataset was read to decide on it."""
+    unreadable = [p for p in problems if p.fatal]
+    total = readable + len(unreadable)
+    share = len(unreadable) / total if total else 1.0
+    if readable and share <= policy.max_problem_share:
+        return
+    reasons = "; ".join(dict.fromkeys(p.reason for p in unreadable[:3]))
+    if readable == 0:
+        head = f"the {what} has no readable sample ({len(unreadable)} unreadable)" if total else f"the {what} is empty"
+    else:
+        head = (f"{len(unreadable)} of the {total} samples of the {what} ({share:.1%}) could not be read, more than "
+                f"Policy.max_problem_share={policy.max_problem_share:g}")
+    raise InsufficientEvidenceError(
+        f"no decision: {head}, so whatever it holds is unknown" + (f". First problems: {reasons}" if reasons else "")
+        + ". Fix or remove the files (decision problems list them all), or raise Policy(max_problem_share=...) "
+        "to decide on the readable part"
+    )
+
+
 def decide(overlap: float, delta_size: int, conflicts: int, readable: int, policy: Policy) -> tuple[Action, str]:
-    """The action and a one-sentence reason, from the counts alone."""
+    """The action and a one-sentence reason, from the counts alone.
+
+    ``readable == 0`` is no evidence at all: :class:`InsufficientEvidenceError`, never a skip.
+    """
     pct = f"{overlap:.1%}"
     if readable == 0:
-        return Action.SKIP, "Skip: the new dataset has no readable samples."
+        raise InsufficientEvidenceError("no decision: the new dataset has no readable samples")
     if conflicts:
         return Action.TRAIN, (
             f"Train on the delta: {conflicts} matched sample(s) carry a different label than in the reference "
@@ -94,7 +125,9 @@ class Decision:
     action: Action
     reason: str
     overlap: float
-    delta: torch.utils.data.Subset
+    #: The novel, deduplicated samples as the kind of object passed in: a ``Subset`` of a torch dataset (of
+    #: exactly that object), ``ds.select(...)`` of a Hugging Face dataset, a :class:`NovelStream` of a stream.
+    delta: Any
     matches: pd.DataFrame
     conflicts: pd.DataFrame
     problems: pd.DataFrame
@@ -107,6 +140,12 @@ class Decision:
     reference_fingerprints: FingerprintTable | None = field(default=None, repr=False)
     new_root: str = ""
     reference_root: str = ""
+    #: Files under the new dataset's root that are not samples (``path, reason``): nothing is dropped unseen.
+    skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "reason"]))
+    #: Indices (in the new dataset, or positions in a stream) of the novel, deduplicated samples.
+    novel_indices: list[int] = field(default_factory=list)
+    #: A key per novel sample to persist the delta: its path (relative to the root), or a stream item's key.
+    delta_keys: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         return self.reason
@@ -114,7 +153,7 @@ class Decision:
     @property
     def delta_indices(self) -> list[int]:
         """Indices (in the new dataset) of the novel, deduplicated samples."""
-        return list(self.delta.indices)
+        return list(self.novel_indices)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything as JSON-able Python values."""
@@ -128,6 +167,8 @@ class Decision:
             "conflicts": _records(self.conflicts),
             "internal_duplicates": _records(self.internal_duplicates),
             "problems": _records(self.problems),
+            "skipped": _records(self.skipped),
+            "delta_keys": list(self.delta_keys),
             "policy": asdict(self.policy),
             "config": self.config.to_dict(),
             "new_root": self.new_root,
@@ -158,24 +199,61 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return json.loads(json.dumps(plain, default=_json_default))
 
 
-def as_dataset(data: Any) -> Dataset:
-    """A :class:`Dataset` view of a folder path, a ``Dataset`` or any torch dataset of ``(image, label)``."""
-    if isinstance(data, Dataset):
+def as_dataset(data: Any) -> Dataset | Stream:
+    """A :class:`Dataset` view of a folder path, a ``Dataset``, any torch map-style dataset or a Hugging Face
+    ``datasets.Dataset``; a :class:`Stream` of an iterable dataset."""
+    if isinstance(data, (Dataset, Stream)):
         return data
     if isinstance(data, (str, os.PathLike)):
         return Dataset(data)
-    if isinstance(data, torch.utils.data.Subset):
-        inner = as_dataset(data.dataset)
-        view = Dataset.__new__(Dataset)
-        view.__dict__.update(inner.__dict__)
-        view.select(list(data.indices))
-        return view
-    if isinstance(data, torch.utils.data.Dataset):
+    if is_stream(data):
+        return Stream(data)
+    if is_hf_dataset(data) or isinstance(data, torch.utils.data.Dataset):
         return Dataset.from_torch(data)
     raise InvalidParameterError(
-        f"dataset of type {type(data).__name__} is not supported; pass a folder path, a vdc_torch.Dataset "
-        "or a torch Dataset whose items are (image, label)"
+        f"dataset of type {type(data).__name__} is not supported; pass a folder path, a vdc_torch.Dataset, a torch "
+        "Dataset (map-style or IterableDataset) or a Hugging Face datasets.Dataset / IterableDataset"
     )
+
+
+def delta_of(original: Any, data: Dataset, indices: list[int]) -> Any:
+    """The novel samples ``indices`` as the kind of object the user passed (see :attr:`Decision.delta`)."""
+    if isinstance(data, _StreamView):
+        keyed = all(k is not None for k in data.keys)
+        return NovelStream(data.stream.original, indices, [data.keys_by_position[i] for i in indices], keyed)
+    if is_hf_dataset(original):
+        return original.select(indices)
+    if isinstance(original, torch.utils.data.Dataset):
+        return torch.utils.data.Subset(original, indices)
+    return torch.utils.data.Subset(data, indices)
+
+
+class _StreamView(Dataset):
+    """Internal: what one pass over a :class:`Stream` saw, as a dataset of names and labels (not re-readable)."""
+
+    stream: Stream
+    keys: list[str | None]
+    keys_by_position: dict[int, str]
+
+    def source_image(self, index: int) -> Any:
+        raise InvalidParameterError("a stream sample cannot be read again by index; iterate decision.delta")
+
+
+def _stream_view(stream: Stream, seen: list[tuple[int, str, bool, Any]]) -> _StreamView:
+    """The :class:`_StreamView` of ``(position, key, has_key, label)`` records."""
+    names = [label for *_, label in seen if isinstance(label, str)]
+    classes = list(stream.classes) or sorted(set(names))
+    index = {c: i for i, c in enumerate(classes)}
+    view = _StreamView._blank("", classes)
+    view.stream = stream
+    view.keys = [key if has_key else None for _, key, has_key, _ in seen]
+    view.keys_by_position = {position: key for position, key, _, _ in seen}
+    view.samples = [
+        (f"<{stream.name}[{position}]{' ' + key if has_key else ''}>",
+         index.get(label, -1) if isinstance(label, str) else (label if label is not None else -1))
+        for position, key, has_key, label in seen
+    ]
+    return view
 
 
 def _match_key(new: FingerprintTable, ref: FingerprintTable, config: MatchConfig) -> str:
@@ -256,8 +334,10 @@ class DatasetGate:
         """Fingerprints of the reference (computed on first use)."""
         if self._table is None:
             assert self._reference is not None
-            self._table, self.reference_problems = self._fingerprint(self._reference, "reference")
-            self.meta.setdefault("reference_root", self._reference.root)
+            table, problems, dataset = self._fingerprint(self._reference, "reference")
+            check_evidence(len(table), problems, self.policy, "reference")
+            self._table, self.reference_problems = table, problems
+            self.meta.setdefault("reference_root", dataset.root)
         return self._table
 
     @property
@@ -269,15 +349,39 @@ class DatasetGate:
             self._cache = FingerprintCache(self.cache_path)
         return self._cache
 
-    def _fingerprint(self, dataset: Dataset, desc: str) -> tuple[FingerprintTable, list[Problem]]:
-        table, problems = compute_fingerprints(
-            dataset, workers=self.workers, progress=self.progress, desc=desc, cache=self.cache
-        )
+    def _fingerprint(self, data: Dataset | Stream, desc: str) -> tuple[FingerprintTable, list[Problem], Dataset]:
+        """Fingerprints and problems of ``data``, and the :class:`Dataset` describing its samples."""
+        started = time.perf_counter()
+        if isinstance(data, Stream):
+            table, problems, dataset = self._fingerprint_stream(data, desc)
+        else:
+            dataset = data
+            table, problems = compute_fingerprints(
+                dataset, workers=self.workers, progress=self.progress, desc=desc, cache=self.cache
+            )
         table.paths = _relative_paths(table.paths, dataset.root)
         fatal = sum(p.fatal for p in problems)
         if fatal:
             log.warning("%s: %d of %d samples could not be used", desc, fatal, len(dataset))
-        return table, problems
+        log.info("fingerprinting %s: %d samples in %.2f s", desc, len(dataset), time.perf_counter() - started)
+        return table, problems, dataset
+
+    def _fingerprint_stream(self, stream: Stream, desc: str) -> tuple[FingerprintTable, list[Problem], Dataset]:
+        seen: list[tuple[int, str, bool, Any]] = []
+
+        def items() -> Any:
+            for position, key, image, label in stream.items():
+                has_key = key != str(position)
+                seen.append((position, key, has_key, label_value(label)))
+                yield position, f"<{stream.name}[{position}]{' ' + key if has_key else ''}>", image
+
+        total = len(stream.original) if hasattr(stream.original, "__len__") else None
+        table, problems = fingerprint_stream(items(), progress=self.progress, total=total, desc=desc)
+        view = _stream_view(stream, seen)
+        order = table.sample_index.tolist()
+        table.paths = [view.samples[i][0] for i in order]
+        table.labels = [view.label_name(view.samples[i][1]) for i in order]
+        return table, problems, view
 
     def __len__(self) -> int:
         return len(self.reference_table)
@@ -299,8 +403,7 @@ class DatasetGate:
 
     def update(self, dataset: Any) -> int:
         """Add a dataset the model has now been trained on to the reference; returns the rows added."""
-        data = as_dataset(dataset)
-        table, problems = self._fingerprint(data, "update")
+        table, problems, _ = self._fingerprint(as_dataset(dataset), "update")
         base = self.reference_table
         table.sample_index = table.sample_index + (int(base.sample_index.max()) + 1 if len(base) else 0)
         self._table = FingerprintTable.concat([base, table])
@@ -310,10 +413,14 @@ class DatasetGate:
     # -- the check -------------------------------------------------------------------------------------------
     def check(self, new_dataset: Any) -> Decision:
         """Compare ``new_dataset`` with the reference and decide: skip, or train on the returned delta."""
-        data = as_dataset(new_dataset)
+        given = as_dataset(new_dataset)  # a wrong path fails before the reference is fingerprinted
         ref = self.reference_table
-        new, problems = self._fingerprint(data, "new")
+        new, problems, data = self._fingerprint(given, "new")
+        check_evidence(len(new), problems, self.policy)
+        started = time.perf_counter()
         matched, internal = self._match(new, ref)
+        log.info("matching: %d new against %d reference samples in %.2f s", len(new), len(ref),
+                 time.perf_counter() - started)
         return self._decision(new_dataset, data, new, ref, matched, internal, problems)
 
     def _match(self, new: FingerprintTable, ref: FingerprintTable) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -363,7 +470,11 @@ class DatasetGate:
         ].reset_index(drop=True)
         overlap = len(seen_set) / len(readable) if readable else 0.0
         action, reason = decide(overlap, len(delta_indices), len(conflicts), len(readable), self.policy)
-        problem_frame = pd.DataFrame([p.to_dict() for p in problems], columns=["index", "path", "reason", "fatal"])
+        problem_frame = pd.DataFrame({
+            "index": pd.Series([p.index for p in problems], dtype=np.int64),
+            "path": _text([p.path for p in problems]), "reason": _text([p.reason for p in problems]),
+            "fatal": pd.Series([p.fatal for p in problems], dtype=bool),
+        })
         skipped = int(problem_frame["fatal"].sum()) if len(problem_frame) else 0
         if skipped:
             reason += f" {skipped} unreadable sample(s) were left out (see problems)."
@@ -379,17 +490,28 @@ class DatasetGate:
             "delta": len(delta_indices),
             "conflicts": len(conflicts),
         }
-        subset_base = original if isinstance(original, torch.utils.data.Dataset) else data
-        if isinstance(original, torch.utils.data.Subset):
-            subset_base, delta_indices = original.dataset, [original.indices[i] for i in delta_indices]
+        keys = getattr(data, "keys_by_position", None)
+        delta_keys = ([keys[i] for i in delta_indices] if keys is not None
+                      else _relative_paths([data.samples[i][0] for i in delta_indices], data.root))
+        unused = getattr(data, "skipped", [])
+        skipped = pd.DataFrame({"path": _text(_relative_paths([f.path for f in unused], data.root)),
+                                "reason": _text([f.reason for f in unused])})
+        if unused:
+            counts["skipped_files"] = len(unused)
         return Decision(
             action=action, reason=reason, overlap=overlap,
-            delta=torch.utils.data.Subset(subset_base, delta_indices),
+            delta=delta_of(original, data, delta_indices),
+            skipped=skipped, novel_indices=delta_indices, delta_keys=delta_keys,
             matches=matches.reset_index(drop=True), conflicts=conflicts, problems=problem_frame,
             internal_duplicates=internal_dups, counts=counts, policy=self.policy, config=self.config,
             new_fingerprints=new, reference_fingerprints=ref, new_root=data.root,
             reference_root=str(self.meta.get("reference_root", "")),
         )
+
+
+def _text(values: list[Any]) -> pd.Series:
+    """A column of file names or labels as Python objects: pandas' Arrow strings refuse non-UTF-8 file names."""
+    return pd.Series(values, dtype=object)
 
 
 def _public_matches(
@@ -404,14 +526,14 @@ def _public_matches(
     r = frame["ref_row"].to_numpy(dtype=np.int64)
     out = pd.DataFrame({
         f"{prefix_new}_index": new.sample_index[q],
-        f"{prefix_new}_path": [new.paths[i] for i in q],
+        f"{prefix_new}_path": _text([new.paths[i] for i in q]),
         f"{prefix_ref}_index": ref.sample_index[r],
-        f"{prefix_ref}_path": [ref.paths[i] for i in r],
+        f"{prefix_ref}_path": _text([ref.paths[i] for i in r]),
         "kind": frame["kind"].to_numpy(),
         "method": frame["method"].to_numpy(),
         "score": frame["score"].to_numpy(dtype=np.float64).round(4),
         "evidence": frame["evidence"].to_numpy(),
-        f"{prefix_new}_label": [new.labels[i] for i in q],
-        f"{prefix_ref}_label": [ref.labels[i] for i in r],
+        f"{prefix_new}_label": _text([new.labels[i] for i in q]),
+        f"{prefix_ref}_label": _text([ref.labels[i] for i in r]),
     })
     return out.sort_values(f"{prefix_new}_index").reset_index(drop=True)[columns]
