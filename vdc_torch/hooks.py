@@ -92,10 +92,8 @@ def pretrain_gate(
                  len(gate))
         gate.save(path)
         return gate.check(new_dataset)
-    decision = DatasetGate(None, **options).check(new_dataset)
+    decision = DatasetGate(None, **options).check(new_dataset)  # nothing readable: InsufficientEvidenceError
     readable = decision.counts.get("readable", 0)
-    if readable == 0:
-        return decision
     duplicates = decision.counts.get("internal_duplicates", 0)
     extra = f" ({duplicates} duplicate(s) inside the new data left out)" if duplicates else ""
     reason = (f"Train on the delta: no reference manifest exists yet at {path!r}, so all {readable} readable "
