@@ -245,3 +245,15 @@ def test_nothing_readable_is_no_decision_and_too_many_problems_too(photos, tmp_p
     with pytest.raises(InsufficientEvidenceError, match="the reference has no readable sample"):
         DatasetGate(reference=str(bad), workers=0).check(str(ref))  # matching against nothing is no evidence
 
+
+
+def test_vdc_gate_on_a_folder_with_nothing_readable_exits_1_not_99(photos, tmp_path: Path, capsys) -> None:
+    from vdc_torch.cli import main
+
+    ref, new = tmp_path / "ref", tmp_path / "new"
+    ref.mkdir()
+    new.mkdir()
+    shutil.copy(photos[0], ref / photos[0].name)
+    (new / "only.jpg").write_bytes(photos[0].read_bytes()[:300])
+    assert main(["gate", "--reference", str(ref), "--new", str(new), "-q", "--workers", "0"]) == 1
+    assert "no decision: the new dataset has no readable sample" in capsys.readouterr().err
