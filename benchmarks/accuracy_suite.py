@@ -91,6 +91,8 @@ COPY_CLASSES = (
     "overlay",
     "border",
     "combo",
+    "flip_crop",
+    "rotate_canvas",
 )
 DISTRACTOR_CLASSES = ("distractor_hdr", "distractor_colour_variant", "distractor_gps_view", "distractor_other")
 
@@ -458,6 +460,29 @@ def t_combo(px, rng):
     return out, {"scale": p1["scale"], "crop": round(f, 3), "contrast": round(alpha, 3), "brightness": round(beta, 1)}
 
 
+def t_flip_crop(px, rng):
+    """RandomResizedCrop + RandomHorizontalFlip: mirror, keep 80-90 % of each side anywhere, downscale (JPEG)."""
+    h, w = px.shape[:2]
+    keep = _u(rng, 0.8, 0.9)
+    kh, kw = round(h * keep), round(w * keep)
+    y, x = round((h - kh) * _u(rng, 0, 1)), round((w - kw) * _u(rng, 0, 1))
+    out = np.ascontiguousarray(px[y : y + kh, x : x + kw][:, ::-1])
+    s = _u(rng, 0.4, 0.9)
+    out = cv2.resize(out, (max(1, round(kw * s)), max(1, round(kh * s))), interpolation=cv2.INTER_AREA)
+    return out, {"kept_per_side": round(keep, 3), "top": y, "left": x, "scale": round(s, 3)}
+
+
+def t_rotate_canvas(px, rng):
+    """Rotated by 5-30 degrees either way on the same canvas (size unchanged), black or edge-smeared corners."""
+    angle = rng.choice([-1, 1]) * _u(rng, 5.0, 30.0)
+    corners = rng.choice(["black", "edge"])
+    h, w = px.shape[:2]
+    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, 1.0)
+    border = cv2.BORDER_CONSTANT if corners == "black" else cv2.BORDER_REPLICATE
+    out = cv2.warpAffine(px, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=border, borderValue=(0, 0, 0))
+    return out, {"degrees": round(angle, 2), "corners": corners}
+
+
 PIXEL_TRANSFORMS: dict[str, Callable[[np.ndarray, random.Random], tuple[np.ndarray, dict]]] = {
     "resize": t_resize,
     "crop_center": t_crop_center,
@@ -473,6 +498,8 @@ PIXEL_TRANSFORMS: dict[str, Callable[[np.ndarray, random.Random], tuple[np.ndarr
     "overlay": t_overlay,
     "border": t_border,
     "combo": t_combo,
+    "flip_crop": t_flip_crop,
+    "rotate_canvas": t_rotate_canvas,
 }
 
 
@@ -655,9 +682,9 @@ def build_suite(
                     expected = "exact" if lossless else "near_duplicate"
             else:
                 px, params = PIXEL_TRANSFORMS[cls](s.pixels, rng)
-                fmt = "jpeg" if cls == "combo" else s.fmt
-                q = rng.randint(60, 90) if cls == "combo" else 95
-                if cls == "combo":
+                fmt = "jpeg" if cls in ("combo", "flip_crop") else s.fmt
+                q = rng.randint(60, 90) if cls in ("combo", "flip_crop") else 95
+                if cls in ("combo", "flip_crop"):
                     params["quality"] = q
                 data = encode(px, fmt, quality=q)
             items.append(

@@ -7,8 +7,13 @@ Order of evidence, cheapest and surest first:
 3. ``exif``    — same camera, capture time and ids, *confirmed by pixels*       -> ``near_duplicate``
 4. ``phash``   — perceptual hash within ``hash_radius``, verified on thumbnails  -> ``near_duplicate``/``similar``
 5. ``mirror``  — the same for the mirror image (flip augmentation)               -> policy decides
-6. ``crop``/``features`` — crop hashes and hash candidates that failed the thumbnail check, verified by
-   local features (ratio test + RANSAC inliers + coverage)                       -> ``near_duplicate``
+6. ``crop``/``features`` — crop hashes (of the picture and of its mirror image) and hash candidates that failed
+   the thumbnail check, verified by local features (ratio test + RANSAC inliers + coverage) -> ``near_duplicate``
+7. ``rotation`` — still unmatched samples turned back by up to ``max_rotation`` degrees, their centre crops
+   looked up among the crop hashes, verified by local features                  -> ``near_duplicate``
+
+Crops and mirrors count as near-duplicates unless ``crop_is_duplicate`` / ``mirror_is_duplicate`` is False (see
+:class:`MatchConfig` for what a crop is).
 
 Each stage only looks at new samples that earlier stages left unmatched (or matched only as ``similar``).
 """
@@ -37,6 +42,7 @@ from .fingerprint import (
     crop_windows,
     decode_detail,
     default_workers,
+    phash_batch,
     single_threaded_opencv,
 )
 from .index import ExactIndex, HammingIndex, InvertedFileIP
@@ -46,7 +52,9 @@ log = logging.getLogger(__name__)
 KINDS = ("exact", "near_duplicate", "similar")
 #: Bumped whenever the cascade changes its results for the same fingerprints and config (invalidates caches).
 #: 13: thumbnail similarities by OpenCV's gray conversion (the same matches, scores within float rounding).
-MATCHING_VERSION = 13
+#: 14: flipped crops (the crop index queried with the mirror pHash), rotations on the same canvas (rotation stage),
+#: crops defined by the share of the reference shown (crop_coverage_ratio 0.9) whatever stage found them.
+MATCHING_VERSION = 14
 _KIND_RANK = {"exact": 0, "near_duplicate": 1, "similar": 2}
 MATCH_COLUMNS = ["new_row", "ref_row", "kind", "method", "score", "evidence"]
 
@@ -57,6 +65,19 @@ class MatchConfig:
 
     ``near_duplicate_similarity`` / ``similar_similarity`` apply to the thumbnail similarity (normalised
     cross-correlation of 32×32 gray thumbnails, 1.0 = identical up to brightness and contrast).
+
+    **Crops and mirrors.** A copy is a *crop* when the part of the reference it shows covers less than
+    ``crop_coverage_ratio`` (0.9) of the reference's area: the new image's outline, mapped into the reference by
+    the verified transform (local features or dense alignment), intersected with the reference. Keeping 95 % of
+    each side (90 % of the area) is still the picture; a RandomResizedCrop-style 10 % crop of each side (81 % of
+    the area) is a crop, as is a rotation on the same canvas that cuts off more than a tenth of the picture's
+    corners. A *mirror* is a copy that matches only after a horizontal flip, alone or with a crop.
+    ``crop_is_duplicate=False`` / ``mirror_is_duplicate=False`` report such copies as ``similar`` whatever
+    stage found them: pairs matched by hashes or thumbnails alone are measured by local features (or
+    alignment) first, and only demoted when that measurement says crop.
+
+    >>> MatchConfig(crop_is_duplicate=False).crop_coverage_ratio
+    0.9
     """
 
     hash_radius: int = 12  # pHash Hamming radius (of 64 bits) for candidates
@@ -77,11 +98,13 @@ class MatchConfig:
     max_features: int = 400
     min_inliers: int = 12
     min_coverage: float = 0.15  # share of the image the verified matches must span (features.verify)
-    crop_coverage_ratio: float = 0.8  # reference coverage below this share of the new one: a crop
+    crop_coverage_ratio: float = 0.9  # a copy showing less than this share of the reference's area is a crop
     max_feature_candidates: int = 5  # per new sample, best hash candidates sent to feature verification
     feature_min_thumb_similarity: float = 0.5  # hash candidates need this gray NCC before feature verification
     crop_min_thumb_similarity: float = 0.3  # crop-index candidates: gray NCC with the crop that matched, before
     tiny_crop_min_thumb_similarity: float = 0.6  # ... when the reference is below align.MIN_SIDE (CIFAR size)
+    tiny_mirror_crop_min_thumb_similarity: float = 0.75  # ... and the mirror image matched (CIFAR-10: the true
+    # flipped crops reach 0.82-0.97; 0.75 sends 9k of 81k hash hits to SIFT instead of 32k at 0.6)
     knn_candidates: int = 3  # unmatched samples: nearest references by 8x8 thumbnail correlation, to features
     knn_min_similarity: float = 0.88  # ... when their 8x8 correlation reaches this (0 disables the stage)
     use_alignment: bool = True  # candidates that features cannot verify: dense alignment (smooth pictures)
@@ -89,6 +112,8 @@ class MatchConfig:
     aligned_similarity: float = 0.92  # gray NCC of the aligned pair (align.py) for a near-duplicate
     encoder_similarity: float = 0.92  # cosine of model embeddings to count (CIFAR-10 gallery: 0.90-0.92 mixes in look-alikes)
     encoder_min_thumb_similarity: float = 0.0  # pixel sanity check of encoder candidates (gray thumbnail NCC)
+    max_rotation: float = 30.0  # unmatched samples: turned back by up to this many degrees (0 disables the stage)
+    rotation_min_thumb_similarity: float = 0.6  # ... gray NCC of the turned-back centre crop with the reference's
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -418,16 +443,24 @@ def match_tables(
         crop_index = HammingIndex(ref.crop_hashes.reshape(-1))  # code i is crop i % k of reference row i // k
         radius = chance_limited_radius(config.crop_radius, len(ref) * k)
         q, code, dist = crop_index.search(np.asarray(new.phash)[open_rows], radius)
-        del crop_index  # ~1 GB of MIH tables at 1M reference rows: not kept through feature verification
         q, r = open_rows[q], code // k
         feature_candidates.insert(0, (q, r, dist, False, True, np.full(len(q), -1), code % k))
+        # the mirror pHash too: a flipped copy that is also cropped (RandomResizedCrop + RandomHorizontalFlip),
+        # verified after the rest, for the samples still unmatched then (a plain copy is preferred to a mirror)
+        q, code, dist = crop_index.search(np.asarray(new.phash_mirror)[open_rows], radius)
+        mirrored = [(open_rows[q], code // k, dist, True, True, np.full(len(q), -1), code % k)]
+        del crop_index  # ~1 GB of MIH tables at 1M reference rows: not kept through feature verification
         add(_verify_with_features(job, feature_candidates, settled, same_table, verifier))
+        add(_verify_with_features(job, mirrored, settled, same_table, verifier))
     if config.use_alignment and len(ref) and len(new) and config.overlay_boxes:
         add(_verify_with_features(job, _same_crop_candidates(new, ref, ~settled, config), settled, same_table,
                                   verifier))
     if config.use_alignment and len(ref) and len(new):
         add(_verify_with_features(job, _whole_picture_candidates(new, ref, ~settled, global_index, config),
                                   settled, same_table, verifier))
+    if config.use_features and config.max_rotation > 0 and len(ref) and len(new):
+        add(_verify_with_features(job, _rotation_candidates(new, ref, ~settled, same_table, config), settled,
+                                  same_table, verifier))
 
     # 7. model embeddings: nearest neighbours in the feature space of the model being trained
     if new_embeddings is not None and ref_embeddings is not None and len(ref) and len(new):
@@ -448,7 +481,8 @@ def match_tables(
 
     if not found:
         return pd.DataFrame(columns=MATCH_COLUMNS)
-    return _other_exposures_are_similar(_best_per_query(pd.concat(found, ignore_index=True)), new, ref)
+    matches = _crops_are_similar(_best_per_query(pd.concat(found, ignore_index=True)), job)
+    return _other_exposures_are_similar(matches, new, ref)
 
 
 def _other_exposures_are_similar(matches: pd.DataFrame, new: FingerprintTable, ref: FingerprintTable) -> pd.DataFrame:
@@ -613,6 +647,212 @@ def _whole_picture_candidates(
     return [(q, r, d, False, True, np.full(len(q), WHOLE_PICTURE)) for q, r, d in found]
 
 
+#: ``box`` values of candidates from :func:`_rotation_candidates`: ``ROTATED - i`` for the ``i``-th of
+#: :func:`_rotation_angles` (the angle that turned the sample back onto its candidate).
+ROTATED = -3
+#: The rotation stage turns unmatched samples back by every multiple of this many degrees up to ``max_rotation``
+#: (either way): a pHash still agrees within about half a step.
+ROTATION_STEP = 5.0
+#: Working side of the turned-back centre crops (then area-resized to the thumbnail side, like the crop hashes).
+_ROTATION_WORK_SIDE = 2 * THUMB_SIDE
+#: The centred crops of :data:`CROP_BOXES` by their ``keep``, largest first: the turned-back crop of each angle is
+#: hashed as the largest one that the rotated canvas still covers (about).
+_CENTRE_BOXES: tuple[tuple[float, int], ...] = tuple(sorted(
+    ((keep, i) for i, (keep, top, left) in enumerate(CROP_BOXES)
+     if abs(top - (1 - keep) / 2) < 1e-6 and abs(left - (1 - keep) / 2) < 1e-6), reverse=True))
+
+
+def _clean_keep(height: int, width: int, degrees: float) -> tuple[float, int]:
+    """``(keep, box)``: the largest centred crop box whose window, on a copy rotated by ``degrees`` on its own
+    canvas, stays inside that canvas (2 % tolerance), else the smallest."""
+    a = math.radians(abs(degrees))
+    c, s = math.cos(a), math.sin(a)
+    half_w, half_h = width / 2.0, height / 2.0
+    fits = min(half_w / (half_w * c + half_h * s), half_h / (half_w * s + half_h * c))
+    for keep, box in _CENTRE_BOXES:
+        if keep <= fits + 0.02:
+            return keep, box
+    return _CENTRE_BOXES[-1]
+
+
+def _rotation_angles(config: MatchConfig) -> np.ndarray:
+    """The angles (degrees) the rotation stage turns samples back by: ``±ROTATION_STEP, ... ±max_rotation``."""
+    steps = np.arange(ROTATION_STEP, config.max_rotation + 1e-6, ROTATION_STEP)
+    return np.concatenate([steps, -steps])
+
+
+def _turn_back_matrix(height: int, width: int, degrees: float, window: tuple[slice, slice], out_w: int,
+                      out_h: int) -> np.ndarray:
+    """3×3: pixel of an ``out_w`` × ``out_h`` image of the crop ``window`` (reference frame) -> pixel of a copy of
+    a ``height`` × ``width`` picture rotated by ``degrees`` about its centre on the same canvas."""
+    y0, x0 = window[0].start, window[1].start
+    ch, cw = window[0].stop - y0, window[1].stop - x0
+    to_crop = np.array([[cw / out_w, 0, x0 + 0.5 * cw / out_w - 0.5], [0, ch / out_h, y0 + 0.5 * ch / out_h - 0.5],
+                        [0, 0, 1]])
+    return _homogeneous(cv2.getRotationMatrix2D(((width - 1) / 2.0, (height - 1) / 2.0), degrees, 1.0)) @ to_crop
+
+
+def _verify_rotated(job: _FeatureJob, q: int, r: int, dist: int, degrees: float) -> tuple[Any, ...] | None:
+    """A rotation-stage pair: local features (rotation invariant), else the sample's clean centre crop turned back
+    by ``degrees`` and aligned inside the reference (smooth or small pictures, where SIFT finds too few points)."""
+    row = _verify_pair(job, q, r, dist, False, use_alignment=False)
+    config = job.config
+    if row is not None or not config.use_alignment:
+        return row
+    new_image, ref_image = job.new_cache.image(q), job.ref_cache.image(r)
+    h, w = new_image.shape
+    window = crop_windows(h, w)[_clean_keep(h, w, degrees)[1]]
+    ch, cw = window[0].stop - window[0].start, window[1].stop - window[1].start
+    back = _turn_back_matrix(h, w, degrees, window, cw, ch)  # crop pixel -> new pixel
+    crop = cv2.warpAffine(new_image, back[:2], (cw, ch), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+    aligned = align(crop, ref_image)
+    if not _alignment_agrees(aligned, config):
+        return None
+    transform = (_homogeneous(aligned.transform) @ np.linalg.inv(back))[:2]  # new pixel -> reference pixel
+    colour = _aligned_colour_difference(job.new.thumbs[q], job.ref.thumbs[r], transform, new_image.shape,
+                                        ref_image.shape)
+    if colour > config.max_alignment_color_difference:
+        return None
+    share = reference_share(transform, new_image.shape, ref_image.shape)
+    cropped = share < config.crop_coverage_ratio
+    evidence = (
+        f"turned back by {degrees:+.0f} deg, its centre crop aligned at scale {aligned.scale:.2f} (crop-hash "
+        f"distance {dist}): thumbnail similarity {aligned.similarity:.3f}, fine-structure similarity "
+        f"{aligned.detail_similarity:.3f}, colour difference {colour:.1f}, shows {share:.0%} of the reference"
+        f"{', crop' if cropped else ''}"
+    )
+    return (q, r, _kind(config, False, cropped), "alignment", aligned.similarity, evidence)
+
+
+def _turned_back_crops(detail: np.ndarray, angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each angle: the centred crop box (:func:`_clean_keep`) of ``detail`` turned back by that angle about its
+    centre, area-resized to the thumbnail side; ``((len(angles), 32, 32) float32, (len(angles),) box ids)``.
+
+    A copy rotated by ``a`` on the same canvas, turned back by ``a``, shows the reference's centre unharmed: that
+    crop's pHash lies near the reference's crop hash of the same box.
+    """
+    h, w = detail.shape
+    factor = min(1.0, 2.0 * _ROTATION_WORK_SIDE / max(h, w))  # ~2x the working side, so the warp does not alias
+    small = detail if factor == 1.0 else cv2.resize(detail, (max(1, round(w * factor)), max(1, round(h * factor))),
+                                                    interpolation=cv2.INTER_AREA)
+    sh, sw = small.shape
+    side = _ROTATION_WORK_SIDE
+    out = np.empty((len(angles), THUMB_SIDE, THUMB_SIDE), np.float32)
+    boxes = np.empty(len(angles), np.int64)
+    for i, degrees in enumerate(angles.tolist()):
+        _, box = _clean_keep(sh, sw, degrees)
+        back = _turn_back_matrix(sh, sw, degrees, crop_windows(sh, sw)[box], side, side)
+        warped = cv2.warpAffine(small, back[:2], (side, side),
+                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+        out[i] = cv2.resize(warped.astype(np.float32), (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
+        boxes[i] = box
+    return out, boxes
+
+
+def _rotation_candidates(
+    new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, same_table: bool, config: MatchConfig
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, bool, bool, np.ndarray]]:
+    """Unmatched samples that may be rotated copies on the same canvas (black or smeared corners, size unchanged).
+
+    Each is turned back by ``±ROTATION_STEP, ±2·ROTATION_STEP, ... ±max_rotation`` degrees; the centre crop of each
+    (:func:`_turned_back_crops`) is pHashed and looked up among the references' hashes of the same crop box. Hits
+    whose crops correlate (gray NCC >= ``rotation_min_thumb_similarity``) go to local features, which verify any
+    rotation. Only pictures large enough for dense alignment (not CIFAR size: at 32 px a turned-back crop keeps too
+    little to hash) and only samples every earlier stage left unmatched pay for it.
+    """
+    rows = np.flatnonzero(open_rows & _large_enough_to_align(new))
+    ref_rows = np.flatnonzero(_large_enough_to_align(ref))
+    angles = _rotation_angles(config)
+    if not len(rows) or not len(ref_rows) or not len(angles):
+        return []
+
+    def turn(part: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        crops = [_turned_back_crops(decode_detail(new.details[row]), angles) for row in part]
+        return np.concatenate([c for c, _ in crops]), np.concatenate([b for _, b in crops])
+
+    chunks = [rows[i : i + 64].tolist() for i in range(0, len(rows), 64)]
+    parts = _threaded_map(turn, chunks, default_workers())
+    crops = np.concatenate([c for c, _ in parts])
+    boxes = np.concatenate([b for _, b in parts])
+    query_rows = np.repeat(rows, len(angles))
+    codes = phash_batch(crops)
+    radius = chance_limited_radius(config.crop_radius, len(ref_rows) * len(angles))
+    found_q, found_r, found_d = [], [], []
+    for _, box in _CENTRE_BOXES:
+        which = np.flatnonzero(boxes == box)
+        if not len(which):
+            continue
+        q, r, dist = HammingIndex(np.asarray(ref.crop_hashes[:, box])[ref_rows]).search(codes[which], radius)
+        q, r = which[q], ref_rows[r]
+        keep = query_rows[q] != r if same_table else np.ones(len(q), dtype=bool)
+        found_q.append(q[keep]), found_r.append(r[keep]), found_d.append(dist[keep])
+    q, r, dist = np.concatenate(found_q), np.concatenate(found_r), np.concatenate(found_d)
+    if same_table:
+        keep = r < query_rows[q]
+        q, r, dist = q[keep], r[keep], dist[keep]
+    if not len(q):
+        return []
+    # the turned-back crop against the same crop of the reference (a cheap check before local features)
+    ref_ids, which = np.unique(r, return_inverse=True)
+    details = [decode_detail(ref.details[row]) for row in ref_ids.tolist()]
+    ref_crops = _resized_crops(details, which, boxes[q]).astype(np.float32)
+    similarity = np.einsum("ij,ij->i", _normalized_rows(crops[q].copy()), _normalized_rows(ref_crops))
+    ok = similarity >= config.rotation_min_thumb_similarity
+    log.debug("rotation stage: %d samples x %d angles, %d hash hits, %d to verify", len(rows), len(angles), len(q),
+              int(ok.sum()))
+    q, r, dist = q[ok], r[ok], dist[ok]
+    if not len(q):
+        return []
+    # one angle per pair, the closest hash (verified once)
+    order = np.lexsort((dist, r, query_rows[q]))
+    q, r, dist = q[order], r[order], dist[order]
+    first = np.r_[True, (query_rows[q][1:] != query_rows[q][:-1]) | (r[1:] != r[:-1])]
+    q, r, dist = q[first], r[first], dist[first]
+    return [(query_rows[q], r, dist, False, True, ROTATED - q % len(angles))]
+
+
+#: Methods whose evidence says nothing about the geometry of a pair: with ``crop_is_duplicate=False`` their
+#: near-duplicates are measured (:func:`_measured_share`) before they count.
+_UNMEASURED_METHODS = ("phash", "mirror", "exif", "encoder")
+
+
+def _crops_are_similar(matches: pd.DataFrame, job: _FeatureJob) -> pd.DataFrame:
+    """With ``crop_is_duplicate=False``: near-duplicates found by hashes or thumbnails alone that local features
+    (or alignment) measure as a crop (:func:`reference_share` below ``crop_coverage_ratio``) become ``similar``."""
+    config = job.config
+    if config.crop_is_duplicate or not len(matches):
+        return matches
+    demote, notes = [], []
+    for i, (q, r, kind, method) in enumerate(zip(matches["new_row"], matches["ref_row"], matches["kind"],
+                                                 matches["method"])):
+        if kind != "near_duplicate" or method not in _UNMEASURED_METHODS:
+            continue
+        share = _measured_share(job, int(q), int(r), mirror=method == "mirror")
+        if share is not None and share < config.crop_coverage_ratio:
+            demote.append(i)
+            notes.append(f"; shows {share:.0%} of the reference: a crop (crop_is_duplicate=False)")
+    if demote:
+        matches = matches.copy()
+        matches.loc[demote, "kind"] = "similar"
+        matches.loc[demote, "evidence"] = matches.loc[demote, "evidence"].astype(str) + np.asarray(notes, object)
+    return matches
+
+
+def _measured_share(job: _FeatureJob, q: int, r: int, mirror: bool) -> float | None:
+    """:func:`reference_share` of a pair by local features, else by dense alignment; None when neither verifies."""
+    config = job.config
+    query, target = job.new_cache.get(q, mirror=mirror), job.ref_cache.get(r)
+    result = local_features.verify(query, target, min_inliers=config.min_inliers, min_coverage=config.min_coverage)
+    if result.matched:
+        return reference_share(result.transform, query.image_shape, target.image_shape)
+    new_image, ref_image = job.new_cache.image(q), job.ref_cache.image(r)
+    aligned = align(np.ascontiguousarray(new_image[:, ::-1]) if mirror else new_image, ref_image)
+    if _alignment_agrees(aligned, config):
+        return reference_share(aligned.transform, new_image.shape, ref_image.shape)
+    return None
+
+
 #: Inverted lists of the approximate index: about ``KNN_ROWS_PER_LIST`` reference rows each, at most 4096.
 KNN_ROWS_PER_LIST = 1024
 #: Lists probed per query (of ~1000 at 1M rows) and rows the lists are trained on (k-means, fixed seed).
@@ -754,11 +994,14 @@ def _verify_with_features(
     if "hint" in table and (table["hint"] >= 0).any():  # crop-index candidates: the crop that matched is known
         hinted = table["hint"].to_numpy() >= 0
         similar, tiny = _crop_hint_similarity(new, ref, table["q"].to_numpy(np.int64)[hinted],
-                                              table["r"].to_numpy(np.int64)[hinted], table["hint"].to_numpy()[hinted])
+                                              table["r"].to_numpy(np.int64)[hinted], table["hint"].to_numpy()[hinted],
+                                              table["mirror"].to_numpy(bool)[hinted])
         keep = np.ones(len(table), dtype=bool)
         # at CIFAR size SIFT is the only verifier left and costs as much as at 256 px (upscaled x3); there the
         # crops it can verify at all are close to the crop grid (0.6 keeps every CIFAR pair, 40 % fewer to verify)
-        keep[hinted] = similar >= np.where(tiny, config.tiny_crop_min_thumb_similarity, config.crop_min_thumb_similarity)
+        tiny_bound = np.where(table["mirror"].to_numpy(bool)[hinted], config.tiny_mirror_crop_min_thumb_similarity,
+                              config.tiny_crop_min_thumb_similarity)
+        keep[hinted] = similar >= np.where(tiny, tiny_bound, config.crop_min_thumb_similarity)
         table = table[keep]
     for mirror, group in table.groupby("mirror"):
         keep = group["crop"].to_numpy(dtype=bool).copy()
@@ -797,10 +1040,11 @@ def _verify_with_features(
 
 
 def _crop_hint_similarity(
-    new: FingerprintTable, ref: FingerprintTable, q: np.ndarray, r: np.ndarray, boxes: np.ndarray
+    new: FingerprintTable, ref: FingerprintTable, q: np.ndarray, r: np.ndarray, boxes: np.ndarray,
+    mirror: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Gray NCC of each new thumbnail with the crop ``boxes[i]`` of its candidate reference (from its detail),
-    and whether that reference is tiny (detail below ``align.MIN_SIDE``).
+    """Gray NCC of each new thumbnail (mirrored where ``mirror[i]``) with the crop ``boxes[i]`` of its candidate
+    reference (from its detail), and whether that reference is tiny (detail below ``align.MIN_SIDE``).
 
     The crop index says which crop of the reference matched the new image's pHash, so the pair is aligned up to
     the crop grid: a cheap check before local features, which cost milliseconds per pair.
@@ -810,7 +1054,10 @@ def _crop_hint_similarity(
         details = [decode_detail(ref.details[row]) for row in rows.tolist()]  # once per block (64 KB at 256 px)
         tiny = np.array([min(d.shape) < ALIGN_MIN_SIDE for d in details], dtype=bool)[which]
         crops = _resized_crops(details, which, boxes[part])
-        new_gray = normalized_thumbs(np.asarray(new.thumbs[q[part]]))
+        thumbs = np.asarray(new.thumbs[q[part]])
+        if mirror is not None and mirror[part].any():
+            thumbs = np.where(mirror[part][:, None, None, None], thumbs[:, :, ::-1], thumbs)
+        new_gray = normalized_thumbs(thumbs)
         return np.einsum("ij,ij->i", new_gray, _normalized_rows(crops.astype(np.float32))), tiny
 
     parts = _map_blocks(block, len(q))
@@ -858,7 +1105,9 @@ def _verify_groups(job: _FeatureJob, groups: list[tuple[int, list[tuple[int, int
     found = []
     for q, candidates in groups:
         for r, dist, mirror, box in candidates:
-            if box >= 0:
+            if box <= ROTATED:  # from the rotation stage, which found the angle
+                row = _verify_rotated(job, q, r, dist, _rotation_angles(job.config)[ROTATED - box])
+            elif box >= 0:
                 row = _verify_box(job, q, r, dist, box)
                 if row is None:  # a copy rotated with black corners fails on the crop, but the reference
                     # aligns inside it as a whole
@@ -872,11 +1121,12 @@ def _verify_groups(job: _FeatureJob, groups: list[tuple[int, list[tuple[int, int
 
 
 def _verify_pair(job: _FeatureJob, q: int, r: int, dist: int, mirror: bool,
-                 both_ways: bool = False) -> tuple[Any, ...] | None:
+                 both_ways: bool = False, use_alignment: bool = True) -> tuple[Any, ...] | None:
     """One candidate pair: local features first, then dense alignment (smooth pictures); a match row or None.
 
     Alignment places the new image inside the reference (a crop); ``both_ways`` also tries the reference inside
     the new image (the new one has a frame or more of the picture than the reference kept after trimming).
+    ``mirror`` verifies the mirrored new image (features and alignment alike): a flipped and cropped copy.
     """
     new, ref, config, new_cache, ref_cache = job.new, job.ref, job.config, job.new_cache, job.ref_cache
     query = new_cache.get(q, mirror=mirror)
@@ -891,28 +1141,61 @@ def _verify_pair(job: _FeatureJob, q: int, r: int, dist: int, mirror: bool,
         colour = _aligned_colour_difference(new.thumbs[q], ref.thumbs[r], result.transform,
                                             query.image_shape, ref_cache.get(r).image_shape)
         if colour <= config.max_aligned_color_difference:  # else: same layout, other colours (a variant)
-            # matches spread over a crop span a smaller share of its original than of the crop itself
-            cropped = result.coverage_b < config.crop_coverage_ratio * result.coverage_a
-            kind = "near_duplicate"
-            if (mirror and not config.mirror_is_duplicate) or (cropped and not config.crop_is_duplicate):
-                kind = "similar"
+            share = reference_share(result.transform, query.image_shape, ref_cache.get(r).image_shape)
+            cropped = share < config.crop_coverage_ratio
+            kind = _kind(config, mirror, cropped)
             score = min(1.0, result.inliers / max(1, len(query)))
             evidence = (
                 f"pHash distance {dist}, {result.inliers} inliers of {result.good_matches} matches, "
                 f"coverage {result.coverage_a:.2f} new / {result.coverage_b:.2f} reference, "
-                f"scale {result.scale:.2f}, rotation {result.rotation_deg:.1f} deg{', crop' if cropped else ''}"
+                f"scale {result.scale:.2f}, rotation {result.rotation_deg:.1f} deg, "
+                f"shows {share:.0%} of the reference{', crop' if cropped else ''}"
             )
             return (q, r, kind, f"{config.extractor}{'-mirror' if mirror else ''}", score, evidence)
-    if mirror or not config.use_alignment:
+    if not (use_alignment and config.use_alignment):
         return None
-    return _verify_by_alignment(job, q, r, dist, both_ways)
+    return _verify_by_alignment(job, q, r, dist, both_ways, mirror=mirror)
+
+
+def _kind(config: MatchConfig, mirror: bool, cropped: bool) -> str:
+    """``near_duplicate``, or ``similar`` for a mirror or crop that the config does not count (see MatchConfig)."""
+    if (mirror and not config.mirror_is_duplicate) or (cropped and not config.crop_is_duplicate):
+        return "similar"
+    return "near_duplicate"
+
+
+def reference_share(transform: np.ndarray | None, new_shape: tuple[int, int], ref_shape: tuple[int, int]) -> float:
+    """Share of the reference's area that the new image shows (1.0 for a whole copy, ~0.81 for a 10 % crop).
+
+    ``transform`` (2×3 or 3×3) maps new-detail pixels to reference-detail pixels; the new image's outline mapped
+    by it is intersected with the reference's outline. 1.0 when there is no transform (nothing to measure).
+
+    >>> round(reference_share(np.array([[0.9, 0, 5], [0, 0.9, 5]]), (100, 100), (100, 100)), 2)
+    0.81
+    """
+    if transform is None:
+        return 1.0
+    (nh, nw), (rh, rw) = new_shape, ref_shape
+    corners = np.array([[-0.5, -0.5, 1], [nw - 0.5, -0.5, 1], [nw - 0.5, nh - 0.5, 1], [-0.5, nh - 0.5, 1]])
+    mapped = corners @ _homogeneous(transform).T
+    if np.any(mapped[:, 2] <= 1e-9) or rw * rh <= 0:
+        return 1.0
+    outline = cv2.convexHull((mapped[:, :2] / mapped[:, 2:]).astype(np.float32))
+    box = np.array([[-0.5, -0.5], [rw - 0.5, -0.5], [rw - 0.5, rh - 0.5], [-0.5, rh - 0.5]], np.float32)
+    area, _ = cv2.intersectConvexConvex(outline, box)
+    return float(min(1.0, max(0.0, area) / (rw * rh)))
 
 
 def _verify_by_alignment(job: _FeatureJob, q: int, r: int, dist: int,
-                         both_ways: bool = False) -> tuple[Any, ...] | None:
-    """One candidate pair by dense alignment of the whole pictures (see :func:`_verify_pair`); a match row or None."""
+                         both_ways: bool = False, mirror: bool = False) -> tuple[Any, ...] | None:
+    """One candidate pair by dense alignment of the whole pictures (see :func:`_verify_pair`); a match row or None.
+
+    ``mirror`` aligns the mirrored new image (its thumbnail mirrored as well for the colour check)."""
     new, ref, config = job.new, job.ref, job.config
     new_image, ref_image = job.new_cache.image(q), job.ref_cache.image(r)
+    new_thumb = new.thumbs[q]
+    if mirror:
+        new_image, new_thumb = np.ascontiguousarray(new_image[:, ::-1]), np.ascontiguousarray(new_thumb[:, ::-1])
     aligned = align(new_image, ref_image)
     if both_ways and not _alignment_agrees(aligned, config):
         inverse = align(ref_image, new_image)
@@ -921,18 +1204,19 @@ def _verify_by_alignment(job: _FeatureJob, q: int, r: int, dist: int,
             aligned = Alignment(m, inverse.similarity, inverse.detail_similarity, 1.0 / inverse.scale)
     if not _alignment_agrees(aligned, config):
         return None
-    colour = _aligned_colour_difference(new.thumbs[q], ref.thumbs[r], aligned.transform, new_image.shape,
+    colour = _aligned_colour_difference(new_thumb, ref.thumbs[r], aligned.transform, new_image.shape,
                                         ref_image.shape)
     if colour > config.max_alignment_color_difference:
         return None
-    cropped = aligned.scale < config.crop_coverage_ratio
-    kind = "similar" if cropped and not config.crop_is_duplicate else "near_duplicate"
+    share = reference_share(aligned.transform, new_image.shape, ref_image.shape)
+    cropped = share < config.crop_coverage_ratio
     evidence = (
-        f"pHash distance {dist}, aligned at scale {aligned.scale:.2f}: thumbnail similarity "
-        f"{aligned.similarity:.3f}, fine-structure similarity {aligned.detail_similarity:.3f}, "
-        f"colour difference {colour:.1f}{', crop' if cropped else ''}"
+        f"pHash distance {dist}, {'mirror image ' if mirror else ''}aligned at scale {aligned.scale:.2f}: "
+        f"thumbnail similarity {aligned.similarity:.3f}, fine-structure similarity {aligned.detail_similarity:.3f}, "
+        f"colour difference {colour:.1f}, shows {share:.0%} of the reference{', crop' if cropped else ''}"
     )
-    return (q, r, kind, "alignment", aligned.similarity, evidence)
+    return (q, r, _kind(config, mirror, cropped), f"alignment{'-mirror' if mirror else ''}", aligned.similarity,
+            evidence)
 
 
 def _alignment_agrees(aligned: Alignment | None, config: MatchConfig) -> bool:
@@ -968,12 +1252,15 @@ def _verify_box(job: _FeatureJob, q: int, r: int, dist: int, box: int) -> tuple[
     if colour > config.max_alignment_color_difference:
         return None
     keep = CROP_BOXES[box][0]
+    share = reference_share(transform, new_image.shape, ref_image.shape)
+    cropped = share < config.crop_coverage_ratio
     evidence = (
         f"the same {keep:.0%} crop of both agrees (pHash distance {dist}): thumbnail similarity "
         f"{aligned.similarity:.3f}, fine-structure similarity {aligned.detail_similarity:.3f}, colour difference "
-        f"{colour:.1f}; the rest differs (overlay, caption or edit)"
+        f"{colour:.1f}; the rest differs (overlay, caption or edit); shows {share:.0%} of the reference"
+        f"{', crop' if cropped else ''}"
     )
-    return (q, r, "near_duplicate", "crop-alignment", aligned.similarity, evidence)
+    return (q, r, _kind(config, False, cropped), "crop-alignment", aligned.similarity, evidence)
 
 
 def _aligned_colour_difference(
