@@ -227,3 +227,50 @@ def test_gate_encoder_option_imports_a_module_factory(scenario, tmp_path, monkey
     assert cli.main(["gate", "--reference", str(scenario.reference), "--new", str(scenario.new),
                      "--encoder", "my_encoders:absent", "-q"]) == 1
     sys.modules.pop("my_encoders", None)
+
+
+# -- first minutes: a fast --help, names that match the registries --------------------------------------------
+
+
+def test_the_parser_method_names_are_the_registries() -> None:
+    from vdc_torch import features, hashes, metrics, names
+
+    assert names.HASH_METHODS == hashes.HASH_METHODS
+    assert names.HASH_ALIASES == hashes.HASH_ALIASES
+    assert names.METRICS == metrics.METRICS
+    assert names.EXTRACTORS == features.EXTRACTORS
+
+
+@pytest.mark.parametrize("args", [["--help"], ["gate", "--help"], ["gate", "--new", "x"], ["--version"]])
+def test_help_and_usage_errors_import_no_heavy_library(args: list[str]) -> None:
+    script = (
+        "import runpy, sys\n"
+        f"sys.argv = ['vdc', *{args!r}]\n"
+        "try:\n    runpy.run_module('vdc_torch', run_name='__main__')\nexcept SystemExit as exc:\n    code = exc.code\n"
+        "heavy = sorted(m for m in ('torch', 'cv2', 'faiss', 'numpy', 'pandas', 'numba', 'PIL') if m in sys.modules)\n"
+        "print('HEAVY', ','.join(heavy), 'CODE', code)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    last = done.stdout.strip().splitlines()[-1]
+    expected_code = EXIT_USAGE if args == ["gate", "--new", "x"] else 0
+    assert last == f"HEAVY  CODE {expected_code}", done.stdout + done.stderr
+
+
+def test_the_package_keeps_its_public_names_while_importing_lazily() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    script = (
+        "import sys, vdc_torch\n"
+        "assert 'torch' not in sys.modules, 'import vdc_torch imported torch'\n"
+        "assert set(vdc_torch.__all__) <= set(dir(vdc_torch)), 'dir() lacks public names'\n"
+        "from vdc_torch import Dataset, DatasetGate, MatchConfig, VdcError, decide, __version__\n"
+        "assert DatasetGate.__module__ == 'vdc_torch.gate' and vdc_torch.gate.DatasetGate is DatasetGate\n"
+        "assert all(getattr(vdc_torch, n) is not None for n in vdc_torch.__all__)\n"
+        "print('OK', __version__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "OK 0.1.0", done.stdout + done.stderr
+    import vdc_torch
+
+    with pytest.raises(AttributeError, match="no attribute 'DatasetGat'"):
+        vdc_torch.DatasetGat  # noqa: B018

@@ -22,10 +22,11 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:  # imported where used: `vdc --help` and usage errors must not wait for numpy, pandas or torch
+    import numpy as np
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +99,7 @@ def _wrap(text: str) -> str:
 
 
 def _compare_methods() -> tuple[list[str], list[str], list[str]]:
-    from .features import EXTRACTORS
-    from .hashes import HASH_ALIASES, HASH_METHODS
-    from .metrics import METRICS
+    from .names import EXTRACTORS, HASH_ALIASES, HASH_METHODS, METRICS  # static names: no OpenCV import for --help
 
     return [*HASH_METHODS, *HASH_ALIASES], list(METRICS), list(EXTRACTORS)
 
@@ -365,6 +364,8 @@ def _load_folder(path: str, args: argparse.Namespace) -> tuple[list[str], list[n
 
 
 def _bgr(rgb: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
@@ -376,6 +377,9 @@ def compare_folders(dir1: str, dir2: str, method: str, *, threshold: float | Non
 
     >>> compare_folders("data/a", "data/b", "phash").head()   # doctest: +SKIP
     """
+    import numpy as np
+    import pandas as pd
+
     from . import features, hashes, metrics
     from .errors import check_choice
 
