@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "Decision": "gate",
     "ImageDecodeError": "errors",
     "InvalidParameterError": "errors",
+    "InsufficientEvidenceError": "errors",
     "ManifestError": "errors",
     "MatchConfig": "matching",
     "Policy": "gate",
