@@ -47,6 +47,7 @@ from .decode import (
 )
 from .errors import ImageDecodeError, InvalidParameterError
 from .hashes import HASH_METHODS, compute_hash
+from .progress import progress_bar
 from .stored import is_stored
 
 log = logging.getLogger(__name__)
@@ -744,7 +745,7 @@ def compute_fingerprints(
     batches: list[FingerprintTable] = []
     reused: dict[int, Fingerprint] = {}
     problems: list[Problem] = []
-    bar = _progress(len(todo), desc, progress)
+    bar = progress_bar(len(todo), desc, progress)
     with single_threaded_opencv(), threadpool_limits(1, user_api="blas"):
         for batch in loader:
             done = 0
@@ -806,7 +807,7 @@ def fingerprint_stream(
     batches: list[FingerprintTable] = []
     problems: list[Problem] = []
     pending: list[tuple[int, str, DecodedImage]] = []
-    bar = _progress(total, desc, progress)
+    bar = progress_bar(total, desc, progress)
 
     def flush() -> None:
         if not pending:
@@ -950,18 +951,3 @@ def _all_gather(table: FingerprintTable, problems: list[Problem]) -> tuple[Finge
     merged_problems = [Problem(**record) for b in gathered_problems for record in json.loads(b.decode())]
     return merged, merged_problems
 
-
-class _NoBar:
-    def update(self, n: int) -> None:  # noqa: D102
-        pass
-
-    def close(self) -> None:  # noqa: D102
-        pass
-
-
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", leave=False)

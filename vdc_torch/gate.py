@@ -421,7 +421,10 @@ class DatasetGate:
         matched, internal = self._match(new, ref)
         log.info("matching: %d new against %d reference samples in %.2f s", len(new), len(ref),
                  time.perf_counter() - started)
-        return self._decision(new_dataset, data, new, ref, matched, internal, problems)
+        started = time.perf_counter()
+        decision = self._decision(new_dataset, data, new, ref, matched, internal, problems)
+        log.info("decision: %s in %.2f s", decision.action, time.perf_counter() - started)
+        return decision
 
     def _match(self, new: FingerprintTable, ref: FingerprintTable) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Cross and internal matches; reused from the cache when fingerprints and config are unchanged."""
@@ -437,10 +440,11 @@ class DatasetGate:
 
             new_emb, ref_emb = embed_thumbs(self.encoder, new.thumbs), embed_thumbs(self.encoder, ref.thumbs)
         caches = FeatureCaches()  # the new images verified against the reference are described once for both calls
+        label = "matching" if self.progress else None
         matched = match_tables(new, ref, self.config, new_embeddings=new_emb, ref_embeddings=ref_emb,
-                               feature_caches=caches)
+                               feature_caches=caches, progress=label)
         internal = match_tables(new, new, self.config, same_table=True, new_embeddings=new_emb, ref_embeddings=new_emb,
-                                feature_caches=caches)
+                                feature_caches=caches, progress=label and "internal duplicates")
         if self.cache is not None and key is not None:
             self.cache.store_result(key, {"cross": _records(matched), "internal": _records(internal)})
             self.cache.save()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -46,6 +47,7 @@ from .fingerprint import (
     single_threaded_opencv,
 )
 from .index import ExactIndex, HammingIndex, InvertedFileIP
+from .progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -360,6 +362,7 @@ def match_tables(
     new_embeddings: np.ndarray | None = None,
     ref_embeddings: np.ndarray | None = None,
     feature_caches: FeatureCaches | None = None,
+    progress: str | None = None,
 ) -> pd.DataFrame:
     """Run the cascade; one row per matched new row (its best match), columns :data:`MATCH_COLUMNS`.
 
@@ -367,12 +370,15 @@ def match_tables(
     duplicates inside one dataset: every later copy points at its first occurrence. ``new_embeddings`` and
     ``ref_embeddings`` (unit rows from a model encoder) add a last stage: nearest neighbours in the model's
     feature space with cosine ``>= config.encoder_similarity``. ``feature_caches`` keeps the local features of
-    verified images for a later call on the same tables (a fresh one per call by default).
+    verified images for a later call on the same tables (a fresh one per call by default). ``progress`` (a label,
+    e.g. ``"matching"``) shows a bar with ETA for each verification stage; each stage's time is logged at INFO.
     """
     found: list[pd.DataFrame] = []
     caches = FeatureCaches() if feature_caches is None else feature_caches
-    job = _FeatureJob(new, ref, config, caches(new, config), caches(ref, config))
+    job = _FeatureJob(new, ref, config, caches(new, config), caches(ref, config), progress)
     settled = np.zeros(len(new), dtype=bool)  # matched as exact or near-duplicate
+    clock = [time.perf_counter()]
+    what = "internal duplicates" if same_table else "matching"
 
     def allowed(q: np.ndarray, r: np.ndarray) -> np.ndarray:
         keep = ~settled[q]
@@ -380,11 +386,15 @@ def match_tables(
             keep &= r < q
         return keep
 
-    def add(frame: pd.DataFrame) -> None:
+    def add(frame: pd.DataFrame, stage: str) -> None:
         if len(frame):
             found.append(frame)
             strong = frame.loc[frame["kind"] != "similar", "new_row"].to_numpy()
             settled[strong] = True
+        now = time.perf_counter()
+        log.info("%s, stage %s: %d match(es) in %.2f s; %d of %d samples settled", what, stage, len(frame),
+                 now - clock[0], int(settled.sum()), len(new))
+        clock[0] = now
 
     # 1-2. exact bytes and pixels
     for method, new_keys, ref_keys in (
@@ -394,7 +404,7 @@ def match_tables(
         pairs = np.asarray(ExactIndex(ref_keys).pairs(new_keys), dtype=np.int64).reshape(-1, 2)
         q, r = pairs[:, 0], pairs[:, 1]
         keep = allowed(q, r)
-        add(_first_per_query(_rows(q[keep], r[keep], "exact", method, 1.0, f"identical {method}")))
+        add(_first_per_query(_rows(q[keep], r[keep], "exact", method, 1.0, f"identical {method}")), method)
 
     verifier = ThumbVerifier(new.thumbs, ref.thumbs, config)
 
@@ -406,7 +416,7 @@ def match_tables(
     sim = verifier.similarity(q, r)
     ok = sim >= config.exif_min_similarity
     add(_best_per_query(_rows(q[ok], r[ok], "near_duplicate", "exif", sim[ok],
-                              [f"same EXIF identity, thumbnail similarity {s:.3f}" for s in sim[ok]])))
+                              [f"same EXIF identity, thumbnail similarity {s:.3f}" for s in sim[ok]])), "exif")
 
     # 4-5. perceptual hash candidates, verified on thumbnails
     global_index = HammingIndex(ref.phash)
@@ -428,7 +438,7 @@ def match_tables(
             for d, s, f in zip(dist, sim, fine)
         ]
         ev = np.asarray(evidence, dtype=object)
-        add(_best_per_query(_rows(q[near], r[near], near_kind, method, sim[near], ev[near])))
+        add(_best_per_query(_rows(q[near], r[near], near_kind, method, sim[near], ev[near])), method)
         found.append(_rows(q[similar], r[similar], "similar", method, sim[similar], ev[similar]))
         feature_candidates.append((q[~near], r[~near], dist[~near], mirror, False))
 
@@ -450,17 +460,18 @@ def match_tables(
         q, code, dist = crop_index.search(np.asarray(new.phash_mirror)[open_rows], radius)
         mirrored = [(open_rows[q], code // k, dist, True, True, np.full(len(q), -1), code % k)]
         del crop_index  # ~1 GB of MIH tables at 1M reference rows: not kept through feature verification
-        add(_verify_with_features(job, feature_candidates, settled, same_table, verifier))
-        add(_verify_with_features(job, mirrored, settled, same_table, verifier))
+        add(_verify_with_features(job, feature_candidates, settled, same_table, verifier, "local features"),
+            "local features")
+        add(_verify_with_features(job, mirrored, settled, same_table, verifier, "mirrored crops"), "mirrored crops")
     if config.use_alignment and len(ref) and len(new) and config.overlay_boxes:
         add(_verify_with_features(job, _same_crop_candidates(new, ref, ~settled, config), settled, same_table,
-                                  verifier))
+                                  verifier, "overlays"), "overlays")
     if config.use_alignment and len(ref) and len(new):
         add(_verify_with_features(job, _whole_picture_candidates(new, ref, ~settled, global_index, config),
-                                  settled, same_table, verifier))
+                                  settled, same_table, verifier, "alignment"), "alignment")
     if config.use_features and config.max_rotation > 0 and len(ref) and len(new):
         add(_verify_with_features(job, _rotation_candidates(new, ref, ~settled, same_table, config), settled,
-                                  same_table, verifier))
+                                  same_table, verifier, "rotations"), "rotations")
 
     # 7. model embeddings: nearest neighbours in the feature space of the model being trained
     if new_embeddings is not None and ref_embeddings is not None and len(ref) and len(new):
@@ -477,7 +488,7 @@ def match_tables(
         ok = pixel >= config.encoder_min_thumb_similarity
         add(_best_per_query(_rows(q[ok], r[ok], "near_duplicate", "encoder", cos[ok],
                                   [f"model embedding cosine {c:.3f}, thumbnail similarity {p:.3f}"
-                                   for c, p in zip(cos[ok], pixel[ok])])))
+                                   for c, p in zip(cos[ok], pixel[ok])])), "encoder")
 
     if not found:
         return pd.DataFrame(columns=MATCH_COLUMNS)
@@ -961,6 +972,8 @@ class _FeatureJob:
     config: MatchConfig
     new_cache: FeatureCache
     ref_cache: FeatureCache
+    #: Label of the progress bars of the verification stages; ``None`` = no bars.
+    progress: str | None = None
 
 
 def _verify_with_features(
@@ -969,6 +982,7 @@ def _verify_with_features(
     settled: np.ndarray,
     same_table: bool,
     verifier: ThumbVerifier,
+    stage: str = "local features",
 ) -> pd.DataFrame:
     """Verify candidate pairs; each tuple is ``(q, r, dist, mirror, skip_prefilter)`` or the same plus ``box``.
 
@@ -1032,9 +1046,18 @@ def _verify_with_features(
     # CIFAR's 20 s (queries differ in candidates, and a thread can lose its core to other work for a while)
     size = max(1, min(VERIFY_CHUNK, len(groups) // (8 * workers)))
     chunks = [groups[i : i + size] for i in range(0, len(groups), size)]
-    with single_threaded_opencv():
-        results = [row for part in _threaded_map(lambda chunk: _verify_groups(job, chunk), chunks, workers)
-                   for row in part]
+    bar = progress_bar(len(groups), f"{job.progress}: {stage}", job.progress is not None, unit="sample")
+
+    def verify(chunk: list[tuple[int, list[tuple[int, int, bool, int]]]]) -> list[tuple[Any, ...]]:
+        verified = _verify_groups(job, chunk)
+        bar.update(len(chunk))
+        return verified
+
+    try:
+        with single_threaded_opencv():
+            results = [row for part in _threaded_map(verify, chunks, workers) for row in part]
+    finally:
+        bar.close()
     rows = [_rows(*row) for row in sorted(results)]
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=MATCH_COLUMNS)
 
