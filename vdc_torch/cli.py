@@ -574,6 +574,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 _COMMANDS = {"index": cmd_index, "gate": cmd_gate, "update": cmd_update, "compare": cmd_compare, "info": cmd_info}
 
 
+def _quiet_faiss(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not record.name.startswith("faiss")
+
+
 def _configure_logging(args: argparse.Namespace) -> tuple[list[logging.Handler], int]:
     """Point the root logger at stderr for this command; returns what to restore afterwards."""
     root = logging.getLogger()
@@ -587,6 +591,9 @@ def _configure_logging(args: argparse.Namespace) -> tuple[list[logging.Handler],
         level = logging.ERROR
     logging.basicConfig(level=level, format="vdc: %(levelname)s: %(name)s: %(message)s", stream=sys.stderr,
                         force=True)
+    if level > logging.DEBUG:  # faiss logs which CPU builds it failed to load, with tracebacks, at INFO
+        for handler in root.handlers:
+            handler.addFilter(_quiet_faiss)
     return saved
 
 
