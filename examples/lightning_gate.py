@@ -7,7 +7,7 @@ batch size, shuffling and workers) and, once the fit has trained, the delta is a
     trainer = L.Trainer(max_epochs=2, callbacks=[VdcGateCallback("ckpt/reference.vdc")])
     trainer.fit(model, DataLoader(drop, batch_size=64, shuffle=True))
 
-Needs Lightning: ``pip install 'vdc_torch[lightning]'`` (or ``pip install lightning``).
+Needs Lightning: ``pip install lightning`` (from a checkout: ``pip install -e '.[lightning]'``).
 Usage: python examples/lightning_gate.py [--workdir DIR] [--per-class 200] [--epochs 2]
 """
 
@@ -30,7 +30,7 @@ from train_with_gate import TEST_TF, TRAIN_TF, accuracy, build_drops, cifar_root
 try:
     import lightning as L
 except ImportError:
-    sys.exit("error: this example needs Lightning: pip install 'vdc_torch[lightning]' (or pip install lightning)")
+    sys.exit("error: this example needs Lightning: pip install lightning (from a checkout: pip install -e '.[lightning]')")
 
 
 class Classifier(L.LightningModule):

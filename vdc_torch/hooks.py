@@ -160,7 +160,7 @@ def _lightning() -> tuple[Any, Any, Any, str]:
             from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
         except ImportError:
             raise ImportError(
-                "VdcGateCallback needs PyTorch Lightning: pip install 'vdc_torch[lightning]' (or pip install lightning)"
+                "VdcGateCallback needs PyTorch Lightning: pip install lightning (from a checkout: pip install -e '.[lightning]')"
             ) from None
     return pl.Callback, rank_zero_info, rank_zero_warn, getattr(pl, "__version__", "?")
 
