@@ -257,12 +257,23 @@ def _stream_view(stream: Stream, seen: list[tuple[int, str, bool, Any]]) -> _Str
 
 
 def _match_key(new: FingerprintTable, ref: FingerprintTable, config: MatchConfig) -> str:
-    """A digest of everything the match tables depend on: fingerprint and cascade versions, config, pixels."""
+    """A digest of every column the cascade reads, with the fingerprint and cascade versions and the config.
+
+    Thumbnails and detail images are functions of the pixels (given the fingerprint version), so the pixel digest
+    stands for them; byte digests, EXIF identity, sizes and hashes are hashed themselves: a lossless re-save keeps
+    the pixels but not the bytes, and must not be reported as "identical bytes" from a stale result.
+    """
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps([FINGERPRINT_VERSION, MATCHING_VERSION, config.to_dict()], sort_keys=True).encode())
     for table in (ref, new):
         h.update(len(table).to_bytes(8, "little"))
         h.update(b"".join(table.pixel_digest))
+        for digest in table.byte_digest:
+            h.update(b"\0" if digest is None else b"\1" + digest)
+        h.update(json.dumps(list(table.exif_identity)).encode())
+        for column in (table.width, table.height, table.phash, table.phash_mirror, table.phash_whole,
+                       table.crop_hashes):
+            h.update(np.ascontiguousarray(column).tobytes())
     return "matches:" + h.hexdigest()
 
 
