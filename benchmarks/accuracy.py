@@ -8,9 +8,9 @@ alike) in a temporary folder, then evaluates on that same suite:
 
 * the default cascade, ``DatasetGate(reference=ref_dir).check(new_dir)``: a new image is a predicted copy when its
   match is ``exact`` or ``near_duplicate`` (and, in a second column, also when it is ``similar``);
-* the six hashes of ``vdc_torch.hashes`` (each image hashed once, from a copy downscaled to at most 512 px with
-  INTER_AREA; ``distance_matrix``), the seven metrics of ``vdc_torch.metrics`` (``normalize_images`` to 64x64 gray
-  once, ``metric_matrix``; ``pix2pix`` on the full decoded arrays), and SIFT/ORB/FAST (``vdc_torch.features``,
+* the six hashes of ``vdc_torch.fingerprints.hashes`` (each image hashed once, from a copy downscaled to at most 512 px with
+  INTER_AREA; ``distance_matrix``), the seven metrics of ``vdc_torch.fingerprints.metrics`` (``normalize_images`` to 64x64 gray
+  once, ``metric_matrix``; ``pix2pix`` on the full decoded arrays), and SIFT/ORB/FAST (``vdc_torch.fingerprints.features``,
   extracted once per image from a gray copy of at most 256 px, every pair verified): for each new image the best
   reference by that method, predicted positive when its score passes the threshold; thresholds are swept for a
   precision-recall curve and reported at the module defaults (``hashes.DEFAULT_THRESHOLDS``, the ``duplicate``
@@ -200,9 +200,9 @@ def _best_from_matrix(mat: np.ndarray, ref_names: list[str], lower_is_better: bo
 
 
 def run_single_methods(suite, new_names, ref_names, truth) -> dict[str, dict[str, Any]]:
-    from vdc_torch import features as F
-    from vdc_torch import hashes as H
-    from vdc_torch import metrics as M
+    from vdc_torch.fingerprints import features as F
+    from vdc_torch.fingerprints import hashes as H
+    from vdc_torch.fingerprints import metrics as M
 
     out: dict[str, dict[str, Any]] = {}
     t0 = time.perf_counter()
@@ -368,7 +368,7 @@ def _popcount(x: np.ndarray) -> np.ndarray:
 def _verify(a: Any, b: Any, min_inliers: int, min_coverage: float) -> Any:
     """``features.verify`` with the engine's acceptance rule: inliers and coverage (older ``verify`` had no
     ``min_coverage`` and the cascade tested coverage itself)."""
-    from vdc_torch import features as F
+    from vdc_torch.fingerprints import features as F
 
     try:
         v = F.verify(a, b, min_inliers=min_inliers, min_coverage=min_coverage)
@@ -385,7 +385,7 @@ def diagnostics(cascade: dict[str, Any], truth: list[dict[str, Any]]) -> dict[st
     smallest distance to the reference's crop hashes, thumbnail NCC (plain / mirrored, before the colour veto),
     fine-structure NCC, chroma difference and SIFT verification of the detail images (plain / mirrored).
     """
-    from vdc_torch import matching as MT
+    from vdc_torch.search import cascade as MT
 
     decision = cascade["decision"]
     new, ref = decision.new_fingerprints, decision.reference_fingerprints
@@ -515,7 +515,7 @@ def _stage_verdict(d: dict[str, Any], cfg: Any) -> str:
 
 def config_variants(cascade: dict[str, Any], truth: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The cascade re-run on the same fingerprints with one MatchConfig field changed at a time."""
-    from vdc_torch.matching import match_tables
+    from vdc_torch.search.cascade import match_tables
 
     decision = cascade["decision"]
     new, ref, base = decision.new_fingerprints, decision.reference_fingerprints, decision.config
@@ -583,7 +583,7 @@ def candidate_whatif(cascade: dict[str, Any], truth: list[dict[str, Any]]) -> di
     ``coverage >= min_coverage``) on the stored detail images; the first accepted one is the prediction. Also
     reports the rank of the true reference among all references by each signal (copies only).
     """
-    from vdc_torch import matching as MT
+    from vdc_torch.search import cascade as MT
 
     decision = cascade["decision"]
     new, ref, cfg = decision.new_fingerprints, decision.reference_fingerprints, decision.config
@@ -715,8 +715,8 @@ def whatif_table(w: dict[str, Any], truth: list[dict[str, Any]], cascade: dict[s
 
 def trim_audit(suite) -> list[dict[str, Any]]:
     """How much ``content_box`` trims from the reference pictures themselves (which have no border)."""
-    from vdc_torch.decode import decode_file
-    from vdc_torch.fingerprint import DETAIL_SIDE, content_box
+    from vdc_torch.data.decode import decode_file
+    from vdc_torch.fingerprints.compute import DETAIL_SIDE, content_box
 
     out = []
     for r in suite.refs:
@@ -779,7 +779,7 @@ def _thr(name: str, thr: float) -> str:
         return f"inliers ≥ {-thr:g}"
     if name.startswith("metric:"):
         m = name.split(":")[1]
-        from vdc_torch.metrics import METRIC_RANGES
+        from vdc_torch.fingerprints.metrics import METRIC_RANGES
 
         if m == "pix2pix":
             return "identical"

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cv2.setNumThreads(1)  # the cascade forks verification workers
     from vdc_torch import DatasetGate
-    from vdc_torch.matching import MatchConfig
+    from vdc_torch.search.cascade import MatchConfig
 
     fields = {f.name: f.type for f in dataclasses.fields(MatchConfig)}
     overrides = {}

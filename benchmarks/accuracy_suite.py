@@ -22,7 +22,7 @@ Source pool (deduplicated, so that the ground truth is right by construction)
   portrait crops): only ``landscape_1.jpg`` is kept; ``hdr/`` holds two HDR / non-HDR pairs of one scene each: two
   more families.
 
-Every source is decoded once by ``vdc_torch.decode.decode_file`` (EXIF orientation applied, alpha composited on
+Every source is decoded once by ``vdc_torch.data.decode.decode_file`` (EXIF orientation applied, alpha composited on
 white) and downscaled once to at most ``MAX_SIDE`` = 2000 px on its longer side (INTER_AREA) to keep the suite
 fast; the downscaled sources are cached under ``benchmarks/out/pool-cache``.
 
@@ -148,7 +148,7 @@ def _load_pixels(path: Path) -> np.ndarray:
     cached = CACHE_DIR / f"{key}.png"
     if cached.is_file():
         return np.asarray(Image.open(cached).convert("RGB"))
-    from vdc_torch.decode import decode_file
+    from vdc_torch.data.decode import decode_file
 
     pixels = decode_file(path, decode_side=None).pixels
     h, w = pixels.shape[:2]

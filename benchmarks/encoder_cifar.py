@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datasets import cifar10_root, write_benchmarks_section  # noqa: E402
 
 from vdc_torch import DatasetGate, MatchConfig  # noqa: E402
-from vdc_torch.data import Dataset  # noqa: E402
-from vdc_torch.encoder import LayerEncoder, embed_thumbs, nearest_neighbours  # noqa: E402
+from vdc_torch.data.dataset import Dataset  # noqa: E402
+from vdc_torch.fingerprints.encoder import LayerEncoder, embed_thumbs, nearest_neighbours  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 FIGURES = Path(__file__).resolve().parent / "figures"

@@ -200,7 +200,7 @@ def run_decode_chunk(seed: int, start: int, stop: int) -> Counts:
     """Decode inputs ``start..stop-1``; never raises."""
     import numpy as np
 
-    from vdc_torch.decode import DecodedImage, decode_bytes
+    from vdc_torch.data.decode import DecodedImage, decode_bytes
     from vdc_torch.errors import ImageDecodeError
 
     _load_seeds()
@@ -232,7 +232,7 @@ def run_decode_chunk(seed: int, start: int, stop: int) -> Counts:
 
 def _manifest_seed(folder: Path) -> tuple[bytes, list[tuple]]:
     from vdc_torch import DatasetGate
-    from vdc_torch.manifest import save_manifest
+    from vdc_torch.decision.store.manifest import save_manifest
 
     reference = folder / "reference"
     reference.mkdir()
@@ -285,7 +285,7 @@ def damage(data: bytes, rng: random.Random) -> bytes:
 def run_manifest_chunk(seed: int, start: int, stop: int, original: bytes, expected: list[tuple]) -> Counts:
     """Load damaged manifests ``start..stop-1``; never raises."""
     from vdc_torch.errors import ManifestError
-    from vdc_torch.manifest import load_manifest
+    from vdc_torch.decision.store.manifest import load_manifest
 
     counts = Counts()
     with tempfile.TemporaryDirectory(prefix="vdc-fuzz-") as folder:
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _load_seeds()
     if args.only is not None:
-        from vdc_torch.decode import decode_bytes
+        from vdc_torch.data.decode import decode_bytes
 
         name, data, edits = decode_input(args.seed, args.only)
         print(f"input {args.only}: seed file {name}, edits {edits}, {len(data)} bytes")

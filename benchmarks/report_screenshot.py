@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=2000, help="window height of the screenshot in pixels")
     args = parser.parse_args()
     from vdc_torch import DatasetGate
-    from vdc_torch.report import write_html
+    from vdc_torch.faces.report import write_html
 
     out = args.out or Path(tempfile.mkdtemp(prefix="vdc-report-"))
     out.mkdir(parents=True, exist_ok=True)

@@ -86,8 +86,8 @@ class StageTimer:
         self._undo.append((owner, attr, original))
 
     def install(self) -> StageTimer:
-        import vdc_torch.gate as gate
-        import vdc_torch.matching as matching
+        import vdc_torch.decision.gate as gate
+        import vdc_torch.search.cascade as matching
 
         def fp_name(*args: Any, **kwargs: Any) -> str:
             desc = kwargs.get("desc", "")

@@ -9,11 +9,11 @@ Run::
 Contenders, each timed on the same file list, interleaved round-robin (A B C D, B C D A, ...) so that
 a busy phase of the shared machine does not always hit the same one; medians of the rounds:
 
-- ``fingerprint``: ``vdc_torch.fingerprint.compute_fingerprints(Dataset(files), workers=2)``, the whole stage
+- ``fingerprint``: ``vdc_torch.fingerprints.compute.compute_fingerprints(Dataset(files), workers=2)``, the whole stage
   (DataLoader worker start-up included). Note that it runs in-process (``workers=0``) below 256 samples.
 - ``decode full``: Pillow ``Image.open(path).load()`` of each file at full size on a
   ``multiprocessing.Pool(2)`` -- the decode-only baseline (what any tool must at least pay without DCT scaling).
-- ``decode draft``: the same with ``Image.draft`` as ``vdc_torch.decode`` does it (JPEG DCT scaling so the
+- ``decode draft``: the same with ``Image.draft`` as ``vdc_torch.data.decode`` does it (JPEG DCT scaling so the
   shorter side stays >= 256 px; PNG cannot be drafted and decodes at full size) -- the decode floor of vdc_torch.
 - ``imagededup PHash``: ``PHash().encode_images(dir, num_enc_workers=2)`` then ``find_duplicates`` in its own
   venv (``benchmarks/baselines.py``); times measured inside the child around the library calls.
@@ -88,7 +88,7 @@ def pool_decode(files: list[str], fn: Any, chunksize: int) -> int:
 
 
 def fingerprint(dataset: Any) -> tuple[int, int]:
-    from vdc_torch.fingerprint import compute_fingerprints
+    from vdc_torch.fingerprints.compute import compute_fingerprints
 
     table, problems = compute_fingerprints(dataset, workers=WORKERS)
     return len(table), sum(p.fatal for p in problems)
@@ -131,8 +131,8 @@ def stage_split(files: list[str], limit: int) -> list[list[Any]]:
     import numpy as np
     from PIL import Image
 
-    from vdc_torch.decode import DEFAULT_DECODE_SIDE, decode_file, digest, to_rgb_array
-    from vdc_torch.fingerprint import fingerprint_decoded
+    from vdc_torch.data.decode import DEFAULT_DECODE_SIDE, decode_file, digest, to_rgb_array
+    from vdc_torch.fingerprints.compute import fingerprint_decoded
 
     cv2.setNumThreads(1)
     names = ("read file", "byte digest (BLAKE2b of the file)", "Pillow open + draft + load",
@@ -179,8 +179,8 @@ def fingerprint_profile(files: list[str], limit: int) -> str:
 
     import cv2
 
-    from vdc_torch.decode import decode_file
-    from vdc_torch.fingerprint import fingerprint_decoded
+    from vdc_torch.data.decode import decode_file
+    from vdc_torch.fingerprints.compute import fingerprint_decoded
 
     cv2.setNumThreads(1)
     decoded = [decode_file(f) for f in files[:limit]]
@@ -363,7 +363,7 @@ def main() -> int:
         "`fingerprint` = `compute_fingerprints(Dataset, workers=2)` (in-process below 256 samples, so on the "
         "73 wallpapers it used one core while the decode baselines used two); `decode full` = Pillow open + "
         "load at full size on a 2-process Pool; `decode draft` = the same with JPEG DCT scaling as "
-        "`vdc_torch.decode` does it; imagededup = `PHash().encode_images(num_enc_workers=2)`, encode time "
+        "`vdc_torch.data.decode` does it; imagededup = `PHash().encode_images(num_enc_workers=2)`, encode time "
         "measured inside its child (imagededup hands files out in chunks of 100, so ≤ 100 files use one worker).",
         "",
         "### CPU milliseconds per image (user + system, all processes)",

@@ -11,7 +11,7 @@ What it measures (synthetic fingerprint tables; see :func:`make_tables`):
 
 1. **Exactness** of the multi-index-hashing prototype :class:`MultiIndexHashing` against brute force
    (10k x 10k, radii 0-16, uniform and deliberately skewed codes).
-2. **Hamming search alone** (radius 12 on 64-bit codes), every backend of ``vdc_torch.index.HammingIndex``
+2. **Hamming search alone** (radius 12 on 64-bit codes), every backend of ``vdc_torch.search.index.HammingIndex``
    as shipped (``flat``, ``multihash``, ``numpy``) and the prototype (``mih``), interleaved in one process,
    median of the rounds. Backends far too slow for a size are timed on a random subset of the queries and
    scaled linearly in the number of queries (search time is linear in the queries for a fixed index); such
@@ -26,7 +26,7 @@ What it measures (synthetic fingerprint tables; see :func:`make_tables`):
 5. **Real pHash distribution**: MIH candidate counts on CIFAR-10 pHashes against uniform random codes, since
    multi-index hashing degrades when chunk values cluster.
 
-The multi-index hashing search it measures is ``vdc_torch.mih``, the default large-search backend of ``HammingIndex``.
+The multi-index hashing search it measures is ``vdc_torch.search.mih``, the default large-search backend of ``HammingIndex``.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ CROP_RADIUS = 10  # MatchConfig.crop_radius
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # The multi-index hashing search now lives in the package (vdc_torch/mih.py); the benchmark measures it there.
-from vdc_torch.mih import (  # noqa: E402
+from vdc_torch.search.mih import (  # noqa: E402
     MultiIndexHashing,
     best_widths,
     chunk_thresholds,
@@ -85,7 +85,7 @@ def _faiss():
 
 
 def to_bytes(codes: np.ndarray) -> np.ndarray:
-    from vdc_torch.index import uint64_to_bytes
+    from vdc_torch.search.index import uint64_to_bytes
 
     return uint64_to_bytes(np.ascontiguousarray(codes, dtype=np.uint64))
 
@@ -113,8 +113,8 @@ def faiss_index(kind: str, codes: np.ndarray, **kw: int) -> Any:
 
 
 def shipped_search(codes: np.ndarray, queries: np.ndarray, radius: int, backend: str) -> tuple[np.ndarray, ...]:
-    """``vdc_torch.index.HammingIndex`` as shipped (index built inside, as match_tables does)."""
-    from vdc_torch.index import HammingIndex
+    """``vdc_torch.search.index.HammingIndex`` as shipped (index built inside, as match_tables does)."""
+    from vdc_torch.search.index import HammingIndex
 
     return HammingIndex(codes, backend=backend).search(queries, radius)
 
@@ -183,7 +183,7 @@ def tiny_png() -> bytes:
 def make_table(n: int, rng: np.random.Generator, prefix: str, phash: np.ndarray, phash_mirror: np.ndarray,
                thumbs: np.ndarray, byte_digest: list[bytes], pixel_digest: list[bytes]):
     """A ``FingerprintTable`` built directly from columns (unknown extra fields get their defaults)."""
-    from vdc_torch.fingerprint import CROP_BOXES, FingerprintTable
+    from vdc_torch.fingerprints.compute import CROP_BOXES, FingerprintTable
 
     k = len(CROP_BOXES)
     png = tiny_png()
@@ -277,9 +277,9 @@ def table_bytes(table: Any) -> dict[str, int]:
 
 
 def patch_engine(engine: str) -> str:
-    """Make ``vdc_torch.matching`` use ``engine`` for every Hamming search; returns a description."""
-    import vdc_torch.matching as matching
-    from vdc_torch.index import HammingIndex
+    """Make ``vdc_torch.search.cascade`` use ``engine`` for every Hamming search; returns a description."""
+    import vdc_torch.search.cascade as matching
+    from vdc_torch.search.index import HammingIndex
 
     if engine == "auto":
         return "HammingIndex as shipped"
@@ -308,8 +308,8 @@ def patch_engine(engine: str) -> str:
 
 def child_match(args: dict[str, Any]) -> dict[str, Any]:
     """One match_tables run in a fresh process; RSS by phase (imports, tables, matching)."""
-    import vdc_torch.matching  # noqa: F401  (imports, torch included, are not the matching's memory)
-    from vdc_torch.matching import MatchConfig
+    import vdc_torch.search.cascade  # noqa: F401  (imports, torch included, are not the matching's memory)
+    from vdc_torch.search.cascade import MatchConfig
 
     rss_import = current_rss_mb()
     t0 = time.perf_counter()
@@ -321,7 +321,7 @@ def child_match(args: dict[str, Any]) -> dict[str, Any]:
     config = MatchConfig(use_features=False)
     reset_peak_rss()
     t0 = time.perf_counter()
-    matches = vdc_torch.matching.match_tables(new, ref, config)
+    matches = vdc_torch.search.cascade.match_tables(new, ref, config)
     match_s = time.perf_counter() - t0
     peak_match = peak_rss_mb()
     kinds = matches["kind"].value_counts().to_dict() if len(matches) else {}
@@ -343,7 +343,7 @@ def child_match(args: dict[str, Any]) -> dict[str, Any]:
     }
     if args.get("internal"):
         t0 = time.perf_counter()
-        internal = vdc_torch.matching.match_tables(new, new, config, same_table=True)
+        internal = vdc_torch.search.cascade.match_tables(new, new, config, same_table=True)
         result["internal_s"] = time.perf_counter() - t0
         result["internal_found"] = int(len(internal))
         result["peak_rss_mb"] = peak_rss_mb()
@@ -377,7 +377,7 @@ def child_index_memory(args: dict[str, Any]) -> dict[str, Any]:
 
 def child_save_manifests(args: dict[str, Any]) -> dict[str, Any]:
     """Build the synthetic tables and save them as manifests (the on-disk form a large reference lives in)."""
-    from vdc_torch.manifest import save_manifest
+    from vdc_torch.decision.store.manifest import save_manifest
 
     new, ref, truth = make_tables(args["n_ref"], args["n_new"], seed=args.get("seed", 0))
     t0 = time.perf_counter()
@@ -403,13 +403,13 @@ def matches_digest(matches: Any) -> str:
 
 def child_match_memory(args: dict[str, Any]) -> dict[str, Any]:
     """match_tables at one size with the tables in memory, or loaded from the manifests child_save_manifests wrote."""
-    import vdc_torch.matching
-    from vdc_torch.matching import MatchConfig
+    import vdc_torch.search.cascade
+    from vdc_torch.search.cascade import MatchConfig
 
     rss_import = current_rss_mb()
     t0 = time.perf_counter()
     if args["source"] == "manifest":
-        from vdc_torch.manifest import load_manifest
+        from vdc_torch.decision.store.manifest import load_manifest
 
         ref, _ = load_manifest(Path(args["dir"]) / "ref.vdc")
         new, _ = load_manifest(Path(args["dir"]) / "new.vdc")
@@ -420,12 +420,12 @@ def child_match_memory(args: dict[str, Any]) -> dict[str, Any]:
     rss_tables = current_rss_mb()
     reset_peak_rss()
     t0 = time.perf_counter()
-    matches = vdc_torch.matching.match_tables(new, ref, MatchConfig(use_features=False))
+    matches = vdc_torch.search.cascade.match_tables(new, ref, MatchConfig(use_features=False))
     match_s = time.perf_counter() - t0
     peak = peak_rss_mb()
     knn_s = knn_peak = float("nan")
     if args.get("knn"):  # the kNN stage reads the coarse vectors of every reference row
-        from vdc_torch.matching import _nearest_thumbnails
+        from vdc_torch.search.cascade import _nearest_thumbnails
 
         reset_peak_rss()
         t0 = time.perf_counter()
@@ -497,8 +497,8 @@ def bench_memory(n_ref: int, n_new: int, timeout: float, knn: bool) -> str:
 
 def child_match_default(args: dict[str, Any]) -> dict[str, Any]:
     """The default cascade (``MatchConfig()``) on tables loaded from manifests, timed stage by stage."""
-    import vdc_torch.matching as matching
-    from vdc_torch.manifest import load_manifest
+    import vdc_torch.search.cascade as matching
+    from vdc_torch.decision.store.manifest import load_manifest
 
     rss_import = current_rss_mb()
     t0 = time.perf_counter()
@@ -923,7 +923,7 @@ def real_distribution_check() -> str:
     from datasets import cifar10_root
 
     from vdc_torch import Dataset
-    from vdc_torch.fingerprint import compute_fingerprints
+    from vdc_torch.fingerprints.compute import compute_fingerprints
 
     table, _ = compute_fingerprints(Dataset(str(cifar10_root() / "test")), workers=2)
     rows = []

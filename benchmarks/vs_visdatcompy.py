@@ -45,8 +45,8 @@ from baselines import visdatcompy_run
 from datasets import cifar10_subset, write_benchmarks_section
 
 from vdc_torch import Dataset
-from vdc_torch.compat import FeatureExtractor, Hash, Metrics
-from vdc_torch.metrics import in_range
+from vdc_torch.faces.seed import FeatureExtractor, Hash, Metrics
+from vdc_torch.fingerprints.metrics import in_range
 
 TITLE = "vdc_torch vs visdatcompy (seed API, CIFAR-10)"
 
@@ -243,7 +243,7 @@ average {load_start:.1f} at the start of the run and {load_end:.1f} at its end, 
 alike; the ratios are what to read.
 
 Results. A "correct" pair is a planted (original, copy) pair; "wrong" is any other pair reported. visdatcompy's
-metric pairs use its own ranges (`Metrics.ranges`), ours `vdc_torch.metrics.METRIC_RANGES`, whose "duplicate" tier is
+metric pairs use its own ranges (`Metrics.ranges`), ours `vdc_torch.fingerprints.metrics.METRIC_RANGES`, whose "duplicate" tier is
 calibrated for re-encoded copies and "similar" for resized ones (so the upsized copies are similar, not duplicates);
 visdatcompy's SSIM and NMI duplicate ranges are open at the top, so an exact copy (SSIM 1) is never a duplicate. Its SIFT and pHash
 give every ds1 image a "most similar" ds2 image whether or not one exists, and its pHash skips ds2 files with the

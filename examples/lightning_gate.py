@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from vdc_torch import Dataset
-    from vdc_torch.hooks import VdcGateCallback
+    from vdc_torch.faces.hooks import VdcGateCallback
 
     L.seed_everything(0, verbose=False)
     cache = Path(os.environ.get("VDC_DATA", Path(tempfile.gettempdir()) / "vdc-data"))

@@ -145,8 +145,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from vdc_torch import Dataset
-    from vdc_torch.hooks import commit_training, pretrain_gate
-    from vdc_torch.report import write_html
+    from vdc_torch.faces.hooks import commit_training, pretrain_gate
+    from vdc_torch.faces.report import write_html
 
     torch.manual_seed(0)
     torch.set_num_threads(max(1, os.cpu_count() or 1))

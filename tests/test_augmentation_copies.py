@@ -11,9 +11,9 @@ import pytest
 from conftest import photo_files
 
 from vdc_torch import Dataset
-from vdc_torch.decode import decode_file
-from vdc_torch.fingerprint import compute_fingerprints
-from vdc_torch.matching import MatchConfig, match_tables
+from vdc_torch.data.decode import decode_file
+from vdc_torch.fingerprints.compute import compute_fingerprints
+from vdc_torch.search.cascade import MatchConfig, match_tables
 
 N = 6
 

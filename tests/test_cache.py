@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import vdc_torch.fingerprint as fingerprint_module
+import vdc_torch.fingerprints.compute as fingerprint_module
 from vdc_torch import Dataset, DatasetGate
-from vdc_torch.cache import FingerprintCache
-from vdc_torch.fingerprint import compute_fingerprints
+from vdc_torch.decision.store.cache import FingerprintCache
+from vdc_torch.fingerprints.compute import compute_fingerprints
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from vdc_torch import ManifestError
-from vdc_torch.cli import EXIT_ERROR, EXIT_SKIP, EXIT_TRAIN, EXIT_USAGE, main
+from vdc_torch.faces.cli import EXIT_ERROR, EXIT_SKIP, EXIT_TRAIN, EXIT_USAGE, main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -208,12 +208,12 @@ def test_gate_encoder_option_imports_a_module_factory(scenario, tmp_path, monkey
     import json
     import sys
 
-    from vdc_torch import cli
+    from vdc_torch.faces import cli
 
     (tmp_path / "my_encoders.py").write_text(
         "import torch\n"
         "from torch import nn\n"
-        "from vdc_torch.encoder import LayerEncoder\n"
+        "from vdc_torch.fingerprints.encoder import LayerEncoder\n"
         "def tiny():\n"
         "    torch.manual_seed(0)\n"
         "    return LayerEncoder(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), layer='1', grid=2)\n"
@@ -233,7 +233,8 @@ def test_gate_encoder_option_imports_a_module_factory(scenario, tmp_path, monkey
 
 
 def test_the_parser_method_names_are_the_registries() -> None:
-    from vdc_torch import features, hashes, metrics, names
+    from vdc_torch import names
+    from vdc_torch.fingerprints import features, hashes, metrics
 
     assert names.HASH_METHODS == hashes.HASH_METHODS
     assert names.HASH_ALIASES == hashes.HASH_ALIASES
@@ -264,7 +265,7 @@ def test_the_package_keeps_its_public_names_while_importing_lazily() -> None:
         "assert 'torch' not in sys.modules, 'import vdc_torch imported torch'\n"
         "assert set(vdc_torch.__all__) <= set(dir(vdc_torch)), 'dir() lacks public names'\n"
         "from vdc_torch import Dataset, DatasetGate, MatchConfig, VdcError, decide, __version__\n"
-        "assert DatasetGate.__module__ == 'vdc_torch.gate' and vdc_torch.gate.DatasetGate is DatasetGate\n"
+        "assert DatasetGate.__module__ == 'vdc_torch.decision.gate' and vdc_torch.decision.gate.DatasetGate is DatasetGate\n"
         "assert all(getattr(vdc_torch, n) is not None for n in vdc_torch.__all__)\n"
         "print('OK', __version__)\n"
     )

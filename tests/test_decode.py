@@ -10,10 +10,10 @@ import pytest
 from conftest import EXIF_JPG
 from PIL import Image
 
-from vdc_torch.decode import decode_bytes, decode_file, decode_object
+from vdc_torch.data.decode import decode_bytes, decode_file, decode_object
 from vdc_torch.errors import ImageDecodeError
-from vdc_torch.fingerprint import fingerprint_decoded
-from vdc_torch.matching import normalized_thumbs
+from vdc_torch.fingerprints.compute import fingerprint_decoded
+from vdc_torch.search.cascade import normalized_thumbs
 
 ORIENTATION = EXIF_JPG / "orientation"
 
@@ -106,7 +106,7 @@ def test_in_memory_tensor_and_array() -> None:
 def test_small_jpegs_decoded_without_pillow_equal_pillow(monkeypatch: pytest.MonkeyPatch) -> None:
     # plain JPEGs at full size skip Pillow (own marker walk + torchvision's libjpeg decoder); they must give
     # exactly what Pillow gives: every camera photo, every EXIF orientation, malformed EXIF blocks, gray images
-    import vdc_torch.decode as decode_module
+    import vdc_torch.data.decode as decode_module
 
     files = sorted(EXIF_JPG.rglob("*.jpg"))
     assert len(files) > 40
@@ -161,7 +161,7 @@ def test_small_jpeg_decoder_loads_torchvision_image_ops_without_importing_torchv
     photo = next(p for p in sorted(EXIF_JPG.glob("*.jpg")) if p.name != "corrupted.jpg")
     code = (
         "import sys\n"
-        "import vdc_torch.decode as d\n"
+        "import vdc_torch.data.decode as d\n"
         f"d.decode_file({str(photo)!r}, decode_side=None)\n"
         "assert d._image_ops_loaded(), 'no torch.ops.image'\n"
         "print('torchvision' in sys.modules)\n"

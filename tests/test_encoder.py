@@ -12,7 +12,7 @@ from PIL import Image
 from torch import nn
 
 from vdc_torch import DatasetGate, MatchConfig
-from vdc_torch.encoder import LayerEncoder, embed_thumbs, nearest_neighbours
+from vdc_torch.fingerprints.encoder import LayerEncoder, embed_thumbs, nearest_neighbours
 
 
 def tiny_cnn() -> nn.Sequential:

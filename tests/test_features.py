@@ -1,4 +1,4 @@
-"""Tests of vdc_torch.features on real photos and in-memory transformed copies."""
+"""Tests of vdc_torch.fingerprints.features on real photos and in-memory transformed copies."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from vdc_torch import features as F
-from vdc_torch.features import EXTRACTORS, LocalFeatures, Verification
+from vdc_torch.fingerprints import features as F
+from vdc_torch.fingerprints.features import EXTRACTORS, LocalFeatures, Verification
 
 log = logging.getLogger(__name__)
 

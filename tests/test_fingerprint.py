@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from conftest import COWS, EXIF_JPG
 
-from vdc_torch.decode import decode_file
-from vdc_torch.fingerprint import content_box, fingerprint_decoded, phash_batch
-from vdc_torch.hashes import compute_hash
+from vdc_torch.data.decode import decode_file
+from vdc_torch.fingerprints.compute import content_box, fingerprint_decoded, phash_batch
+from vdc_torch.fingerprints.hashes import compute_hash
 
 
 def real_gray32() -> np.ndarray:
@@ -60,7 +60,7 @@ def test_content_box_keeps_dark_picture_regions_and_trims_tall_letterboxes() -> 
 
 def test_small_details_are_stored_raw_and_read_back_exactly() -> None:
     from vdc_torch.errors import ImageDecodeError
-    from vdc_torch.fingerprint import decode_detail, encode_detail
+    from vdc_torch.fingerprints.compute import decode_detail, encode_detail
 
     gray = cv2.resize(cv2.imread(str(sorted(COWS.glob("*.png"))[0]), cv2.IMREAD_GRAYSCALE), (40, 30))
     stored = encode_detail(gray)
@@ -74,7 +74,7 @@ def test_small_details_are_stored_raw_and_read_back_exactly() -> None:
 
 def test_batch_fingerprints_equal_one_at_a_time() -> None:
     # the batch path (shared matrix products, edges recognised together) gives each image's own fingerprint
-    from vdc_torch.fingerprint import fingerprint_batch
+    from vdc_torch.fingerprints.compute import fingerprint_batch
 
     files = sorted(COWS.glob("*.png"))[:3] + sorted(EXIF_JPG.glob("*.jpg"))[:6]
     decoded = [decode_file(f) for f in files]
@@ -96,7 +96,7 @@ def test_batch_fingerprints_equal_one_at_a_time() -> None:
 @pytest.mark.parametrize("shape", [(32, 32), (24, 40), (64, 17), (5, 7), (100, 150)])
 def test_crop_coefficients_are_those_of_the_resized_crops(shape: tuple[int, int]) -> None:
     # the folded matrices (small images) and the crop-by-crop path both mean: DCT of the float INTER_AREA resize
-    from vdc_torch.fingerprint import _DCT8, crop_coefficients, crop_windows
+    from vdc_torch.fingerprints.compute import _DCT8, crop_coefficients, crop_windows
 
     photo = cv2.cvtColor(decode_file(EXIF_JPG / "Canon_40D.jpg").pixels, cv2.COLOR_RGB2GRAY)
     grays = [cv2.resize(photo[i * 10 :], shape[::-1], interpolation=cv2.INTER_AREA) for i in range(3)]
@@ -111,7 +111,7 @@ def test_crop_coefficients_are_those_of_the_resized_crops(shape: tuple[int, int]
 def test_crop_resize_weights_read_in_one_call_equal_one_probe_at_a_time() -> None:
     # the crop hashes' resize matrices are read off OpenCV with the one-hot probes stacked as channels (one call);
     # they must equal probing row by row, bit for bit, for enlarged, integer-shrunk, shrunk and mixed crops
-    from vdc_torch.fingerprint import THUMB_SIDE, _resize_factor, crop_windows
+    from vdc_torch.fingerprints.compute import THUMB_SIDE, _resize_factor, crop_windows
 
     def one_at_a_time(height: int, width: int, along: int, full: int, start: int) -> np.ndarray:
         n = height if along == 0 else width

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from vdc_torch.cli import EXIT_ERROR, EXIT_TRAIN, main
+from vdc_torch.faces.cli import EXIT_ERROR, EXIT_TRAIN, main
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Tests for vdc_torch.hashes on real images (read-only shared data)."""
+"""Tests for vdc_torch.fingerprints.hashes on real images (read-only shared data)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from vdc_torch.hashes import (
+from vdc_torch.fingerprints.hashes import (
     BINARY_METHODS,
     DEFAULT_THRESHOLDS,
     HASH_ALIASES,

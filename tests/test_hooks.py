@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, SequentialSampler, Subset, WeightedRandomSampler
 
 from vdc_torch import DatasetGate, ManifestError, MatchConfig, Policy
-from vdc_torch.hooks import commit_training, pretrain_gate, rebuild_loader
+from vdc_torch.faces.hooks import commit_training, pretrain_gate, rebuild_loader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -141,7 +141,7 @@ def test_rebuild_loader_refuses_a_custom_sampler() -> None:
 
 
 def test_importing_the_hooks_does_not_import_lightning() -> None:
-    code = "import sys, vdc_torch.hooks; print('lightning' in sys.modules, 'pytorch_lightning' in sys.modules)"
+    code = "import sys, vdc_torch.faces.hooks; print('lightning' in sys.modules, 'pytorch_lightning' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
                             check=False,
                             env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
@@ -188,7 +188,7 @@ def trainer(lightning, callback):
 
 
 def test_callback_trains_on_the_delta_then_grows_the_manifest(lightning, photos, tmp_path: Path) -> None:
-    from vdc_torch.hooks import VdcGateCallback
+    from vdc_torch.faces.hooks import VdcGateCallback
 
     reference = labelled(photos, tmp_path / "ref", range(10))
     new = labelled(photos, tmp_path / "new", range(20), prefix="drop_")  # 10 old photos (renamed) + 10 new
@@ -209,7 +209,7 @@ def test_callback_trains_on_the_delta_then_grows_the_manifest(lightning, photos,
 
 
 def test_callback_stops_the_fit_when_everything_was_seen(lightning, photos, tmp_path: Path) -> None:
-    from vdc_torch.hooks import VdcGateCallback
+    from vdc_torch.faces.hooks import VdcGateCallback
 
     reference = labelled(photos, tmp_path / "ref", range(12))
     manifest = tmp_path / "reference.vdc"
@@ -228,7 +228,7 @@ def test_callback_stops_the_fit_when_everything_was_seen(lightning, photos, tmp_
 
 
 def test_callback_report_mode_trains_on_everything(lightning, photos, tmp_path: Path) -> None:
-    from vdc_torch.hooks import VdcGateCallback
+    from vdc_torch.faces.hooks import VdcGateCallback
 
     reference = labelled(photos, tmp_path / "ref", range(6))
     new = labelled(photos, tmp_path / "new", range(10), prefix="n_")
@@ -241,7 +241,7 @@ def test_callback_report_mode_trains_on_everything(lightning, photos, tmp_path: 
 
 
 def test_callback_works_with_a_datamodule(lightning, photos, tmp_path: Path) -> None:
-    from vdc_torch.hooks import VdcGateCallback
+    from vdc_torch.faces.hooks import VdcGateCallback
 
     reference = labelled(photos, tmp_path / "ref", range(6))
     new = labelled(photos, tmp_path / "new", range(12), prefix="n_")
@@ -258,7 +258,7 @@ def test_callback_works_with_a_datamodule(lightning, photos, tmp_path: Path) -> 
 
 def test_callback_replaces_a_loader_already_loaded_by_configure_optimizers(lightning, photos,
                                                                           tmp_path: Path) -> None:
-    from vdc_torch.hooks import VdcGateCallback
+    from vdc_torch.faces.hooks import VdcGateCallback
 
     reference = labelled(photos, tmp_path / "ref", range(6))
     new = labelled(photos, tmp_path / "new", range(12), prefix="n_")
@@ -288,7 +288,7 @@ def test_callback_replaces_a_loader_already_loaded_by_configure_optimizers(light
     ],
 )
 def test_callback_validates_its_arguments(lightning, tmp_path: Path, kwargs: dict, message: str) -> None:
-    from vdc_torch.hooks import VdcGateCallback
+    from vdc_torch.faces.hooks import VdcGateCallback
 
     with pytest.raises(ValueError, match=message):
         VdcGateCallback(tmp_path / "m.vdc", **kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vdc_torch.index import ExactIndex, HammingIndex
+from vdc_torch.search.index import ExactIndex, HammingIndex
 
 
 def brute_force(queries: np.ndarray, codes: np.ndarray, radius: int) -> set[tuple[int, int, int]]:
@@ -62,7 +62,7 @@ def test_every_backend_returns_the_same_rows_in_the_same_order_for_any_query_sub
 
 
 def test_mih_blocked_build_equals_a_global_stable_argsort(monkeypatch: pytest.MonkeyPatch) -> None:
-    from vdc_torch import mih
+    from vdc_torch.search import mih
 
     rng = np.random.default_rng(3)
     codes = rng.integers(0, 2**64 - 1, size=5000, dtype=np.uint64, endpoint=True)
@@ -86,7 +86,7 @@ def test_mih_blocked_build_equals_a_global_stable_argsort(monkeypatch: pytest.Mo
 @pytest.mark.parametrize("widths", [(22, 22, 20), (11, 11, 11, 11, 10, 10)])
 def test_mih_finds_every_row_of_repeated_codes_once(widths: tuple[int, ...], low_memory: bool) -> None:
     """Only the first chunk keeps its permutation; rows found through the others are looked up by value."""
-    from vdc_torch.mih import MultiIndexHashing
+    from vdc_torch.search.mih import MultiIndexHashing
 
     rng = np.random.default_rng(11)
     codes = rng.integers(0, 2**64 - 1, size=3000, dtype=np.uint64, endpoint=True)
@@ -103,7 +103,7 @@ def test_mih_finds_every_row_of_repeated_codes_once(widths: tuple[int, ...], low
 
 
 def test_crop_radius_shrinks_with_the_index_so_chance_candidates_stay_rare() -> None:
-    from vdc_torch.matching import chance_limited_radius
+    from vdc_torch.search.cascade import chance_limited_radius
 
     assert chance_limited_radius(12, 27 * 50_000) == 12  # CIFAR-10 train: the configured radius
     assert chance_limited_radius(12, 27 * 1_000_000) == 10  # 1M images
@@ -150,7 +150,7 @@ def test_mih_compiled_loop_equals_brute_force_and_numpy(
 
     Small blocks with room for few pairs, so blocks run in parallel and the blocks that overflow are searched again.
     """
-    from vdc_torch import mih
+    from vdc_torch.search import mih
 
     monkeypatch.setattr(mih, "COMPILED_BLOCK_QUERIES", 32)
     monkeypatch.setattr(mih, "COMPILED_BLOCK_PAIRS", 4)
@@ -171,7 +171,7 @@ def real_phashes() -> np.ndarray:
     import cv2
     from conftest import COWS, EXIF_JPG
 
-    from vdc_torch.fingerprint import phash_batch
+    from vdc_torch.fingerprints.compute import phash_batch
 
     files = sorted(COWS.glob("*.png")) + sorted(EXIF_JPG.glob("*.jpg"))[:20]
     windows = []
@@ -188,7 +188,7 @@ def real_phashes() -> np.ndarray:
 
 
 def test_mih_compiled_loop_on_real_phashes(monkeypatch: pytest.MonkeyPatch) -> None:
-    from vdc_torch import mih
+    from vdc_torch.search import mih
 
     monkeypatch.setattr(mih, "COMPILED_BLOCK_QUERIES", 64)
     codes = real_phashes()
@@ -210,8 +210,8 @@ def test_mih_compiled_loop_on_real_phashes(monkeypatch: pytest.MonkeyPatch) -> N
 def test_large_searches_use_the_compiled_loop_and_build(low_memory: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """HammingIndex as the searches at 1M images use it (numba loop and counting sort; low_memory tables for the
     crop index), scaled down."""
-    from vdc_torch import index as index_module
-    from vdc_torch import mih
+    from vdc_torch.search import index as index_module
+    from vdc_torch.search import mih
 
     monkeypatch.setattr(index_module, "MIH_LOW_MEMORY_CODES", 1000 if low_memory else 10**9)
     monkeypatch.setattr(mih, "COMPILED_MIN_NS", 0.0)
@@ -236,7 +236,7 @@ def test_small_searches_do_not_import_numba() -> None:
 
     code = (
         "import sys, numpy as np\n"
-        "from vdc_torch.index import HammingIndex\n"
+        "from vdc_torch.search.index import HammingIndex\n"
         "codes = np.random.default_rng(0).integers(0, 2**63, size=20_000, dtype=np.uint64)\n"
         "HammingIndex(codes, backend='mih').search(codes[:2000], 12)\n"
         "print('numba' in sys.modules)\n"
@@ -246,7 +246,7 @@ def test_small_searches_do_not_import_numba() -> None:
 
 
 def test_compiled_loop_is_chosen_for_large_searches_only() -> None:
-    from vdc_torch.mih import prefer_compiled
+    from vdc_torch.search.mih import prefer_compiled
 
     assert prefer_compiled(1_000_000, 100_000, 12)  # the pHash searches at 1M reference
     assert prefer_compiled(27_000_000, 95_000, 10)  # the crop index of 1M images

@@ -19,7 +19,7 @@ import torchvision.transforms as T
 from PIL import Image
 
 from vdc_torch import Dataset, DatasetGate, Policy
-from vdc_torch.data import NovelStream
+from vdc_torch.data.dataset import NovelStream
 from vdc_torch.errors import ImageDecodeError, InsufficientEvidenceError
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -111,7 +111,7 @@ def test_normalised_pixels_that_cannot_be_undone_are_refused_with_the_fix(gate, 
 
 
 def test_float_pixels_outside_unit_range_are_an_error_naming_the_sample() -> None:
-    from vdc_torch.decode import decode_object
+    from vdc_torch.data.decode import decode_object
 
     with pytest.raises(ImageDecodeError, match=r"<s>: float pixels lie in \[0.000, 255.000\]"):
         decode_object(np.linspace(0, 255, 48, dtype=np.float32).reshape(4, 4, 3), name="<s>")
@@ -248,7 +248,7 @@ def test_nothing_readable_is_no_decision_and_too_many_problems_too(photos, tmp_p
 
 
 def test_vdc_gate_on_a_folder_with_nothing_readable_exits_1_not_99(photos, tmp_path: Path, capsys) -> None:
-    from vdc_torch.cli import main
+    from vdc_torch.faces.cli import main
 
     ref, new = tmp_path / "ref", tmp_path / "new"
     ref.mkdir()

@@ -24,8 +24,8 @@ import pytest
 from conftest import EXIF_JPG, REPO
 
 from vdc_torch import DatasetGate, ManifestError
-from vdc_torch.fingerprint import FINGERPRINT_VERSION, FingerprintTable
-from vdc_torch.manifest import (
+from vdc_torch.fingerprints.compute import FINGERPRINT_VERSION, FingerprintTable
+from vdc_torch.decision.store.manifest import (
     MANIFEST_VERSION,
     load_manifest,
     lock_path,
@@ -136,7 +136,7 @@ def other_sqlite(path: Path) -> None:
 
 def set_stored_path(path: Path, row: int, value: str) -> None:
     """Rewrite one stored path consistently (column bytes, offsets, part digests), as a hostile file would."""
-    from vdc_torch.stored import part_digest
+    from vdc_torch.decision.store.stored import part_digest
 
     with sqlite3.connect(path) as connection:
         def column(name: str) -> bytes:
@@ -461,7 +461,7 @@ def test_part_checksums_crc32_now_blake2b_before(table: FingerprintTable, tmp_pa
     # parts are saved with CRC-32; parts saved by earlier versions carry a bare BLAKE2b hex and still verify
     import hashlib
 
-    from vdc_torch.stored import part_digest, part_matches
+    from vdc_torch.decision.store.stored import part_digest, part_matches
 
     data = saved(table, tmp_path).read_bytes()[:100_000]
     assert part_digest(data).startswith("crc32:")
@@ -476,7 +476,7 @@ def test_part_checksums_crc32_now_blake2b_before(table: FingerprintTable, tmp_pa
 
 def test_a_manifest_replaced_at_every_read_is_read_last_under_the_savers_lock(table: FingerprintTable, tmp_path: Path,
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import vdc_torch.manifest as manifest_module
+    import vdc_torch.decision.store.manifest as manifest_module
 
     path = tmp_path / "reference.vdc"
     save_manifest(path, table, {"writer": "a"})  # leaves <manifest>.lock behind

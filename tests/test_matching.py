@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 from conftest import EXIF_JPG
 
-from vdc_torch.decode import decode_file
-from vdc_torch.matching import tone_mapped_colour_difference
+from vdc_torch.data.decode import decode_file
+from vdc_torch.search.cascade import tone_mapped_colour_difference
 
 
 def test_one_tone_curve_explains_gamma_edits_but_not_colour_variants() -> None:
@@ -25,8 +25,8 @@ def test_one_tone_curve_explains_gamma_edits_but_not_colour_variants() -> None:
 
 def test_crop_hint_compares_the_new_image_with_the_crop_that_matched(tmp_path) -> None:
     from vdc_torch import Dataset
-    from vdc_torch.fingerprint import CROP_BOXES, compute_fingerprints, crop_pixels
-    from vdc_torch.matching import _crop_hint_similarity
+    from vdc_torch.fingerprints.compute import CROP_BOXES, compute_fingerprints, crop_pixels
+    from vdc_torch.search.cascade import _crop_hint_similarity
 
     names = ["Canon_40D.jpg", "Nikon_D70.jpg", "Pentax_K10D.jpg"]
     (tmp_path / "ref").mkdir()
@@ -50,8 +50,8 @@ def test_crop_hint_compares_the_new_image_with_the_crop_that_matched(tmp_path) -
 def test_batched_crop_resize_equals_resizing_each_crop() -> None:
     # crops of one size are resized as the channels of one image; more crops than OpenCV takes as channels, of
     # several sizes, mixed order: every one must come out as cv2.resize of that crop alone
-    from vdc_torch.fingerprint import CROP_BOXES, CV_MAX_CHANNELS, crop_windows
-    from vdc_torch.matching import _resized_crops
+    from vdc_torch.fingerprints.compute import CROP_BOXES, CV_MAX_CHANNELS, crop_windows
+    from vdc_torch.search.cascade import _resized_crops
 
     names = ["Canon_40D.jpg", "Nikon_D70.jpg", "Pentax_K10D.jpg", "Kodak_CX7530.jpg"]
     details = []
@@ -82,7 +82,7 @@ def test_a_gate_check_describes_each_image_once_across_stages_and_threads(tmp_pa
     # a crop of each photo and a crop of that crop: both are verified by features against the reference, then the
     # second against the first inside the new set; the shared caches describe each image once per side
     from vdc_torch import DatasetGate
-    from vdc_torch import features as local_features
+    from vdc_torch.fingerprints import features as local_features
 
     names = ["Canon_40D.jpg", "Nikon_D70.jpg", "Pentax_K10D.jpg", "Kodak_CX7530.jpg", "Olympus_C8080WZ.jpg"]
     (tmp_path / "ref").mkdir()
@@ -113,10 +113,10 @@ def test_a_query_with_too_few_keypoints_does_not_describe_its_candidates(tmp_pat
     # a strongly blurred copy of a CIFAR-size photo has fewer SIFT keypoints than min_inliers: verification could
     # never pass (verify itself says so below), so the reference is not described; dense alignment is still tried
     from vdc_torch import Dataset
-    from vdc_torch import features as local_features
-    from vdc_torch import matching
-    from vdc_torch.fingerprint import compute_fingerprints
-    from vdc_torch.matching import FeatureCache, MatchConfig, _FeatureJob, _verify_pair
+    from vdc_torch.fingerprints import features as local_features
+    from vdc_torch.search import cascade as matching
+    from vdc_torch.fingerprints.compute import compute_fingerprints
+    from vdc_torch.search.cascade import FeatureCache, MatchConfig, _FeatureJob, _verify_pair
 
     aligned: list[int] = []
     by_alignment = matching._verify_by_alignment
@@ -155,7 +155,7 @@ def test_inverted_file_finds_what_faiss_ivf_finds_above_the_threshold(monkeypatc
     centroids, same probes), top-k of those above the similarity bound, on the coarse vectors of real photos."""
     import faiss
 
-    from vdc_torch import matching
+    from vdc_torch.search import cascade as matching
 
     monkeypatch.setattr(matching, "KNN_EXACT_MAX_ROWS", 1000)
     monkeypatch.setattr(matching, "KNN_ROWS_PER_LIST", 64)
@@ -191,7 +191,7 @@ def test_inverted_file_finds_what_faiss_ivf_finds_above_the_threshold(monkeypatc
 
 
 def test_coarse_vectors_are_8x8_gray_block_means_independent_of_their_batch() -> None:
-    from vdc_torch import matching
+    from vdc_torch.search import cascade as matching
 
     photos = [decode_file(p).pixels for p in sorted(EXIF_JPG.glob("*.jpg"))[:9] if p.name != "corrupted.jpg"]
     thumbs = np.stack([cv2.resize(p, (32, 32), interpolation=cv2.INTER_AREA) for p in photos])
@@ -210,7 +210,7 @@ def test_coarse_vectors_are_8x8_gray_block_means_independent_of_their_batch() ->
 def test_stacked_gaussian_blur_equals_scipy_per_image() -> None:
     from scipy.ndimage import gaussian_filter
 
-    from vdc_torch import matching
+    from vdc_torch.search import cascade as matching
 
     photos = [decode_file(p).pixels for p in sorted(EXIF_JPG.glob("*.jpg"))[:9] if p.name != "corrupted.jpg"]
     gray = np.stack([cv2.cvtColor(cv2.resize(p, (32, 32), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)

@@ -1,4 +1,4 @@
-"""Tests for vdc_torch.metrics on real images (read-only shared data)."""
+"""Tests for vdc_torch.fingerprints.metrics on real images (read-only shared data)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from skimage import metrics as skm
 
-from vdc_torch.metrics import (
+from vdc_torch.fingerprints.metrics import (
     METRIC_RANGES,
     METRICS,
     image_digest,

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from vdc_torch import DatasetGate, Policy
-from vdc_torch.report import plot_overlap_per_class, plot_score_histograms, write_csv, write_html
+from vdc_torch.faces.report import plot_overlap_per_class, plot_score_histograms, write_csv, write_html
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

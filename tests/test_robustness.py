@@ -26,7 +26,7 @@ from conftest import EXIF_JPG, REPO, SHARED
 from PIL import Image
 
 from vdc_torch import Dataset, DatasetGate, Policy
-from vdc_torch.decode import decode_bytes, decode_file, exif_problems, load_image
+from vdc_torch.data.decode import decode_bytes, decode_file, exif_problems, load_image
 from vdc_torch.errors import ImageDecodeError
 
 #: These tests are about reporting every bad file, so the gate decides on whatever it could read (by default it
@@ -353,7 +353,7 @@ def test_file_changing_while_read_is_a_caveat(tmp_path: Path, monkeypatch: pytes
 _BOMB_SCRIPT = r"""
 import resource, sys
 sys.path.insert(0, sys.argv[1])
-from vdc_torch.decode import decode_bytes
+from vdc_torch.data.decode import decode_bytes
 from vdc_torch.errors import ImageDecodeError
 with open("/proc/self/status") as fh:
     vm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))

@@ -1,7 +1,9 @@
 """vdc_torch — decide whether a model should be retrained on new image data, and on what.
 
-Data flows one way: files -> decoded images (``decode``) -> fingerprints (``fingerprint``) -> indexes (``index``)
--> matches (``matching``) -> decision (``gate``) -> report (``report``).
+Data flows one way, one subpackage per part, each importing only the parts before it: files -> decoded images
+(``data``) -> fingerprints (``fingerprints``) -> indexes and matches (``search``) -> decision (``decision``, whose
+``store`` alone touches SQLite) -> what users touch: CLI, reports, hooks, the visdatcompy API (``faces``).
+``errors``, ``progress`` and ``names`` are shared by all.
 
 The public names below are imported on first use (PEP 562), so ``import vdc_torch`` and ``vdc --help`` do not pay
 for torch, OpenCV, faiss, numpy and pandas; ``from vdc_torch import DatasetGate`` imports what it needs.
@@ -17,37 +19,37 @@ __version__ = "0.1.0"
 
 #: Public name -> the submodule that defines it.
 _EXPORTS: dict[str, str] = {
-    "Action": "gate",
-    "FeatureExtractor": "compat",
-    "Hash": "compat",
-    "Image": "compat",
-    "Metrics": "compat",
-    "VisDatCompare": "compat",
-    "Dataset": "data",
-    "DatasetGate": "gate",
+    "Action": "decision.gate",
+    "FeatureExtractor": "faces.seed",
+    "Hash": "faces.seed",
+    "Image": "faces.seed",
+    "Metrics": "faces.seed",
+    "VisDatCompare": "faces.seed",
+    "Dataset": "data.dataset",
+    "DatasetGate": "decision.gate",
     "DatasetNotFoundError": "errors",
-    "Decision": "gate",
+    "Decision": "decision.gate",
     "ImageDecodeError": "errors",
     "InvalidParameterError": "errors",
     "InsufficientEvidenceError": "errors",
     "ManifestError": "errors",
-    "MatchConfig": "matching",
-    "Policy": "gate",
+    "MatchConfig": "search.cascade",
+    "Policy": "decision.gate",
     "VdcError": "errors",
-    "commit_training": "hooks",
-    "decide": "gate",
-    "pretrain_gate": "hooks",
+    "commit_training": "faces.hooks",
+    "decide": "decision.gate",
+    "pretrain_gate": "faces.hooks",
 }
 
 __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
-    from .compat import FeatureExtractor, Hash, Image, Metrics, VisDatCompare
-    from .data import Dataset
-    from .errors import DatasetNotFoundError, ImageDecodeError, InvalidParameterError, ManifestError, VdcError
-    from .gate import Action, DatasetGate, Decision, Policy, decide
-    from .hooks import commit_training, pretrain_gate
-    from .matching import MatchConfig
+    from vdc_torch.faces.seed import FeatureExtractor, Hash, Image, Metrics, VisDatCompare
+    from vdc_torch.data.dataset import Dataset
+    from vdc_torch.errors import DatasetNotFoundError, ImageDecodeError, InvalidParameterError, ManifestError, VdcError
+    from vdc_torch.decision.gate import Action, DatasetGate, Decision, Policy, decide
+    from vdc_torch.faces.hooks import commit_training, pretrain_gate
+    from vdc_torch.search.cascade import MatchConfig
 
 
 def __getattr__(name: str) -> Any:

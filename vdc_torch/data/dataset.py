@@ -23,8 +23,8 @@ import numpy as np
 import torch.utils.data
 from PIL import Image as PILImage
 
-from .decode import IMG_EXTENSIONS, has_image_extension, load_image, sniff_image_format
-from .errors import DatasetNotFoundError, ImageDecodeError, InvalidParameterError
+from vdc_torch.data.decode import IMG_EXTENSIONS, has_image_extension, load_image, sniff_image_format
+from vdc_torch.errors import DatasetNotFoundError, ImageDecodeError, InvalidParameterError
 
 log = logging.getLogger(__name__)
 
@@ -617,7 +617,7 @@ class Dataset(torch.utils.data.Dataset):
         if self._source is not None:
             image = self.source_image(index)
             if isinstance(image, (bytes, bytearray, dict, str, os.PathLike)):  # stored bytes: decode like a file
-                from .decode import decode_sample
+                from vdc_torch.data.decode import decode_sample
 
                 image = PILImage.fromarray(decode_sample(image, name=path, decode_side=None).pixels, "RGB")
             return image, label
@@ -684,7 +684,7 @@ class Dataset(torch.utils.data.Dataset):
     @property
     def images(self) -> list[Any]:
         """One :class:`vdc_torch.Image` per sample (file-backed datasets)."""
-        from .compat import Image
+        from vdc_torch.faces.seed import Image
 
         return [Image(path) for path, _ in self.samples]
 
@@ -697,7 +697,7 @@ class Dataset(torch.utils.data.Dataset):
 
     def get_image(self, filename: str) -> Any:
         """The :class:`vdc_torch.Image` with this file name (or relative path); ``KeyError`` if absent."""
-        from .compat import Image
+        from vdc_torch.faces.seed import Image
 
         for path, _ in self.samples:
             if os.path.basename(path) == filename or os.path.relpath(path, self.root) == filename:
@@ -736,7 +736,7 @@ class Dataset(torch.utils.data.Dataset):
         """
         import pandas as pd
 
-        from .compat import Image
+        from vdc_torch.faces.seed import Image
 
         rows = []
         for path, _ in self.samples:

@@ -1,0 +1,911 @@
+"""The persisted reference: one SQLite file holding the fingerprints, labels, paths and a format version.
+
+No pickle anywhere: every column is a plain SQLite value (text, integer or bytes), and the meta values are JSON.
+
+**Crash safety.** :func:`save_manifest` takes an exclusive lock on the sidecar ``<manifest>.lock`` (``flock``; a
+second saver waits up to ``lock_timeout`` seconds, then gets a clear :class:`ManifestError`), writes a complete new
+file beside the target (``.<name>.<random>.tmp``, hidden), fsyncs it, renames it over the old one and fsyncs the
+folder. A process killed at any moment therefore leaves either the previous manifest or the new one, never a mix;
+temp files left by killed savers are never read as manifests and are removed by the next save. Loading needs no
+lock: the rename is atomic, so a reader sees one whole file. ``save_manifest`` refuses to overwrite a file that is
+not a manifest (a photo, another application's database).
+
+**Untrusted input.** Manifests travel between machines and people, so :func:`load_manifest` treats the file as
+untrusted: it is opened read-only and immutable (SQLite creates no journal or lock files beside it), only the two
+expected tables are read, every value is type- and size-checked, a checksum over all content (written in the
+``checksum`` table) must match, and every failure — not SQLite, wrong application, unknown version, truncated,
+bit-flipped — is one :class:`ManifestError` naming the file and the reason. No SQLite, numpy or JSON exception
+leaves this module.
+
+**Paths.** A stored path is the sample's path relative to its dataset root (``cls/img.jpg``), or, for a sample
+that had no root, its absolute path or an in-memory name such as ``<CIFAR10[3]>``. Paths are identifiers for
+reports and caches: loading never opens them. Code that wants to read a reference file must go through
+:func:`resolve_sample_path`, which only returns paths lexically inside the root it is given (no absolute paths, no
+``..``). A manifest whose relative paths climb out of their root (``../../etc/passwd``) is refused on load.
+File names that are not valid UTF-8 are stored losslessly (as their raw bytes) and come back as the same ``str``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import stat as stat_module
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+import numpy as np
+
+from vdc_torch.errors import ManifestError
+from vdc_torch.fingerprints.compute import CROP_BOXES, FINGERPRINT_VERSION, THUMB_SIDE, FingerprintTable
+from vdc_torch.decision.store.stored import ManifestHandle, PartStream, StoredRows, part_digest, part_matches
+
+try:  # POSIX; elsewhere saves are not locked against each other (the rename still keeps them atomic)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = "vdc_torch-manifest"
+#: The format written: version 2 stores each column as a few large blobs (``parts``), and thumbnails, their 8×8
+#: coarse vectors and detail images are read on demand. Version 1 files (one SQLite row per sample, with or
+#: without a ``checksum`` table) still load, fully into memory.
+MANIFEST_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+#: Bytes per stored part of a column (SQLite caps a blob at 1 GB).
+PART_BYTES = 32 << 20
+#: Columns read on demand (:class:`vdc_torch.stored.StoredRows`) instead of at load time.
+_LAZY_COLUMNS = frozenset({"thumbs", "coarse", "details.data"})
+_ROWS_PER_CHUNK = 16384
+#: Seconds a save waits for another process's save of the same manifest before giving up.
+DEFAULT_LOCK_TIMEOUT = 60.0
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_COLUMNS = (
+    "row", "sample_index", "path", "label", "width", "height", "byte_digest", "pixel_digest", "exif_identity",
+    "phash", "phash_mirror", "crop_hashes", "thumb", "detail", "file_size", "mtime_ns", "extra_hashes",
+)
+_BLOB_COLUMNS = frozenset({6, 7, 11, 12, 13})  # byte_digest, pixel_digest, crop_hashes, thumb, detail
+_RESERVED_META = ("format", "format_version", "fingerprint_version", "saved_at", "samples")
+_DIGEST_SIZE = 16
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE samples (
+    row INTEGER PRIMARY KEY,
+    sample_index INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    label TEXT,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    byte_digest BLOB,
+    pixel_digest BLOB NOT NULL,
+    exif_identity TEXT,
+    phash INTEGER NOT NULL,
+    phash_mirror INTEGER NOT NULL,
+    crop_hashes BLOB NOT NULL,
+    thumb BLOB NOT NULL,
+    detail BLOB NOT NULL,
+    file_size INTEGER,
+    mtime_ns INTEGER,
+    extra_hashes TEXT NOT NULL
+);
+CREATE TABLE checksum (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+_SCHEMA_V2 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE columns (name TEXT PRIMARY KEY, dtype TEXT NOT NULL, shape TEXT NOT NULL);
+CREATE TABLE parts (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    digest TEXT NOT NULL,
+    UNIQUE (name, part)
+);
+CREATE TABLE checksum (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+# -- saving ----------------------------------------------------------------------------------------------------
+
+
+def save_manifest(
+    path: str | os.PathLike[str],
+    table: FingerprintTable,
+    meta: dict[str, Any],
+    *,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> Path:
+    """Atomically write ``table`` and ``meta`` (JSON-able values) to ``path``; returns the path.
+
+    >>> save_manifest("ckpt/reference.vdc", gate.reference_table, {"reference_root": "data/train"})  # doctest: +SKIP
+    """
+    target = Path(path)
+    if target.is_symlink():  # save through a link (e.g. latest.vdc -> v3.vdc) instead of replacing the link
+        target = Path(os.path.realpath(target))
+    name = str(target)
+    _check_shapes(table, name)
+    try:
+        meta_rows = _meta_rows(meta, len(table))
+    except (TypeError, ValueError) as exc:
+        raise ManifestError(f"cannot save manifest {name!r}: meta is not JSON-serialisable ({exc})") from exc
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target, lock_timeout):
+        _check_replaceable(target)
+        _remove_stale_temp_files(target)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        try:
+            _write_database(tmp_name, meta_rows, table, name)
+            with open(tmp_name, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.chmod(tmp_name, _file_mode(target))  # mkstemp makes 0600; a manifest is a normal shared file
+            os.replace(tmp_name, target)
+            _fsync_dir(target.parent)
+        except BaseException as exc:
+            Path(tmp_name).unlink(missing_ok=True)
+            if isinstance(exc, sqlite3.Error):
+                raise ManifestError(f"cannot save manifest {name!r}: {exc}") from exc
+            raise
+    return target
+
+
+def _write_database(tmp_name: str, meta_rows: list[tuple[str, str]], table: FingerprintTable, name: str) -> None:
+    connection = sqlite3.connect(tmp_name)
+    try:
+        # The temp file is fsynced and renamed as a whole, so SQLite's journal would only add a stray file.
+        connection.execute("PRAGMA journal_mode=OFF")
+        connection.execute("PRAGMA synchronous=OFF")
+        connection.executescript(_SCHEMA_V2)
+        connection.executemany("INSERT INTO meta VALUES (?, ?)", meta_rows)
+        described = []
+        for column, dtype, shape, chunks in _encoded_columns(table, name):
+            parts = []
+            pending = bytearray()
+
+            def flush(data: bytes, column: str = column, parts: list[Any] = parts) -> None:
+                digest = part_digest(data)
+                connection.execute("INSERT INTO parts (name, part, data, digest) VALUES (?, ?, ?, ?)",
+                                   (column, len(parts), data, digest))
+                parts.append([len(parts), len(data), digest])
+
+            for chunk in chunks:
+                pending += chunk
+                while len(pending) >= PART_BYTES:
+                    flush(bytes(pending[:PART_BYTES]))
+                    del pending[:PART_BYTES]
+            if pending:
+                flush(bytes(pending))
+            connection.execute("INSERT INTO columns VALUES (?, ?, ?)", (column, dtype, json.dumps(list(shape()))))
+            described.append([column, dtype, list(shape()), parts])
+        connection.execute("INSERT INTO checksum VALUES ('content', ?)", (_content_digest_v2(meta_rows, described),))
+        connection.commit()
+    finally:
+        connection.close()
+
+
+def _content_digest_v2(meta_rows: Sequence[tuple[Any, Any]], described: list[list[Any]]) -> str:
+    """BLAKE2b over the meta rows and every column's dtype, shape and part digests (each part has its own)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([list(r) for r in meta_rows], default=_bytes_for_json).encode())
+    h.update(json.dumps(sorted(described)).encode())
+    return h.hexdigest()
+
+
+def _check_shapes(table: FingerprintTable, name: str) -> None:
+    n = len(table)
+    thumbs_shape = tuple(table.thumbs.shape)
+    crops_shape = tuple(np.shape(table.crop_hashes))
+    if thumbs_shape != (n, THUMB_SIDE, THUMB_SIDE, 3) or crops_shape != (n, len(CROP_BOXES)):
+        raise ManifestError(
+            f"cannot save manifest {name!r}: the table's thumbs {thumbs_shape} or crop hashes {crops_shape} do not "
+            f"match its {n} rows"
+        )
+
+
+def _text_bytes(value: str, name: str) -> bytes:
+    """A string as UTF-8; a file name that is not valid UTF-8 (surrogate-escaped) as its raw bytes."""
+    try:
+        return str(value).encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise ManifestError(f"cannot save manifest {name!r}: {value!r} cannot be stored as text ({exc})") from exc
+
+
+ColumnSpec = tuple[str, str, Any, Any]
+
+
+def _encoded_columns(table: FingerprintTable, name: str) -> Iterator[ColumnSpec]:
+    """``(column, dtype, shape(), chunks)`` of every stored column; large columns are produced chunk by chunk."""
+    from vdc_torch.search.cascade import table_coarse_vectors
+
+    n = len(table)
+    k = len(CROP_BOXES)
+
+    def array(column: str, values: Any, dtype: str) -> ColumnSpec:
+        data = np.ascontiguousarray(np.asarray(values).astype(dtype, copy=False))
+        return column, dtype, lambda: data.shape, [data.tobytes()]
+
+    def texts(column: str, values: Sequence[Any], optional: bool) -> Iterator[ColumnSpec]:
+        encoded = [b"" if v is None else _text_bytes(v, name) for v in values]
+        yield array(f"{column}.data", np.frombuffer(b"".join(encoded), np.uint8), "|u1")
+        yield array(f"{column}.offsets", np.cumsum([0] + [len(b) for b in encoded]), "<i8")
+        if optional:
+            yield array(f"{column}.present", [v is not None for v in values], "|b1")
+
+    def optional_ints(column: str, values: Sequence[Any]) -> Iterator[ColumnSpec]:
+        yield array(column, [0 if v is None else int(v) for v in values], "<i8")
+        yield array(f"{column}.present", [v is not None for v in values], "|b1")
+
+    def rows_of(values: Any, dtype: str, row_shape: tuple[int, ...]) -> Iterator[bytes]:
+        for start in range(0, n, _ROWS_PER_CHUNK):
+            chunk = np.asarray(values[start : start + _ROWS_PER_CHUNK])
+            yield np.ascontiguousarray(chunk.astype(dtype, copy=False)).reshape(-1, *row_shape).tobytes()
+
+    def coarse_chunks() -> Iterator[bytes]:
+        for start in range(0, n, _ROWS_PER_CHUNK):
+            rows = np.arange(start, min(n, start + _ROWS_PER_CHUNK))
+            yield table_coarse_vectors(table.thumbs, rows).astype("<f4").tobytes()
+
+    detail_lengths: list[int] = []
+
+    def detail_chunks() -> Iterator[bytes]:
+        for start in range(0, n, _ROWS_PER_CHUNK):
+            chunk = [bytes(d) for d in table.details[start : start + _ROWS_PER_CHUNK]]
+            detail_lengths.extend(len(d) for d in chunk)
+            yield b"".join(chunk)
+
+    paths = [p if _is_safe_stored_path(p) else os.path.abspath(p) for p in table.paths]
+    yield array("sample_index", table.sample_index, "<i8")
+    yield from texts("paths", paths, optional=False)
+    yield from texts("labels", table.labels, optional=True)
+    yield array("width", table.width, "<i4")
+    yield array("height", table.height, "<i4")
+    yield array("byte_digest", np.frombuffer(
+        b"".join(bytes(d) if d is not None else bytes(_DIGEST_SIZE) for d in table.byte_digest), np.uint8
+    ).reshape(n, _DIGEST_SIZE), "|u1")
+    yield array("byte_digest.present", [d is not None for d in table.byte_digest], "|b1")
+    yield array("pixel_digest", np.frombuffer(b"".join(bytes(d) for d in table.pixel_digest), np.uint8)
+                .reshape(n, _DIGEST_SIZE), "|u1")
+    yield from texts("exif_identity", table.exif_identity, optional=True)
+    yield array("phash", table.phash, "<u8")
+    yield array("phash_mirror", table.phash_mirror, "<u8")
+    yield array("phash_whole", table.phash_whole, "<u8")
+    yield array("crop_hashes", np.asarray(table.crop_hashes).reshape(n, k), "<u8")
+    yield "thumbs", "|u1", lambda: (n, THUMB_SIDE, THUMB_SIDE, 3), rows_of(table.thumbs, "|u1",
+                                                                           (THUMB_SIDE, THUMB_SIDE, 3))
+    yield "coarse", "<f4", lambda: (n, 64), coarse_chunks()
+    yield "details.data", "|u1", lambda: (sum(detail_lengths),), detail_chunks()
+    yield "details.offsets", "<i8", lambda: (n + 1,), (
+        np.cumsum([0] + detail_lengths).astype("<i8").tobytes() for _ in range(1)
+    )
+    yield from optional_ints("file_size", table.file_size)
+    yield from optional_ints("mtime_ns", table.mtime_ns)
+    extra = json.dumps(table.extra_hashes, sort_keys=True).encode()
+    yield array("extra_hashes", np.frombuffer(extra, np.uint8), "|u1")
+
+
+def _expected_columns(n: int) -> dict[str, tuple[str, tuple[int, ...] | None]]:
+    """Every column of a version-2 manifest of ``n`` rows: dtype and shape (``None``: any 1-d length)."""
+    k = len(CROP_BOXES)
+    out: dict[str, tuple[str, tuple[int, ...] | None]] = {
+        "sample_index": ("<i8", (n,)), "width": ("<i4", (n,)), "height": ("<i4", (n,)),
+        "byte_digest": ("|u1", (n, _DIGEST_SIZE)), "byte_digest.present": ("|b1", (n,)),
+        "pixel_digest": ("|u1", (n, _DIGEST_SIZE)), "phash": ("<u8", (n,)), "phash_mirror": ("<u8", (n,)),
+        "phash_whole": ("<u8", (n,)), "crop_hashes": ("<u8", (n, k)), "thumbs": ("|u1", (n, THUMB_SIDE, THUMB_SIDE, 3)), "coarse": ("<f4", (n, 64)),
+        "details.data": ("|u1", None), "details.offsets": ("<i8", (n + 1,)), "extra_hashes": ("|u1", None),
+    }
+    for column, optional in (("paths", False), ("labels", True), ("exif_identity", True)):
+        out[f"{column}.data"] = ("|u1", None)
+        out[f"{column}.offsets"] = ("<i8", (n + 1,))
+        if optional:
+            out[f"{column}.present"] = ("|b1", (n,))
+    for column in ("file_size", "mtime_ns"):
+        out[column] = ("<i8", (n,))
+        out[f"{column}.present"] = ("|b1", (n,))
+    return out
+
+
+def _meta_rows(meta: dict[str, Any], samples: int) -> list[tuple[str, str]]:
+    full_meta = {
+        **{str(k): v for k, v in meta.items()},
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_VERSION,
+        "fingerprint_version": FINGERPRINT_VERSION,
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "samples": samples,
+    }
+    return [(k, json.dumps(v, sort_keys=True)) for k, v in sorted(full_meta.items())]
+
+
+def _loaded_text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"expected text, found {type(value).__name__}")
+
+
+def _signed(codes: np.ndarray) -> list[int]:
+    return np.asarray(codes).astype(np.uint64).view(np.int64).tolist()
+
+
+def _content_digest(meta_rows: Sequence[tuple[Any, Any]], columns: Sequence[Sequence[Any]]) -> str:
+    """BLAKE2b over the meta rows and every stored column, in a canonical encoding (hex)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(json.dumps([list(r) for r in meta_rows], default=_bytes_for_json).encode())
+    for i, column in enumerate(columns):
+        h.update(f"|{i}|".encode())
+        if i in _BLOB_COLUMNS:
+            h.update(json.dumps([None if v is None else len(v) for v in column]).encode())
+            h.update(b"".join(v for v in column if v is not None))
+        else:
+            h.update(json.dumps(list(column), default=_bytes_for_json).encode())
+    return h.hexdigest()
+
+
+def _bytes_for_json(value: Any) -> str:
+    if isinstance(value, bytes):
+        return "\x00bytes:" + value.hex()
+    raise TypeError(f"{type(value).__name__} value in a text column")
+
+
+def _file_mode(target: Path) -> int:
+    """Permission bits for the new file: the old manifest's, else 0666 minus the umask (read without changing it)."""
+    with contextlib.suppress(OSError):
+        return stat_module.S_IMODE(os.stat(target).st_mode)
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    return 0o644
+
+
+def lock_path(path: str | os.PathLike[str]) -> Path:
+    """The sidecar lock file of a manifest: ``<manifest>.lock`` (left in place; it holds no data)."""
+    target = Path(path)
+    return target.with_name(target.name + ".lock")
+
+
+@contextlib.contextmanager
+def _locked(target: Path, timeout: float) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<target>.lock``; wait at most ``timeout`` seconds for it."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    lock = lock_path(target)
+    try:
+        handle = open(lock, "a+b")  # noqa: SIM115 - closed by the `with handle` right below
+    except OSError as exc:
+        raise ManifestError(f"cannot save manifest {str(target)!r}: cannot open its lock file {str(lock)!r} "
+                            f"({exc.strerror or exc})") from exc
+    with handle:
+        if not _flock_within(handle.fileno(), fcntl.LOCK_EX, timeout, interval=0.02):
+            raise ManifestError(
+                f"cannot save manifest {str(target)!r}: another process has been saving it for more than "
+                f"{timeout:g} s (lock file {str(lock)!r}); try again or raise lock_timeout"
+            )
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _flock_within(fd: int, operation: int, timeout: float, interval: float) -> bool:
+    """Take the ``flock`` ``operation`` (shared or exclusive) on ``fd``, trying every ``interval`` seconds for at
+    most ``timeout`` seconds (at least once); False if it never came."""
+    deadline = time.monotonic() + max(0.0, timeout)
+    while True:
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(interval)
+
+
+def _check_replaceable(target: Path) -> None:
+    """Refuse to overwrite anything but a manifest (or an empty or damaged one)."""
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ManifestError(f"cannot save manifest {str(target)!r}: {exc.strerror or exc}") from exc
+    if stat_module.S_ISDIR(st.st_mode):
+        raise ManifestError(f"cannot save manifest {str(target)!r}: it is a directory")
+    if not stat_module.S_ISREG(st.st_mode):
+        raise ManifestError(f"cannot save manifest {str(target)!r}: it exists and is not a regular file")
+    if st.st_size == 0:
+        return
+    with open(target, "rb") as handle:
+        header = handle.read(len(_SQLITE_MAGIC))
+    refuse = ManifestError(
+        f"refusing to overwrite {str(target)!r}: it exists and is not a vdc_torch manifest "
+        "(delete it first or choose another path)"
+    )
+    if header != _SQLITE_MAGIC:
+        raise refuse
+    try:
+        with contextlib.closing(_connect_readonly(target)) as connection:
+            tables = _tables(connection)
+            row = None
+            if tables.get("meta") == "table":
+                row = connection.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+    except sqlite3.Error:
+        return  # a damaged SQLite file: most likely an earlier manifest, replacing it is the repair
+    if row is None or row[0] != json.dumps(MANIFEST_FORMAT):
+        raise refuse  # a healthy database of something else
+
+
+def _remove_stale_temp_files(target: Path) -> None:
+    """Temp files of saves that were killed; safe to delete because the caller holds the lock."""
+    prefix = f".{target.name}."
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith(prefix) and entry.name.endswith((".tmp", ".tmp-journal")):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                log.debug("removed %s, left by an interrupted save", entry.path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# -- loading ---------------------------------------------------------------------------------------------------
+
+
+def load_manifest(path: str | os.PathLike[str]) -> tuple[FingerprintTable, dict[str, Any]]:
+    """Read a manifest written by :func:`save_manifest`; any other file gives one clear :class:`ManifestError`.
+
+    >>> table, meta = load_manifest("ckpt/reference.vdc")  # doctest: +SKIP
+    """
+    source = Path(path)
+    name = repr(str(source))
+    for _ in range(3):
+        try:
+            return _load_once(source, name)
+        except _Replaced:
+            continue  # another process saved over it meanwhile: read the new file
+    # saved over again and again (savers in a loop): once more under the savers' lock, which holds the next save back
+    with _shared_lock(source):
+        try:
+            return _load_once(source, name)
+        except _Replaced:
+            pass
+    raise ManifestError(f"manifest {name} keeps being replaced while it is read; try again")
+
+
+@contextlib.contextmanager
+def _shared_lock(target: Path, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold a shared ``flock`` on ``<target>.lock`` if it exists and can be opened (savers take it exclusively).
+
+    Never creates the lock file and needs no write permission; without it (or after ``timeout`` seconds) the body
+    runs unlocked, as before.
+    """
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    try:
+        handle = open(lock_path(target), "rb")  # noqa: SIM115 - closed by the `with handle` right below
+    except OSError:
+        yield
+        return
+    with handle:
+        locked = _flock_within(handle.fileno(), fcntl.LOCK_SH, timeout, interval=0.005)
+        try:
+            yield
+        finally:
+            if locked:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+class _Replaced(Exception):
+    """Internal: the manifest file was replaced (atomically) while it was being loaded."""
+
+
+def _load_once(source: Path, name: str) -> tuple[FingerprintTable, dict[str, Any]]:
+    _check_file(source, name)
+    try:  # opened before the connection: if both still name the path's file afterwards, the load saw one file
+        fd = os.open(source, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ManifestError(f"manifest {name} cannot be read ({exc.strerror or exc})") from exc
+    try:
+        try:
+            connection = _connect_readonly(source)
+        except sqlite3.Error as exc:
+            raise ManifestError(f"{name} cannot be opened as a manifest ({exc})") from exc
+        handle = ManifestHandle(name, connection)  # closes the connection when the last lazy column goes
+        table, meta = _load_from(connection, handle, source, name)
+        if not _same_file(fd, source):
+            raise _Replaced
+        return table, meta
+    finally:
+        os.close(fd)
+
+
+def _load_from(connection: sqlite3.Connection, handle: ManifestHandle, source: Path,
+               name: str) -> tuple[FingerprintTable, dict[str, Any]]:
+    try:
+        meta_rows, meta = _read_meta(connection, name)
+        if meta["format_version"] == 2:
+            table = _read_v2(connection, name, meta_rows, meta, handle)
+            records: list[tuple[Any, ...]] = []
+        else:
+            records, stored_digest = _read_v1_rows(connection, name)
+    except ManifestError:
+        raise
+    except Exception as exc:  # untrusted bytes: whatever SQLite or JSON raise, the answer is one clear error
+        raise ManifestError(f"{name} is corrupted or not a vdc_torch manifest ({type(exc).__name__}: {exc})") from exc
+    if meta["format_version"] == 1:
+        try:
+            columns = [list(c) for c in zip(*records)] if records else [[] for _ in _COLUMNS]
+            if stored_digest is not None and _content_digest(meta_rows, columns) != stored_digest:
+                raise ManifestError(
+                    f"{name} is corrupted: its content does not match its checksum (damaged or edited after saving)"
+                )
+            table = _table_from_columns(columns, name)
+        except ManifestError:
+            raise
+        except Exception as exc:
+            raise ManifestError(
+                f"{name} is corrupted: a sample row is malformed ({type(exc).__name__}: {exc})"
+            ) from exc
+    if len(table) != meta.get("samples"):
+        raise ManifestError(f"{name} is corrupted: {len(table)} sample rows, its header says {meta.get('samples')!r}")
+    return table, meta
+
+
+def _same_file(fd: int, source: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(source)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _check_file(source: Path, name: str) -> None:
+    """Refuse what is not a complete SQLite file before SQLite sees it."""
+    try:
+        st = os.stat(source)
+    except FileNotFoundError:
+        raise ManifestError(f"manifest {name} does not exist") from None
+    except OSError as exc:
+        raise ManifestError(f"manifest {name} cannot be read ({exc.strerror or exc})") from exc
+    if stat_module.S_ISDIR(st.st_mode):
+        raise ManifestError(f"manifest {name} is a directory, not a manifest file")
+    if not stat_module.S_ISREG(st.st_mode):
+        raise ManifestError(f"manifest {name} is not a regular file")
+    if st.st_size == 0:
+        raise ManifestError(f"{name} is empty (0 bytes), not a vdc_torch manifest")
+    try:
+        with open(source, "rb") as handle:
+            header = handle.read(100)
+    except OSError as exc:
+        raise ManifestError(f"manifest {name} cannot be read ({exc.strerror or exc})") from exc
+    if not header.startswith(_SQLITE_MAGIC):
+        raise ManifestError(f"{name} is not a vdc_torch manifest (not an SQLite file; it starts with {header[:8]!r})")
+    if len(header) < 100:
+        raise ManifestError(f"{name} is corrupted: truncated inside its {len(header)}-byte SQLite header")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    header_valid = header[24:28] == header[92:96] and pages > 0
+    if page_size < 512 or page_size & (page_size - 1) or (header_valid and pages * page_size != st.st_size):
+        raise ManifestError(
+            f"{name} is corrupted: its SQLite header declares {pages} pages of {page_size} bytes, "
+            f"the file has {st.st_size} bytes (truncated or damaged)"
+        )
+
+
+def _connect_readonly(source: Path) -> sqlite3.Connection:
+    """Read-only and immutable: SQLite writes nothing beside the file (no journal, no -shm, no locks)."""
+    uri = Path(os.path.abspath(source)).as_uri() + "?mode=ro&immutable=1"  # percent-encodes ?, #, % and non-UTF-8
+    # read from the matching threads too: every read goes through ManifestHandle's lock, one at a time
+    connection = sqlite3.connect(uri, uri=True, check_same_thread=False)
+    connection.execute("PRAGMA cell_size_check=ON")
+    connection.execute("PRAGMA trusted_schema=OFF")
+    return connection
+
+
+def _tables(connection: sqlite3.Connection) -> dict[str, str]:
+    """``{name: "table" | "view"}`` of an SQLite database (indexes and triggers left out)."""
+    found = connection.execute("SELECT name, type FROM sqlite_master WHERE type IN ('table', 'view')").fetchall()
+    return {str(name): str(kind) for name, kind in found}
+
+
+def _read_meta(connection: sqlite3.Connection, name: str) -> tuple[list[tuple[Any, Any]], dict[str, Any]]:
+    """The meta rows and values, after checking the tables, the format and both versions."""
+    tables = _tables(connection)
+    if tables.get("meta") != "table":
+        found = ", ".join(sorted(str(t) for t in tables)) or "none"
+        raise ManifestError(f"{name} is an SQLite database but not a vdc_torch manifest (its tables: {found})")
+    meta_rows = connection.execute("SELECT key, value FROM meta ORDER BY key").fetchall()
+    meta: dict[str, Any] = {}
+    for key, value in meta_rows:
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ManifestError(f"{name} is corrupted: a meta entry is not text")
+        try:
+            meta[key] = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{name} is corrupted: meta entry {key!r} is not valid JSON ({exc})") from exc
+    if meta.get("format") != MANIFEST_FORMAT:
+        found = meta.get("format")
+        raise ManifestError(f"{name} is an SQLite database but not a vdc_torch manifest (format {found!r})")
+    version = meta.get("format_version")
+    if isinstance(version, bool) or version not in _READABLE_VERSIONS:
+        newer = isinstance(version, int) and not isinstance(version, bool) and version > MANIFEST_VERSION
+        hint = "upgrade vdc_torch to read it" if newer else "rebuild it with `vdc index` or `DatasetGate.save`"
+        readable = " and ".join(str(v) for v in _READABLE_VERSIONS)
+        raise ManifestError(f"{name} has manifest format version {version!r}; this vdc_torch reads versions "
+                            f"{readable} ({hint})")
+    if meta.get("fingerprint_version") != FINGERPRINT_VERSION:
+        raise ManifestError(
+            f"{name} holds fingerprints of version {meta.get('fingerprint_version')!r}, "
+            f"this vdc_torch computes version {FINGERPRINT_VERSION}: rebuild the manifest"
+        )
+    needed = ("samples",) if version == 1 else ("columns", "parts")
+    if any(tables.get(t) != "table" for t in needed):
+        found = ", ".join(sorted(str(t) for t in tables)) or "none"
+        raise ManifestError(f"{name} is an SQLite database but not a vdc_torch manifest (its tables: {found})")
+    return meta_rows, meta
+
+
+def _stored_checksum(connection: sqlite3.Connection, name: str) -> str | None:
+    if _tables(connection).get("checksum") != "table":
+        log.debug("%s has no checksum table (written by an older vdc_torch); content not verified", name)
+        return None
+    found = connection.execute("SELECT value FROM checksum WHERE name = 'content'").fetchone()
+    if found is None or not isinstance(found[0], str):
+        raise ManifestError(f"{name} is corrupted: its checksum is missing")
+    return found[0]
+
+
+def _read_v1_rows(connection: sqlite3.Connection, name: str) -> tuple[list[tuple[Any, ...]], str | None]:
+    """Version 1: one row per sample."""
+    declared = [row[1] for row in connection.execute("PRAGMA table_info(samples)").fetchall()]
+    if tuple(declared) != _COLUMNS:
+        raise ManifestError(f"{name} is corrupted: its samples table has columns {declared}, expected {list(_COLUMNS)}")
+    records = connection.execute(f"SELECT {', '.join(_COLUMNS)} FROM samples ORDER BY row").fetchall()
+    return records, _stored_checksum(connection, name)
+
+
+def _read_v2(
+    connection: sqlite3.Connection, name: str, meta_rows: list[tuple[Any, Any]], meta: dict[str, Any],
+    handle: ManifestHandle,
+) -> FingerprintTable:
+    """Version 2: columns as parts; small columns read and verified now, large ones wrapped as StoredRows."""
+    n = meta.get("samples")
+    if type(n) is not int or n < 0:
+        raise ManifestError(f"{name} is corrupted: its header gives {n!r} samples")
+    expected = _expected_columns(n)
+    declared = {}
+    for column, dtype, shape in connection.execute("SELECT name, dtype, shape FROM columns").fetchall():
+        declared[column] = (dtype, json.loads(shape) if isinstance(shape, str) else None)
+    if set(declared) != set(expected):
+        raise ManifestError(f"{name} is corrupted: it has columns {sorted(map(str, declared))}, "
+                            f"expected {sorted(expected)}")
+    parts: dict[str, list[tuple[int, int, str]]] = {c: [] for c in expected}
+    described: dict[str, list[list[Any]]] = {c: [] for c in expected}
+    for rowid, column, part, length, digest in connection.execute(
+        "SELECT id, name, part, length(data), digest FROM parts ORDER BY name, part"
+    ).fetchall():
+        if column not in parts or part != len(parts[column]) or not isinstance(digest, str):
+            raise ManifestError(f"{name} is corrupted: unexpected stored part {column!r} #{part!r}")
+        if type(length) is not int:
+            raise ManifestError(f"{name} is corrupted: stored part {column!r} #{part} is not a blob")
+        parts[column].append((int(rowid), length, digest))
+        described[column].append([part, length, digest])
+    stored = _stored_checksum(connection, name)
+    if stored is not None:
+        listing = [[c, declared[c][0], declared[c][1], described[c]] for c in expected]
+        if _content_digest_v2(meta_rows, listing) != stored:
+            raise ManifestError(
+                f"{name} is corrupted: its content does not match its checksum (damaged or edited after saving)"
+            )
+    shapes: dict[str, tuple[int, ...]] = {}
+    for column, (dtype, shape) in expected.items():
+        got_dtype, got_shape = declared[column]
+        if got_dtype != dtype or not isinstance(got_shape, list) or not all(type(x) is int for x in got_shape):
+            raise ManifestError(f"{name} is corrupted: column {column!r} is declared {got_dtype} {got_shape}")
+        if (shape is not None and tuple(got_shape) != shape) or (shape is None and len(got_shape) != 1):
+            raise ManifestError(f"{name} is corrupted: column {column!r} has shape {got_shape}, expected {shape}")
+        size = int(np.prod(got_shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if sum(p[1] for p in parts[column]) != size:
+            raise ManifestError(f"{name} is corrupted: column {column!r} holds "
+                                f"{sum(p[1] for p in parts[column])} bytes, its shape needs {size}")
+        shapes[column] = tuple(got_shape)
+
+    def read(column: str) -> np.ndarray:
+        chunks = []
+        for rowid, _, digest in parts[column]:
+            (data,) = connection.execute("SELECT data FROM parts WHERE id = ?", (rowid,)).fetchone()
+            if not isinstance(data, bytes) or not part_matches([data], digest):
+                raise ManifestError(
+                    f"{name} is corrupted: column {column!r} does not match its checksum (damaged or edited)"
+                )
+            chunks.append(data)
+        dtype = np.dtype(expected[column][0])
+        return np.frombuffer(b"".join(chunks), dtype).reshape(shapes[column]).astype(dtype.newbyteorder("="))
+
+    try:
+        return _table_from_v2(read, parts, shapes, n, name, handle)
+    except ManifestError:
+        raise
+    except Exception as exc:
+        raise ManifestError(f"{name} is corrupted: a column is malformed ({type(exc).__name__}: {exc})") from exc
+
+
+def _texts(read: Any, column: str, n: int, optional: bool) -> list[str | None]:
+    data = read(f"{column}.data").tobytes()
+    offsets = _checked_offsets(read(f"{column}.offsets"), len(data), column)
+    present = read(f"{column}.present") if optional else np.ones(n, bool)
+    bounds = offsets.tolist()
+    return [data[bounds[i] : bounds[i + 1]].decode("utf-8", "surrogateescape") if present[i] else None
+            for i in range(n)]
+
+
+def _checked_offsets(offsets: np.ndarray, total: int, column: str) -> np.ndarray:
+    if offsets[0] != 0 or offsets[-1] != total or (len(offsets) > 1 and np.any(np.diff(offsets) < 0)):
+        raise ValueError(f"the offsets of {column} are not increasing from 0 to {total}")
+    return offsets
+
+
+def _table_from_v2(read: Any, parts: dict[str, list[tuple[int, int, str]]], shapes: dict[str, tuple[int, ...]],
+                   n: int, name: str, handle: ManifestHandle) -> FingerprintTable:
+    if n == 0:
+        return FingerprintTable.empty()
+    width, height = read("width"), read("height")
+    if width.min() <= 0 or height.min() <= 0:
+        raise ValueError("an image size is not positive")
+    paths = _texts(read, "paths", n, optional=False)
+    for path in paths:
+        if not _is_safe_stored_path(path):
+            raise ManifestError(f"{name} is refused: sample path {path!r} leaves its dataset root")
+    byte_present, byte_rows = read("byte_digest.present"), read("byte_digest")
+    pixel_rows = read("pixel_digest")
+    extra = json.loads(read("extra_hashes").tobytes().decode("utf-8"))
+    if not isinstance(extra, list) or len(extra) != n or not all(
+        isinstance(x, dict) and all(isinstance(a, str) and isinstance(b, str) for a, b in x.items()) for x in extra
+    ):
+        raise ValueError("extra hashes are not a list of JSON objects of strings")
+
+    def optional_ints(column: str) -> list[int | None]:
+        values, present = read(column).tolist(), read(f"{column}.present")
+        return [v if p else None for v, p in zip(values, present)]
+
+    detail_offsets = _checked_offsets(read("details.offsets"), shapes["details.data"][0], "details")
+    if np.any(np.diff(detail_offsets) == 0):
+        raise ValueError("a detail image is missing")
+    coarse = StoredRows(PartStream(handle, parts["coarse"]), n, (64,), "<f4")
+    return FingerprintTable(
+        sample_index=read("sample_index"),
+        paths=paths,
+        labels=_texts(read, "labels", n, optional=True),
+        width=width,
+        height=height,
+        byte_digest=[row.tobytes() if p else None for row, p in zip(byte_rows, byte_present)],
+        pixel_digest=[row.tobytes() for row in pixel_rows],
+        exif_identity=_texts(read, "exif_identity", n, optional=True),
+        phash=read("phash"),
+        phash_mirror=read("phash_mirror"),
+        phash_whole=read("phash_whole"),
+        crop_hashes=read("crop_hashes"),
+        thumbs=StoredRows(PartStream(handle, parts["thumbs"]), n, (THUMB_SIDE, THUMB_SIDE, 3), np.uint8,
+                          coarse=coarse),  # type: ignore[arg-type]
+        details=StoredRows(PartStream(handle, parts["details.data"]), n, offsets=detail_offsets),  # type: ignore
+        file_size=optional_ints("file_size"),
+        mtime_ns=optional_ints("mtime_ns"),
+        extra_hashes=extra,
+    )
+
+
+def _table_from_columns(cols: list[list[Any]], name: str) -> FingerprintTable:
+    """Type- and size-check every stored value and build the table (ValueError/TypeError on anything odd)."""
+    n = len(cols[0])
+    k = len(CROP_BOXES)
+    if n == 0:
+        return FingerprintTable.empty()
+    if cols[0] != list(range(n)):
+        raise ValueError("row numbers are not 0..n-1")
+    for index in (1, 4, 5, 9, 10):
+        if not all(type(v) is int for v in cols[index]):
+            raise ValueError(f"column {_COLUMNS[index]} holds a non-integer")
+    for index in (14, 15):
+        if not all(v is None or type(v) is int for v in cols[index]):
+            raise ValueError(f"column {_COLUMNS[index]} holds a non-integer")
+    if min(cols[4]) <= 0 or min(cols[5]) <= 0:
+        raise ValueError("an image size is not positive")
+    if not all(type(d) is bytes and len(d) == _DIGEST_SIZE for d in cols[7]):
+        raise ValueError("a pixel digest is not 16 bytes")
+    if not all(d is None or (type(d) is bytes and len(d) == _DIGEST_SIZE) for d in cols[6]):
+        raise ValueError("a byte digest is not 16 bytes")
+    if not all(type(b) is bytes and len(b) == 8 * k for b in cols[11]):
+        raise ValueError("a crop-hash blob has the wrong size")
+    if not all(type(b) is bytes and len(b) == THUMB_SIDE * THUMB_SIDE * 3 for b in cols[12]):
+        raise ValueError("a thumbnail blob has the wrong size")
+    if not all(type(b) is bytes and b for b in cols[13]):
+        raise ValueError("a detail image is missing")
+    paths = [_loaded_text(p) for p in cols[2]]
+    for path in paths:
+        if not _is_safe_stored_path(path):
+            raise ManifestError(f"{name} is refused: sample path {path!r} leaves its dataset root")
+    extra = [json.loads(v) if isinstance(v, str) else None for v in cols[16]]
+    if not all(isinstance(x, dict) and all(isinstance(a, str) and isinstance(b, str) for a, b in x.items())
+               for x in extra):
+        raise ValueError("extra hashes are not a JSON object of strings")
+    return FingerprintTable(
+        sample_index=np.asarray(cols[1], dtype=np.int64),
+        paths=paths,
+        labels=[None if v is None else _loaded_text(v) for v in cols[3]],
+        width=np.asarray(cols[4], dtype=np.int32),
+        height=np.asarray(cols[5], dtype=np.int32),
+        byte_digest=list(cols[6]),
+        pixel_digest=list(cols[7]),
+        exif_identity=[None if v is None else _loaded_text(v) for v in cols[8]],
+        phash=np.asarray(cols[9], dtype=np.int64).view(np.uint64),
+        phash_mirror=np.asarray(cols[10], dtype=np.int64).view(np.uint64),
+        phash_whole=np.asarray(cols[9], dtype=np.int64).view(np.uint64),  # version 1 kept no untrimmed hash
+        crop_hashes=np.frombuffer(b"".join(cols[11]), dtype="<u8").astype(np.uint64).reshape(n, k),
+        thumbs=np.frombuffer(b"".join(cols[12]), dtype=np.uint8).reshape(n, THUMB_SIDE, THUMB_SIDE, 3).copy(),
+        details=list(cols[13]),
+        file_size=list(cols[14]),
+        mtime_ns=list(cols[15]),
+        extra_hashes=extra,
+    )
+
+
+# -- using stored paths ----------------------------------------------------------------------------------------
+
+
+def _is_safe_stored_path(path: str) -> bool:
+    """A stored path is an in-memory name, an absolute path, or a relative path without ``..`` or NUL."""
+    if not path or "\x00" in path:
+        return False
+    if path.startswith("<") or os.path.isabs(path) or PureWindowsPath(path).is_absolute():
+        return True
+    return ".." not in PurePosixPath(path.replace("\\", "/")).parts
+
+
+def resolve_sample_path(root: str | os.PathLike[str] | None, stored: str) -> Path | None:
+    """The file a stored manifest path names under ``root``, or ``None`` when it must not be read.
+
+    Only relative paths that stay lexically inside ``root`` resolve: absolute paths, ``..`` components,
+    drive letters, NUL bytes and in-memory names (``<CIFAR10[3]>``) give ``None``. Symbolic links inside
+    ``root`` are followed as the user laid them out.
+
+    >>> resolve_sample_path("/data/train", "cat/001.jpg")
+    PosixPath('/data/train/cat/001.jpg')
+    >>> resolve_sample_path("/data/train", "../../etc/passwd") is None
+    True
+    """
+    if not root or not stored or "\x00" in stored or stored.startswith("<"):
+        return None
+    posix = PurePosixPath(stored.replace("\\", "/"))
+    if posix.is_absolute() or PureWindowsPath(stored).drive or os.path.isabs(stored):
+        return None
+    if any(part in ("..", "") for part in posix.parts) or not posix.parts:
+        return None
+    return Path(root).joinpath(*posix.parts)

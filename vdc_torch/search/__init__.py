@@ -1,0 +1,1 @@
+"""Fingerprints -> matches: exact, Hamming and vector indexes, verification and the matching cascade."""
