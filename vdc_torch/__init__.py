@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "DatasetGate": "gate",
     "DatasetNotFoundError": "errors",
     "Decision": "gate",
+    "Duplicates": "dedup",
     "ImageDecodeError": "errors",
     "InvalidParameterError": "errors",
     "InsufficientEvidenceError": "errors",
@@ -36,6 +37,7 @@ _EXPORTS: dict[str, str] = {
     "VdcError": "errors",
     "commit_training": "hooks",
     "decide": "gate",
+    "find_duplicates": "dedup",
     "pretrain_gate": "hooks",
 }
 
@@ -44,6 +46,7 @@ __all__ = list(_EXPORTS)
 if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
     from .compat import FeatureExtractor, Hash, Image, Metrics, VisDatCompare
     from .data import Dataset
+    from .dedup import Duplicates, find_duplicates
     from .errors import DatasetNotFoundError, ImageDecodeError, InvalidParameterError, ManifestError, VdcError
     from .gate import Action, DatasetGate, Decision, Policy, decide
     from .hooks import commit_training, pretrain_gate
