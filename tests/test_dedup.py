@@ -253,3 +253,18 @@ def test_dedup_help_documents_its_exit_codes(capsys) -> None:
     for code, word in ((0, "no duplicates"), (3, "duplicates found"), (1, "error"), (2, "usage")):
         assert f"\n  {code:<3} {word}" in text, f"exit code {code} ({word}) not documented"
     assert "--keep {first,largest}" in text and "--count-similar" in text and "--list-removable" in text
+
+
+def test_class_folders_a_copy_across_classes_is_a_group_that_mixes_labels(tmp_path: Path) -> None:
+    root = tmp_path / "classes"
+    for cls in ("cats", "dogs"):
+        (root / cls).mkdir(parents=True)
+    shutil.copy(ORG / "canon-ixus.jpg", root / "cats" / "a.jpg")
+    shutil.copy(ORG / "canon-ixus.jpg", root / "dogs" / "b.jpg")
+    shutil.copy(ORG / "sony-d700.jpg", root / "dogs" / "c.jpg")
+    (root / "README.txt").write_text("notes")
+    found = find_duplicates(str(root), workers=0)
+    assert found.removable == [os.path.join("dogs", "b.jpg")]
+    assert found.removable_paths == [str(root / "dogs" / "b.jpg")]
+    assert set(found.files["label"]) == {"cats", "dogs"} and found.counts["label_conflicts"] == 1
+    assert found.counts["skipped_files"] == 1 and "mix class labels" in found.summary()
