@@ -242,7 +242,8 @@ def test_the_parser_method_names_are_the_registries() -> None:
     assert names.EXTRACTORS == features.EXTRACTORS
 
 
-@pytest.mark.parametrize("args", [["--help"], ["gate", "--help"], ["gate", "--new", "x"], ["--version"]])
+@pytest.mark.parametrize("args", [["--help"], ["gate", "--help"], ["gate", "--new", "x"], ["--version"],
+                                  ["dedup", "--help"], ["dedup", "x", "--keep", "biggest"]])
 def test_help_and_usage_errors_import_no_heavy_library(args: list[str]) -> None:
     script = (
         "import runpy, sys\n"
@@ -254,7 +255,7 @@ def test_help_and_usage_errors_import_no_heavy_library(args: list[str]) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     last = done.stdout.strip().splitlines()[-1]
-    expected_code = EXIT_USAGE if args == ["gate", "--new", "x"] else 0
+    expected_code = EXIT_USAGE if args in (["gate", "--new", "x"], ["dedup", "x", "--keep", "biggest"]) else 0
     assert last == f"HEAVY  CODE {expected_code}", done.stdout + done.stderr
 
 

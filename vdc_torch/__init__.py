@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "DatasetGate": "decision.gate",
     "DatasetNotFoundError": "errors",
     "Decision": "decision.gate",
+    "Duplicates": "decision.dedup",
     "ImageDecodeError": "errors",
     "InvalidParameterError": "errors",
     "InsufficientEvidenceError": "errors",
@@ -38,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     "VdcError": "errors",
     "commit_training": "faces.hooks",
     "decide": "decision.gate",
+    "find_duplicates": "decision.dedup",
     "pretrain_gate": "faces.hooks",
 }
 
@@ -46,6 +48,7 @@ __all__ = list(_EXPORTS)
 if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
     from vdc_torch.faces.seed import FeatureExtractor, Hash, Image, Metrics, VisDatCompare
     from vdc_torch.data.dataset import Dataset
+    from vdc_torch.decision.dedup import Duplicates, find_duplicates
     from vdc_torch.errors import DatasetNotFoundError, ImageDecodeError, InvalidParameterError, ManifestError, VdcError
     from vdc_torch.decision.gate import Action, DatasetGate, Decision, Policy, decide
     from vdc_torch.faces.hooks import commit_training, pretrain_gate

@@ -15,3 +15,5 @@ HASH_ALIASES: dict[str, str] = {"phash": "p", "ahash": "average"}
 METRICS: tuple[str, ...] = ("pix2pix", "mse", "nrmse", "ssim", "psnr", "mae", "nmi")
 #: :data:`vdc_torch.features.EXTRACTORS`
 EXTRACTORS: tuple[str, ...] = ("sift", "orb", "fast")
+#: :data:`vdc_torch.dedup.KEEP_RULES`: which file of a duplicate group ``vdc dedup --keep`` keeps
+KEEP_RULES: tuple[str, ...] = ("first", "largest")

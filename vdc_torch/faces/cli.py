@@ -4,10 +4,12 @@
     vdc gate --reference ckpt/reference.vdc --new data/drop_07 --json decision.json --report decision.html
     vdc update ckpt/reference.vdc data/drop_07        # after training on it
     vdc compare data/a data/b --method phash --csv pairs.csv
+    vdc dedup data/drop_07 --keep largest --json dups.json --report dups.html
     vdc info ckpt/reference.vdc
 
 ``vdc gate`` exits 0 for "train", 99 for "skip" (Airflow's BashOperator marks a task *skipped* on exit code 99 by
-default), 1 when it could not decide and 2 for a bad command line. The library never configures logging; this
+default), 1 when it could not decide and 2 for a bad command line. ``vdc dedup`` exits 0 when the folder holds no
+duplicates and 3 when it does. The library never configures logging; this
 module does, for the command line only.
 """
 
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 EXIT_TRAIN = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_DUPLICATES = 3
 EXIT_SKIP = 99
 EXIT_INTERRUPTED = 130
 
@@ -43,9 +46,27 @@ exit codes of `vdc gate`:
       99 is what Airflow's BashOperator treats as "skipped" by default.
   {EXIT_ERROR:<3} error: no decision could be made (missing folder, unreadable manifest, ...)
   {EXIT_USAGE:<3} usage error: bad command line
+`vdc dedup` exits {EXIT_TRAIN} = no duplicates, {EXIT_DUPLICATES} = duplicates found (see 'vdc dedup --help').
 other commands exit {EXIT_TRAIN} on success, {EXIT_ERROR} on error and {EXIT_USAGE} on a bad command line.
 
 shell:   vdc gate --reference ref.vdc --new drop/ --quiet; case $? in 0) train;; 99) echo skipped;; *) exit 1;; esac
+"""
+
+DEDUP_EXIT_CODES_HELP = f"""\
+exit codes of `vdc dedup`:
+  {EXIT_TRAIN:<3} no duplicates: every readable image is unique
+  {EXIT_DUPLICATES:<3} duplicates found: the output lists them; --duplicates-exit-code changes this value
+      (0 = exit 0 either way)
+  {EXIT_ERROR:<3} error: no answer (missing folder, no readable image, more than --max-problem-share
+      of the images unreadable, ...)
+  {EXIT_USAGE:<3} usage error: bad command line
+
+duplicates are the exact and near_duplicate matches; 'similar' pictures (alike, not verified as
+the same picture) are listed but only counted with --count-similar. Nothing under DIR is ever
+written, moved or deleted.
+
+shell:   vdc dedup data/drop_07 -q --list-removable > removable.txt
+         case $? in 0) echo clean;; 3) xargs -d '\\n' rm -- < removable.txt;; *) exit 1;; esac
 """
 
 class _Parser(argparse.ArgumentParser):
@@ -83,6 +104,13 @@ def _exit_code(text: str) -> int:
     value = _non_negative(text)
     if value > 255 or value in (EXIT_ERROR, EXIT_USAGE, EXIT_TRAIN):
         raise argparse.ArgumentTypeError(f"{value!r} must lie in 3..255 (0, 1 and 2 mean train, error and usage)")
+    return value
+
+
+def _dedup_exit_code(text: str) -> int:
+    value = _non_negative(text)
+    if value > 255 or value in (EXIT_ERROR, EXIT_USAGE):
+        raise argparse.ArgumentTypeError(f"{value!r} must be 0 or lie in 3..255 (1 and 2 mean error and usage)")
     return value
 
 
@@ -198,6 +226,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="OUT", help="write the pairs to a CSV file")
     p.add_argument("--limit", type=_non_negative, default=50, metavar="N",
                    help="print at most N pairs (default 50; the CSV always holds all)")
+
+    from vdc_torch.names import KEEP_RULES
+
+    p = sub.add_parser("dedup", parents=[common, workers], help="list the duplicate images inside one folder",
+                       description=_wrap("Find the duplicates inside DIR with the cascade `vdc gate` uses for "
+                                   "duplicates inside the new data (exact copies, resized, re-encoded, flipped, "
+                                   "cropped, ... copies), group them, keep one file per group (--keep) and list "
+                                   "the others as removable. Prints one paragraph; the exit code says whether "
+                                   "there were duplicates. Only reports: no file is changed."),
+                       epilog=DEDUP_EXIT_CODES_HELP + "\nexample: vdc dedup data/drop_07 --keep largest "
+                              "--json dups.json --csv dups/ --report dups.html",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", metavar="DIR", help="image folder (read like ImageFolder: sorted, recursive)")
+    p.add_argument("--keep", choices=KEEP_RULES, default="first",
+                   help="which file of each group is kept: 'first' in the folder's sorted order (default; the "
+                        "one `vdc gate` keeps in the delta) or 'largest' (most pixels, then largest file, then "
+                        "first)")
+    p.add_argument("--count-similar", action="store_true",
+                   help="let 'similar' pairs count as duplicates (default: listed, not counted)")
+    p.add_argument("--max-problem-share", type=_fraction, default=None, metavar="X",
+                   help="give no answer (exit 1) when more than this share of the images cannot be read "
+                        "(default 0.05)")
+    p.add_argument("--duplicates-exit-code", type=_dedup_exit_code, default=EXIT_DUPLICATES, metavar="CODE",
+                   help=f"exit code when duplicates were found (default {EXIT_DUPLICATES})")
+    p.add_argument("--json", metavar="OUT", help="write the groups as JSON ('-' = standard output, and the "
+                                                 "paragraph then goes to standard error)")
+    p.add_argument("--list-removable", action="store_true",
+                   help="print the removable files, one path per line, on standard output (the paragraph then "
+                        "goes to standard error); not with --json -")
+    p.add_argument("--csv", metavar="DIR_OR_OUT.csv",
+                   help="write duplicates.csv (one row per file of a group), similar.csv and problems.csv into "
+                        "DIR, or only the duplicates to OUT.csv")
+    p.add_argument("--report", metavar="OUT.html", help="write a self-contained HTML report")
+    p.add_argument("--cache", metavar="FILE",
+                   help="fingerprint cache file: unchanged files are not decoded again on the next run")
 
     p = sub.add_parser("info", parents=[common], help="describe a manifest, an image folder or an image",
                        description=_wrap("Describe PATH: a manifest (format version, samples, saved_at, roots), an image "
@@ -470,6 +533,44 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_TRAIN
 
 
+# -- dedup ---------------------------------------------------------------------------------------------------
+
+
+def cmd_dedup(args: argparse.Namespace) -> int:
+    from vdc_torch.faces import report
+    from vdc_torch.decision.dedup import find_duplicates
+    from vdc_torch.decision.gate import Policy
+
+    if args.json == "-" and args.list_removable:
+        print("vdc: error: dedup: --json - and --list-removable both write to standard output; choose one "
+              "(see 'vdc dedup --help')", file=sys.stderr)
+        return EXIT_USAGE
+    defaults = Policy()
+    share = defaults.max_problem_share if args.max_problem_share is None else args.max_problem_share
+    policy = Policy(count_similar=bool(args.count_similar), max_problem_share=share)
+    found = find_duplicates(args.dir, keep=args.keep, policy=policy, workers=args.workers,
+                            progress=_progress(args), cache=args.cache)
+    paragraph_stream = sys.stdout
+    if args.json == "-":
+        sys.stdout.write(found.to_json() + "\n")
+        paragraph_stream = sys.stderr
+    elif args.json:
+        _ensure_parent(args.json)
+        found.to_json(args.json)
+        _note(args, f"wrote {args.json}")
+    if args.report:
+        _note(args, f"wrote {report.write_duplicates_html(found, args.report)}")
+    if args.csv:
+        written = report.write_duplicates_csv(found, args.csv)
+        _note(args, f"wrote {', '.join(str(p) for p in written.values())}")
+    if args.list_removable:
+        for path in found.removable_paths:
+            sys.stdout.write(path + "\n")
+        paragraph_stream = sys.stderr
+    print(found.summary(), file=paragraph_stream)
+    return args.duplicates_exit_code if found.counts.get("removable") else EXIT_TRAIN
+
+
 # -- info ----------------------------------------------------------------------------------------------------
 
 
@@ -573,7 +674,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # -- entry point ---------------------------------------------------------------------------------------------
 
-_COMMANDS = {"index": cmd_index, "gate": cmd_gate, "update": cmd_update, "compare": cmd_compare, "info": cmd_info}
+_COMMANDS = {"index": cmd_index, "gate": cmd_gate, "update": cmd_update, "compare": cmd_compare, "dedup": cmd_dedup,
+             "info": cmd_info}
 
 
 def _quiet_faiss(record: logging.LogRecord) -> bool:
