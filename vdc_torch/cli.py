@@ -232,12 +232,35 @@ def _progress(args: argparse.Namespace) -> bool:
     return not getattr(args, "quiet", False)
 
 
+def _note_known(args: argparse.Namespace, cache: Any, dataset: Any, head: str) -> None:
+    """Say how many samples of ``dataset`` ``cache`` already holds (they are not decoded again)."""
+    known = cache.count_known(path for path, _ in dataset.samples) if len(cache) else 0
+    if known:
+        _note(args, f"{head}{known} of {len(dataset)} samples of {dataset.root} already fingerprinted in "
+                    f"{cache.path}")
+
+
 def cmd_index(args: argparse.Namespace) -> int:
+    from .cache import FingerprintCache, checkpoint_path
+    from .data import Dataset
+    from .errors import InsufficientEvidenceError
     from .gate import DatasetGate
 
-    gate = DatasetGate(reference=os.path.abspath(args.dir), workers=args.workers, progress=_progress(args))
-    samples = len(gate)  # fingerprints now, so the manifest records the reference root
+    dataset = Dataset(os.path.abspath(args.dir))
+    # fingerprints are checkpointed into <MANIFEST>.partial while they are computed: the same command run again
+    # after an interrupt decodes only the rest; the checkpoint goes once the manifest is written
+    partial = FingerprintCache(checkpoint_path(args.output), strict=True)
+    resumed = partial.path.exists()
+    _note_known(args, partial, dataset, "resuming: ")
+    gate = DatasetGate(reference=dataset, workers=args.workers, progress=_progress(args), cache=partial)
+    try:
+        samples = len(gate)  # fingerprints now, so the manifest records the reference root
+    except InsufficientEvidenceError:
+        if not resumed:  # too little to index: no manifest, and no checkpoint of this run either
+            partial.discard()
+        raise
     path = gate.save(args.output)
+    partial.discard()
     unusable = sum(1 for p in gate.reference_problems if p.fatal)
     extra = f" ({unusable} unreadable file(s) left out)" if unusable else ""
     print(f"indexed {samples} samples of {args.dir} into {path}{extra}")
@@ -259,7 +282,13 @@ def _open_gate(reference: str, args: argparse.Namespace, policy: Any) -> Any:
     if os.path.isfile(reference):
         return DatasetGate.load(reference, **kwargs)
     if os.path.isdir(reference):  # absolute, so a saved manifest and reports find the images from anywhere
-        return DatasetGate(reference=os.path.abspath(reference), **kwargs)
+        from .data import Dataset
+
+        dataset = Dataset(os.path.abspath(reference))
+        gate = DatasetGate(reference=dataset, **kwargs)
+        if gate.cache is not None:
+            _note_known(args, gate.cache, dataset, "cache: ")
+        return gate
     raise DatasetNotFoundError(f"reference {reference!r} is neither a manifest file nor an image folder")
 
 
@@ -301,10 +330,14 @@ def decision_paragraph(decision: Any) -> str:
 
 def cmd_gate(args: argparse.Namespace) -> int:
     from . import report
+    from .gate import as_dataset
 
     policy = _policy(args)
     gate = _open_gate(args.reference, args, policy)
-    decision = gate.check(args.new)
+    new = as_dataset(args.new)
+    if gate.cache is not None:
+        _note_known(args, gate.cache, new, "cache: ")
+    decision = gate.check(new)
     if args.save_manifest:
         if os.path.isdir(args.reference):
             _note(args, f"saved the reference manifest to {gate.save(args.save_manifest)}")
