@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch.utils.data
 
-from vdc_torch.decision.store.cache import FingerprintCache
+from vdc_torch.decision.store.cache import CacheCheckpoint, FingerprintCache
 from vdc_torch.data.dataset import Dataset, NovelStream, Stream, is_hf_dataset, is_stream, label_value
 from vdc_torch.errors import InsufficientEvidenceError, InvalidParameterError
 from vdc_torch.fingerprints.compute import FINGERPRINT_VERSION, FingerprintTable, Problem, compute_fingerprints, fingerprint_stream
@@ -307,9 +307,11 @@ class DatasetGate:
 
     ``reference`` is a folder, a :class:`Dataset` or any torch dataset of ``(image, label)`` (or ``None`` with
     :meth:`load`). ``workers`` processes fingerprint in parallel (default: all cores); ``cache`` names a
-    fingerprint cache file so unchanged files are not decoded again on the next run. ``encoder`` (a module
-    mapping an image batch to embeddings, best a :class:`vdc_torch.encoder.LayerEncoder` over an intermediate
-    layer of the model being trained) adds nearest neighbours in the model's feature space as a method.
+    fingerprint cache file (or is a :class:`FingerprintCache`) so unchanged files are not decoded again on the next
+    run; it is checkpointed while fingerprinting runs, so an interrupted run resumes where it stopped.
+    ``encoder`` (a module mapping an image batch to embeddings, best a :class:`vdc_torch.encoder.LayerEncoder`
+    over an intermediate layer of the model being trained) adds nearest neighbours in the model's feature space
+    as a method.
 
     >>> gate = DatasetGate(reference="data/train_v1")            # doctest: +SKIP
     >>> decision = gate.check("data/train_v2"); decision.action   # doctest: +SKIP
@@ -324,7 +326,7 @@ class DatasetGate:
         config: MatchConfig | None = None,
         workers: int | None = None,
         progress: bool = False,
-        cache: str | os.PathLike[str] | None = None,
+        cache: str | os.PathLike[str] | FingerprintCache | None = None,
         encoder: torch.nn.Module | None = None,
     ) -> None:
         self.policy = policy or Policy()
@@ -333,7 +335,7 @@ class DatasetGate:
         self.progress = progress
         self.cache_path = cache
         self.encoder = encoder
-        self._cache: FingerprintCache | None = None
+        self._cache: FingerprintCache | None = cache if isinstance(cache, FingerprintCache) else None
         self._reference = as_dataset(reference) if reference is not None else None
         self._table: FingerprintTable | None = None if reference is not None else FingerprintTable.empty()
         self.reference_problems: list[Problem] = []
@@ -367,9 +369,20 @@ class DatasetGate:
             table, problems, dataset = self._fingerprint_stream(data, desc)
         else:
             dataset = data
-            table, problems = compute_fingerprints(
-                dataset, workers=self.workers, progress=self.progress, desc=desc, cache=self.cache
-            )
+            # the cache file is checkpointed while fingerprinting runs: an interrupted run loses little
+            checkpoint = CacheCheckpoint(self.cache) if self.cache is not None and dataset.is_file_backed else None
+            try:
+                table, problems = compute_fingerprints(
+                    dataset, workers=self.workers, progress=self.progress, desc=desc, cache=self.cache,
+                    on_chunk=checkpoint,
+                )
+            except BaseException:  # Ctrl-C (or a failure): keep what was fingerprinted since the last checkpoint
+                if checkpoint is not None:
+                    try:
+                        checkpoint.flush()
+                    except Exception as exc:  # noqa: BLE001 - the original error is the one to report
+                        log.warning("could not checkpoint the fingerprint cache %s: %s", self.cache.path, exc)
+                raise
         table.paths = _relative_paths(table.paths, dataset.root)
         fatal = sum(p.fatal for p in problems)
         if fatal:

@@ -295,12 +295,35 @@ def _progress(args: argparse.Namespace) -> bool:
     return not getattr(args, "quiet", False)
 
 
-def cmd_index(args: argparse.Namespace) -> int:
-    from vdc_torch.decision.gate import DatasetGate
+def _note_known(args: argparse.Namespace, cache: Any, dataset: Any, head: str) -> None:
+    """Say how many samples of ``dataset`` ``cache`` already holds (they are not decoded again)."""
+    known = cache.count_known(path for path, _ in dataset.samples) if len(cache) else 0
+    if known:
+        _note(args, f"{head}{known} of {len(dataset)} samples of {dataset.root} already fingerprinted in "
+                    f"{cache.path}")
 
-    gate = DatasetGate(reference=os.path.abspath(args.dir), workers=args.workers, progress=_progress(args))
-    samples = len(gate)  # fingerprints now, so the manifest records the reference root
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from vdc_torch.data.dataset import Dataset
+    from vdc_torch.decision.gate import DatasetGate
+    from vdc_torch.decision.store.cache import FingerprintCache, checkpoint_path
+    from vdc_torch.errors import InsufficientEvidenceError
+
+    dataset = Dataset(os.path.abspath(args.dir))
+    # fingerprints are checkpointed into <MANIFEST>.partial while they are computed: the same command run again
+    # after an interrupt decodes only the rest; the checkpoint goes once the manifest is written
+    partial = FingerprintCache(checkpoint_path(args.output), strict=True)
+    resumed = partial.path.exists()
+    _note_known(args, partial, dataset, "resuming: ")
+    gate = DatasetGate(reference=dataset, workers=args.workers, progress=_progress(args), cache=partial)
+    try:
+        samples = len(gate)  # fingerprints now, so the manifest records the reference root
+    except InsufficientEvidenceError:
+        if not resumed:  # too little to index: no manifest, and no checkpoint of this run either
+            partial.discard()
+        raise
     path = gate.save(args.output)
+    partial.discard()
     unusable = sum(1 for p in gate.reference_problems if p.fatal)
     extra = f" ({unusable} unreadable file(s) left out)" if unusable else ""
     print(f"indexed {samples} samples of {args.dir} into {path}{extra}")
@@ -322,7 +345,13 @@ def _open_gate(reference: str, args: argparse.Namespace, policy: Any) -> Any:
     if os.path.isfile(reference):
         return DatasetGate.load(reference, **kwargs)
     if os.path.isdir(reference):  # absolute, so a saved manifest and reports find the images from anywhere
-        return DatasetGate(reference=os.path.abspath(reference), **kwargs)
+        from vdc_torch.data.dataset import Dataset
+
+        dataset = Dataset(os.path.abspath(reference))
+        gate = DatasetGate(reference=dataset, **kwargs)
+        if gate.cache is not None:
+            _note_known(args, gate.cache, dataset, "cache: ")
+        return gate
     raise DatasetNotFoundError(f"reference {reference!r} is neither a manifest file nor an image folder")
 
 
@@ -363,11 +392,15 @@ def decision_paragraph(decision: Any) -> str:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
+    from vdc_torch.decision.gate import as_dataset
     from vdc_torch.faces import report
 
     policy = _policy(args)
     gate = _open_gate(args.reference, args, policy)
-    decision = gate.check(args.new)
+    new = as_dataset(args.new)
+    if gate.cache is not None:
+        _note_known(args, gate.cache, new, "cache: ")
+    decision = gate.check(new)
     if args.save_manifest:
         if os.path.isdir(args.reference):
             _note(args, f"saved the reference manifest to {gate.save(args.save_manifest)}")

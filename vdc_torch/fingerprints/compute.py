@@ -26,7 +26,7 @@ import logging
 import operator
 import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -695,11 +695,14 @@ def compute_fingerprints(
     desc: str = "fingerprinting",
     cache: Any = None,
     distributed: bool = True,
+    on_chunk: Callable[[FingerprintTable], None] | None = None,
 ) -> tuple[FingerprintTable, list[Problem]]:
     """Fingerprint the samples of a :class:`vdc_torch.Dataset` (all, or ``indices``) on ``workers`` processes.
 
     ``cache`` (a :class:`vdc_torch.cache.FingerprintCache`) supplies fingerprints of unchanged files without
-    decoding them and learns the new ones. Under an initialised ``torch.distributed`` process group (and
+    decoding them and learns the new ones. ``on_chunk`` is called with each batch of newly decoded fingerprints
+    as soon as it is done (rows carry their sample index, path and label), e.g. to checkpoint them
+    (:class:`vdc_torch.cache.CacheCheckpoint`). Under an initialised ``torch.distributed`` process group (and
     ``distributed=True``) each rank fingerprints its shard and every rank receives the whole table.
     Returns the table of usable samples (in index order) and one :class:`Problem` per unusable sample or caveat.
     """
@@ -725,6 +728,8 @@ def compute_fingerprints(
                 cached_indices.append(index)
                 cached_rows.append(row)
         todo = missing
+        # taken now: a checkpoint (on_chunk) or the save below rebuilds the cache table and renumbers its rows
+        cached = _labelled(cache.table.rows(cached_rows), dataset, cached_indices)
         sizes, digests = cache.known_content()
         known = (sizes, digests) if todo and digests else None
     workers = default_workers() if workers is None else max(0, int(workers))
@@ -749,12 +754,18 @@ def compute_fingerprints(
     with single_threaded_opencv(), threadpool_limits(1, user_api="blas"):
         for batch in loader:
             done = 0
-            for index, result in batch:
+            chunk: list[FingerprintTable] = []
+            results = list(batch)
+            for index, result in results:  # (grows when a known file must be decoded after all, below)
                 if isinstance(result, Problem):
                     problems.append(result)
                     done += 1
                 elif isinstance(result, _KnownContent):  # same bytes as a cached file: reuse, re-key, no decode
                     row = cache.lookup_digest(result.byte_digest)
+                    if row is None:  # a checkpoint replaced that entry (its path changed) meanwhile: decode here
+                        redo = _FingerprintTask(dataset, [index], extra_hashes, decode_side, max_pixels)
+                        results.extend(redo[[0]])
+                        continue
                     reused[index] = dataclasses.replace(
                         cache.table.fingerprint(row), file_size=result.file_size, mtime_ns=result.mtime_ns,
                         warnings=[],
@@ -762,10 +773,14 @@ def compute_fingerprints(
                     done += 1
                 else:
                     batches.append(result.table)
+                    chunk.append(result.table)
                     for i, warnings in zip(result.indices, result.warnings):
                         problems.extend(Problem(i, dataset.samples[i][0], w, fatal=False) for w in warnings)
                     done += len(result.indices)
             bar.update(done)
+            if on_chunk is not None and chunk:
+                fresh_chunk = FingerprintTable.concat(chunk)
+                on_chunk(_labelled(fresh_chunk, dataset, fresh_chunk.sample_index.tolist()))
     bar.close()
     if reused:
         order = sorted(reused)
@@ -775,8 +790,6 @@ def compute_fingerprints(
     order = fresh.sample_index.tolist()
     fresh = _labelled(fresh, dataset, order)
     if use_cache:
-        # rows first: saving rebuilds the cache table, which renumbers its rows when a path is replaced
-        cached = _labelled(cache.table.rows(cached_rows), dataset, cached_indices)
         for row, index in enumerate(order):
             cache.add(dataset.samples[index][0], fresh.fingerprint(row))
         cache.save()

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +24,27 @@ import numpy as np
 
 from vdc_torch.errors import ManifestError
 from vdc_torch.fingerprints.compute import Fingerprint, FingerprintTable
-from vdc_torch.decision.store.manifest import load_manifest, save_manifest
+from vdc_torch.decision.store.manifest import load_manifest, remove_manifest, save_manifest
 
 log = logging.getLogger(__name__)
 
 FileKey = tuple[str, int, int]
 #: How many match results (one per reference/new/config combination) the cache keeps.
 MAX_RESULTS = 8
+#: The ``kind`` a cache file records in its meta (a checkpoint without it is not ours to write or delete).
+CACHE_KIND = "fingerprint-cache"
+
+#: While fingerprinting, the cache file is saved (a checkpoint) after this many newly fingerprinted samples ...
+CHECKPOINT_SAMPLES = 2000
+#: ... or after this many seconds, whichever comes first ...
+CHECKPOINT_SECONDS = 30.0
+#: ... but never sooner than this many times the last save took after it (each save rewrites the whole file, so a
+#: large cache is checkpointed less often and saving stays below ~1/10 of the run).
+CHECKPOINT_MIN_GAP_FACTOR = 10.0
+#: Environment variables overriding :data:`CHECKPOINT_SAMPLES` and :data:`CHECKPOINT_SECONDS` (tests force tiny
+#: checkpoints with them).
+CHECKPOINT_SAMPLES_ENV = "VDC_CHECKPOINT_SAMPLES"
+CHECKPOINT_SECONDS_ENV = "VDC_CHECKPOINT_SECONDS"
 
 
 def file_key(path: str) -> FileKey | None:
@@ -40,27 +56,40 @@ def file_key(path: str) -> FileKey | None:
     return os.path.abspath(path), st.st_size, st.st_mtime_ns
 
 
-class FingerprintCache:
-    """Fingerprints of files seen before, loaded from and saved to one cache file."""
+def checkpoint_path(output: str | os.PathLike[str]) -> Path:
+    """Where ``vdc index`` keeps the fingerprints of an unfinished run writing ``output``: ``<output>.partial``."""
+    target = Path(os.path.expanduser(str(output)))
+    return target.with_name(target.name + ".partial")
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+
+class FingerprintCache:
+    """Fingerprints of files seen before, loaded from and saved to one cache file.
+
+    ``strict``: only a file written as a fingerprint cache is used; any other manifest is ignored (and never
+    written or deleted), as an unreadable file always is.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, strict: bool = False) -> None:
         self.path = Path(os.path.expanduser(str(path)))
         self._table = FingerprintTable.empty()
         self._results: dict[str, Any] = {}
         self.writable = True
-        if self.path.exists():
+        if self.path.exists() or self.path.is_symlink():
             try:
-                self._table, meta = load_manifest(self.path)
-                self._results = dict(meta.get("results", {}))
+                table, meta = load_manifest(self.path)
+                if strict and meta.get("kind") != CACHE_KIND:
+                    raise ManifestError(f"{str(self.path)!r} is a manifest, not a fingerprint cache")
+                self._table, self._results = table, dict(meta.get("results", {}))
             except ManifestError as exc:
                 self.writable = False  # never overwrite a file we cannot read: it may be the user's
-                log.warning("ignoring the fingerprint cache %s (it will not be written either): %s", self.path, exc)
+                log.warning("ignoring the fingerprint cache %s (it will not be written either; delete it to use "
+                            "this path): %s", self.path, exc)
         self._dirty = False
         self._by_key: dict[FileKey, int] = {}
         self._by_digest: dict[bytes, int] = {}
         self._sizes: set[int] = set()
         self._index(0)
-        self._pending: list[tuple[str, Fingerprint]] = []
+        self._pending: dict[str, Fingerprint] = {}  # by absolute path: adding a file twice keeps the newest
         #: Files found by path, size and mtime.
         self.hits = 0
         #: Files found by the digest of their bytes (renamed, moved, copied or touched; read but not decoded).
@@ -83,6 +112,10 @@ class FingerprintCache:
         """The cached fingerprints (rows addressed by :meth:`lookup_row`)."""
         return self._table
 
+    def count_known(self, paths: Iterable[str]) -> int:
+        """How many of ``paths`` the cache holds unchanged (same path, size and mtime); not counted as hits."""
+        return sum(1 for path in paths if (key := file_key(path)) is not None and key in self._by_key)
+
     def lookup_row(self, key: FileKey | None) -> int | None:
         """The cache row of an unchanged file, or ``None``."""
         row = self._by_key.get(key) if key is not None else None
@@ -104,7 +137,7 @@ class FingerprintCache:
     def add(self, path: str, fingerprint: Fingerprint) -> None:
         """Remember the fingerprint of a file just computed (written on :meth:`save`)."""
         if fingerprint.byte_digest is not None and fingerprint.file_size is not None:
-            self._pending.append((os.path.abspath(path), fingerprint))
+            self._pending[os.path.abspath(path)] = fingerprint
 
     def result(self, key: str) -> Any:
         """A stored computation result (JSON value) for ``key``, or ``None``."""
@@ -122,21 +155,90 @@ class FingerprintCache:
         """Merge new entries into the cache file atomically (entries for the same path are replaced)."""
         if not self.writable:
             return
-        if not self._pending:
-            if self._dirty:
-                save_manifest(self.path, self._table, {"kind": "fingerprint-cache", "results": self._results})
-                self._dirty = False
-            return
-        new_paths = {p for p, _ in self._pending}
-        keep = [i for i, p in enumerate(self._table.paths) if p not in new_paths]
-        added = FingerprintTable.from_rows(
-            np.arange(len(self._pending)), [p for p, _ in self._pending], [None] * len(self._pending),
-            [f for _, f in self._pending],
-        )
-        self._table = FingerprintTable.concat([self._table.rows(keep), added])
-        self._table.sample_index = np.arange(len(self._table), dtype=np.int64)
-        self._pending = []
+        if self._pending:
+            pending, self._pending = self._pending, {}
+            keep = [i for i, p in enumerate(self._table.paths) if p not in pending]
+            added = FingerprintTable.from_rows(np.arange(len(pending)), list(pending), [None] * len(pending),
+                                               list(pending.values()))
+            self._table = FingerprintTable.concat([self._table.rows(keep), added])
+            self._table.sample_index = np.arange(len(self._table), dtype=np.int64)
+            self._by_key, self._by_digest, self._sizes = {}, {}, set()
+            self._index(0)
+            self._dirty = True  # until written: a save interrupted here is done again by the next one
+        if self._dirty:
+            save_manifest(self.path, self._table, {"kind": CACHE_KIND, "results": self._results})
+            self._dirty = False
+
+    def discard(self) -> None:
+        """Delete the cache file, once its work is done (``vdc index``'s checkpoint after the manifest is saved).
+
+        A file this cache could not read, or did not write, is never deleted.
+        """
+        if self.writable and not self.path.is_symlink():
+            try:
+                remove_manifest(self.path)
+            except (ManifestError, OSError) as exc:
+                log.warning("left %s in place: %s", self.path, exc)
+        self._table, self._pending, self._dirty = FingerprintTable.empty(), {}, False
         self._by_key, self._by_digest, self._sizes = {}, {}, set()
-        self._index(0)
-        save_manifest(self.path, self._table, {"kind": "fingerprint-cache", "results": self._results})
-        self._dirty = False
+
+
+def _env_number(name: str, default: float) -> float:
+    """A positive number from the environment variable ``name``, else ``default`` (a bad value is warned about)."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+        if value > 0:
+            return value
+    except ValueError:
+        pass
+    log.warning("ignoring %s=%r: not a positive number (using %g)", name, text, default)
+    return default
+
+
+class CacheCheckpoint:
+    """An ``on_chunk`` hook for :func:`vdc_torch.fingerprint.compute_fingerprints` that checkpoints a cache.
+
+    Each chunk of new fingerprints is added to ``cache``; the cache file is saved (atomically) once
+    ``every_samples`` new samples arrived or ``every_seconds`` passed since the last save, whichever comes first
+    (defaults: :data:`CHECKPOINT_SAMPLES`, :data:`CHECKPOINT_SECONDS`, or their environment variables), but never
+    sooner than :data:`CHECKPOINT_MIN_GAP_FACTOR` times the last save's duration after it. A run killed at any
+    moment thus loses at most the samples since the last checkpoint.
+    """
+
+    def __init__(self, cache: FingerprintCache, *, every_samples: int | None = None,
+                 every_seconds: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cache = cache
+        self.every_samples = max(1, int(every_samples if every_samples is not None
+                                        else _env_number(CHECKPOINT_SAMPLES_ENV, CHECKPOINT_SAMPLES)))
+        self.every_seconds = float(every_seconds if every_seconds is not None
+                                   else _env_number(CHECKPOINT_SECONDS_ENV, CHECKPOINT_SECONDS))
+        self._clock = clock
+        self._last = clock()
+        self._min_gap = 0.0
+        self._unsaved = 0
+        #: Checkpoints written so far.
+        self.checkpoints = 0
+
+    def __call__(self, chunk: FingerprintTable) -> None:
+        """Take a chunk of new fingerprints (paths: the files' paths); save when a checkpoint is due."""
+        for row, path in enumerate(chunk.paths):
+            self.cache.add(path, chunk.fingerprint(row))
+        self._unsaved += len(chunk)
+        since = self._clock() - self._last
+        if (self._unsaved >= self.every_samples or since >= self.every_seconds) and since >= self._min_gap:
+            self.flush()
+
+    def flush(self) -> None:
+        """Save what arrived since the last checkpoint now (nothing to save: no write)."""
+        if not self._unsaved or not self.cache.writable:
+            return
+        started = self._clock()
+        self.cache.save()
+        self._last = self._clock()
+        self._min_gap = CHECKPOINT_MIN_GAP_FACTOR * (self._last - started)
+        self._unsaved = 0
+        self.checkpoints += 1
+        log.debug("checkpoint %d: %d fingerprints in %s", self.checkpoints, len(self.cache), self.cache.path)

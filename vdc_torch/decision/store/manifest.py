@@ -159,6 +159,26 @@ def save_manifest(
     return target
 
 
+def remove_manifest(path: str | os.PathLike[str], *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> bool:
+    """Delete a file written by :func:`save_manifest`, with the temp files of killed saves and its lock file.
+
+    Used for files that are vdc_torch's own (a finished run's checkpoint). Anything that is not a manifest is left
+    alone (:class:`ManifestError`). Returns whether a file was deleted.
+    """
+    target = Path(path)
+    lock = lock_path(target)
+    if not target.exists() and not lock.exists():
+        return False
+    with _locked(target, lock_timeout):
+        _check_replaceable(target)  # the same files a save may replace: manifests, empty or damaged ones
+        _remove_stale_temp_files(target)
+        removed = target.exists()
+        target.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)  # while held: a saver that was waiting on it writes a whole file anyway
+    _fsync_dir(target.parent)
+    return removed
+
+
 def _write_database(tmp_name: str, meta_rows: list[tuple[str, str]], table: FingerprintTable, name: str) -> None:
     connection = sqlite3.connect(tmp_name)
     try:
