@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 import cv2
-from PIL import Image
-
 from accuracy import POSITIVE_KINDS, score
 from accuracy_suite import COPY_CLASSES, build_suite
 from datasets import write_benchmarks_section
+from PIL import Image
 
 SIDES = (32, 64, 128, 512)
 

@@ -284,8 +284,8 @@ def damage(data: bytes, rng: random.Random) -> bytes:
 
 def run_manifest_chunk(seed: int, start: int, stop: int, original: bytes, expected: list[tuple]) -> Counts:
     """Load damaged manifests ``start..stop-1``; never raises."""
-    from vdc_torch.errors import ManifestError
     from vdc_torch.decision.store.manifest import load_manifest
+    from vdc_torch.errors import ManifestError
 
     counts = Counts()
     with tempfile.TemporaryDirectory(prefix="vdc-fuzz-") as folder:

@@ -1,10 +1,15 @@
 """Recall of the IVF kNN index against exact flat search: python benchmarks/knn_recall.py DIR (ref.vdc/new.vdc of
 speed_matching.make_tables at 1M, e.g. saved by its --memory-only run)."""
-import sys, time
+import sys
+import time
+
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))
-import numpy as np, faiss
+import faiss
+import numpy as np
+
 from vdc_torch.decision.store.manifest import load_manifest
 from vdc_torch.search import cascade as matching
+
 ref, _ = load_manifest(sys.argv[1] + '/ref.vdc'); new, _ = load_manifest(sys.argv[1] + '/new.vdc')
 rng = np.random.default_rng(5)
 base = matching.table_coarse_vectors(ref.thumbs)

@@ -11,8 +11,8 @@ import numpy as np
 from conftest import EXIF_JPG
 
 from vdc_torch import DatasetGate
-from vdc_torch.fingerprints.align import align
 from vdc_torch.data.decode import decode_file
+from vdc_torch.fingerprints.align import align
 
 
 def smooth_gray(name: str, side: int = 256) -> np.ndarray:

@@ -17,9 +17,9 @@ import torch.utils.data
 from conftest import COWS, COWS_DUPLICATES, EXIF_JPG, REPO
 
 import vdc_torch
+from vdc_torch.data.dataset import Dataset
 from vdc_torch.faces import seed as compat
 from vdc_torch.faces.seed import FeatureExtractor, Hash, Image, Metrics, VisDatCompare
-from vdc_torch.data.dataset import Dataset
 from vdc_torch.fingerprints.hashes import HASH_METHODS
 from vdc_torch.fingerprints.metrics import METRICS
 

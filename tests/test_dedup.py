@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import EXIF_JPG
 from PIL import Image, ImageOps
 
-from conftest import EXIF_JPG
 from vdc_torch import DatasetGate, InsufficientEvidenceError, MatchConfig, Policy, find_duplicates
 from vdc_torch.faces.cli import EXIT_DUPLICATES, EXIT_ERROR, EXIT_TRAIN, EXIT_USAGE, main
 

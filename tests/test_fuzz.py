@@ -20,9 +20,9 @@ from PIL import Image
 
 from vdc_torch import DatasetGate, ManifestError
 from vdc_torch.data.decode import DecodedImage, decode_bytes, exif_problems, read_exif_tags
+from vdc_torch.decision.store.manifest import load_manifest, save_manifest
 from vdc_torch.errors import ImageDecodeError
 from vdc_torch.fingerprints.compute import FingerprintTable
-from vdc_torch.decision.store.manifest import load_manifest, save_manifest
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

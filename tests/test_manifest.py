@@ -24,7 +24,6 @@ import pytest
 from conftest import EXIF_JPG, REPO
 
 from vdc_torch import DatasetGate, ManifestError
-from vdc_torch.fingerprints.compute import FINGERPRINT_VERSION, FingerprintTable
 from vdc_torch.decision.store.manifest import (
     MANIFEST_VERSION,
     load_manifest,
@@ -32,6 +31,7 @@ from vdc_torch.decision.store.manifest import (
     resolve_sample_path,
     save_manifest,
 )
+from vdc_torch.fingerprints.compute import FINGERPRINT_VERSION, FingerprintTable
 
 NON_UTF8_NAME = os.fsdecode(b"caf\xe9.jpg")  # a Latin-1 file name, as os.listdir returns it
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conftest import COWS
 from PIL import Image
 
 from vdc_torch import DatasetGate
-
-from conftest import COWS
 
 
 def png_copies(target: Path, names: list[str], compress_level: int) -> None:

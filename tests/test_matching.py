@@ -114,8 +114,8 @@ def test_a_query_with_too_few_keypoints_does_not_describe_its_candidates(tmp_pat
     # never pass (verify itself says so below), so the reference is not described; dense alignment is still tried
     from vdc_torch import Dataset
     from vdc_torch.fingerprints import features as local_features
-    from vdc_torch.search import cascade as matching
     from vdc_torch.fingerprints.compute import compute_fingerprints
+    from vdc_torch.search import cascade as matching
     from vdc_torch.search.cascade import FeatureCache, MatchConfig, _FeatureJob, _verify_pair
 
     aligned: list[int] = []

@@ -684,7 +684,7 @@ class Dataset(torch.utils.data.Dataset):
     @property
     def images(self) -> list[Any]:
         """One :class:`vdc_torch.Image` per sample (file-backed datasets)."""
-        from vdc_torch.faces.seed import Image
+        from vdc_torch.data.image import Image
 
         return [Image(path) for path, _ in self.samples]
 
@@ -697,7 +697,7 @@ class Dataset(torch.utils.data.Dataset):
 
     def get_image(self, filename: str) -> Any:
         """The :class:`vdc_torch.Image` with this file name (or relative path); ``KeyError`` if absent."""
-        from vdc_torch.faces.seed import Image
+        from vdc_torch.data.image import Image
 
         for path, _ in self.samples:
             if os.path.basename(path) == filename or os.path.relpath(path, self.root) == filename:
@@ -736,7 +736,7 @@ class Dataset(torch.utils.data.Dataset):
         """
         import pandas as pd
 
-        from vdc_torch.faces.seed import Image
+        from vdc_torch.data.image import Image
 
         rows = []
         for path, _ in self.samples:

@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vdc_torch.decision.gate import DatasetGate, Policy, _json_default, _records, _text, as_dataset, check_evidence
 from vdc_torch.errors import check_choice
 from vdc_torch.fingerprints.compute import FingerprintTable
-from vdc_torch.decision.gate import DatasetGate, Policy, _json_default, _records, _text, as_dataset, check_evidence
-from vdc_torch.search.cascade import MatchConfig, match_tables
 from vdc_torch.names import KEEP_RULES as _KEEP_RULES
+from vdc_torch.search.cascade import MatchConfig, match_tables
 
 #: Which file of a duplicate group is kept (``vdc dedup --keep``).
 KEEP_RULES: tuple[str, ...] = _KEEP_RULES

@@ -127,7 +127,12 @@ def _wrap(text: str) -> str:
 
 
 def _compare_methods() -> tuple[list[str], list[str], list[str]]:
-    from vdc_torch.names import EXTRACTORS, HASH_ALIASES, HASH_METHODS, METRICS  # static names: no OpenCV import for --help
+    from vdc_torch.names import (  # static names: no OpenCV import for --help
+        EXTRACTORS,
+        HASH_ALIASES,
+        HASH_METHODS,
+        METRICS,
+    )
 
     return [*HASH_METHODS, *HASH_ALIASES], list(METRICS), list(EXTRACTORS)
 
@@ -334,8 +339,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def _open_gate(reference: str, args: argparse.Namespace, policy: Any) -> Any:
-    from vdc_torch.errors import DatasetNotFoundError
     from vdc_torch.decision.gate import DatasetGate
+    from vdc_torch.errors import DatasetNotFoundError
 
     kwargs = {"policy": policy, "workers": args.workers, "progress": _progress(args)}
     if getattr(args, "encoder", None):
@@ -476,10 +481,8 @@ def compare_folders(dir1: str, dir2: str, method: str, *, threshold: float | Non
     import numpy as np
     import pandas as pd
 
-    from vdc_torch.fingerprints import features
-    from vdc_torch.fingerprints import hashes
-    from vdc_torch.fingerprints import metrics
     from vdc_torch.errors import check_choice
+    from vdc_torch.fingerprints import features, hashes, metrics
 
     args = args or argparse.Namespace(quiet=True)
     hash_methods, metric_names, extractors = _compare_methods()
@@ -570,9 +573,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
-    from vdc_torch.faces import report
     from vdc_torch.decision.dedup import find_duplicates
     from vdc_torch.decision.gate import Policy
+    from vdc_torch.faces import report
 
     if args.json == "-" and args.list_removable:
         print("vdc: error: dedup: --json - and --list-removable both write to standard output; choose one "

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch.utils.data
 
-from vdc_torch.errors import InvalidParameterError, check_choice
 from vdc_torch.decision.gate import Action, DatasetGate, Decision, Policy
+from vdc_torch.errors import InvalidParameterError, check_choice
 from vdc_torch.search.cascade import MatchConfig
 
 log = logging.getLogger(__name__)

@@ -46,8 +46,8 @@ from vdc_torch.fingerprints.compute import (
     phash_batch,
     single_threaded_opencv,
 )
-from vdc_torch.search.index import ExactIndex, HammingIndex, InvertedFileIP
 from vdc_torch.progress import progress_bar
+from vdc_torch.search.index import ExactIndex, HammingIndex, InvertedFileIP
 
 log = logging.getLogger(__name__)
 
