@@ -11,7 +11,7 @@ import pytest
 import vdc_torch.fingerprints.compute as fingerprint_module
 from vdc_torch import Dataset, DatasetGate
 from vdc_torch.decision.store.cache import FingerprintCache
-from vdc_torch.fingerprints.compute import compute_fingerprints
+from vdc_torch.decision.store.cache import fingerprint_with_cache as compute_fingerprints
 
 
 @pytest.fixture

@@ -30,10 +30,10 @@ from vdc_torch.decision.store.cache import (
     FingerprintCache,
     checkpoint_path,
 )
-from vdc_torch.faces.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TRAIN, main
-from vdc_torch.fingerprints.compute import compute_fingerprints
+from vdc_torch.decision.store.cache import fingerprint_with_cache as compute_fingerprints
 from vdc_torch.decision.store.manifest import load_manifest
 from vdc_torch.decision.store.stored import is_stored
+from vdc_torch.faces.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TRAIN, main
 
 REPO = Path(__file__).resolve().parents[1]
 

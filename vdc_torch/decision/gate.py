@@ -21,11 +21,16 @@ import numpy as np
 import pandas as pd
 import torch.utils.data
 
-from vdc_torch.decision.store.cache import CacheCheckpoint, FingerprintCache
 from vdc_torch.data.dataset import Dataset, NovelStream, Stream, is_hf_dataset, is_stream, label_value
-from vdc_torch.errors import InsufficientEvidenceError, InvalidParameterError
-from vdc_torch.fingerprints.compute import FINGERPRINT_VERSION, FingerprintTable, Problem, compute_fingerprints, fingerprint_stream
+from vdc_torch.decision.store.cache import CacheCheckpoint, FingerprintCache, fingerprint_with_cache
 from vdc_torch.decision.store.manifest import load_manifest, save_manifest
+from vdc_torch.errors import InsufficientEvidenceError, InvalidParameterError
+from vdc_torch.fingerprints.compute import (
+    FINGERPRINT_VERSION,
+    FingerprintTable,
+    Problem,
+    fingerprint_stream,
+)
 from vdc_torch.search.cascade import MATCH_COLUMNS, MATCHING_VERSION, FeatureCaches, MatchConfig, match_tables
 
 log = logging.getLogger(__name__)
@@ -372,9 +377,9 @@ class DatasetGate:
             # the cache file is checkpointed while fingerprinting runs: an interrupted run loses little
             checkpoint = CacheCheckpoint(self.cache) if self.cache is not None and dataset.is_file_backed else None
             try:
-                table, problems = compute_fingerprints(
-                    dataset, workers=self.workers, progress=self.progress, desc=desc, cache=self.cache,
-                    on_chunk=checkpoint,
+                table, problems = fingerprint_with_cache(
+                    dataset, cache=self.cache, on_chunk=checkpoint, workers=self.workers, progress=self.progress,
+                    desc=desc,
                 )
             except BaseException:  # Ctrl-C (or a failure): keep what was fingerprinted since the last checkpoint
                 if checkpoint is not None:

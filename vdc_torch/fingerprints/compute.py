@@ -28,7 +28,7 @@ import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -45,10 +45,10 @@ from vdc_torch.data.decode import (
     digest,
     read_file,
 )
+from vdc_torch.data.files import FileKey, file_key
 from vdc_torch.errors import ImageDecodeError, InvalidParameterError
 from vdc_torch.fingerprints.hashes import HASH_METHODS, compute_hash
 from vdc_torch.progress import progress_bar
-from vdc_torch.decision.store.stored import is_stored
 
 log = logging.getLogger(__name__)
 
@@ -537,6 +537,43 @@ def _take(column: Any, rows: list[int]) -> Any:
     return _pick(column, rows)
 
 
+class LazyColumn:
+    """Base of table columns read on demand (the store's manifest columns): ``take(rows)`` gives a view of some
+    rows; ``is_bytes`` tells byte strings from fixed-width array rows. Tables treat them like their lists and
+    arrays without knowing where the rows live."""
+
+    is_bytes: bool = False
+
+    def take(self, rows: np.ndarray) -> LazyColumn:  # noqa: D102 - see the class docstring
+        raise NotImplementedError
+
+
+def is_stored(value: Any) -> bool:
+    """True for a column read on demand (:class:`LazyColumn`), such as a manifest's stored rows."""
+    return isinstance(value, LazyColumn)
+
+
+class KnownFingerprints(Protocol):
+    """Fingerprints computed before, read (never written) by :func:`compute_fingerprints`: a fingerprint cache."""
+
+    @property
+    def table(self) -> FingerprintTable:
+        """The known rows."""
+        ...
+
+    def lookup_row(self, key: FileKey | None) -> int | None:
+        """The row of an unchanged file (same path, size and mtime), or ``None``."""
+        ...
+
+    def known_content(self) -> tuple[frozenset[int], frozenset[bytes]]:
+        """File sizes and byte digests of the known rows (a renamed or touched file is read, not decoded)."""
+        ...
+
+    def lookup_digest(self, byte_digest: bytes | None) -> int | None:
+        """The row of a file with exactly these bytes, or ``None``."""
+        ...
+
+
 @dataclass(frozen=True)
 class _FingerprintBatch:
     """Internal: the fingerprints of a batch as columns (rows in ``indices`` order), with each row's warnings.
@@ -693,16 +730,16 @@ def compute_fingerprints(
     decode_side: int | None = DEFAULT_DECODE_SIDE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     desc: str = "fingerprinting",
-    cache: Any = None,
+    known: KnownFingerprints | None = None,
     distributed: bool = True,
     on_chunk: Callable[[FingerprintTable], None] | None = None,
 ) -> tuple[FingerprintTable, list[Problem]]:
     """Fingerprint the samples of a :class:`vdc_torch.Dataset` (all, or ``indices``) on ``workers`` processes.
 
-    ``cache`` (a :class:`vdc_torch.cache.FingerprintCache`) supplies fingerprints of unchanged files without
-    decoding them and learns the new ones. ``on_chunk`` is called with each batch of newly decoded fingerprints
-    as soon as it is done (rows carry their sample index, path and label), e.g. to checkpoint them
-    (:class:`vdc_torch.cache.CacheCheckpoint`). Under an initialised ``torch.distributed`` process group (and
+    ``known`` (fingerprints computed before, e.g. a :class:`vdc_torch.decision.store.cache.FingerprintCache`)
+    supplies the rows of unchanged files without decoding them; it is only read, never written: the caller keeps
+    what is new. ``on_chunk`` is called with each batch of newly decoded fingerprints as soon as it is done (rows
+    carry their sample index, path and label), e.g. to checkpoint them. Under an initialised ``torch.distributed`` process group (and
     ``distributed=True``) each rank fingerprints its shard and every rank receives the whole table.
     Returns the table of usable samples (in index order) and one :class:`Problem` per unusable sample or caveat.
     """
@@ -712,13 +749,11 @@ def compute_fingerprints(
     todo = list(range(len(dataset))) if indices is None else list(indices)
     rank, world = _rank_and_world() if distributed else (0, 1)
     todo = todo[rank::world]
-    use_cache = cache is not None and dataset.is_file_backed
+    cache = known if known is not None and dataset.is_file_backed else None
     cached_indices: list[int] = []
     cached_rows: list[int] = []
-    known = None
-    if use_cache:
-        from vdc_torch.decision.store.cache import file_key
-
+    known_content = None
+    if cache is not None:
         missing = []
         for index in todo:
             row = cache.lookup_row(file_key(dataset.samples[index][0]))
@@ -728,14 +763,14 @@ def compute_fingerprints(
                 cached_indices.append(index)
                 cached_rows.append(row)
         todo = missing
-        # taken now: a checkpoint (on_chunk) or the save below rebuilds the cache table and renumbers its rows
+        # taken now: a checkpoint (on_chunk) rebuilds the cache table and renumbers its rows
         cached = _labelled(cache.table.rows(cached_rows), dataset, cached_indices)
         sizes, digests = cache.known_content()
-        known = (sizes, digests) if todo and digests else None
+        known_content = (sizes, digests) if todo and digests else None
     workers = default_workers() if workers is None else max(0, int(workers))
     if workers and not _worth_forking(dataset, todo):
         workers = 0  # starting processes costs more than it saves
-    task = _FingerprintTask(dataset, todo, extra_hashes, decode_side, max_pixels, known)
+    task = _FingerprintTask(dataset, todo, extra_hashes, decode_side, max_pixels, known_content)
     batch_size = max(1, min(MAX_BATCH, len(todo) // (8 * max(1, workers))))
     loader = torch.utils.data.DataLoader(
         task,
@@ -789,10 +824,7 @@ def compute_fingerprints(
     fresh = FingerprintTable.concat(batches)  # in loader order; sorted by sample index once, at the end
     order = fresh.sample_index.tolist()
     fresh = _labelled(fresh, dataset, order)
-    if use_cache:
-        for row, index in enumerate(order):
-            cache.add(dataset.samples[index][0], fresh.fingerprint(row))
-        cache.save()
+    if cache is not None:
         fresh = FingerprintTable.concat([fresh, cached])
     if world > 1:
         fresh, problems = _all_gather(fresh, problems)

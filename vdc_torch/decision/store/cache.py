@@ -22,13 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from vdc_torch.errors import ManifestError
-from vdc_torch.fingerprints.compute import Fingerprint, FingerprintTable
+from vdc_torch.data.files import FileKey, file_key
 from vdc_torch.decision.store.manifest import load_manifest, remove_manifest, save_manifest
+from vdc_torch.errors import ManifestError
+from vdc_torch.fingerprints.compute import Fingerprint, FingerprintTable, Problem, compute_fingerprints
 
 log = logging.getLogger(__name__)
 
-FileKey = tuple[str, int, int]
 #: How many match results (one per reference/new/config combination) the cache keeps.
 MAX_RESULTS = 8
 #: The ``kind`` a cache file records in its meta (a checkpoint without it is not ours to write or delete).
@@ -45,15 +45,6 @@ CHECKPOINT_MIN_GAP_FACTOR = 10.0
 #: checkpoints with them).
 CHECKPOINT_SAMPLES_ENV = "VDC_CHECKPOINT_SAMPLES"
 CHECKPOINT_SECONDS_ENV = "VDC_CHECKPOINT_SECONDS"
-
-
-def file_key(path: str) -> FileKey | None:
-    """(absolute path, size, mtime_ns) of a file, or ``None`` when it cannot be stat'ed."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return os.path.abspath(path), st.st_size, st.st_mtime_ns
 
 
 def checkpoint_path(output: str | os.PathLike[str]) -> Path:
@@ -138,6 +129,17 @@ class FingerprintCache:
         """Remember the fingerprint of a file just computed (written on :meth:`save`)."""
         if fingerprint.byte_digest is not None and fingerprint.file_size is not None:
             self._pending[os.path.abspath(path)] = fingerprint
+
+    def learn(self, table: FingerprintTable) -> int:
+        """Add every row of ``table`` (paths: the files' paths) the cache does not hold unchanged; returns how many."""
+        added = 0
+        for row, path in enumerate(table.paths):
+            size, mtime = table.file_size[row], table.mtime_ns[row]
+            if size is None or mtime is None or (os.path.abspath(path), int(size), int(mtime)) in self._by_key:
+                continue
+            self.add(path, table.fingerprint(row))
+            added += 1
+        return added
 
     def result(self, key: str) -> Any:
         """A stored computation result (JSON value) for ``key``, or ``None``."""
@@ -242,3 +244,20 @@ class CacheCheckpoint:
         self._unsaved = 0
         self.checkpoints += 1
         log.debug("checkpoint %d: %d fingerprints in %s", self.checkpoints, len(self.cache), self.cache.path)
+
+
+def fingerprint_with_cache(
+    dataset: Any,
+    *,
+    cache: FingerprintCache | None = None,
+    on_chunk: Callable[[FingerprintTable], None] | None = None,
+    **options: Any,
+) -> tuple[FingerprintTable, list[Problem]]:
+    """:func:`~vdc_torch.fingerprints.compute.compute_fingerprints` through a cache: unchanged files come from it
+    (not decoded), and it learns and saves the new fingerprints. ``options`` go to ``compute_fingerprints``."""
+    table, problems = compute_fingerprints(dataset, known=cache, on_chunk=on_chunk, **options)
+    if cache is not None and dataset.is_file_backed:
+        cache.learn(table)
+        cache.save()
+    return table, problems
+

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from vdc_torch.errors import ManifestError
+from vdc_torch.fingerprints.compute import LazyColumn
+from vdc_torch.fingerprints.compute import is_stored as _is_stored
 
 _VERIFY_CHUNK = 1 << 22
 
@@ -133,7 +135,7 @@ class PartStream:
         return out[0] if len(out) == 1 else b"".join(out)
 
 
-class StoredRows:
+class StoredRows(LazyColumn):
     """A column of a manifest read on demand: fixed-width array rows, or byte strings (``offsets`` given)."""
 
     def __init__(
@@ -246,6 +248,4 @@ class StoredRows:
         return f"StoredRows({len(self)} {kind}, read on demand from {self.stream.handle.name})"
 
 
-def is_stored(value: Any) -> bool:
-    """True for a :class:`StoredRows` column."""
-    return isinstance(value, StoredRows)
+is_stored = _is_stored  # :func:`vdc_torch.fingerprints.compute.is_stored`, where tables need it
