@@ -4,9 +4,10 @@ Entries are keyed by file identity — absolute path, size and modification time
 digest (BLAKE2b of the file bytes, the fingerprint's ``byte_digest``): a file whose identity misses but whose size
 matches a cached entry is read (not decoded) and hashed, and when its bytes are known, the cached fingerprint is
 reused and re-keyed under the new path, size and mtime. So a renamed, moved, copied or touched-but-unchanged file is
-never decoded again; a file whose bytes changed is. Match results are kept too, keyed by a digest of the fingerprints
-and settings. The cache is a manifest file (same SQLite format, same atomic save), so it is as crash-safe and
-pickle-free as a manifest.
+never decoded again; a file whose bytes changed is. Match results are kept too, keyed by a digest of everything the
+cascade reads and its settings, in a small file of their own next to the cache (``<cache>.matches``), so a check
+that only adds a result does not rewrite the fingerprints. Both are manifest files (same SQLite format, same atomic
+save), so they are as crash-safe and pickle-free as a manifest.
 
 >>> gate = DatasetGate(reference="data/train", cache="~/.cache/vdc/fingerprints.vdc")  # doctest: +SKIP
 """
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 MAX_RESULTS = 8
 #: The ``kind`` a cache file records in its meta (a checkpoint without it is not ours to write or delete).
 CACHE_KIND = "fingerprint-cache"
+#: The ``kind`` of the file next to a cache that holds its match results.
+RESULTS_KIND = "match-results"
 
 #: While fingerprinting, the cache file is saved (a checkpoint) after this many newly fingerprinted samples ...
 CHECKPOINT_SAMPLES = 2000
@@ -70,12 +73,25 @@ class FingerprintCache:
                 table, meta = load_manifest(self.path)
                 if strict and meta.get("kind") != CACHE_KIND:
                     raise ManifestError(f"{str(self.path)!r} is a manifest, not a fingerprint cache")
-                self._table, self._results = table, dict(meta.get("results", {}))
+                self._table, self._results = table, dict(meta.get("results", {}))  # (older caches kept them here)
             except ManifestError as exc:
                 self.writable = False  # never overwrite a file we cannot read: it may be the user's
                 log.warning("ignoring the fingerprint cache %s (it will not be written either; delete it to use "
                             "this path): %s", self.path, exc)
         self._dirty = False
+        self._results_dirty = bool(self._results)  # moved into their own file on the next save
+        #: Where the match results are kept: ``<cache>.matches``.
+        self.results_path = self.path.with_name(self.path.name + ".matches")
+        self._results_writable = self.writable
+        if self.writable and (self.results_path.exists() or self.results_path.is_symlink()):
+            try:
+                _, meta = load_manifest(self.results_path)
+                if meta.get("kind") != RESULTS_KIND:
+                    raise ManifestError(f"{str(self.results_path)!r} is a manifest, not match results")
+                self._results, self._results_dirty = dict(meta.get("results", {})), False
+            except ManifestError as exc:
+                self._results_writable = False
+                log.warning("ignoring the match results %s (not written either): %s", self.results_path, exc)
         self._by_key: dict[FileKey, int] = {}
         self._by_digest: dict[bytes, int] = {}
         self._sizes: set[int] = set()
@@ -151,10 +167,11 @@ class FingerprintCache:
         self._results[key] = value
         while len(self._results) > keep:
             self._results.pop(next(iter(self._results)))
-        self._dirty = True
+        self._results_dirty = True
 
     def save(self) -> None:
-        """Merge new entries into the cache file atomically (entries for the same path are replaced)."""
+        """Merge new entries into the cache file atomically (entries for the same path are replaced); new match
+        results go to :attr:`results_path` alone."""
         if not self.writable:
             return
         if self._pending:
@@ -168,20 +185,25 @@ class FingerprintCache:
             self._index(0)
             self._dirty = True  # until written: a save interrupted here is done again by the next one
         if self._dirty:
-            save_manifest(self.path, self._table, {"kind": CACHE_KIND, "results": self._results})
+            save_manifest(self.path, self._table, {"kind": CACHE_KIND})
             self._dirty = False
+        if self._results_dirty and self._results_writable:
+            save_manifest(self.results_path, FingerprintTable.empty(), {"kind": RESULTS_KIND, "results": self._results})
+            self._results_dirty = False
 
     def discard(self) -> None:
         """Delete the cache file, once its work is done (``vdc index``'s checkpoint after the manifest is saved).
 
         A file this cache could not read, or did not write, is never deleted.
         """
-        if self.writable and not self.path.is_symlink():
-            try:
-                remove_manifest(self.path)
-            except (ManifestError, OSError) as exc:
-                log.warning("left %s in place: %s", self.path, exc)
+        for path, ours in ((self.path, self.writable), (self.results_path, self._results_writable)):
+            if ours and not path.is_symlink():
+                try:
+                    remove_manifest(path)
+                except (ManifestError, OSError) as exc:
+                    log.warning("left %s in place: %s", path, exc)
         self._table, self._pending, self._dirty = FingerprintTable.empty(), {}, False
+        self._results, self._results_dirty = {}, False
         self._by_key, self._by_digest, self._sizes = {}, {}, set()
 
 
