@@ -18,6 +18,7 @@ not duplicates unless ``count_similar``; they are listed in ``Duplicates.similar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -31,7 +32,7 @@ from vdc_torch.decision.gate import DatasetGate, Policy, _json_default, _records
 from vdc_torch.errors import check_choice
 from vdc_torch.fingerprints.compute import FingerprintTable
 from vdc_torch.names import KEEP_RULES as _KEEP_RULES
-from vdc_torch.search.cascade import MatchConfig, match_tables
+from vdc_torch.search.cascade import KIND_RANK, MatchConfig, match_tables
 
 #: Which file of a duplicate group is kept (``vdc dedup --keep``).
 KEEP_RULES: tuple[str, ...] = _KEEP_RULES
@@ -41,7 +42,6 @@ FILE_COLUMNS = ["group", "index", "path", "action", "kind", "method", "score", "
                 "matched_path", "kept_index", "kept_path", "width", "height", "file_size", "label"]
 #: Columns of :attr:`Duplicates.similar`: pairs that look alike but were not verified (not counted by default).
 SIMILAR_COLUMNS = ["index", "path", "similar_index", "similar_path", "method", "score", "evidence"]
-_KIND_RANK = {"exact": 0, "near_duplicate": 1, "similar": 2}
 
 
 @dataclass
@@ -102,7 +102,7 @@ class Duplicates:
         for number, frame in self.files.groupby("group", sort=True):
             records = _records(frame.drop(columns=["group"]))
             kept = [r for r in records if r["action"] == "keep"]
-            kind = max((r["kind"] for r in records), key=lambda k: _KIND_RANK.get(k, 9))
+            kind = max((r["kind"] for r in records), key=lambda k: KIND_RANK.get(k, len(KIND_RANK)))
             out.append({"group": int(number), "kind": kind, "size": len(records), "keep": kept[0] if kept else None,
                         "remove": [r for r in records if r["action"] == "remove"]})
         return out
@@ -187,7 +187,7 @@ def find_duplicates(
     table, problems, view = gate._fingerprint(data, "dedup")
     check_evidence(len(table), problems, policy, "dataset")
     links = match_tables(table, table, config, same_table=True)
-    counted = {"exact", "near_duplicate"} | ({"similar"} if counted_similar else set())
+    counted = dataclasses.replace(policy, count_similar=counted_similar).counted_kinds
     strong = links[links["kind"].isin(list(counted))]
     weak = links[~links["kind"].isin(list(counted))]
     files = _group_files(table, strong, keep)

@@ -31,7 +31,14 @@ from vdc_torch.fingerprints.compute import (
     Problem,
     fingerprint_stream,
 )
-from vdc_torch.search.cascade import MATCH_COLUMNS, MATCHING_VERSION, FeatureCaches, MatchConfig, match_tables
+from vdc_torch.search.cascade import (
+    MATCH_COLUMNS,
+    MATCHING_VERSION,
+    FeatureCaches,
+    MatchConfig,
+    MatchKind,
+    match_tables,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +79,13 @@ class Policy:
         if self.min_delta_to_train < 0:
             raise InvalidParameterError(f"min_delta_to_train={self.min_delta_to_train!r} must be >= 0")
 
+    @property
+    def counted_kinds(self) -> frozenset[str]:
+        """The match kinds that count as already trained on: exact and near-duplicate, and similar if
+        ``count_similar``. The delta, the overlap, reports and hooks all read this one definition."""
+        kinds = {MatchKind.EXACT.value, MatchKind.NEAR_DUPLICATE.value}
+        return frozenset(kinds | {MatchKind.SIMILAR.value} if self.count_similar else kinds)
+
 
 def check_evidence(readable: int, problems: Sequence[Problem], policy: Policy, what: str = "new dataset") -> None:
     """Raise :class:`InsufficientEvidenceError` when too little of a dataset was read to decide on it."""
@@ -93,14 +107,38 @@ def check_evidence(readable: int, problems: Sequence[Problem], policy: Policy, w
     )
 
 
-def decide(overlap: float, delta_size: int, conflicts: int, readable: int, policy: Policy) -> tuple[Action, str]:
+def decide(
+    overlap: float,
+    delta_size: int,
+    conflicts: int,
+    readable: int,
+    policy: Policy,
+    *,
+    unreadable: int = 0,
+    no_reference: str | None = None,
+) -> tuple[Action, str]:
     """The action and a one-sentence reason, from the counts alone.
 
-    ``readable == 0`` is no evidence at all: :class:`InsufficientEvidenceError`, never a skip.
+    ``readable == 0`` is no evidence at all: :class:`InsufficientEvidenceError`, never a skip. ``no_reference``
+    (why there is nothing to compare with, e.g. "no reference manifest exists yet at ...") means nothing has been
+    trained on yet: train on every readable, deduplicated sample. ``unreadable`` samples are named in the reason.
     """
+    action, reason = _action_and_reason(overlap, delta_size, conflicts, readable, policy, no_reference)
+    if unreadable:
+        reason += f" {unreadable} unreadable sample(s) were left out (see problems)."
+    return action, reason
+
+
+def _action_and_reason(overlap: float, delta_size: int, conflicts: int, readable: int, policy: Policy,
+                       no_reference: str | None) -> tuple[Action, str]:
     pct = f"{overlap:.1%}"
     if readable == 0:
         raise InsufficientEvidenceError("no decision: the new dataset has no readable samples")
+    if no_reference is not None:
+        duplicates = readable - delta_size
+        extra = f" ({duplicates} duplicate(s) inside the new data left out)" if duplicates else ""
+        return Action.TRAIN, (f"Train on the delta: {no_reference}, so all {readable} readable samples are new; "
+                              f"{delta_size} to train on{extra}.")
     if conflicts:
         return Action.TRAIN, (
             f"Train on the delta: {conflicts} matched sample(s) carry a different label than in the reference "
@@ -345,6 +383,9 @@ class DatasetGate:
         self._table: FingerprintTable | None = None if reference is not None else FingerprintTable.empty()
         self.reference_problems: list[Problem] = []
         self.meta: dict[str, Any] = {}
+        #: Why the reference is empty, when that means nothing was trained on yet (set by ``pretrain_gate``):
+        #: then every readable, deduplicated sample is to be trained on, and the reason says why (see :func:`decide`).
+        self.no_reference: str | None = None
 
     # -- reference -----------------------------------------------------------------------------------------
     @property
@@ -489,7 +530,7 @@ class DatasetGate:
         internal: pd.DataFrame,
         problems: list[Problem],
     ) -> Decision:
-        counted_kinds = {"exact", "near_duplicate"} | ({"similar"} if self.policy.count_similar else set())
+        counted_kinds = self.policy.counted_kinds
         matches = _public_matches(matched, new, ref, prefix_new="new", prefix_ref="ref")
         seen = matches[matches["kind"].isin(list(counted_kinds))]
         internal_dups = _public_matches(internal, new, new, prefix_new="new", prefix_ref="first")
@@ -502,15 +543,14 @@ class DatasetGate:
             seen["new_label"].notna() & seen["ref_label"].notna() & (seen["new_label"] != seen["ref_label"])
         ].reset_index(drop=True)
         overlap = len(seen_set) / len(readable) if readable else 0.0
-        action, reason = decide(overlap, len(delta_indices), len(conflicts), len(readable), self.policy)
         problem_frame = pd.DataFrame({
             "index": pd.Series([p.index for p in problems], dtype=np.int64),
             "path": _text([p.path for p in problems]), "reason": _text([p.reason for p in problems]),
             "fatal": pd.Series([p.fatal for p in problems], dtype=bool),
         })
         skipped = int(problem_frame["fatal"].sum()) if len(problem_frame) else 0
-        if skipped:
-            reason += f" {skipped} unreadable sample(s) were left out (see problems)."
+        action, reason = decide(overlap, len(delta_indices), len(conflicts), len(readable), self.policy,
+                                unreadable=skipped, no_reference=self.no_reference if not len(ref) else None)
         counts = {
             "new": len(data),
             "readable": len(readable),

@@ -14,7 +14,6 @@ imported when the callback is first used, so vdc_torch works without it)::
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 import logging
@@ -92,15 +91,9 @@ def pretrain_gate(
                  len(gate))
         gate.save(path)
         return gate.check(new_dataset)
-    decision = DatasetGate(None, **options).check(new_dataset)  # nothing readable: InsufficientEvidenceError
-    readable = decision.counts.get("readable", 0)
-    duplicates = decision.counts.get("internal_duplicates", 0)
-    extra = f" ({duplicates} duplicate(s) inside the new data left out)" if duplicates else ""
-    reason = (f"Train on the delta: no reference manifest exists yet at {path!r}, so all {readable} readable "
-              f"samples are new; {len(decision.delta)} to train on{extra}.")
-    if decision.counts.get("unreadable"):
-        reason += f" {decision.counts['unreadable']} unreadable sample(s) were left out (see problems)."
-    return dataclasses.replace(decision, action=Action.TRAIN, reason=reason, overlap=0.0)
+    gate = DatasetGate(None, **options)
+    gate.no_reference = f"no reference manifest exists yet at {path!r}"
+    return gate.check(new_dataset)  # nothing readable: InsufficientEvidenceError
 
 
 def commit_training(

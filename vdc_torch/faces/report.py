@@ -134,7 +134,7 @@ def _esc(value: Any) -> str:
 
 
 def _check_decision(decision: Any) -> None:
-    for name in ("action", "reason", "overlap", "matches", "conflicts", "problems", "counts"):
+    for name in ("action", "reason", "overlap", "matches", "conflicts", "problems", "counts", "policy", "novel_indices"):
         if not hasattr(decision, name):
             raise InvalidParameterError(
                 f"decision of type {type(decision).__name__} has no {name!r}; pass the Decision returned by "
@@ -142,22 +142,18 @@ def _check_decision(decision: Any) -> None:
             )
 
 
-def _counted_kinds(decision: Any) -> set[str]:
-    counted = {"exact", "near_duplicate"}
-    if getattr(getattr(decision, "policy", None), "count_similar", False):
-        counted.add("similar")
-    return counted
+def _counted_kinds(decision: Any) -> frozenset[str]:
+    """The kinds the decision counted as already trained on (its policy's definition, never recomputed here)."""
+    return decision.policy.counted_kinds
 
 
 def _novel_rows(decision: Any) -> list[int]:
-    """Rows of ``decision.new_fingerprints`` that are in the delta (not seen, not an internal duplicate)."""
+    """Rows of ``decision.new_fingerprints`` that are in the delta (``decision.novel_indices``)."""
     table = decision.new_fingerprints
     if table is None:
         return []
-    matches = decision.matches
-    seen = set(matches.loc[matches["kind"].isin(list(_counted_kinds(decision))), "new_index"].astype(int))
-    dups = set(decision.internal_duplicates["new_index"].astype(int)) if len(decision.internal_duplicates) else set()
-    return [i for i, s in enumerate(table.sample_index) if int(s) not in seen and int(s) not in dups]
+    novel = set(decision.novel_indices)
+    return [i for i, s in enumerate(table.sample_index) if int(s) in novel]
 
 
 def _spread(items: list[int], limit: int) -> list[int]:

@@ -20,6 +20,7 @@ Each stage only looks at new samples that earlier stages left unmatched (or matc
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import time
@@ -51,13 +52,23 @@ from vdc_torch.search.index import ExactIndex, HammingIndex, InvertedFileIP
 
 log = logging.getLogger(__name__)
 
-KINDS = ("exact", "near_duplicate", "similar")
+
+
+class MatchKind(str, enum.Enum):
+    """How strongly a match says "already trained on", strongest first (the tables hold the plain strings)."""
+
+    EXACT = "exact"
+    NEAR_DUPLICATE = "near_duplicate"
+    SIMILAR = "similar"
+
+
+#: Rank of each kind (0 = strongest): the best match of a sample is the one of lowest rank, then highest score.
+KIND_RANK: dict[str, int] = {kind.value: rank for rank, kind in enumerate(MatchKind)}
 #: Bumped whenever the cascade changes its results for the same fingerprints and config (invalidates caches).
 #: 13: thumbnail similarities by OpenCV's gray conversion (the same matches, scores within float rounding).
 #: 14: flipped crops (the crop index queried with the mirror pHash), rotations on the same canvas (rotation stage),
 #: crops defined by the share of the reference shown (crop_coverage_ratio 0.9) whatever stage found them.
 MATCHING_VERSION = 14
-_KIND_RANK = {"exact": 0, "near_duplicate": 1, "similar": 2}
 MATCH_COLUMNS = ["new_row", "ref_row", "kind", "method", "score", "evidence"]
 
 
@@ -1371,6 +1382,6 @@ def _best_per_query(frame: pd.DataFrame) -> pd.DataFrame:
     """Keep each new row's strongest match: best kind first, then highest score, then lowest ref row."""
     if not len(frame):
         return pd.DataFrame(columns=MATCH_COLUMNS) if frame.empty else frame
-    frame = frame.assign(_rank=frame["kind"].map(_KIND_RANK))
+    frame = frame.assign(_rank=frame["kind"].map(KIND_RANK))
     frame = frame.sort_values(["new_row", "_rank", "score", "ref_row"], ascending=[True, True, False, True])
     return frame.drop_duplicates("new_row").drop(columns="_rank").reset_index(drop=True)
