@@ -134,7 +134,8 @@ def _esc(value: Any) -> str:
 
 
 def _check_decision(decision: Any) -> None:
-    for name in ("action", "reason", "overlap", "matches", "conflicts", "problems", "counts", "policy", "novel_indices"):
+    for name in ("action", "reason", "overlap", "matches", "conflicts", "problems", "counts", "policy",
+                 "novel_indices"):
         if not hasattr(decision, name):
             raise InvalidParameterError(
                 f"decision of type {type(decision).__name__} has no {name!r}; pass the Decision returned by "
