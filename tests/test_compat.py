@@ -432,3 +432,22 @@ def test_library_output_has_no_colour_codes(cows: tuple[Path, Path], capfd: pyte
     compy.duplicates_finder.clear_duplicates()
     out, err = capfd.readouterr()
     assert out and ANSI not in out and ANSI not in err and ANSI not in caplog.text
+
+
+@pytest.mark.parametrize("extractor", ["sift", "orb"])
+def test_vdc_compare_and_feature_extractor_give_the_same_pairs(extractor: str, tmp_path) -> None:
+    """One engine: `vdc compare --method sift` lists exactly the pairs FeatureExtractor(..., "sift") verifies."""
+    import pandas as pd
+
+    from vdc_torch import Dataset, FeatureExtractor
+    from vdc_torch.faces.cli import main
+
+    cows, duplicates = COWS, COWS_DUPLICATES
+    pairs = FeatureExtractor(Dataset(str(cows)), Dataset(str(duplicates)), extractor).find_pairs()
+    assert len(pairs) >= 5  # the 5 exact copies at least
+    out = tmp_path / "pairs.csv"
+    assert main(["compare", str(cows), str(duplicates), "--method", extractor, "--csv", str(out), "--quiet"]) == 0
+    listed = pd.read_csv(out)
+    assert set(zip(listed["image1"], listed["image2"])) == set(zip(pairs["image1"], pairs["image2"]))
+    assert dict(zip(zip(listed["image1"], listed["image2"]), listed["value"])) == dict(
+        zip(zip(pairs["image1"], pairs["image2"]), pairs["inliers"]))

@@ -482,11 +482,13 @@ def compare_folders(dir1: str, dir2: str, method: str, *, threshold: float | Non
     import pandas as pd
 
     from vdc_torch.errors import check_choice
-    from vdc_torch.fingerprints import features, hashes, metrics
+    from vdc_torch.fingerprints import hashes, metrics
 
     args = args or argparse.Namespace(quiet=True)
     hash_methods, metric_names, extractors = _compare_methods()
     check_choice("method", method, [*hash_methods, *metric_names, *extractors])
+    if method in extractors:
+        return _compare_features(dir1, dir2, method, all_pairs, args)
     names1, images1 = _load_folder(dir1, args)
     names2, images2 = _load_folder(dir2, args)
     rows: list[dict[str, Any]] = []
@@ -525,31 +527,35 @@ def compare_folders(dir1: str, dir2: str, method: str, *, threshold: float | Non
             return frame.reset_index(drop=True)
         return frame.sort_values(["image1", "value", "image2"], ascending=[True, not higher, True],
                                  kind="stable").reset_index(drop=True)
-    # local features, on gray copies of at most 256 px (the scale the verification thresholds were measured at)
-    f1 = [features.extract(_small_gray(x), method) for x in images1]
-    f2 = [features.extract(_small_gray(x), method) for x in images2]
-    found = {(q, r): v for q, r, v in features.best_matches(f1, f2)} if f1 and f2 else {}
-    for i in range(len(f1)):
-        for j in range(len(f2)):
-            v = found.get((i, j))
-            if all_pairs or v is not None:
-                rows.append({"image1": names1[i], "image2": names2[j], "method": method,
-                             "value": int(v.inliers) if v is not None else 0, "similar": v is not None,
-                             "coverage": round(float(v.coverage), 3) if v is not None else 0.0})
+    raise AssertionError(f"unhandled method {method!r}")  # pragma: no cover - check_choice covers every method
+
+
+def _compare_features(dir1: str, dir2: str, method: str, all_pairs: bool, args: argparse.Namespace) -> pd.DataFrame:
+    """Local-feature pairs exactly as the visdatcompy API's :class:`FeatureExtractor` finds them (one engine)."""
+    import pandas as pd
+
+    from vdc_torch.data.dataset import Dataset
+    from vdc_torch.faces.seed import FeatureExtractor
+
+    first, second = Dataset(dir1), Dataset(dir2)
+    extractor = FeatureExtractor(first, second, method)
+    pairs = extractor.find_pairs()
+    for path, reason in extractor.problems.items():
+        _note(args, f"vdc: warning: skipped {path}: {reason}")
+    found = {(row.image1, row.image2): row for row in pairs.itertuples(index=False)}
+    names1 = [os.path.relpath(p, first.root) for p, _ in first.samples]
+    names2 = [os.path.relpath(p, second.root) for p, _ in second.samples]
+    rows = []
+    for name1 in names1:
+        for name2 in names2:
+            row = found.get((name1, name2))
+            if all_pairs or row is not None:
+                rows.append({"image1": name1, "image2": name2, "method": method,
+                             "value": int(row.inliers) if row is not None else 0, "similar": row is not None,
+                             "coverage": round(float(row.coverage), 3) if row is not None else 0.0})
     frame = pd.DataFrame(rows, columns=["image1", "image2", "method", "value", "similar", "coverage"])
     return frame.sort_values(["image1", "value", "image2"], ascending=[True, False, True],
                              kind="stable").reset_index(drop=True)
-
-
-def _small_gray(rgb: np.ndarray, side: int = 256) -> np.ndarray:
-    import cv2
-
-    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    h, w = gray.shape
-    scale = min(1.0, side / max(h, w))
-    if scale < 1.0:
-        gray = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    return gray
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
