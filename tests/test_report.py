@@ -173,3 +173,23 @@ def test_in_memory_datasets_are_pictured_from_their_fingerprints(photos, tmp_pat
     assert len(figures) == 2
     for figure in figures:
         assert len(data_images(figure)) == 2 and figure.count("from the stored fingerprint") == 2
+
+
+def test_a_report_from_a_manifest_never_embeds_files_its_stored_paths_name(scenario, photos, tmp_path: Path) -> None:
+    """A manifest comes from anyone: its reference_root and stored paths must not pull local pictures into a report."""
+    manifest = DatasetGate(reference=scenario.reference).save(tmp_path / "ref.vdc")
+    private = photos[-1]  # a picture the manifest's author wants a shared report to leak
+    for file in scenario.reference.iterdir():
+        shutil.copy(private, file)  # every file the stored paths name under reference_root is now that picture
+    decision = DatasetGate.load(manifest).check(scenario.new)
+    text = write_html(decision, tmp_path / "report.html").read_text(encoding="utf-8")
+    figures = pair_figures(text)
+    assert len(figures) == len(decision.matches) == 12
+    for figure in figures:
+        assert figure.count("from the stored fingerprint") == 1  # the reference side: never read from a file
+
+
+def test_a_reference_fingerprinted_here_is_pictured_from_its_files(decision, tmp_path: Path) -> None:
+    assert decision.reference_from_files
+    text = write_html(decision, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "from the stored fingerprint" not in text

@@ -183,6 +183,9 @@ class Decision:
     reference_fingerprints: FingerprintTable | None = field(default=None, repr=False)
     new_root: str = ""
     reference_root: str = ""
+    #: True when the reference was fingerprinted from its files in this process (not loaded from a manifest, whose
+    #: stored paths may come from anyone): only then may a report read pictures from reference paths.
+    reference_from_files: bool = False
     #: Files under the new dataset's root that are not samples (``path, reason``): nothing is dropped unseen.
     skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "reason"]))
     #: Indices (in the new dataset, or positions in a stream) of the novel, deduplicated samples.
@@ -579,6 +582,7 @@ class DatasetGate:
             internal_duplicates=internal_dups, counts=counts, policy=self.policy, config=self.config,
             new_fingerprints=new, reference_fingerprints=ref, new_root=data.root,
             reference_root=str(self.meta.get("reference_root", "")),
+            reference_from_files=self._reference is not None,
         )
 
 

@@ -8,10 +8,12 @@
 * :func:`write_duplicates_html` and :func:`write_duplicates_csv` — the same for the
   :class:`~vdc_torch.dedup.Duplicates` of one folder (``vdc dedup``): every group with its kept and removable files.
 
-Pictures are read from the actual files when they still exist under ``decision.new_root`` /
-``decision.reference_root`` (match paths are relative to those roots); otherwise — e.g. a reference loaded from a
-manifest — they are rebuilt from the stored fingerprint: the gray detail image (≤ 256 px) coloured with the
-chroma of the 32×32 thumbnail. Nothing is ever written except the files asked for.
+Pictures of the new data are read from its files under ``decision.new_root``. Reference pictures are read from
+files only when the reference was fingerprinted from its files in this process (``decision.reference_from_files``),
+and only paths inside its root; a reference loaded from a manifest — a file that may come from anyone — is shown
+from its stored fingerprints (the gray detail image, ≤ 256 px, coloured with the chroma of the 32×32 thumbnail),
+so a forged manifest cannot make a shared report carry a local picture. Nothing is ever written except the files
+asked for.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ import pandas as pd
 from PIL import Image as PILImage
 from PIL import ImageOps
 
+from vdc_torch.decision.store.manifest import resolve_sample_path
 from vdc_torch.errors import InvalidParameterError
 from vdc_torch.fingerprints.compute import FingerprintTable, decode_detail
+from vdc_torch.search.cascade import KIND_RANK
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,6 @@ __all__ = ["plot_overlap_per_class", "plot_score_histograms", "write_csv", "writ
 #: Longest side, in pixels, of the pictures embedded in the HTML report.
 THUMB_PX = 160
 _JPEG_QUALITY = 82
-_KIND_ORDER = {"exact": 0, "near_duplicate": 1, "similar": 2}
 _KIND_COLOURS = {"exact": "#1b7f3b", "near_duplicate": "#2a62b8", "similar": "#a36a00", "novel": "#8a8f98",
                  "internal_duplicate": "#7b4fb3"}
 
@@ -52,10 +55,17 @@ _KIND_COLOURS = {"exact": "#1b7f3b", "near_duplicate": "#2a62b8", "similar": "#a
 
 
 class _Pictures:
-    """Small embedded pictures of samples: from the file when it exists, else from the stored fingerprint."""
+    """Small embedded pictures of samples: from the file when it exists, else from the stored fingerprint.
 
-    def __init__(self, table: FingerprintTable | None, root: str) -> None:
+    ``contained``: only paths lexically inside ``root`` are read (a manifest's stored paths); ``read_files=False``:
+    never a file, always the stored fingerprint.
+    """
+
+    def __init__(self, table: FingerprintTable | None, root: str, *, read_files: bool = True,
+                 contained: bool = False) -> None:
         self.root = root
+        self.read_files = read_files
+        self.contained = contained
         self.rows: dict[int, int] = {}
         self.table = table
         if table is not None:
@@ -85,8 +95,11 @@ class _Pictures:
         return "", "missing"
 
     def _file(self, rel_path: str) -> str | None:
-        if not rel_path or rel_path.startswith("<"):
-            return None  # an in-memory sample, e.g. "<CIFAR10[3]>"
+        if not self.read_files or not rel_path or rel_path.startswith("<"):
+            return None  # not to be read, or an in-memory sample, e.g. "<CIFAR10[3]>"
+        if self.contained:
+            inside = resolve_sample_path(self.root, rel_path)
+            return str(inside) if inside is not None and inside.is_file() else None
         path = rel_path if os.path.isabs(rel_path) else os.path.join(self.root, rel_path) if self.root else None
         return path if path and os.path.isfile(path) else None
 
@@ -233,7 +246,8 @@ def write_html(
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise InvalidParameterError(f"{name}={value!r} must be a non-negative integer")
     new_pics = _Pictures(decision.new_fingerprints, decision.new_root)
-    ref_pics = _Pictures(decision.reference_fingerprints, decision.reference_root)
+    ref_pics = _Pictures(decision.reference_fingerprints, decision.reference_root,
+                         read_files=bool(getattr(decision, "reference_from_files", False)), contained=True)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -360,7 +374,7 @@ def _ordered_matches(decision: Any) -> pd.DataFrame:
     conflicted = set(decision.conflicts["new_index"].astype(int)) if len(decision.conflicts) else set()
     order = matches.assign(
         _conflict=[0 if int(i) in conflicted else 1 for i in matches["new_index"]],
-        _kind=matches["kind"].map(_KIND_ORDER).fillna(9),
+        _kind=matches["kind"].map(KIND_RANK).fillna(len(KIND_RANK)),
     )
     return order.sort_values(["_conflict", "_kind", "score", "new_index"]).drop(columns=["_conflict", "_kind"])
 
