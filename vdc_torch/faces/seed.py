@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from vdc_torch.cores import available_cores
 from vdc_torch.data.dataset import Dataset
 from vdc_torch.data.decode import decode_file, display_name
 from vdc_torch.data.image import Image, _finish_figure, _new_figure
@@ -84,10 +85,8 @@ _EXIF_IDENTIFYING = ("DateTimeOriginal", "DateTime", "ImageUniqueID")
 
 
 def _workers() -> int:
-    try:
-        return max(1, min(8, len(os.sched_getaffinity(0))))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, min(8, os.cpu_count() or 1))
+    """Threads of the comparison classes: every core, at most 8 (their work is short per image)."""
+    return min(8, available_cores())
 
 
 def _paths(dataset: Dataset) -> list[str]:

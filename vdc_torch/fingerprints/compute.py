@@ -36,6 +36,7 @@ import torch
 import torch.utils.data
 from threadpoolctl import threadpool_limits
 
+from vdc_torch.cores import available_cores
 from vdc_torch.data.decode import (
     DEFAULT_DECODE_SIDE,
     DEFAULT_MAX_PIXELS,
@@ -714,10 +715,7 @@ class single_threaded_opencv:
 
 def default_workers() -> int:
     """Worker processes used by default: every core this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
+    return available_cores()
 
 
 def compute_fingerprints(

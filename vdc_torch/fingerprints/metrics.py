@@ -64,12 +64,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
+
+from vdc_torch.cores import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -264,10 +265,7 @@ _MATMUL_BYTES = 64 << 20
 
 
 def _workers() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+    return available_cores()
 
 
 def _run_blocks(fn: Callable[[int, int, int, int], None], n: int, m: int, bytes_per_pair: int, batch: int) -> None:
