@@ -22,7 +22,7 @@ _EXPORTS: dict[str, str] = {
     "Action": "decision.gate",
     "FeatureExtractor": "faces.seed",
     "Hash": "faces.seed",
-    "Image": "faces.seed",
+    "Image": "data.image",
     "Metrics": "faces.seed",
     "VisDatCompare": "faces.seed",
     "Dataset": "data.dataset",

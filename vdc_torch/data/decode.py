@@ -117,6 +117,17 @@ def sniff_image_format(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
+def shrink_to_side(image: np.ndarray, side: int) -> np.ndarray:
+    """``image`` area-resized so its longer side is at most ``side`` px (never enlarged; the same array if small)."""
+    h, w = image.shape[:2]
+    scale = min(1.0, side / max(h, w))
+    if scale >= 1.0:
+        return image
+    import cv2  # (decoding itself is Pillow's: OpenCV only where an image is resized)
+
+    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
 def display_name(path: str | bytes | os.PathLike[Any]) -> str:
     """``path`` as printable text: bytes that are not UTF-8 (e.g. a Latin-1 file name) become ``\\xNN`` escapes.
 

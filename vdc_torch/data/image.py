@@ -11,10 +11,9 @@ import os
 import warnings
 from typing import Any
 
-import cv2
 import numpy as np
 
-from vdc_torch.data.decode import decode_file, display_name, printable_exif_value, read_exif_tags
+from vdc_torch.data.decode import decode_file, display_name, printable_exif_value, read_exif_tags, shrink_to_side
 from vdc_torch.errors import ImageDecodeError
 
 log = logging.getLogger(__name__)
@@ -109,11 +108,7 @@ class Image:
         With ``path`` the figure is saved there; without it the figure is shown only when matplotlib has an
         interactive backend (a headless run just returns it).
         """
-        pixels = self.read()[:, :, ::-1]
-        h, w = pixels.shape[:2]
-        scale = min(1.0, max_side / max(h, w))
-        if scale < 1.0:
-            pixels = cv2.resize(pixels, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        pixels = shrink_to_side(self.read()[:, :, ::-1], max_side)
         fig = _new_figure((max(2.0, pixels.shape[1] / 100), max(2.0, pixels.shape[0] / 100) + 0.4))
         ax = fig.add_subplot(1, 1, 1)
         ax.imshow(pixels)

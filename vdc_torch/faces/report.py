@@ -34,6 +34,7 @@ import pandas as pd
 from PIL import Image as PILImage
 from PIL import ImageOps
 
+from vdc_torch.data.decode import shrink_to_side
 from vdc_torch.decision.store.manifest import resolve_sample_path
 from vdc_torch.errors import InvalidParameterError
 from vdc_torch.fingerprints.compute import FingerprintTable, decode_detail
@@ -119,11 +120,7 @@ def _thumbnail_from_file(path: str) -> np.ndarray:
 
 def _thumbnail_from_fingerprint(table: FingerprintTable, row: int) -> np.ndarray:
     """The detail image's luminance with the thumbnail's chroma: a faithful small colour picture."""
-    gray = decode_detail(table.details[row])
-    h, w = gray.shape
-    scale = min(1.0, THUMB_PX / max(h, w))
-    if scale < 1.0:
-        gray = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    gray = shrink_to_side(decode_detail(table.details[row]), THUMB_PX)
     h, w = gray.shape
     ycrcb = cv2.cvtColor(np.ascontiguousarray(table.thumbs[row]), cv2.COLOR_RGB2YCrCb)
     chroma = cv2.resize(ycrcb, (w, h), interpolation=cv2.INTER_LINEAR)

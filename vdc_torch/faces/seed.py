@@ -36,7 +36,7 @@ import pandas as pd
 
 from vdc_torch.cores import available_cores
 from vdc_torch.data.dataset import Dataset
-from vdc_torch.data.decode import decode_file, display_name
+from vdc_torch.data.decode import decode_file, display_name, shrink_to_side
 from vdc_torch.data.image import Image, _finish_figure, _new_figure
 from vdc_torch.errors import ImageDecodeError, check_choice
 from vdc_torch.fingerprints import features as local_features
@@ -160,12 +160,7 @@ class _Cache:
         return [self.items.get(p) for p in paths]
 
 
-def _fit(image: np.ndarray, max_side: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    scale = max_side / max(h, w)
-    if scale >= 1.0:
-        return image
-    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+_fit = shrink_to_side
 
 
 def _write_csv(frame: pd.DataFrame, results_path: str, name: str, index: bool = True) -> str:

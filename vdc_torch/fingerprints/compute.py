@@ -45,6 +45,7 @@ from vdc_torch.data.decode import (
     decode_sample,
     digest,
     read_file,
+    shrink_to_side,
 )
 from vdc_torch.data.files import FileKey, file_key
 from vdc_torch.errors import ImageDecodeError, InvalidParameterError
@@ -208,11 +209,7 @@ class _Prepared:
 
 def _working_copy(pixels: np.ndarray) -> np.ndarray:
     """The picture at most :data:`DETAIL_SIDE` px on its longer side (area-resized), from which everything is taken."""
-    h, w = pixels.shape[:2]
-    scale = min(1.0, DETAIL_SIDE / max(h, w))
-    if scale >= 1.0:
-        return pixels
-    return cv2.resize(pixels, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return shrink_to_side(pixels, DETAIL_SIDE)
 
 
 def _rows_by_shape(grays: Sequence[np.ndarray]) -> dict[tuple[int, int], list[int]]:
