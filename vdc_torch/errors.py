@@ -27,6 +27,10 @@ class InvalidParameterError(VdcError, ValueError):
     """A parameter has a value outside its documented choices or range."""
 
 
+class InvalidTypeError(InvalidParameterError, TypeError):
+    """A parameter is of the wrong type (also a ``TypeError``, as Python's own argument checks raise)."""
+
+
 class InsufficientEvidenceError(VdcError, ValueError):
     """Too little of a dataset could be read to decide anything: no decision rather than a guess.
 

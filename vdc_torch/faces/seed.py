@@ -38,7 +38,7 @@ from vdc_torch.cores import available_cores
 from vdc_torch.data.dataset import Dataset
 from vdc_torch.data.decode import decode_file, display_name, shrink_to_side
 from vdc_torch.data.image import Image, _finish_figure, _new_figure
-from vdc_torch.errors import ImageDecodeError, check_choice
+from vdc_torch.errors import ImageDecodeError, InvalidTypeError, check_choice
 from vdc_torch.fingerprints import features as local_features
 from vdc_torch.fingerprints import hashes as hash_lib
 from vdc_torch.fingerprints import metrics as metric_lib
@@ -91,7 +91,7 @@ def _workers() -> int:
 
 def _paths(dataset: Dataset) -> list[str]:
     if not dataset.is_file_backed:
-        raise TypeError(f"{dataset!r} wraps in-memory samples; the visdatcompy API compares image files")
+        raise InvalidTypeError(f"{dataset!r} wraps in-memory samples; the visdatcompy API compares image files")
     return [path for path, _ in dataset.samples]
 
 

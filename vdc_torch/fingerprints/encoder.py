@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vdc_torch.errors import InvalidParameterError
+
 log = logging.getLogger(__name__)
 
 
@@ -50,7 +52,7 @@ class LayerEncoder(nn.Module):
             _, eval_nodes = get_graph_node_names(model)
             if layer not in eval_nodes:
                 shown = ", ".join(eval_nodes[:40]) + (" ..." if len(eval_nodes) > 40 else "")
-                raise ValueError(f"layer={layer!r} is not a node of the model; nodes are: {shown}")
+                raise InvalidParameterError(f"layer={layer!r} is not a node of the model; nodes are: {shown}")
             self.body = create_feature_extractor(model, return_nodes={layer: "features"})
         else:
             self.body = model

@@ -28,6 +28,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from vdc_torch.errors import InvalidParameterError, InvalidTypeError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -109,7 +111,7 @@ _DESCRIPTOR_SIZE: dict[str, int] = {"sift": 128, "orb": 32, "fast": 32}
 
 def _check_extractor(extractor: str) -> None:
     if extractor not in EXTRACTORS:
-        raise ValueError(f"extractor={extractor!r} is not one of {', '.join(EXTRACTORS)}")
+        raise InvalidParameterError(f"extractor={extractor!r} is not one of {', '.join(EXTRACTORS)}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,17 +138,17 @@ class LocalFeatures:
             points = points.reshape(0, 2)
         desc = np.asarray(self.descriptors)
         if desc.dtype != dtype:
-            raise TypeError(
+            raise InvalidTypeError(
                 f"descriptors dtype={desc.dtype} does not fit extractor={self.extractor!r}; expected {dtype}"
             )
         if points.ndim != 2 or points.shape[1] != 2:
-            raise ValueError(f"points shape={points.shape} is not (n, 2)")
+            raise InvalidParameterError(f"points shape={points.shape} is not (n, 2)")
         if desc.ndim != 2 or desc.shape[0] != points.shape[0]:
-            raise ValueError(f"descriptors shape={desc.shape} is not (n, d) with n={points.shape[0]} like points")
+            raise InvalidParameterError(f"descriptors shape={desc.shape} is not (n, d) with n={points.shape[0]} like points")
         desc = np.array(desc, copy=True, order="C")
         shape = tuple(int(s) for s in self.image_shape)
         if len(shape) != 2 or min(shape) < 0:
-            raise ValueError(f"image_shape={self.image_shape!r} is not a (height, width) pair")
+            raise InvalidParameterError(f"image_shape={self.image_shape!r} is not a (height, width) pair")
         points.flags.writeable = False
         desc.flags.writeable = False
         object.__setattr__(self, "points", points)
@@ -183,20 +185,20 @@ class LocalFeatures:
         """Inverse of :meth:`to_bytes`; raises ValueError on malformed data."""
         buf = memoryview(data).cast("B")
         if len(buf) < _HEADER.size:
-            raise ValueError(f"data length={len(buf)} is shorter than the {_HEADER.size}-byte header")
+            raise InvalidParameterError(f"data length={len(buf)} is shorter than the {_HEADER.size}-byte header")
         magic, version, code, flags, n, d, h, w = _HEADER.unpack_from(buf)
         if magic != _MAGIC:
-            raise ValueError(f"magic={magic!r} is not {_MAGIC!r}: not LocalFeatures bytes")
+            raise InvalidParameterError(f"magic={magic!r} is not {_MAGIC!r}: not LocalFeatures bytes")
         if version != _VERSION:
-            raise ValueError(f"version={version} is not one of {_VERSION}")
+            raise InvalidParameterError(f"version={version} is not one of {_VERSION}")
         if code >= len(EXTRACTORS):
-            raise ValueError(f"extractor index={code} is not one of 0..{len(EXTRACTORS) - 1}")
+            raise InvalidParameterError(f"extractor index={code} is not one of 0..{len(EXTRACTORS) - 1}")
         extractor = EXTRACTORS[code]
         u8 = extractor != "sift" or bool(flags & _FLAG_U8_DESCRIPTORS)
         stored = np.dtype(np.uint8) if u8 else np.dtype("<f4")
         expected = _HEADER.size + n * 8 + n * d * stored.itemsize
         if len(buf) != expected:
-            raise ValueError(f"data length={len(buf)} does not match its header (expected {expected})")
+            raise InvalidParameterError(f"data length={len(buf)} does not match its header (expected {expected})")
         points = np.frombuffer(buf, dtype="<f4", count=n * 2, offset=_HEADER.size).reshape(n, 2)
         desc = np.frombuffer(buf, dtype=stored, count=n * d, offset=_HEADER.size + n * 8).reshape(n, d)
         desc = desc.astype(_DESCRIPTOR_DTYPE[extractor])
@@ -253,9 +255,9 @@ if hasattr(os, "register_at_fork"):
 
 def _to_gray(image: np.ndarray) -> np.ndarray:
     if not isinstance(image, np.ndarray):
-        raise TypeError(f"image of type {type(image).__name__} is not a numpy.ndarray")
+        raise InvalidTypeError(f"image of type {type(image).__name__} is not a numpy.ndarray")
     if image.dtype != np.uint8:
-        raise TypeError(f"image dtype={image.dtype} is not uint8")
+        raise InvalidTypeError(f"image dtype={image.dtype} is not uint8")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim == 2:
@@ -263,7 +265,7 @@ def _to_gray(image: np.ndarray) -> np.ndarray:
     if image.ndim == 3 and image.shape[2] in (3, 4):
         code = cv2.COLOR_BGR2GRAY if image.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
         return cv2.cvtColor(np.ascontiguousarray(image), code)
-    raise ValueError(f"image shape={image.shape} is not one of (h, w), (h, w, 1), (h, w, 3), (h, w, 4)")
+    raise InvalidParameterError(f"image shape={image.shape} is not one of (h, w), (h, w, 1), (h, w, 3), (h, w, 4)")
 
 
 def _empty(extractor: str, shape: tuple[int, int], flipped: bool) -> LocalFeatures:
@@ -346,7 +348,7 @@ def extract(
     """
     _check_extractor(extractor)
     if isinstance(max_features, bool) or not isinstance(max_features, (int, np.integer)) or max_features < 1:
-        raise ValueError(f"max_features={max_features!r} is not a positive integer")
+        raise InvalidParameterError(f"max_features={max_features!r} is not a positive integer")
     gray = _to_gray(image)
     shape = (int(gray.shape[0]), int(gray.shape[1]))
     if min(shape) < 8:
@@ -383,9 +385,9 @@ def match(a: LocalFeatures, b: LocalFeatures, ratio: float = 0.75) -> np.ndarray
     int64 array sorted by i; empty if either side has too few descriptors.
     """
     if a.extractor != b.extractor:
-        raise TypeError(f"cannot match extractor={a.extractor!r} with extractor={b.extractor!r}")
+        raise InvalidTypeError(f"cannot match extractor={a.extractor!r} with extractor={b.extractor!r}")
     if not 0.0 < ratio <= 1.0:
-        raise ValueError(f"ratio={ratio!r} is not in (0, 1]")
+        raise InvalidParameterError(f"ratio={ratio!r} is not in (0, 1]")
     empty = np.zeros((0, 2), np.int64)
     if len(a) == 0 or len(b) < 2:
         return empty
@@ -464,9 +466,9 @@ def verify(
     The result is ``reflected`` when exactly one of a, b is ``flipped``.
     """
     if model not in MODELS:
-        raise ValueError(f"model={model!r} is not one of {', '.join(MODELS)}")
+        raise InvalidParameterError(f"model={model!r} is not one of {', '.join(MODELS)}")
     if min_inliers < 1:
-        raise ValueError(f"min_inliers={min_inliers!r} is not >= 1")
+        raise InvalidParameterError(f"min_inliers={min_inliers!r} is not >= 1")
     reflected = a.flipped != b.flipped
     pairs = match(a, b, ratio)
     good = len(pairs)
@@ -548,10 +550,10 @@ def best_matches(
         if pairs.size == 0:
             return []
         if pairs.ndim != 2 or pairs.shape[1] != 2 or not np.issubdtype(pairs.dtype, np.integer):
-            raise ValueError(f"candidates shape={pairs.shape} dtype={pairs.dtype} is not an integer (k, 2) array")
+            raise InvalidParameterError(f"candidates shape={pairs.shape} dtype={pairs.dtype} is not an integer (k, 2) array")
         bad = (pairs[:, 0] < 0) | (pairs[:, 0] >= len(query)) | (pairs[:, 1] < 0) | (pairs[:, 1] >= len(reference))
         if bad.any():
-            raise ValueError(
+            raise InvalidParameterError(
                 f"candidates pair {pairs[bad][0].tolist()} is out of range for "
                 f"{len(query)} query and {len(reference)} reference features"
             )

@@ -70,6 +70,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from vdc_torch.errors import InvalidParameterError, InvalidTypeError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -161,7 +163,7 @@ def resolve_method(method: str) -> str:
             return method
         if method in HASH_ALIASES:
             return HASH_ALIASES[method]
-    raise ValueError(f"method={method!r} is not one of {_choices()}")
+    raise InvalidParameterError(f"method={method!r} is not one of {_choices()}")
 
 
 # ---------------------------------------------------------------------------
@@ -190,9 +192,9 @@ class ImageHash:
                 bits = bytes(bits)
                 object.__setattr__(self, "bits", bits)
             else:
-                raise TypeError(f"bits={type(bits).__name__} is not bytes")
+                raise InvalidTypeError(f"bits={type(bits).__name__} is not bytes")
         if len(bits) != HASH_NBYTES[method]:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"len(bits)={len(bits)} does not match method={method!r}, which needs {HASH_NBYTES[method]} bytes"
             )
 
@@ -205,7 +207,7 @@ class ImageHash:
     def nbits(self) -> int:
         """Number of bits of a binary hash (raises for non-binary methods)."""
         if not self.is_binary:
-            raise ValueError(
+            raise InvalidParameterError(
                 f"method={self.method!r} is not binary; binary methods: {', '.join(sorted(BINARY_METHODS))}"
             )
         return HASH_BITS[self.method]
@@ -227,7 +229,7 @@ class ImageHash:
             data = np.ascontiguousarray(arr, dtype=_COLOR_MOMENT_DTYPE).tobytes()
         else:
             if arr.dtype != np.uint8:
-                raise TypeError(f"array.dtype={arr.dtype} is not uint8 (method={method!r})")
+                raise InvalidTypeError(f"array.dtype={arr.dtype} is not uint8 (method={method!r})")
             data = np.ascontiguousarray(arr).tobytes()
         return cls(method, data)
 
@@ -238,7 +240,7 @@ class ImageHash:
         most significant: ``int(h.to_uint64()) == int(h.bits.hex(), 16)``.
         """
         if len(self.bits) != 8 or not self.is_binary:
-            raise ValueError(f"method={self.method!r} is not a 64-bit binary hash; 64-bit methods: average, p")
+            raise InvalidParameterError(f"method={self.method!r} is not a 64-bit binary hash; 64-bit methods: average, p")
         return int.from_bytes(self.bits, "big")
 
     def __str__(self) -> str:
@@ -249,11 +251,11 @@ class ImageHash:
         """Parse ``"method:hex"`` as produced by ``str()``."""
         method, sep, hexpart = text.partition(":")
         if not sep:
-            raise ValueError(f"text={text[:40]!r} is not of the form 'method:hex'")
+            raise InvalidParameterError(f"text={text[:40]!r} is not of the form 'method:hex'")
         try:
             data = bytes.fromhex(hexpart)
         except ValueError as exc:
-            raise ValueError(f"text={text[:40]!r} has an invalid hex part") from exc
+            raise InvalidParameterError(f"text={text[:40]!r} has an invalid hex part") from exc
         return cls(method, data)
 
     def __sub__(self, other: object) -> float:
@@ -261,7 +263,7 @@ class ImageHash:
         if not isinstance(other, ImageHash):
             return NotImplemented
         if other.method != self.method:
-            raise TypeError(f"cannot compare method={self.method!r} with method={other.method!r}")
+            raise InvalidTypeError(f"cannot compare method={self.method!r} with method={other.method!r}")
         return float(compare_matrix(self.method, [self], [other])[0, 0])
 
 
@@ -302,15 +304,15 @@ def _hasher(method: str) -> cv2.img_hash.ImgHashBase:
 
 def _check_image(image: np.ndarray) -> np.ndarray:
     if not isinstance(image, np.ndarray):
-        raise TypeError(f"image={type(image).__name__} is not a numpy.ndarray")
+        raise InvalidTypeError(f"image={type(image).__name__} is not a numpy.ndarray")
     if image.dtype != np.uint8:
-        raise ValueError(f"image.dtype={image.dtype} is not uint8")
+        raise InvalidParameterError(f"image.dtype={image.dtype} is not uint8")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
-        raise ValueError(f"image.shape={image.shape} is not one of (H, W), (H, W, 1), (H, W, 3)")
+        raise InvalidParameterError(f"image.shape={image.shape} is not one of (H, W), (H, W, 1), (H, W, 3)")
     if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"image.shape={image.shape} is empty")
+        raise InvalidParameterError(f"image.shape={image.shape} is empty")
     return image
 
 
@@ -385,9 +387,9 @@ def _check_methods(method: str, hashes: Iterable[ImageHash], name: str) -> list[
     out = list(hashes)
     for i, h in enumerate(out):
         if not isinstance(h, ImageHash):
-            raise TypeError(f"{name}[{i}]={type(h).__name__} is not an ImageHash")
+            raise InvalidTypeError(f"{name}[{i}]={type(h).__name__} is not an ImageHash")
         if h.method != method:
-            raise TypeError(f"{name}[{i}].method={h.method!r} differs from method={method!r}")
+            raise InvalidTypeError(f"{name}[{i}].method={h.method!r} differs from method={method!r}")
     return out
 
 
@@ -400,7 +402,7 @@ def hashes_to_array(hashes: Sequence[ImageHash], method: str | None = None) -> n
     hashes = list(hashes)
     if method is None:
         if not hashes:
-            raise ValueError("method=None needs a non-empty list of hashes")
+            raise InvalidParameterError("method=None needs a non-empty list of hashes")
         method = hashes[0].method
     method = resolve_method(method)
     hashes = _check_methods(method, hashes, "hashes")
@@ -417,7 +419,7 @@ def hashes_to_uint64(hashes: Sequence[ImageHash]) -> np.ndarray:
         return np.empty(0, dtype=np.uint64)
     method = hashes[0].method
     if method not in ("average", "p"):
-        raise ValueError(f"method={method!r} is not a 64-bit binary hash; 64-bit methods: average, p")
+        raise InvalidParameterError(f"method={method!r} is not a 64-bit binary hash; 64-bit methods: average, p")
     hashes = _check_methods(method, hashes, "hashes")
     return np.frombuffer(b"".join(h.bits for h in hashes), dtype=">u8").astype(np.uint64)
 
@@ -428,7 +430,7 @@ def _as_words(x: np.ndarray, name: str) -> np.ndarray:
     if x.ndim == 1 and x.dtype == np.uint64:
         return x.reshape(-1, 1)
     if x.ndim != 2 or x.dtype != np.uint8:
-        raise ValueError(f"{name} has dtype={x.dtype} shape={x.shape}; expected uint8 (n, nbytes) or uint64 (n,)")
+        raise InvalidParameterError(f"{name} has dtype={x.dtype} shape={x.shape}; expected uint8 (n, nbytes) or uint64 (n,)")
     pad = (-x.shape[1]) % 8
     if pad:
         x = np.concatenate([x, np.zeros((x.shape[0], pad), dtype=np.uint8)], axis=1)
@@ -449,7 +451,7 @@ def hamming_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     wa, wb = _as_words(a, "a"), _as_words(b, "b")
     if wa.shape[1] != wb.shape[1]:
-        raise ValueError(f"a has {wa.shape[1]} words per hash, b has {wb.shape[1]}; they must match")
+        raise InvalidParameterError(f"a has {wa.shape[1]} words per hash, b has {wb.shape[1]}; they must match")
     n, m = wa.shape[0], wb.shape[0]
     out = np.zeros((n, m), dtype=np.int32)
     rows = max(1, _CHUNK_BYTES // max(1, 8 * m))

@@ -71,6 +71,7 @@ import cv2
 import numpy as np
 
 from vdc_torch.cores import available_cores
+from vdc_torch.errors import InvalidParameterError, InvalidTypeError
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ METRIC_RANGES: dict[str, dict] = {
 
 def _check_metric(metric: str) -> str:
     if metric not in METRICS:
-        raise ValueError(f"metric={metric!r} is not one of {', '.join(METRICS)}")
+        raise InvalidParameterError(f"metric={metric!r} is not one of {', '.join(METRICS)}")
     return metric
 
 
@@ -170,7 +171,7 @@ def in_range(metric: str, values: np.ndarray | float, kind: str = "similar", *, 
     """
     _check_metric(metric)
     if kind not in ("identical", "duplicate", "similar"):
-        raise ValueError(f"kind={kind!r} is not one of identical, duplicate, similar")
+        raise InvalidParameterError(f"kind={kind!r} is not one of identical, duplicate, similar")
     if kind == "identical":
         lo = hi = METRIC_RANGES[metric]["identical"]
     else:
@@ -192,15 +193,15 @@ def in_range(metric: str, values: np.ndarray | float, kind: str = "similar", *, 
 
 def _check_uint8_image(image: np.ndarray, i: int) -> np.ndarray:
     if not isinstance(image, np.ndarray):
-        raise TypeError(f"images[{i}]={type(image).__name__} is not a numpy.ndarray")
+        raise InvalidTypeError(f"images[{i}]={type(image).__name__} is not a numpy.ndarray")
     if image.dtype != np.uint8:
-        raise ValueError(f"images[{i}].dtype={image.dtype} is not uint8")
+        raise InvalidParameterError(f"images[{i}].dtype={image.dtype} is not uint8")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
-        raise ValueError(f"images[{i}].shape={image.shape} is not one of (H, W), (H, W, 1), (H, W, 3), (H, W, 4)")
+        raise InvalidParameterError(f"images[{i}].shape={image.shape} is not one of (H, W), (H, W, 1), (H, W, 3), (H, W, 4)")
     if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"images[{i}].shape={image.shape} is empty")
+        raise InvalidParameterError(f"images[{i}].shape={image.shape} is empty")
     return image
 
 
@@ -215,7 +216,7 @@ def normalize_images(images: Sequence[np.ndarray], size: tuple[int, int] = (64, 
     """
     h, w = (int(v) for v in size)
     if h < 1 or w < 1:
-        raise ValueError(f"size={size!r} must be two positive ints (height, width)")
+        raise InvalidParameterError(f"size={size!r} must be two positive ints (height, width)")
     shape = (len(images), h, w) if gray else (len(images), h, w, 3)
     out = np.empty(shape, dtype=np.float32)
     for i, image in enumerate(images):
@@ -430,7 +431,7 @@ def _ssim_gray(a: np.ndarray, b: np.ndarray, batch: int) -> np.ndarray:
     win = _SSIM_WIN
     h, w = a.shape[1:]
     if h < win or w < win:
-        raise ValueError(f"image size (h, w)={(h, w)} is smaller than the {win}x{win} SSIM window")
+        raise InvalidParameterError(f"image size (h, w)={(h, w)} is smaller than the {win}x{win} SSIM window")
     npix = win * win
     cov_norm = npix / (npix - 1.0)
     c1 = npix * npix * (_SSIM_K1 * DATA_RANGE) ** 2
@@ -553,11 +554,11 @@ def metric_matrix(
     a = np.asarray(a)
     b = np.asarray(b)
     if a.ndim not in (3, 4) or b.ndim not in (3, 4):
-        raise ValueError(f"a.shape={a.shape}, b.shape={b.shape}; expected (N, h, w) or (N, h, w, C) stacks")
+        raise InvalidParameterError(f"a.shape={a.shape}, b.shape={b.shape}; expected (N, h, w) or (N, h, w, C) stacks")
     if a.shape[1:] != b.shape[1:]:
-        raise ValueError(f"a.shape={a.shape} and b.shape={b.shape} differ per image; normalise both to one size")
+        raise InvalidParameterError(f"a.shape={a.shape} and b.shape={b.shape} differ per image; normalise both to one size")
     if batch < 1:
-        raise ValueError(f"batch={batch} must be >= 1")
+        raise InvalidParameterError(f"batch={batch} must be >= 1")
     log.debug("metric_matrix %s: %d x %d images of shape %s", metric, a.shape[0], b.shape[0], a.shape[1:])
     if metric == "pix2pix":
         return pix2pix_matrix(list(a), list(b))
@@ -574,5 +575,5 @@ def metric_matrix(
     if metric == "ssim":
         return _ssim(a, b, batch)
     if nmi_bins < 1:
-        raise ValueError(f"nmi_bins={nmi_bins} must be >= 1")
+        raise InvalidParameterError(f"nmi_bins={nmi_bins} must be >= 1")
     return _nmi(a, b, batch, nmi_bins)
