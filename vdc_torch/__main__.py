@@ -1,4 +1,4 @@
-"""``python -m vdc_torch`` runs the ``vdc`` command line (see :mod:`vdc_torch.cli`)."""
+"""``python -m vdc_torch`` runs the ``vdc`` command line (see :mod:`vdc_torch.faces.cli`)."""
 
 import sys
 

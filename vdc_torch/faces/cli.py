@@ -784,9 +784,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         root.setLevel(saved_level)
 
 
-def console_main() -> NoReturn:  # pragma: no cover - thin wrapper for `python -m vdc_torch`
-    sys.exit(main())
-
-
 if __name__ == "__main__":  # pragma: no cover
-    console_main()
+    sys.exit(main())

@@ -148,7 +148,6 @@ def _dct_rows(n: int = THUMB_SIDE, k: int = 8) -> np.ndarray:
 _DCT8 = _dct_rows()
 #: Sign of each low-frequency DCT coefficient under a horizontal flip: (-1) ** horizontal frequency.
 _MIRROR_SIGN = np.tile((-1.0) ** np.arange(8), 8).astype(np.float32)
-_BIG_ENDIAN_WEIGHTS = (np.uint64(1) << np.arange(63, -1, -1, dtype=np.uint64)).astype(np.uint64)
 
 
 def phash_batch(gray32: np.ndarray, mirror: bool = False) -> np.ndarray:
