@@ -82,6 +82,8 @@ __all__ = [
     "HASH_FUNCTIONS",
     "HASH_METHODS",
     "HASH_NBYTES",
+    "METHODS",
+    "HashMethod",
     "ImageHash",
     "average_hash",
     "block_mean_hash",
@@ -99,56 +101,50 @@ __all__ = [
     "resolve_method",
 ]
 
-HASH_METHODS: tuple[str, ...] = (
-    "average",
-    "p",
-    "marr_hildreth",
-    "radial_variance",
-    "block_mean",
-    "color_moment",
-)
+@dataclass(frozen=True)
+class HashMethod:
+    """One OpenCV ``img_hash`` method: everything the registry knows about it, in one place."""
+
+    name: str
+    #: Size of ``ImageHash.bits`` in bytes.
+    nbytes: int
+    #: Compared with the Hamming distance (``bits`` is a bit string); else by OpenCV's own ``compare``.
+    binary: bool
+    #: Distance at or under which two images count as "similar" (see the module docstring for the measurements;
+    #: binary methods are raw bit counts).
+    threshold: float
+    #: The ``cv2.img_hash`` factory function.
+    factory: str
+
+
+#: The registry, in the order the methods are listed to users.
+METHODS: dict[str, HashMethod] = {m.name: m for m in (
+    HashMethod("average", 8, True, 10.0, "AverageHash_create"),  # threshold: 15.6% of 64 bits
+    HashMethod("p", 8, True, 10.0, "PHash_create"),  # 15.6% of 64 bits
+    HashMethod("marr_hildreth", 72, True, 115.0, "MarrHildrethHash_create"),  # 20.0% of 576 bits
+    HashMethod("radial_variance", 40, False, 0.15, "RadialVarianceHash_create"),  # peak correlation >= 0.85
+    HashMethod("block_mean", 32, True, 32.0, "BlockMeanHash_create"),  # 12.5% of 256 bits
+    HashMethod("color_moment", 42 * 8, False, 4.5, "ColorMomentHash_create"),  # 10000 x L2, OpenCV scale
+)}
+
+HASH_METHODS: tuple[str, ...] = tuple(METHODS)
 
 #: Accepted alternative spellings, mapped to the canonical name.
 HASH_ALIASES: dict[str, str] = {"phash": "p", "ahash": "average"}
 
 #: Size of ``ImageHash.bits`` in bytes for each method.
-HASH_NBYTES: dict[str, int] = {
-    "average": 8,
-    "p": 8,
-    "marr_hildreth": 72,
-    "radial_variance": 40,
-    "block_mean": 32,
-    "color_moment": 42 * 8,
-}
+HASH_NBYTES: dict[str, int] = {name: m.nbytes for name, m in METHODS.items()}
 
 #: Methods compared with the Hamming distance (``bits`` is a bit string).
-BINARY_METHODS: frozenset[str] = frozenset({"average", "p", "marr_hildreth", "block_mean"})
+BINARY_METHODS: frozenset[str] = frozenset(name for name, m in METHODS.items() if m.binary)
 
 #: Bit length of the binary methods.
-HASH_BITS: dict[str, int] = {m: HASH_NBYTES[m] * 8 for m in HASH_METHODS if m in BINARY_METHODS}
+HASH_BITS: dict[str, int] = {name: m.nbytes * 8 for name, m in METHODS.items() if m.binary}
 
-#: Distance (as returned by :func:`distance`) at or under which two images
-#: count as "similar"; see the module docstring for the measurements.
-#: Binary methods are raw bit counts (fraction of :data:`HASH_BITS` in comments).
-DEFAULT_THRESHOLDS: dict[str, float] = {
-    "average": 10.0,  # 15.6% of 64 bits
-    "p": 10.0,  # 15.6% of 64 bits
-    "marr_hildreth": 115.0,  # 20.0% of 576 bits
-    "radial_variance": 0.15,  # peak correlation >= 0.85
-    "block_mean": 32.0,  # 12.5% of 256 bits
-    "color_moment": 4.5,  # 10000 x L2, OpenCV scale
-}
+#: Distance (as returned by :func:`distance`) at or under which two images count as "similar".
+DEFAULT_THRESHOLDS: dict[str, float] = {name: m.threshold for name, m in METHODS.items()}
 
 _COLOR_MOMENT_DTYPE = np.dtype("<f8")
-
-_CV2_FACTORIES: dict[str, str] = {
-    "average": "AverageHash_create",
-    "p": "PHash_create",
-    "marr_hildreth": "MarrHildrethHash_create",
-    "radial_variance": "RadialVarianceHash_create",
-    "block_mean": "BlockMeanHash_create",
-    "color_moment": "ColorMomentHash_create",
-}
 
 
 def _choices() -> str:
@@ -296,7 +292,7 @@ def _hasher(method: str) -> cv2.img_hash.ImgHashBase:
         _local.pid = pid
     hasher = cache.get(method)
     if hasher is None:
-        hasher = getattr(cv2.img_hash, _CV2_FACTORIES[method])()
+        hasher = getattr(cv2.img_hash, METHODS[method].factory)()
         cache[method] = hasher
         log.debug("created OpenCV %s hasher in pid %d", method, pid)
     return hasher  # type: ignore[return-value]
