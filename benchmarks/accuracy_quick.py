@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=seeds_arg, default=seeds_arg("1-3"), help="e.g. 1-13 or 1,2,11")
     ap.add_argument("--suites", type=Path, default=Path("/tmp/vdc-accuracy-suites"))
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a MatchConfig override")
+    ap.add_argument("--json", type=Path, help="also write the counts per class, the misses and false matches here")
     args = ap.parse_args(argv)
     cv2.setNumThreads(1)  # the cascade forks verification workers
     from vdc_torch import DatasetGate
@@ -81,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     print(" ".join(f"{k}:{c['tp'] / max(1, c['tp'] + c['fn']):.2f}" for k, c in sorted(per.items())
                    if not k.startswith("distractor")))
     print("\n".join(lines))
+    if args.json:
+        import vdc_torch.matching
+
+        args.json.write_text(json.dumps({
+            "seeds": args.seeds, "overrides": overrides, "matching_version": vdc_torch.matching.MATCHING_VERSION,
+            "package": str(Path(vdc_torch.matching.__file__).parent), "seconds": time.perf_counter() - started,
+            "tp": tp, "fp": fp, "fn": fn, "per_class": {k: dict(c) for k, c in sorted(per.items())}, "lines": lines,
+        }, indent=1))
     return 0
 
 
