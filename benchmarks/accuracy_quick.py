@@ -2,8 +2,8 @@
 
 Suites are built once into ``--suites`` (``accuracy_suite.build_suite``) and reused. Prints overall precision and
 recall, recall per transform class, and every miss and false match with the cascade's evidence. Writes nothing
-to BENCHMARKS.md: the recorded figures come from ``accuracy.py``, which also runs every single method and
-imagededup::
+to benchmarks/results/ (``--json`` writes the counts where asked): the recorded figures come from ``accuracy.py``,
+which also runs every single method and imagededup::
 
     python benchmarks/accuracy_quick.py --seeds 1-13
     python benchmarks/accuracy_quick.py --seeds 11,12 --set crop_radius=10 --set use_alignment=False
