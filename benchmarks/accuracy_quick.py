@@ -83,11 +83,12 @@ def main(argv: list[str] | None = None) -> int:
                    if not k.startswith("distractor")))
     print("\n".join(lines))
     if args.json:
-        import vdc_torch.matching
+        import sys
 
+        cascade = sys.modules[MatchConfig.__module__]
         args.json.write_text(json.dumps({
-            "seeds": args.seeds, "overrides": overrides, "matching_version": vdc_torch.matching.MATCHING_VERSION,
-            "package": str(Path(vdc_torch.matching.__file__).parent), "seconds": time.perf_counter() - started,
+            "seeds": args.seeds, "overrides": overrides, "matching_version": cascade.MATCHING_VERSION,
+            "package": str(Path(cascade.__file__).parent), "seconds": time.perf_counter() - started,
             "tp": tp, "fp": fp, "fn": fn, "per_class": {k: dict(c) for k, c in sorted(per.items())}, "lines": lines,
         }, indent=1))
     return 0

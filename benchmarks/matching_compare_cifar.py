@@ -31,8 +31,12 @@ from datasets import REPO_ROOT, cifar10_root
 CHILD = r"""
 import json, resource, sys, time
 from collections import Counter
-import vdc_torch.matching as m
-from vdc_torch.manifest import load_manifest
+try:  # the layout since 0.2, else the one before (the --before tree may predate it)
+    import vdc_torch.search.cascade as m
+    from vdc_torch.decision.store.manifest import load_manifest
+except ImportError:
+    import vdc_torch.matching as m
+    from vdc_torch.manifest import load_manifest
 ref, _ = load_manifest(sys.argv[1] + "/ref.vdc")
 new, _ = load_manifest(sys.argv[1] + "/new.vdc")
 config, caches = m.MatchConfig(), m.FeatureCaches()
@@ -62,9 +66,9 @@ def load() -> str:
 def prepare(work: Path) -> None:
     if (work / "new.vdc").exists():
         return
-    from vdc_torch.fingerprint import compute_fingerprints
-    from vdc_torch.gate import as_dataset
-    from vdc_torch.manifest import save_manifest
+    from vdc_torch.decision.gate import as_dataset
+    from vdc_torch.decision.store.manifest import save_manifest
+    from vdc_torch.fingerprints.compute import compute_fingerprints
 
     work.mkdir(parents=True, exist_ok=True)
     root = cifar10_root()
