@@ -23,7 +23,8 @@ Scoring (per new image): a copy whose predicted reference is its source is a tru
 as a copy is a false positive; a copy matched to the wrong reference counts as a false positive *and* a false
 negative; an unmatched copy is a false negative.
 
-Writes: a section "Accuracy on real photos (seed S)" of BENCHMARKS.md, ``benchmarks/figures/accuracy_pr_seedS.png``
+Writes: a section "Accuracy on real photos (seed S)" of ``benchmarks/results/accuracy_real_photos.md``,
+``benchmarks/figures/accuracy_pr_seedS.png``
 (one precision-recall panel per method), ``benchmarks/figures/accuracy_failures_seedS.png`` (the cascade's false
 negatives and false positives, pairs side by side), ``<out>/accuracy_seedS.json`` (suite, ground truth, every
 method's per-image result, the cascade's match rows and per-pair diagnostics) and ``<out>/figures/seedS/pr_<method>.png``.
@@ -55,7 +56,7 @@ if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
 
 from accuracy_suite import COPY_CLASSES, DISTRACTOR_CLASSES, build_suite
-from datasets import REPO_ROOT, write_benchmarks_section
+from datasets import REPO_ROOT, write_results_section
 
 FIG_DIR = REPO_ROOT / "benchmarks" / "figures"
 POSITIVE_KINDS = ("exact", "near_duplicate")
@@ -1244,7 +1245,7 @@ def summarize(out: Path, write_md: bool = True) -> str:
             lines.append(f"| {k}" + (f" ({label})" if label != "default" else "") + " | " + " | ".join(cells) + " |")
     md = "\n".join(lines)
     if write_md:
-        write_benchmarks_section("Accuracy on real photos (summary over seeds)", md)
+        write_results_section("accuracy_real_photos", "Accuracy on real photos (summary over seeds)", md)
     return md
 
 
@@ -1261,7 +1262,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "out")
     ap.add_argument("--keep-suite", action="store_true", help="keep the suite folder (printed) instead of deleting it")
     ap.add_argument("--no-imagededup", action="store_true")
-    ap.add_argument("--no-benchmarks-md", action="store_true", help="do not write the BENCHMARKS.md section")
+    ap.add_argument("--no-benchmarks-md", action="store_true",
+                    help="do not write the section of benchmarks/results/accuracy_real_photos.md")
     args = ap.parse_args(argv)
     if args.summarize:
         print(summarize(args.out, not args.no_benchmarks_md))
@@ -1501,7 +1503,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         md = "\n".join(body)
         if not args.no_benchmarks_md:
-            write_benchmarks_section(f"Accuracy on real photos (seed {args.seed})", md)
+            write_results_section("accuracy_real_photos", f"Accuracy on real photos (seed {args.seed})", md)
         (args.out / f"accuracy_seed{args.seed}.md").write_text(md)
 
         raw = {

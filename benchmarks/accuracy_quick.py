@@ -2,8 +2,8 @@
 
 Suites are built once into ``--suites`` (``accuracy_suite.build_suite``) and reused. Prints overall precision and
 recall, recall per transform class, and every miss and false match with the cascade's evidence. Writes nothing
-to BENCHMARKS.md: the recorded figures come from ``accuracy.py``, which also runs every single method and
-imagededup::
+to benchmarks/results/ (``--json`` writes the counts where asked): the recorded figures come from ``accuracy.py``,
+which also runs every single method and imagededup::
 
     python benchmarks/accuracy_quick.py --seeds 1-13
     python benchmarks/accuracy_quick.py --seeds 11,12 --set crop_radius=10 --set use_alignment=False
@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=seeds_arg, default=seeds_arg("1-3"), help="e.g. 1-13 or 1,2,11")
     ap.add_argument("--suites", type=Path, default=Path("/tmp/vdc-accuracy-suites"))
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a MatchConfig override")
+    ap.add_argument("--json", type=Path, help="also write the counts per class, the misses and false matches here")
     args = ap.parse_args(argv)
     cv2.setNumThreads(1)  # the cascade forks verification workers
     from vdc_torch import DatasetGate
@@ -81,6 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     print(" ".join(f"{k}:{c['tp'] / max(1, c['tp'] + c['fn']):.2f}" for k, c in sorted(per.items())
                    if not k.startswith("distractor")))
     print("\n".join(lines))
+    if args.json:
+        import sys
+
+        cascade = sys.modules[MatchConfig.__module__]
+        args.json.write_text(json.dumps({
+            "seeds": args.seeds, "overrides": overrides, "matching_version": cascade.MATCHING_VERSION,
+            "package": str(Path(cascade.__file__).parent), "seconds": time.perf_counter() - started,
+            "tp": tp, "fp": fp, "fn": fn, "per_class": {k: dict(c) for k, c in sorted(per.items())}, "lines": lines,
+        }, indent=1))
     return 0
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 from accuracy import POSITIVE_KINDS, score
 from accuracy_suite import COPY_CLASSES, build_suite
-from datasets import write_benchmarks_section
+from datasets import write_results_section
 from PIL import Image
 
 SIDES = (32, 64, 128, 512)
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     body = "\n".join(lines)
     print(body)
     if not args.no_benchmarks_md:
-        write_benchmarks_section("Accuracy by image size", body)
+        write_results_section("accuracy_sizes", "Accuracy by image size", body)
     return 0
 
 

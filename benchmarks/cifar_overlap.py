@@ -13,7 +13,7 @@ about 3.3 % of the CIFAR-10 test images have an exact or near-duplicate in the t
 Writes ``benchmarks/figures/cifar_found_pairs.png`` (a random sample of 40 counted pairs, test left, train right),
 ``benchmarks/figures/cifar_borderline_rejected.png`` (the 40 highest-scoring ``similar`` pairs, which were not
 counted), ``<out>/cifar_overlap_matches.csv`` (every match row), ``<out>/cifar_overlap.json`` (summary) and the
-section "CIFAR-10: test images already seen in training" of BENCHMARKS.md.
+section "CIFAR-10: test images already seen in training" of ``benchmarks/results/cifar_overlap.md``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ for p in (HERE, HERE.parent):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from datasets import REPO_ROOT, cifar10_root, write_benchmarks_section
+from datasets import REPO_ROOT, cifar10_root, write_results_section
 
 FIG_DIR = REPO_ROOT / "benchmarks" / "figures"
 COUNTED = ("exact", "near_duplicate")
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     if not args.no_benchmarks_md:
-        write_benchmarks_section(SECTION, body)
+        write_results_section("cifar_overlap", SECTION, body)
     summary = {
         "n_train": len(train),
         "n_test": n_test,

@@ -3,7 +3,8 @@
 Every benchmark script imports from here (``from datasets import cifar10_root``) when run as
 ``python benchmarks/<script>.py``, so this module uses no package-relative imports and
 needs only the standard library (Pillow, torch and OpenCV are imported lazily, and only
-to report their versions).
+to report their versions). Results go to the script's detail file ``benchmarks/results/<name>.md``
+(:func:`write_results_section`); BENCHMARKS.md is the short dashboard over them, kept by hand.
 
 Two roots, both overridable by environment variables:
 
@@ -18,11 +19,11 @@ rebuilt; a finished one is never touched again.
 
 Example::
 
-    from datasets import cifar10_root, wallpaper_files, write_benchmarks_section
+    from datasets import cifar10_root, wallpaper_files, write_results_section
 
     root = cifar10_root()  # /tmp/vdc-data/cifar10 with train/<class>/NNNN.jpg, test/...
     files = wallpaper_files()  # 73 full-size wallpapers, previews excluded
-    write_benchmarks_section("Decode throughput", "| files | images/s |\\n|---|---|\\n| 75 | 12.3 |")
+    write_results_section("fingerprint_throughput", "Decode throughput", "| n | images/s |\\n|---|---|\\n| 75 | 12.3 |")
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ __all__ = [
     "CIFAR10_CLASSES",
     "IMAGE_EXTENSIONS",
     "REPO_ROOT",
+    "RESULTS_DIR",
+    "RESULTS_FILES",
     "DataError",
     "cifar10_files",
     "cifar10_root",
@@ -60,6 +63,7 @@ __all__ = [
     "wallpaper_groups",
     "wallpapers_root",
     "write_benchmarks_section",
+    "write_results_section",
 ]
 
 #: Suffixes (lower case) that count as image files in every listing here.
@@ -394,7 +398,7 @@ def exif_sample_files() -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------------
-# BENCHMARKS.md
+# Results: benchmarks/results/<name>.md (BENCHMARKS.md is the hand-kept dashboard over them)
 
 
 def _cpu_model() -> str:
@@ -451,11 +455,33 @@ def _commit() -> str | None:
 
 _HEADING = re.compile(r"^##\s+(.*?)\s*#*\s*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
-_PREAMBLE = (
-    "# Benchmarks\n\n"
-    "Each section is written by one script in `benchmarks/`, which rewrites only its own section.\n"
-    "The line under each heading gives the date, commit, machine and library versions of the run.\n"
-)
+
+#: Detail files of the benchmarks, one per script: ``benchmarks/results/<name>.md``. BENCHMARKS.md is a short
+#: dashboard kept by hand (one table per topic, each row linking here); the scripts write only these files.
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+
+#: Detail file name -> its ``# `` title and what writes it (the preamble of a new file).
+RESULTS_FILES = {
+    "accuracy_real_photos": ("Accuracy on real photos", "`benchmarks/accuracy.py`"),
+    "accuracy_sizes": ("Accuracy by image size", "`benchmarks/accuracy_sizes.py`"),
+    "cifar_overlap": ("CIFAR-10: test images already seen in training", "`benchmarks/cifar_overlap.py`"),
+    "cifar_end_to_end": ("CIFAR-10 end to end", "`benchmarks/speed_cifar.py`"),
+    "encoder_cifar": ("Model encoder on CIFAR-10", "`benchmarks/encoder_cifar.py`"),
+    "fingerprint_throughput": ("Fingerprinting throughput", "`benchmarks/speed_fingerprint.py`"),
+    "fuzzing": ("Fuzzing untrusted inputs", "`benchmarks/fuzz.py`"),
+    "matching_at_scale": ("Matching speed and memory at scale", "`benchmarks/speed_matching.py`"),
+    "vs_visdatcompy": ("vdc_torch vs visdatcompy (seed API)", "`benchmarks/vs_visdatcompy.py`"),
+}
+
+
+def _preamble(name: str) -> str:
+    title, script = RESULTS_FILES.get(name, (name.replace("_", " ").capitalize(), "a script in `benchmarks/`"))
+    return (
+        f"# {title}\n\n"
+        f"Detail file of [BENCHMARKS.md](../../BENCHMARKS.md). Each `##` section is written by {script}, which "
+        "replaces only its own section; the line under each heading gives the date, commit, machine and library "
+        "versions of the run.\n"
+    )
 
 
 def _split_sections(text: str) -> tuple[str, list[tuple[str, str]]]:
@@ -476,21 +502,38 @@ def _split_sections(text: str) -> tuple[str, list[tuple[str, str]]]:
     return "".join(preamble), [(t, "".join(lines)) for t, lines in sections]
 
 
+def write_results_section(name: str, title: str, markdown_body: str) -> Path:
+    """Replace the ``## title`` section of ``benchmarks/results/<name>.md`` (or append it); returns the file.
+
+    ``name`` is the benchmark's detail file (see :data:`RESULTS_FILES`), created with a short preamble if missing.
+    The section becomes the heading, an italic header line (UTC date, commit, and :func:`machine_line`), then
+    ``markdown_body``. The body may use ``###`` headings but not ``##`` ones (they would start a new section),
+    except inside code fences. The file is replaced atomically under a lock, so concurrent scripts do not lose
+    each other's sections. BENCHMARKS.md itself is the hand-kept dashboard: update its row when a figure moves.
+
+    >>> write_results_section("fuzzing", "Fuzzing", "| n | crashes |\\n|---|---|\\n| 60000 | 0 |")  # doctest: +SKIP
+    """
+    if not re.fullmatch(r"[a-z0-9_]+", name):
+        raise ValueError(f"name={name!r}: a detail file name of lower-case letters, digits and underscores")
+    return write_benchmarks_section(title, markdown_body, RESULTS_DIR / f"{name}.md", _preamble(name))
+
+
 def write_benchmarks_section(
     title: str,
     markdown_body: str,
     path: str | os.PathLike[str] | None = None,
+    preamble_if_new: str | None = None,
 ) -> Path:
-    """Replace the ``## title`` section of BENCHMARKS.md (or append it), leaving the others as they are.
+    """Replace the ``## title`` section of the markdown file ``path`` (or append it), leaving the others as they are.
 
-    The section becomes the heading, an italic header line (UTC date, commit, and
-    :func:`machine_line`), then ``markdown_body``. ``path`` defaults to ``<repo>/BENCHMARKS.md``,
-    which is created with a short preamble if missing. The body may use ``###`` headings but
-    not ``##`` ones (they would start a new section), except inside code fences. The file is
-    replaced atomically under a lock, so concurrent scripts do not lose each other's sections.
-
-    >>> write_benchmarks_section("Decode throughput", "| n | images/s |\\n|---|---|\\n| 75 | 12.3 |")  # doctest: +SKIP
+    Benchmark scripts call :func:`write_results_section`, which picks their detail file. ``path`` is required:
+    BENCHMARKS.md is a short dashboard kept by hand, which no script appends to any more.
     """
+    if path is None:
+        raise ValueError(
+            "BENCHMARKS.md is a hand-kept dashboard: write the run to its detail file with "
+            "write_results_section(name, title, body) and update the dashboard row by hand"
+        )
     title = title.strip()
     if not title or "\n" in title:
         raise ValueError(f"title={title!r} must be one non-empty line")
@@ -502,7 +545,7 @@ def write_benchmarks_section(
         )
     if sum(1 for line in markdown_body.splitlines() if _FENCE.match(line)) % 2:
         raise ValueError(f"markdown_body of {title!r} has an unclosed code fence")
-    target = Path(path) if path is not None else REPO_ROOT / "BENCHMARKS.md"
+    target = Path(path)
     stamp = [_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")]
     commit = _commit()
     if commit:
@@ -511,7 +554,7 @@ def write_benchmarks_section(
     section = f"## {title}\n\n_{' · '.join(stamp)}_\n\n{markdown_body.strip()}\n\n"
 
     with _lock("benchmarks-md"):
-        text = target.read_text(encoding="utf-8") if target.exists() else _PREAMBLE
+        text = target.read_text(encoding="utf-8") if target.exists() else (preamble_if_new or f"# {target.stem}\n")
         preamble, sections = _split_sections(text)
         for i, (existing, _) in enumerate(sections):
             if existing == title:
@@ -524,7 +567,8 @@ def write_benchmarks_section(
         if preamble and not preamble.endswith("\n\n"):
             preamble = preamble.rstrip("\n") + "\n\n"
         out = (preamble + "".join(s for _, s in sections)).rstrip("\n") + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=".BENCHMARKS-", suffix=".md", dir=target.parent)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".md", dir=target.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(out)

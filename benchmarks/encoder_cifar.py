@@ -27,7 +27,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets import cifar10_root, write_benchmarks_section  # noqa: E402
+from datasets import cifar10_root, write_results_section  # noqa: E402
 
 from vdc_torch import DatasetGate, MatchConfig  # noqa: E402
 from vdc_torch.data.dataset import Dataset  # noqa: E402
@@ -213,7 +213,7 @@ def main() -> None:
         "`benchmarks/figures/cifar_found_pairs_default.png` (default cascade).",
     ])
     print(body)
-    write_benchmarks_section("Model encoder on CIFAR-10", body)
+    write_results_section("encoder_cifar", "Model encoder on CIFAR-10", body)
 
 
 if __name__ == "__main__":

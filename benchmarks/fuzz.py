@@ -1,7 +1,7 @@
 """A longer, seeded fuzz run of the two untrusted-input parsers: image decoding and manifest loading.
 
 ``tests/test_fuzz.py`` runs a few hundred hypothesis examples on every CI run; this script runs tens of thousands
-of mutated inputs (a few minutes on 2 cores) and writes the counts to BENCHMARKS.md:
+of mutated inputs (a few minutes on 2 cores) and writes the counts to benchmarks/results/fuzzing.md:
 
 * **decode** — real images from ``shared/data`` (camera JPEGs with full EXIF, the malformed-EXIF and invalid
   samples, TIFFs) and synthetic ones in every format the decoder meets (PNG 8/16-bit, RGBA, palette, WebP, BMP,
@@ -44,7 +44,7 @@ from pathlib import Path
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # `datasets` is our sibling module
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import REPO_ROOT, shared_root, write_benchmarks_section
+from datasets import REPO_ROOT, shared_root, write_results_section
 
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
@@ -395,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest-count", type=int, default=8000, help="damaged manifests to load")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="worker processes")
     parser.add_argument("--only", type=int, default=None, help="re-run one decode input and print its traceback")
-    parser.add_argument("--no-write", action="store_true", help="print the results, do not touch BENCHMARKS.md")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print the results, do not touch benchmarks/results/fuzzing.md")
     args = parser.parse_args(argv)
     _load_seeds()
     if args.only is not None:
@@ -420,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     body = markdown(decode, manifest, args.seed, time.perf_counter() - began, len(_SEEDS))
     print(body)
     if not args.no_write:
-        print("wrote", write_benchmarks_section("Fuzzing untrusted inputs (decode and manifest)", body))
+        print("wrote", write_results_section("fuzzing", "Fuzzing untrusted inputs (decode and manifest)", body))
     return 1 if decode.crashes or manifest.crashes or manifest.wrong else 0
 
 

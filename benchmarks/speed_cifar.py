@@ -424,9 +424,9 @@ def main() -> int:
         ])
     print("\n" + body)
     if not args.no_write:
-        from datasets import write_benchmarks_section
+        from datasets import write_results_section
 
-        print("wrote", write_benchmarks_section("CIFAR-10 end to end", body))
+        print("wrote", write_results_section("cifar_end_to_end", "CIFAR-10 end to end", body))
     return 0
 
 

@@ -399,9 +399,9 @@ def main() -> int:
     ])
     print("\n" + body)
     if not args.no_write:
-        from datasets import write_benchmarks_section
+        from datasets import write_results_section
 
-        print("wrote", write_benchmarks_section("Fingerprinting throughput", body))
+        print("wrote", write_results_section("fingerprint_throughput", "Fingerprinting throughput", body))
     return 0
 
 

@@ -4,7 +4,7 @@ Run::
 
     PYTHONPATH=. python benchmarks/speed_matching.py            # full run (~30-40 min on 2 busy cores)
     PYTHONPATH=. python benchmarks/speed_matching.py --quick    # 10k/100k only, a few minutes
-    PYTHONPATH=. python benchmarks/speed_matching.py --no-write # print only, leave BENCHMARKS.md alone
+    PYTHONPATH=. python benchmarks/speed_matching.py --no-write # print only, leave benchmarks/results/ alone
     PYTHONPATH=. python benchmarks/speed_matching.py --default-only  # default MatchConfig() at 1M x 100k, by stage
 
 What it measures (synthetic fingerprint tables; see :func:`make_tables`):
@@ -959,18 +959,18 @@ def real_distribution_check() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="10k/100k references only, one round")
-    parser.add_argument("--no-write", action="store_true", help="do not write BENCHMARKS.md")
+    parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/matching_at_scale.md")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=420.0, help="per match_tables child (s)")
     parser.add_argument("--skip-real", action="store_true", help="skip the CIFAR-10 pHash distribution check")
     parser.add_argument("--memory-only", action="store_true",
                         help="only the 1M x 100k memory run (tables in memory vs loaded from manifests); writes its "
-                             "own BENCHMARKS.md section")
+                             "own section of benchmarks/results/matching_at_scale.md")
     parser.add_argument("--memory-ref", type=int, default=1_000_000, help="reference rows of --memory-only")
     parser.add_argument("--knn", action="store_true", help="--memory-only: also time the kNN (coarse vector) stage")
     parser.add_argument("--default-only", action="store_true",
                         help="only the default MatchConfig() at 1M x 100k from manifests, by stage; writes its own "
-                             "BENCHMARKS.md section")
+                             "section of benchmarks/results/matching_at_scale.md")
     parser.add_argument("--manifests", help="--default-only: folder with ref.vdc / new.vdc to reuse (else made)")
     parser.add_argument("--compare", help="--default-only: a git revision measured too, first, on the same manifests")
     args = parser.parse_args()
@@ -979,17 +979,19 @@ def main() -> int:
                              compare=args.compare)
         print("\n" + body)
         if not args.no_write:
-            from datasets import write_benchmarks_section
+            from datasets import write_results_section
 
-            print(f"\nwrote the section to {write_benchmarks_section('Default cascade at 1M reference', body)}")
+            path = write_results_section('matching_at_scale', 'Default cascade at 1M reference', body)
+            print(f"\nwrote the section to {path}")
         return 0
     if args.memory_only:
         body = bench_memory(args.memory_ref, 100_000, timeout=max(args.timeout, 1200.0), knn=args.knn)
         print("\n" + body)
         if not args.no_write:
-            from datasets import write_benchmarks_section
+            from datasets import write_results_section
 
-            print(f"\nwrote the section to {write_benchmarks_section('Matching memory at 1M reference', body)}")
+            path = write_results_section('matching_at_scale', 'Matching memory at 1M reference', body)
+            print(f"\nwrote the section to {path}")
         return 0
     sizes_ref = [10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000]
     sizes_new = [10_000, 100_000]
@@ -1087,9 +1089,9 @@ def main() -> int:
     ])
     print("\n" + body)
     if not args.no_write:
-        from datasets import write_benchmarks_section
+        from datasets import write_results_section
 
-        path = write_benchmarks_section("Matching speed at scale", body)
+        path = write_results_section("matching_at_scale", "Matching speed at scale", body)
         print(f"\nwrote the section to {path}")
     return 0 if exact_ok else 1
 

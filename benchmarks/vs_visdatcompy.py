@@ -42,7 +42,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
 from baselines import visdatcompy_run
-from datasets import cifar10_subset, write_benchmarks_section
+from datasets import cifar10_subset, write_results_section
 
 from vdc_torch import Dataset
 from vdc_torch.faces.seed import FeatureExtractor, Hash, Metrics
@@ -129,7 +129,8 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--ssim-n", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print only; leave benchmarks/results/vs_visdatcompy.md alone")
     parser.add_argument("--reuse-baseline", action="store_true",
                         help="reuse visdatcompy's results from the last run (benchmarks/out) instead of rerunning it")
     args = parser.parse_args()
@@ -256,7 +257,7 @@ images of any size share one scale and the duplicate/similar ranges are calibrat
         print(body)
         (BENCH / "out" / "vs_visdatcompy.json").write_text(json.dumps(summary, indent=2))
         if not args.no_write:
-            print(f"wrote {write_benchmarks_section(TITLE, body)}")
+            print(f"wrote {write_results_section('vs_visdatcompy', TITLE, body)}")
         return 0
     finally:
         shutil.rmtree(root, ignore_errors=True)
