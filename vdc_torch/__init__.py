@@ -46,13 +46,13 @@ _EXPORTS: dict[str, str] = {
 __all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
-    from vdc_torch.data.dataset import Dataset
-    from vdc_torch.decision.dedup import Duplicates, find_duplicates
-    from vdc_torch.decision.gate import Action, DatasetGate, Decision, Policy, decide
-    from vdc_torch.errors import DatasetNotFoundError, ImageDecodeError, InvalidParameterError, ManifestError, VdcError
-    from vdc_torch.faces.hooks import commit_training, pretrain_gate
-    from vdc_torch.faces.seed import FeatureExtractor, Hash, Image, Metrics, VisDatCompare
-    from vdc_torch.search.cascade import MatchConfig
+    from vdc_torch.data.dataset import Dataset  # noqa: F401
+    from vdc_torch.decision.dedup import Duplicates, find_duplicates  # noqa: F401
+    from vdc_torch.decision.gate import Action, DatasetGate, Decision, Policy, decide  # noqa: F401
+    from vdc_torch.errors import DatasetNotFoundError, ImageDecodeError, InvalidParameterError, ManifestError, VdcError  # noqa: F401
+    from vdc_torch.faces.hooks import commit_training, pretrain_gate  # noqa: F401
+    from vdc_torch.faces.seed import FeatureExtractor, Hash, Image, Metrics, VisDatCompare  # noqa: F401
+    from vdc_torch.search.cascade import MatchConfig  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

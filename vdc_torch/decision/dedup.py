@@ -30,7 +30,7 @@ import pandas as pd
 
 from vdc_torch.decision.gate import DatasetGate, Policy, _json_default, _records, _text, as_dataset, check_evidence
 from vdc_torch.errors import check_choice
-from vdc_torch.fingerprints.compute import FingerprintTable
+from vdc_torch.fingerprints.table import FingerprintTable
 from vdc_torch.names import KEEP_RULES as _KEEP_RULES
 from vdc_torch.search.cascade import KIND_RANK, MatchConfig, match_tables
 

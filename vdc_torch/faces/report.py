@@ -37,7 +37,8 @@ from PIL import ImageOps
 from vdc_torch.data.decode import shrink_to_side
 from vdc_torch.decision.store.manifest import resolve_sample_path
 from vdc_torch.errors import InvalidParameterError
-from vdc_torch.fingerprints.compute import FingerprintTable, decode_detail
+from vdc_torch.fingerprints.per_image import decode_detail
+from vdc_torch.fingerprints.table import FingerprintTable
 from vdc_torch.search.cascade import KIND_RANK
 
 log = logging.getLogger(__name__)

@@ -44,7 +44,7 @@ import numpy as np
 
 from vdc_torch.decision.store.stored import ManifestHandle, PartStream, StoredRows, part_digest, part_matches
 from vdc_torch.errors import ManifestError
-from vdc_torch.fingerprints.compute import CROP_BOXES, FINGERPRINT_VERSION, THUMB_SIDE, FingerprintTable
+from vdc_torch.fingerprints.table import CROP_BOXES, FINGERPRINT_VERSION, THUMB_SIDE, FingerprintTable
 
 try:  # POSIX; elsewhere saves are not locked against each other (the rename still keeps them atomic)
     import fcntl

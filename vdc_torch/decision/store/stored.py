@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from vdc_torch.errors import ManifestError
-from vdc_torch.fingerprints.compute import LazyColumn
-from vdc_torch.fingerprints.compute import is_stored as _is_stored
+from vdc_torch.fingerprints.table import LazyColumn
+from vdc_torch.fingerprints.table import is_stored as _is_stored
 
 _VERIFY_CHUNK = 1 << 22
 
