@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 #: Public name -> the submodule that defines it.
 _EXPORTS: dict[str, str] = {
-    "Action": "decision.gate",
+    "Action": "decision.policy",
     "FeatureExtractor": "faces.seed",
     "Hash": "faces.seed",
     "Image": "data.image",
@@ -35,10 +35,10 @@ _EXPORTS: dict[str, str] = {
     "InsufficientEvidenceError": "errors",
     "ManifestError": "errors",
     "MatchConfig": "search.cascade",
-    "Policy": "decision.gate",
+    "Policy": "decision.policy",
     "VdcError": "errors",
     "commit_training": "faces.hooks",
-    "decide": "decision.gate",
+    "decide": "decision.policy",
     "find_duplicates": "decision.dedup",
     "pretrain_gate": "faces.hooks",
 }
@@ -48,7 +48,8 @@ __all__ = list(_EXPORTS)
 if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
     from vdc_torch.data.dataset import Dataset  # noqa: F401
     from vdc_torch.decision.dedup import Duplicates, find_duplicates  # noqa: F401
-    from vdc_torch.decision.gate import Action, DatasetGate, Decision, Policy, decide  # noqa: F401
+    from vdc_torch.decision.gate import DatasetGate, Decision  # noqa: F401
+    from vdc_torch.decision.policy import Action, Policy, decide  # noqa: F401
     from vdc_torch.errors import DatasetNotFoundError, ImageDecodeError, InvalidParameterError, ManifestError, VdcError  # noqa: F401
     from vdc_torch.faces.hooks import commit_training, pretrain_gate  # noqa: F401
     from vdc_torch.faces.seed import FeatureExtractor, Hash, Image, Metrics, VisDatCompare  # noqa: F401

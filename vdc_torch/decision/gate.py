@@ -11,9 +11,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +19,11 @@ import numpy as np
 import pandas as pd
 import torch.utils.data
 
-from vdc_torch.data.dataset import Dataset, NovelStream, Stream, is_hf_dataset, is_stream, label_value
+from vdc_torch.data.dataset import Dataset, Stream, label_value
+from vdc_torch.decision.inputs import _stream_view, _StreamView, as_dataset, delta_of  # noqa: F401 - re-exported
+from vdc_torch.decision.policy import Action, Policy, _action_and_reason, check_evidence, decide  # noqa: F401
 from vdc_torch.decision.store.cache import CacheCheckpoint, FingerprintCache, fingerprint_with_cache
 from vdc_torch.decision.store.manifest import load_manifest, save_manifest
-from vdc_torch.errors import InsufficientEvidenceError, InvalidParameterError
 from vdc_torch.fingerprints.compute import (
     FINGERPRINT_VERSION,
     FingerprintTable,
@@ -36,129 +35,10 @@ from vdc_torch.search.cascade import (
     MATCHING_VERSION,
     FeatureCaches,
     MatchConfig,
-    MatchKind,
     match_tables,
 )
 
 log = logging.getLogger(__name__)
-
-
-class Action(str, Enum):
-    """What to do with the new dataset."""
-
-    SKIP = "skip"
-    TRAIN = "train"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-@dataclass(frozen=True)
-class Policy:
-    """When to skip training.
-
-    Skip only when ``overlap >= skip_overlap``, there is no label conflict and the novel delta has fewer than
-    ``min_delta_to_train`` samples; otherwise train on the delta. The default 0.95 means: if at least 19 of 20
-    readable new samples were already trained on and what is left is smaller than a couple of batches, a training
-    run cannot be worth its cost. ``similar`` matches never count toward the overlap unless ``count_similar``.
-    """
-
-    skip_overlap: float = 0.95
-    min_delta_to_train: int = 64
-    count_similar: bool = False
-    #: No decision (``InsufficientEvidenceError``) when more than this share of a dataset's samples cannot be
-    #: read: the unread samples could be anything. 0.05 = as many as the default ``skip_overlap`` tolerates novel
-    #: ones, so unread samples alone can never turn a "train" into a "skip". 1.0 = decide on whatever was read.
-    max_problem_share: float = 0.05
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.skip_overlap <= 1.0:
-            raise InvalidParameterError(f"skip_overlap={self.skip_overlap!r} must lie in [0, 1]")
-        if not 0.0 <= self.max_problem_share <= 1.0:
-            raise InvalidParameterError(f"max_problem_share={self.max_problem_share!r} must lie in [0, 1]")
-        if self.min_delta_to_train < 0:
-            raise InvalidParameterError(f"min_delta_to_train={self.min_delta_to_train!r} must be >= 0")
-
-    @property
-    def counted_kinds(self) -> frozenset[str]:
-        """The match kinds that count as already trained on: exact and near-duplicate, and similar if
-        ``count_similar``. The delta, the overlap, reports and hooks all read this one definition."""
-        kinds = {MatchKind.EXACT.value, MatchKind.NEAR_DUPLICATE.value}
-        return frozenset(kinds | {MatchKind.SIMILAR.value} if self.count_similar else kinds)
-
-
-def check_evidence(readable: int, problems: Sequence[Problem], policy: Policy, what: str = "new dataset") -> None:
-    """Raise :class:`InsufficientEvidenceError` when too little of a dataset was read to decide on it."""
-    unreadable = [p for p in problems if p.fatal]
-    total = readable + len(unreadable)
-    share = len(unreadable) / total if total else 1.0
-    if readable and share <= policy.max_problem_share:
-        return
-    reasons = "; ".join(dict.fromkeys(p.reason for p in unreadable[:3]))
-    if readable == 0:
-        head = f"the {what} has no readable sample ({len(unreadable)} unreadable)" if total else f"the {what} is empty"
-    else:
-        head = (f"{len(unreadable)} of the {total} samples of the {what} ({share:.1%}) could not be read, more than "
-                f"Policy.max_problem_share={policy.max_problem_share:g}")
-    raise InsufficientEvidenceError(
-        f"no decision: {head}, so whatever it holds is unknown" + (f". First problems: {reasons}" if reasons else "")
-        + ". Fix or remove the files (decision problems list them all), or raise Policy(max_problem_share=...) "
-        "to decide on the readable part"
-    )
-
-
-def decide(
-    overlap: float,
-    delta_size: int,
-    conflicts: int,
-    readable: int,
-    policy: Policy,
-    *,
-    unreadable: int = 0,
-    no_reference: str | None = None,
-) -> tuple[Action, str]:
-    """The action and a one-sentence reason, from the counts alone.
-
-    ``readable == 0`` is no evidence at all: :class:`InsufficientEvidenceError`, never a skip. ``no_reference``
-    (why there is nothing to compare with, e.g. "no reference manifest exists yet at ...") means nothing has been
-    trained on yet: train on every readable, deduplicated sample. ``unreadable`` samples are named in the reason.
-    """
-    action, reason = _action_and_reason(overlap, delta_size, conflicts, readable, policy, no_reference)
-    if unreadable:
-        reason += f" {unreadable} unreadable sample(s) were left out (see problems)."
-    return action, reason
-
-
-def _action_and_reason(overlap: float, delta_size: int, conflicts: int, readable: int, policy: Policy,
-                       no_reference: str | None) -> tuple[Action, str]:
-    pct = f"{overlap:.1%}"
-    if readable == 0:
-        raise InsufficientEvidenceError("no decision: the new dataset has no readable samples")
-    if no_reference is not None:
-        duplicates = readable - delta_size
-        extra = f" ({duplicates} duplicate(s) inside the new data left out)" if duplicates else ""
-        return Action.TRAIN, (f"Train on the delta: {no_reference}, so all {readable} readable samples are new; "
-                              f"{delta_size} to train on{extra}.")
-    if conflicts:
-        return Action.TRAIN, (
-            f"Train on the delta: {conflicts} matched sample(s) carry a different label than in the reference "
-            f"(overlap {pct}, {delta_size} novel samples)."
-        )
-    if overlap >= policy.skip_overlap and delta_size < policy.min_delta_to_train:
-        return Action.SKIP, (
-            f"Skip: {pct} of the {readable} readable new samples were already trained on "
-            f"(threshold {policy.skip_overlap:.0%}) and only {delta_size} novel samples remain "
-            f"(fewer than {policy.min_delta_to_train})."
-        )
-    if overlap >= policy.skip_overlap:
-        return Action.TRAIN, (
-            f"Train on the delta: overlap is {pct}, but {delta_size} novel samples remain "
-            f"(at least {policy.min_delta_to_train})."
-        )
-    return Action.TRAIN, (
-        f"Train on the delta: only {pct} of the {readable} readable new samples were already trained on "
-        f"(below {policy.skip_overlap:.0%}); {delta_size} novel, deduplicated samples."
-    )
 
 
 @dataclass
@@ -243,63 +123,6 @@ def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
         return []
     plain = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
     return json.loads(json.dumps(plain, default=_json_default))
-
-
-def as_dataset(data: Any) -> Dataset | Stream:
-    """A :class:`Dataset` view of a folder path, a ``Dataset``, any torch map-style dataset or a Hugging Face
-    ``datasets.Dataset``; a :class:`Stream` of an iterable dataset."""
-    if isinstance(data, (Dataset, Stream)):
-        return data
-    if isinstance(data, (str, os.PathLike)):
-        return Dataset(data)
-    if is_stream(data):
-        return Stream(data)
-    if is_hf_dataset(data) or isinstance(data, torch.utils.data.Dataset):
-        return Dataset.from_torch(data)
-    raise InvalidParameterError(
-        f"dataset of type {type(data).__name__} is not supported; pass a folder path, a vdc_torch.Dataset, a torch "
-        "Dataset (map-style or IterableDataset) or a Hugging Face datasets.Dataset / IterableDataset"
-    )
-
-
-def delta_of(original: Any, data: Dataset, indices: list[int]) -> Any:
-    """The novel samples ``indices`` as the kind of object the user passed (see :attr:`Decision.delta`)."""
-    if isinstance(data, _StreamView):
-        keyed = all(k is not None for k in data.keys)
-        return NovelStream(data.stream.original, indices, [data.keys_by_position[i] for i in indices], keyed)
-    if is_hf_dataset(original):
-        return original.select(indices)
-    if isinstance(original, torch.utils.data.Dataset):
-        return torch.utils.data.Subset(original, indices)
-    return torch.utils.data.Subset(data, indices)
-
-
-class _StreamView(Dataset):
-    """Internal: what one pass over a :class:`Stream` saw, as a dataset of names and labels (not re-readable)."""
-
-    stream: Stream
-    keys: list[str | None]
-    keys_by_position: dict[int, str]
-
-    def source_image(self, index: int) -> Any:
-        raise InvalidParameterError("a stream sample cannot be read again by index; iterate decision.delta")
-
-
-def _stream_view(stream: Stream, seen: list[tuple[int, str, bool, Any]]) -> _StreamView:
-    """The :class:`_StreamView` of ``(position, key, has_key, label)`` records."""
-    names = [label for *_, label in seen if isinstance(label, str)]
-    classes = list(stream.classes) or sorted(set(names))
-    index = {c: i for i, c in enumerate(classes)}
-    view = _StreamView._blank("", classes)
-    view.stream = stream
-    view.keys = [key if has_key else None for _, key, has_key, _ in seen]
-    view.keys_by_position = {position: key for position, key, _, _ in seen}
-    view.samples = [
-        (f"<{stream.name}[{position}]{' ' + key if has_key else ''}>",
-         index.get(label, -1) if isinstance(label, str) else (label if label is not None else -1))
-        for position, key, has_key, label in seen
-    ]
-    return view
 
 
 def _match_key(new: FingerprintTable, ref: FingerprintTable, config: MatchConfig) -> str:
