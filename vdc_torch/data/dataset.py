@@ -10,412 +10,50 @@ view: files on disk are never touched.
 
 from __future__ import annotations
 
-import bisect
-import copy
-import itertools
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch.utils.data
 from PIL import Image as PILImage
 
-from vdc_torch.data.decode import IMG_EXTENSIONS, has_image_extension, load_image, sniff_image_format
+from vdc_torch.data.decode import IMG_EXTENSIONS
+from vdc_torch.data.folder import (  # noqa: F401 - re-exported where they were before the split
+    UNLABELED,
+    SkippedFile,
+    _inside,
+    _is_dir,
+    _is_file,
+    _log_scan_error,
+    _unused_file_reason,
+    find_classes,
+    make_samples,
+    pil_loader,
+    scan_images,
+)
+from vdc_torch.data.sources import (  # noqa: F401
+    IMAGE_KEYS,
+    LABEL_KEYS,
+    NovelStream,
+    Stream,
+    _as_label,
+    _ConcatSource,
+    _denormalizer,
+    _hf_column,
+    _hf_label_column,
+    _HFSource,
+    _TorchSource,
+    _untransformed,
+    is_hf_dataset,
+    is_stream,
+    label_value,
+    labels_of,
+    split_item,
+)
 from vdc_torch.errors import DatasetNotFoundError, ImageDecodeError, InvalidParameterError
 
 log = logging.getLogger(__name__)
-
-
-#: The label of a sample from a flat folder (no class sub-folders), as torchvision's unlabeled STL10 split uses.
-UNLABELED = -1
-
-
-def _is_dir(entry: os.DirEntry[str]) -> bool:
-    """``entry.is_dir()``, False for entries that cannot be stat'ed (a symlink loop raises ELOOP)."""
-    try:
-        return entry.is_dir()
-    except OSError:
-        return False
-
-
-def _is_file(entry: os.DirEntry[str]) -> bool:
-    """``entry.is_file()``, False for entries that cannot be stat'ed."""
-    try:
-        return entry.is_file()
-    except OSError:
-        return False
-
-
-def _inside(path: str, folder: str) -> bool:
-    """True when real path ``path`` is ``folder`` or below it."""
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def _log_scan_error(error: OSError) -> None:
-    log.warning("cannot scan %s: %s; its files are left out", error.filename, error.strerror or error)
-
-
-@dataclass(frozen=True)
-class SkippedFile:
-    """A file or folder under a dataset root that is not a sample, and why (never a silent drop)."""
-
-    path: str
-    reason: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"path": self.path, "reason": self.reason}
-
-
-def find_classes(root: str | os.PathLike[str]) -> tuple[list[str], dict[str, int]]:
-    """Sorted class sub-folder names of ``root`` and their indices, as torchvision's ``find_classes`` (hidden
-    folders such as ``.ipynb_checkpoints`` are left out and reported by :class:`Dataset`, not made classes)."""
-    classes = sorted(e.name for e in os.scandir(root) if _is_dir(e) and not e.name.startswith("."))
-    return classes, {name: i for i, name in enumerate(classes)}
-
-
-def _unused_file_reason(path: str, extensions: tuple[str, ...]) -> str:
-    """Why a file found by the scan is not a sample (its content is sniffed: an image is never dropped quietly)."""
-    found = sniff_image_format(path)
-    ext = os.path.splitext(path)[1].lower() or "(none)"
-    if found is not None:
-        return (f"holds a {found} image but its extension {ext} is not one of the image extensions; rename it or "
-                "pass is_valid_file=")
-    return f"not an image extension ({ext})"
-
-
-def scan_images(
-    directory: str | os.PathLike[str],
-    extensions: tuple[str, ...] = IMG_EXTENSIONS,
-    is_valid_file: Callable[[str], bool] | None = None,
-    skipped: list[SkippedFile] | None = None,
-) -> list[str]:
-    """All image files below ``directory``, recursively, sorted, following symlinked folders once.
-
-    Every file or folder left out is appended to ``skipped`` (when given) with the reason.
-    """
-    check = is_valid_file or (lambda p: has_image_extension(p, extensions))
-    found: list[str] = []
-    seen_dirs: set[tuple[int, int]] = set()
-    top = os.path.realpath(directory)
-
-    def skip(path: str, reason: str) -> None:
-        if skipped is not None:
-            skipped.append(SkippedFile(path, reason))
-
-    def scan_error(error: OSError) -> None:
-        _log_scan_error(error)
-        skip(str(error.filename), f"folder cannot be listed ({error.strerror or error}); its files are left out")
-
-    for dirpath, dirnames, filenames in os.walk(directory, followlinks=True, onerror=scan_error):
-        try:
-            st = os.stat(dirpath)
-            key = (st.st_dev, st.st_ino)
-        except OSError:
-            continue
-        if key in seen_dirs:  # a symlink loop: walk each real folder once
-            dirnames[:] = []
-            continue
-        seen_dirs.add(key)
-        here = os.path.realpath(dirpath)
-        kept = []
-        for d in sorted(dirnames):
-            if d.startswith("."):
-                skip(os.path.join(dirpath, d), "hidden folder (not scanned)")
-                continue
-            target = os.path.realpath(os.path.join(dirpath, d))
-            if _inside(here, target) or _inside(top, target):  # a link back up: a loop, or into another class
-                log.warning("not following %s: it links back to %s", os.path.join(dirpath, d), target)
-                skip(os.path.join(dirpath, d), f"folder link back to {target} (a loop; not followed)")
-                continue
-            kept.append(d)
-        dirnames[:] = kept
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            if name.startswith("."):
-                skip(path, "hidden file")
-            elif check(name if is_valid_file is None else path):
-                found.append(path)
-            elif skipped is not None:
-                skip(path, _unused_file_reason(path, extensions))
-    return found
-
-
-def make_samples(
-    root: str | os.PathLike[str],
-    class_to_idx: dict[str, int] | None,
-    extensions: tuple[str, ...] = IMG_EXTENSIONS,
-    is_valid_file: Callable[[str], bool] | None = None,
-    skipped: list[SkippedFile] | None = None,
-) -> list[tuple[str, int]]:
-    """``(path, label)`` pairs: labels from class sub-folders, or ``UNLABELED`` (-1) for a flat folder.
-
-    With class folders, files directly under ``root`` are not samples (torchvision's ``ImageFolder`` ignores them);
-    they are appended to ``skipped``.
-    """
-    if not class_to_idx:
-        return [(p, UNLABELED) for p in scan_images(root, extensions, is_valid_file, skipped)]
-    if skipped is not None:
-        for entry in sorted(os.scandir(root), key=lambda e: e.name):
-            if entry.name.startswith("."):
-                skipped.append(SkippedFile(entry.path, "hidden " + ("folder" if _is_dir(entry) else "file")))
-            elif not _is_dir(entry):
-                skipped.append(SkippedFile(entry.path, "at the root next to class folders (ImageFolder ignores it)"))
-    samples: list[tuple[str, int]] = []
-    for name, label in sorted(class_to_idx.items(), key=lambda item: item[1]):
-        samples.extend(
-            (p, label) for p in scan_images(os.path.join(root, name), extensions, is_valid_file, skipped)
-        )
-    return samples
-
-
-def pil_loader(path: str) -> PILImage.Image:
-    """Open an image file as RGB exactly as the fingerprints see it; one ``ImageDecodeError`` naming the file.
-
-    Regular files only (a FIFO named ``x.jpg`` cannot hang a DataLoader worker), decompression bombs refused,
-    EXIF orientation applied, alpha composited on white, 16-bit scaled (see :func:`vdc_torch.decode.load_image`).
-    """
-    return load_image(path)
-
-
-#: Keys of a dict item that hold the image (first found wins): HF datasets, WebDataset, common conventions.
-IMAGE_KEYS: tuple[str, ...] = ("image", "img", "pixel_values", "jpg", "jpeg", "png", "webp", "ppm", "bmp",
-                               "tif", "tiff", "pil", "picture", "photo", "input")
-#: Keys of a dict item that hold the label.
-LABEL_KEYS: tuple[str, ...] = ("label", "labels", "target", "targets", "cls", "class", "class_id", "y")
-
-
-def split_item(item: Any, image_key: str | None = None, label_key: str | None = None, name: str = "item"
-               ) -> tuple[Any, Any]:
-    """``(image, label)`` of one dataset item: an image, an ``(image, label, *extra)`` tuple or a dict.
-
-    Dict items take ``image_key``/``label_key`` when given, else the first of :data:`IMAGE_KEYS` /
-    :data:`LABEL_KEYS` present; the label is ``None`` when the item has none.
-    """
-    if isinstance(item, dict):
-        key = image_key or next((k for k in IMAGE_KEYS if k in item), None)
-        if key is None or key not in item:
-            raise ImageDecodeError(
-                f"{name}: no image in a dict item with keys {', '.join(map(str, item))}; expected one of "
-                f"{', '.join(IMAGE_KEYS)} or pass image_key="
-            )
-        lkey = label_key or next((k for k in LABEL_KEYS if k in item), None)
-        return item[key], (item.get(lkey) if lkey is not None else None)
-    if isinstance(item, (tuple, list)):
-        if not item:
-            raise ImageDecodeError(f"{name}: empty item")
-        return item[0], (item[1] if len(item) > 1 else None)
-    return item, None
-
-
-def label_value(value: Any) -> int | str | None:
-    """A label as an ``int`` (class index) or ``str`` (class name); ``None`` when there is none.
-
-    Accepts Python and numpy integers, 0-d tensors/arrays, strings and WebDataset's ``b"3"`` bytes.
-    """
-    if isinstance(value, (bytes, bytearray)):
-        value = bytes(value).decode("utf-8", errors="replace")
-    if isinstance(value, str):
-        text = value.strip()
-        return int(text) if text.lstrip("-").isdigit() else (text or None)
-    if hasattr(value, "item"):
-        try:
-            value = value.item()
-        except (ValueError, RuntimeError):  # not a single value
-            return None
-    if isinstance(value, (bool, int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return int(value)
-    return None
-
-
-def labels_of(dataset: Any, n: int) -> list[int] | None:
-    """The dataset's ``targets`` (or ``labels``) as ints — a list, tensor or ndarray; ``None`` when absent.
-
-    A ``targets`` tensor must not be tested with ``or`` (its truth value is ambiguous), so each is checked
-    for ``None`` explicitly.
-    """
-    for name in ("targets", "labels"):
-        values = getattr(dataset, name, None)
-        if values is None or isinstance(values, (str, bytes)):
-            continue
-        try:
-            if len(values) != n:
-                continue
-            return [_as_label(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
-        except TypeError:
-            continue
-    return None
-
-
-def _untransformed(dataset: Any) -> Any:
-    """A shallow copy of ``dataset`` with its torchvision-style ``transform``/``transforms`` switched off.
-
-    The copy shares the data (no images are copied); the user's object is never modified.
-    """
-    names = [n for n in ("transform", "transforms", "target_transform") if getattr(dataset, n, None) is not None]
-    if not names:
-        return dataset
-    try:
-        view = copy.copy(dataset)
-        for n in names:
-            setattr(view, n, None)
-    except Exception:  # noqa: BLE001 - an object that refuses copies or attributes is read as it is
-        log.warning("cannot switch off the transform of %s; fingerprinting its transformed samples",
-                    type(dataset).__name__)
-        return dataset
-    log.info("reading %s without its transform (%s): fingerprints describe the stored images",
-             type(dataset).__name__, ", ".join(names))
-    return view
-
-
-def _denormalizer(denormalize: tuple[Sequence[float], Sequence[float]] | None) -> Callable[[Any], Any] | None:
-    """``x * std + mean`` per channel for (C, H, W) tensors/arrays, from ``denormalize=(mean, std)``."""
-    if denormalize is None:
-        return None
-    try:
-        mean, std = (np.asarray(v, dtype=np.float32).reshape(-1, 1, 1) for v in denormalize)
-    except (TypeError, ValueError) as exc:
-        raise InvalidParameterError(f"denormalize={denormalize!r} must be (mean, std), two sequences of floats") from exc
-    if mean.shape != std.shape or mean.shape[0] not in (1, 3):
-        raise InvalidParameterError(f"denormalize={denormalize!r}: mean and std need 1 or 3 values each")
-
-    def undo(image: Any) -> Any:
-        if hasattr(image, "detach"):
-            image = image.detach().cpu().numpy()
-        if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[0] in (1, 3):
-            return torch.from_numpy(np.clip(image.astype(np.float32) * std + mean, 0.0, 1.0))  # (C, H, W)
-        return image
-
-    return undo
-
-
-class _TorchSource:
-    """Internal: the untransformed images (and item labels) of an in-memory map-style dataset."""
-
-    def __init__(self, dataset: Any, image_key: str | None, label_key: str | None,
-                 denormalize: Callable[[Any], Any] | None) -> None:
-        self.original = dataset
-        self.dataset = dataset if denormalize is not None else _untransformed(dataset)
-        self.image_key, self.label_key, self.denormalize = image_key, label_key, denormalize
-
-    def read(self, index: int, name: str) -> tuple[Any, Any]:
-        image, label = split_item(self.dataset[index], self.image_key, self.label_key, name)
-        if self.denormalize is not None:
-            image = self.denormalize(image)
-        return image, label
-
-
-class _HFSource:
-    """Internal: a Hugging Face ``datasets.Dataset`` read as stored: the image column's encoded bytes."""
-
-    def __init__(self, dataset: Any, image_column: str) -> None:
-        import datasets
-
-        plain = dataset.with_format(None)  # drops set_transform/with_format: the stored values
-        if isinstance(plain.features.get(image_column), datasets.Image):
-            plain = plain.cast_column(image_column, datasets.Image(decode=False))
-        self.dataset = plain.select_columns([image_column])
-        self.column = image_column
-
-    def read(self, index: int, name: str) -> tuple[Any, Any]:
-        return self.dataset[int(index)][self.column], None
-
-
-class _ConcatSource:
-    """Internal: the parts of a ``ConcatDataset``, each a :class:`Dataset` view."""
-
-    def __init__(self, parts: list[Dataset]) -> None:
-        self.parts = parts
-        self.starts = list(itertools.accumulate([0] + [len(p) for p in parts]))
-
-    def read(self, index: int, name: str) -> tuple[Any, Any]:
-        part = bisect.bisect_right(self.starts, index) - 1
-        return self.parts[part].source_image(index - self.starts[part]), None
-
-
-def is_hf_dataset(data: Any) -> bool:
-    """True for a Hugging Face ``datasets.Dataset`` (map-style), checked without importing ``datasets``."""
-    return type(data).__module__.startswith("datasets.") and type(data).__name__ == "Dataset"
-
-
-def is_stream(data: Any) -> bool:
-    """True for an iterable dataset: ``torch.utils.data.IterableDataset`` (WebDataset, HF streaming, generators)."""
-    if isinstance(data, torch.utils.data.IterableDataset):
-        return True
-    return type(data).__module__.startswith("datasets.") and type(data).__name__ == "IterableDataset"
-
-
-class Stream:
-    """An iterable dataset (WebDataset, HF streaming, a generator-backed ``IterableDataset``) read in one pass.
-
-    :meth:`items` yields ``(position, key, image, label)``: the key is WebDataset's ``__key__`` where items carry
-    one, else the position in the stream. A Hugging Face ``IterableDataset`` is read as stored (encoded bytes,
-    its format/transform ignored) and its ``ClassLabel`` names become the classes.
-    """
-
-    def __init__(self, dataset: Any, *, image_key: str | None = None, label_key: str | None = None) -> None:
-        self.original = dataset
-        self.image_key, self.label_key = image_key, label_key
-        self.classes: list[str] = []
-        self.plain = dataset
-        if type(dataset).__module__.startswith("datasets."):
-            import datasets
-
-            plain = dataset.with_format(None)
-            features = getattr(plain, "features", None) or {}
-            for column, feature in features.items():
-                if isinstance(feature, datasets.Image):
-                    plain = plain.cast_column(column, datasets.Image(decode=False))
-                elif isinstance(feature, datasets.ClassLabel) and (label_key in (None, column)) and not self.classes:
-                    self.classes = list(feature.names)
-            self.plain = plain
-        self.name = type(dataset).__name__
-
-    def items(self) -> Iterator[tuple[int, str, Any, Any]]:
-        """Every item once, in stream order: ``(position, key, image, label)``."""
-        for position, item in enumerate(self.plain):
-            key = item.get("__key__") if isinstance(item, dict) else None
-            name = f"<{self.name}[{position}]{' ' + str(key) if key is not None else ''}>"
-            try:
-                image, label = split_item(item, self.image_key, self.label_key, name)
-            except ImageDecodeError as exc:
-                yield position, str(key if key is not None else position), exc, None
-                continue
-            yield position, str(key if key is not None else position), image, label
-
-
-class NovelStream(torch.utils.data.IterableDataset):
-    """The delta of an iterable dataset: the original stream, yielding only the novel items, in their order.
-
-    Items are recognised by their WebDataset ``__key__`` where they carry one (robust to worker and node
-    splitting), else by their position in the stream (so the stream must replay in the same order).
-    ``keys`` lists them, so a pipeline can persist the delta.
-    """
-
-    def __init__(self, original: Any, positions: Sequence[int], keys: Sequence[str], by_key: bool) -> None:
-        self.original = original
-        self.positions = frozenset(int(p) for p in positions)
-        self.keys = list(keys)
-        self.by_key = by_key
-        self._key_set = frozenset(self.keys)
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def __iter__(self) -> Iterator[Any]:
-        for position, item in enumerate(self.original):
-            if self.by_key and isinstance(item, dict) and "__key__" in item:
-                if str(item["__key__"]) in self._key_set:
-                    yield item
-            elif position in self.positions:
-                yield item
-
-    def __repr__(self) -> str:
-        return f"NovelStream({len(self)} of the items of {type(self.original).__name__})"
 
 
 class Dataset(torch.utils.data.Dataset):
@@ -749,52 +387,3 @@ class Dataset(torch.utils.data.Dataset):
             rows.append({"Filename": stem, "FileExtension": ext.lstrip("."), **tags})
         self.exif_data = pd.DataFrame(rows)
         return self.exif_data
-
-
-def _as_label(value: Any) -> int:
-    if value is None:
-        return UNLABELED
-    if isinstance(value, np.ndarray) or hasattr(value, "item"):
-        value = value.item()
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return UNLABELED
-
-
-def _hf_column(features: Any, wanted: str | None, kind: type, parameter: str) -> str:
-    """The column of ``features`` of type ``kind`` (or the one named ``wanted``); a clear error otherwise."""
-    if wanted is not None:
-        if wanted not in features:
-            raise InvalidParameterError(f"{parameter}={wanted!r} is not a column; columns: {', '.join(features)}")
-        return wanted
-    found = [name for name, feature in features.items() if isinstance(feature, kind)]
-    if len(found) == 1:
-        return found[0]
-    named = [k for k in IMAGE_KEYS if k in features]
-    if not found and named:
-        return named[0]
-    what = "no" if not found else f"{len(found)} ({', '.join(found)})"
-    raise InvalidParameterError(
-        f"the dataset has {what} {kind.__name__} columns; name the image column with {parameter}= "
-        f"(columns: {', '.join(features)})"
-    )
-
-
-def _hf_label_column(features: Any, wanted: str | None) -> str | None:
-    import datasets
-
-    if wanted is not None:
-        if wanted not in features:
-            raise InvalidParameterError(f"label_column={wanted!r} is not a column; columns: {', '.join(features)}")
-        return wanted
-    found = [name for name, feature in features.items() if isinstance(feature, datasets.ClassLabel)]
-    if len(found) == 1:
-        return found[0]
-    if found:
-        raise InvalidParameterError(f"several ClassLabel columns ({', '.join(found)}); name one with label_column=")
-    for name in LABEL_KEYS:
-        feature = features.get(name)
-        if isinstance(feature, datasets.Value) and "int" in str(feature.dtype):
-            return name
-    return None
