@@ -37,7 +37,7 @@ import stat as stat_module
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +50,19 @@ try:  # POSIX; elsewhere saves are not locked against each other (the rename sti
     import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
+
+from vdc_torch.decision.store.files import (  # noqa: F401 - re-exported where they were before the split
+    DEFAULT_LOCK_TIMEOUT,
+    _file_mode,
+    _flock_within,
+    _fsync_dir,
+    _is_safe_stored_path,
+    _locked,
+    _remove_stale_temp_files,
+    _shared_lock,
+    lock_path,
+    resolve_sample_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +77,6 @@ PART_BYTES = 32 << 20
 #: Columns read on demand (:class:`vdc_torch.stored.StoredRows`) instead of at load time.
 _LAZY_COLUMNS = frozenset({"thumbs", "coarse", "details.data"})
 _ROWS_PER_CHUNK = 16384
-#: Seconds a save waits for another process's save of the same manifest before giving up.
-DEFAULT_LOCK_TIMEOUT = 60.0
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _COLUMNS = (
@@ -378,61 +389,6 @@ def _bytes_for_json(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} value in a text column")
 
 
-def _file_mode(target: Path) -> int:
-    """Permission bits for the new file: the old manifest's, else 0666 minus the umask (read without changing it)."""
-    with contextlib.suppress(OSError):
-        return stat_module.S_IMODE(os.stat(target).st_mode)
-    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
-    return 0o644
-
-
-def lock_path(path: str | os.PathLike[str]) -> Path:
-    """The sidecar lock file of a manifest: ``<manifest>.lock`` (left in place; it holds no data)."""
-    target = Path(path)
-    return target.with_name(target.name + ".lock")
-
-
-@contextlib.contextmanager
-def _locked(target: Path, timeout: float) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``<target>.lock``; wait at most ``timeout`` seconds for it."""
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
-    lock = lock_path(target)
-    try:
-        handle = open(lock, "a+b")  # noqa: SIM115 - closed by the `with handle` right below
-    except OSError as exc:
-        raise ManifestError(f"cannot save manifest {str(target)!r}: cannot open its lock file {str(lock)!r} "
-                            f"({exc.strerror or exc})") from exc
-    with handle:
-        if not _flock_within(handle.fileno(), fcntl.LOCK_EX, timeout, interval=0.02):
-            raise ManifestError(
-                f"cannot save manifest {str(target)!r}: another process has been saving it for more than "
-                f"{timeout:g} s (lock file {str(lock)!r}); try again or raise lock_timeout"
-            )
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def _flock_within(fd: int, operation: int, timeout: float, interval: float) -> bool:
-    """Take the ``flock`` ``operation`` (shared or exclusive) on ``fd``, trying every ``interval`` seconds for at
-    most ``timeout`` seconds (at least once); False if it never came."""
-    deadline = time.monotonic() + max(0.0, timeout)
-    while True:
-        try:
-            fcntl.flock(fd, operation | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(interval)
-
-
 def _check_replaceable(target: Path) -> None:
     """Refuse to overwrite anything but a manifest (or an empty or damaged one)."""
     try:
@@ -467,33 +423,6 @@ def _check_replaceable(target: Path) -> None:
         raise refuse  # a healthy database of something else
 
 
-def _remove_stale_temp_files(target: Path) -> None:
-    """Temp files of saves that were killed; safe to delete because the caller holds the lock."""
-    prefix = f".{target.name}."
-    try:
-        entries = list(os.scandir(target.parent))
-    except OSError:
-        return
-    for entry in entries:
-        if entry.name.startswith(prefix) and entry.name.endswith((".tmp", ".tmp-journal")):
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)
-                log.debug("removed %s, left by an interrupted save", entry.path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 # -- loading ---------------------------------------------------------------------------------------------------
 
 
@@ -516,30 +445,6 @@ def load_manifest(path: str | os.PathLike[str]) -> tuple[FingerprintTable, dict[
         except _Replaced:
             pass
     raise ManifestError(f"manifest {name} keeps being replaced while it is read; try again")
-
-
-@contextlib.contextmanager
-def _shared_lock(target: Path, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterator[None]:
-    """Hold a shared ``flock`` on ``<target>.lock`` if it exists and can be opened (savers take it exclusively).
-
-    Never creates the lock file and needs no write permission; without it (or after ``timeout`` seconds) the body
-    runs unlocked, as before.
-    """
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
-    try:
-        handle = open(lock_path(target), "rb")  # noqa: SIM115 - closed by the `with handle` right below
-    except OSError:
-        yield
-        return
-    with handle:
-        locked = _flock_within(handle.fileno(), fcntl.LOCK_SH, timeout, interval=0.005)
-        try:
-            yield
-        finally:
-            if locked:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 class _Replaced(Exception):
@@ -895,37 +800,3 @@ def _table_from_columns(cols: list[list[Any]], name: str) -> FingerprintTable:
         mtime_ns=list(cols[15]),
         extra_hashes=extra,
     )
-
-
-# -- using stored paths ----------------------------------------------------------------------------------------
-
-
-def _is_safe_stored_path(path: str) -> bool:
-    """A stored path is an in-memory name, an absolute path, or a relative path without ``..`` or NUL."""
-    if not path or "\x00" in path:
-        return False
-    if path.startswith("<") or os.path.isabs(path) or PureWindowsPath(path).is_absolute():
-        return True
-    return ".." not in PurePosixPath(path.replace("\\", "/")).parts
-
-
-def resolve_sample_path(root: str | os.PathLike[str] | None, stored: str) -> Path | None:
-    """The file a stored manifest path names under ``root``, or ``None`` when it must not be read.
-
-    Only relative paths that stay lexically inside ``root`` resolve: absolute paths, ``..`` components,
-    drive letters, NUL bytes and in-memory names (``<CIFAR10[3]>``) give ``None``. Symbolic links inside
-    ``root`` are followed as the user laid them out.
-
-    >>> resolve_sample_path("/data/train", "cat/001.jpg")
-    PosixPath('/data/train/cat/001.jpg')
-    >>> resolve_sample_path("/data/train", "../../etc/passwd") is None
-    True
-    """
-    if not root or not stored or "\x00" in stored or stored.startswith("<"):
-        return None
-    posix = PurePosixPath(stored.replace("\\", "/"))
-    if posix.is_absolute() or PureWindowsPath(stored).drive or os.path.isabs(stored):
-        return None
-    if any(part in ("..", "") for part in posix.parts) or not posix.parts:
-        return None
-    return Path(root).joinpath(*posix.parts)
