@@ -28,10 +28,10 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vdc_torch import Dataset  # noqa: E402
-from vdc_torch.fingerprints.compute import FingerprintTable, compute_fingerprints  # noqa: E402
-from vdc_torch.search import cascade  # noqa: E402
-from vdc_torch.search.cascade import MatchConfig, match_tables, table_coarse_vectors  # noqa: E402
+from vdc_torch import Dataset
+from vdc_torch.fingerprints.compute import FingerprintTable, compute_fingerprints
+from vdc_torch.search import cascade
+from vdc_torch.search.cascade import MatchConfig, match_tables, table_coarse_vectors
 
 DATA = Path("/work/shared/data")
 EXIF_JPG = DATA / "exif-samples" / "jpg"
