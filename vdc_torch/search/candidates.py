@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,28 @@ from vdc_torch.search.thumbs import (
 )
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class Candidates:
+    """Candidate pairs of one source for :func:`~vdc_torch.search.verify._verify_with_features`.
+
+    ``q``, ``r`` and ``dist`` are arrays of equal length (new row, reference row, pHash distance or another rank:
+    a query's candidates are verified lowest first); ``mirror`` and ``skip_prefilter`` hold for all of them.
+    """
+
+    q: np.ndarray
+    r: np.ndarray
+    dist: np.ndarray
+    #: Verify the mirror image of the new sample (a flipped copy).
+    mirror: bool
+    #: Exempt from the thumbnail pre-filter: pairs that are not aligned (crops, rotations, kNN neighbours).
+    skip_prefilter: bool
+    #: Per pair: the index into ``CROP_BOXES`` of the crop both images agree on, :data:`WHOLE_PICTURE`,
+    #: ``ROTATED - i`` (rotation stage) or -1; ``None`` = -1 for every pair (the whole pictures).
+    box: np.ndarray | None = None
+    #: Per pair: the crop of the reference whose hash matched (crop-index candidates), else ``None``.
+    hint: np.ndarray | None = None
 
 
 #: Chance candidates per query (expected, for uniformly random codes) above which a radius is lowered.
@@ -73,7 +96,7 @@ OVERLAY_BOXES: tuple[int, ...] = tuple(
 
 def _same_crop_candidates(
     new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, config: MatchConfig
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, bool, bool, np.ndarray]]:
+) -> list[Candidates]:
     """Unmatched samples whose corner crop hashes agree with the same crop of a reference (overlays).
 
     Only pictures large enough for dense alignment, which verifies these pairs: below ``align.MIN_SIDE`` (CIFAR
@@ -89,7 +112,7 @@ def _same_crop_candidates(
         ref_codes = np.asarray(ref.crop_hashes[:, box])
         ref_codes = ref_codes if len(ref_rows) == len(ref) else ref_codes[ref_rows]
         q, r, dist = HammingIndex(ref_codes).search(new.crop_hashes[rows, box], radius)
-        found.append((rows[q], ref_rows[r], dist, False, True, np.full(len(q), box)))
+        found.append(Candidates(rows[q], ref_rows[r], dist, False, True, np.full(len(q), box)))
     return found
 
 
@@ -100,7 +123,7 @@ WHOLE_PICTURE = -2
 def _whole_picture_candidates(
     new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, ref_index: HammingIndex,
     config: MatchConfig,
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, bool, bool, np.ndarray]]:
+) -> list[Candidates]:
     """Unmatched samples whose border trimming differs from a reference's: pHashes of the whole pictures.
 
     A picture with uniform bands of its own (a dark sky, plain sides) is trimmed; a copy with a frame, an overlay
@@ -126,7 +149,7 @@ def _whole_picture_candidates(
                 code = new.phash[queries] if queries is rows else new.phash_whole[queries]
                 q, r, dist = index.search(code, config.hash_radius)
                 found.append((queries[q], ref_trimmed[r], dist))
-    return [(q, r, d, False, True, np.full(len(q), WHOLE_PICTURE)) for q, r, d in found]
+    return [Candidates(q, r, d, False, True, np.full(len(q), WHOLE_PICTURE)) for q, r, d in found]
 
 
 #: ``box`` values of candidates from :func:`_rotation_candidates`: ``ROTATED - i`` for the ``i``-th of
@@ -136,7 +159,7 @@ ROTATED = -3
 
 def _rotation_candidates(
     new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, same_table: bool, config: MatchConfig
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, bool, bool, np.ndarray]]:
+) -> list[Candidates]:
     """Unmatched samples that may be rotated copies on the same canvas (black or smeared corners, size unchanged).
 
     Each is turned back by ``±ROTATION_STEP, ±2·ROTATION_STEP, ... ±max_rotation`` degrees; the centre crop of each
@@ -193,7 +216,7 @@ def _rotation_candidates(
     q, r, dist = q[order], r[order], dist[order]
     first = np.r_[True, (query_rows[q][1:] != query_rows[q][:-1]) | (r[1:] != r[:-1])]
     q, r, dist = q[first], r[first], dist[first]
-    return [(query_rows[q], r, dist, False, True, ROTATED - q % len(angles))]
+    return [Candidates(query_rows[q], r, dist, False, True, ROTATED - q % len(angles))]
 
 
 #: Inverted lists of the approximate index: about ``KNN_ROWS_PER_LIST`` reference rows each, at most 4096.
@@ -267,7 +290,7 @@ def _coarse_index(ref_thumbs: Any) -> Any:
 
 def _nearest_thumbnails(
     new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, same_table: bool, config: MatchConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, bool]:
+) -> Candidates:
     """Candidates the hashes missed (rotations, overlays, off-centre crops): nearest 8x8 thumbnails (faiss).
 
     Exact below :data:`KNN_EXACT_MAX_ROWS` reference rows, an inverted-file index above (:func:`_coarse_index`).
@@ -275,7 +298,7 @@ def _nearest_thumbnails(
     rows = np.flatnonzero(open_rows)
     empty = np.zeros(0, np.int64)
     if not len(rows):
-        return empty, empty, empty, False, True
+        return Candidates(empty, empty, empty, False, True)
     index = _coarse_index(ref.thumbs)
     k = min(len(ref), config.knn_candidates + (1 if same_table else 0))
     queries = table_coarse_vectors(new.thumbs, rows)
@@ -291,7 +314,7 @@ def _nearest_thumbnails(
     if same_table:
         keep &= r < q
     # distance column: rank by similarity (0 = most similar) so the best candidates are verified first
-    return q[keep], r[keep], np.round((1.0 - sim[keep]) * 100).astype(np.int64), False, True
+    return Candidates(q[keep], r[keep], np.round((1.0 - sim[keep]) * 100).astype(np.int64), False, True)
 
 
 def _crop_hint_similarity(

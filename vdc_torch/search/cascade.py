@@ -44,6 +44,7 @@ from vdc_torch.search.candidates import (  # noqa: F401  (re-exported)
     OVERLAY_BOXES,
     ROTATED,
     WHOLE_PICTURE,
+    Candidates,
     _coarse_index,
     _crop_hint_similarity,
     _large_enough_to_align,
@@ -180,7 +181,7 @@ def match_tables(
 
     # 4-5. perceptual hash candidates, verified on thumbnails
     global_index = HammingIndex(ref.phash)
-    feature_candidates: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool, bool]] = []
+    feature_candidates: list[Candidates] = []
     for mirror in (False, True):
         queries = new.phash_mirror if mirror else new.phash
         q, r, dist = global_index.search(queries, config.hash_radius)
@@ -200,7 +201,7 @@ def match_tables(
         ev = np.asarray(evidence, dtype=object)
         add(_best_per_query(_rows(q[near], r[near], near_kind, method, sim[near], ev[near])), method)
         found.append(_rows(q[similar], r[similar], "similar", method, sim[similar], ev[similar]))
-        feature_candidates.append((q[~near], r[~near], dist[~near], mirror, False))
+        feature_candidates.append(Candidates(q[~near], r[~near], dist[~near], mirror, False))
 
     # 6. crops (and rotations that failed the thumbnail check), verified by local features
     if config.use_features and len(ref) and config.knn_candidates > 0 and config.knn_min_similarity > 0:
@@ -214,11 +215,11 @@ def match_tables(
         radius = chance_limited_radius(config.crop_radius, len(ref) * k)
         q, code, dist = crop_index.search(np.asarray(new.phash)[open_rows], radius)
         q, r = open_rows[q], code // k
-        feature_candidates.insert(0, (q, r, dist, False, True, np.full(len(q), -1), code % k))
+        feature_candidates.insert(0, Candidates(q, r, dist, False, True, hint=code % k))
         # the mirror pHash too: a flipped copy that is also cropped (RandomResizedCrop + RandomHorizontalFlip),
         # verified after the rest, for the samples still unmatched then (a plain copy is preferred to a mirror)
         q, code, dist = crop_index.search(np.asarray(new.phash_mirror)[open_rows], radius)
-        mirrored = [(open_rows[q], code // k, dist, True, True, np.full(len(q), -1), code % k)]
+        mirrored = [Candidates(open_rows[q], code // k, dist, True, True, hint=code % k)]
         del crop_index  # ~1 GB of MIH tables at 1M reference rows: not kept through feature verification
         add(_verify_with_features(job, feature_candidates, settled, same_table, verifier, "local features"),
             "local features")

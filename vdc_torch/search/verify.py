@@ -22,7 +22,7 @@ from vdc_torch.fingerprints.compute import (
     single_threaded_opencv,
 )
 from vdc_torch.progress import progress_bar
-from vdc_torch.search.candidates import ROTATED, WHOLE_PICTURE, _crop_hint_similarity
+from vdc_torch.search.candidates import ROTATED, WHOLE_PICTURE, Candidates, _crop_hint_similarity
 from vdc_torch.search.colour import _aligned_colour_difference
 from vdc_torch.search.config import MATCH_COLUMNS, MatchConfig
 from vdc_torch.search.geometry import (
@@ -117,21 +117,21 @@ class _FeatureJob:
 
 def _verify_with_features(
     job: _FeatureJob,
-    candidates: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool, bool]],
+    candidates: list[Candidates],
     settled: np.ndarray,
     same_table: bool,
     verifier: ThumbVerifier,
     stage: str = "local features",
 ) -> pd.DataFrame:
-    """Verify candidate pairs; each tuple is ``(q, r, dist, mirror, skip_prefilter)`` or the same plus ``box``.
+    """Verify candidate pairs (see :class:`Candidates`); one match row per verified new sample.
 
-    ``box`` (an index into :data:`CROP_BOXES`) marks candidates found by that crop of *both* images: they are
+    A ``box`` (an index into :data:`CROP_BOXES`) marks candidates found by that crop of *both* images: they are
     verified on that crop alone (the rest of the new image may carry a caption, logo or watermark).
     """
     new, ref, config = job.new, job.ref, job.config
     frames = [
-        pd.DataFrame({"q": c[0], "r": c[1], "dist": c[2], "mirror": c[3], "crop": c[4],
-                      "box": c[5] if len(c) > 5 else -1, "hint": c[6] if len(c) > 6 else -1})
+        pd.DataFrame({"q": c.q, "r": c.r, "dist": c.dist, "mirror": c.mirror, "skip_prefilter": c.skip_prefilter,
+                      "box": -1 if c.box is None else c.box, "hint": -1 if c.hint is None else c.hint})
         for c in candidates
     ]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -157,7 +157,7 @@ def _verify_with_features(
         keep[hinted] = similar >= np.where(tiny, tiny_bound, config.crop_min_thumb_similarity)
         table = table[keep]
     for mirror, group in table.groupby("mirror"):
-        keep = group["crop"].to_numpy(dtype=bool).copy()
+        keep = group["skip_prefilter"].to_numpy(dtype=bool).copy()
         check = np.flatnonzero(~keep)
         q_all, r_all = group["q"].to_numpy(np.int64), group["r"].to_numpy(np.int64)
         for start in range(0, len(check), PREFILTER_BLOCK):
