@@ -15,6 +15,9 @@ full float precision). Compare two runs with ``diff -r``.
 from __future__ import annotations
 
 import argparse
+import io
+import logging
+import re
 import shutil
 import sys
 import tarfile
@@ -238,9 +241,17 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
+    # the cascade's INFO lines (one per stage: matches, samples settled) go to OUT/stages.log, times masked
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    search_log = logging.getLogger("vdc_torch.search")
+    search_log.addHandler(handler)
+    search_log.setLevel(logging.INFO)
     run_set(args.out, args.work, "photos", *build_photos(args.work), ivf=True)
     if args.cifar:
         run_set(args.out, args.work, f"cifar{args.cifar}", *build_cifar(args.work, args.cifar), ivf=True)
+    (args.out / "stages.log").write_text(re.sub(r"in \d+\.\d+ s", "in ? s", log.getvalue()))
 
 
 if __name__ == "__main__":
