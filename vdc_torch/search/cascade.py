@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -134,62 +135,114 @@ def match_tables(
     verified images for a later call on the same tables (a fresh one per call by default). ``progress`` (a label,
     e.g. ``"matching"``) shows a bar with ETA for each verification stage; each stage's time is logged at INFO.
     """
-    found: list[pd.DataFrame] = []
     caches = FeatureCaches() if feature_caches is None else feature_caches
     job = _FeatureJob(new, ref, config, caches(new, config), caches(ref, config), progress)
-    settled = np.zeros(len(new), dtype=bool)  # matched as exact or near-duplicate
-    clock = [time.perf_counter()]
-    what = "internal duplicates" if same_table else "matching"
+    run = _Run(job, same_table, ThumbVerifier(new.thumbs, ref.thumbs, config), settled=np.zeros(len(new), dtype=bool),
+               clock=time.perf_counter())
+    _exact_stages(run)
+    _exif_stage(run)
+    global_index = HammingIndex(ref.phash)
+    feature_candidates = _hash_stages(run, global_index)
+    _feature_stages(run, feature_candidates)
+    _alignment_stages(run, global_index)
+    _encoder_stage(run, new_embeddings, ref_embeddings)
+    if not run.found:
+        return pd.DataFrame(columns=MATCH_COLUMNS)
+    matches = _crops_are_similar(_best_per_query(pd.concat(run.found, ignore_index=True)), job)
+    return _other_exposures_are_similar(matches, new, ref)
 
-    def allowed(q: np.ndarray, r: np.ndarray) -> np.ndarray:
-        keep = ~settled[q]
-        if same_table:
+
+@dataclass
+class _Run:
+    """What the stages of one :func:`match_tables` call share: the verification job, the matches found so far and
+    which new samples they settle (matched as exact or near-duplicate: later stages skip them)."""
+
+    job: _FeatureJob
+    same_table: bool
+    verifier: ThumbVerifier
+    settled: np.ndarray
+    #: End of the previous stage (``time.perf_counter()``), for the log line of each stage.
+    clock: float
+    found: list[pd.DataFrame] = field(default_factory=list)
+
+    @property
+    def new(self) -> FingerprintTable:
+        return self.job.new
+
+    @property
+    def ref(self) -> FingerprintTable:
+        return self.job.ref
+
+    @property
+    def config(self) -> MatchConfig:
+        return self.job.config
+
+    def allowed(self, q: np.ndarray, r: np.ndarray) -> np.ndarray:
+        """Pairs whose new sample is not settled (and, within one table, whose reference is an earlier row)."""
+        keep = ~self.settled[q]
+        if self.same_table:
             keep &= r < q
         return keep
 
-    def add(frame: pd.DataFrame, stage: str) -> None:
+    def add(self, frame: pd.DataFrame, stage: str) -> None:
+        """Keep a stage's matches, settle their non-``similar`` samples, log the stage."""
         if len(frame):
-            found.append(frame)
+            self.found.append(frame)
             strong = frame.loc[frame["kind"] != "similar", "new_row"].to_numpy()
-            settled[strong] = True
+            self.settled[strong] = True
         now = time.perf_counter()
-        log.info("%s, stage %s: %d match(es) in %.2f s; %d of %d samples settled", what, stage, len(frame),
-                 now - clock[0], int(settled.sum()), len(new))
-        clock[0] = now
+        log.info("%s, stage %s: %d match(es) in %.2f s; %d of %d samples settled",
+                 "internal duplicates" if self.same_table else "matching", stage, len(frame), now - self.clock,
+                 int(self.settled.sum()), len(self.new))
+        self.clock = now
 
-    # 1-2. exact bytes and pixels
+    def verify(self, candidates: list[Candidates], stage: str) -> None:
+        """A verification stage: the candidates verified by :func:`_verify_with_features`, the matches added."""
+        self.add(_verify_with_features(self.job, candidates, self.settled, self.same_table, self.verifier, stage),
+                 stage)
+
+
+def _exact_stages(run: _Run) -> None:
+    """1-2. exact bytes and pixels."""
+    new, ref = run.new, run.ref
     for method, new_keys, ref_keys in (
         ("bytes", new.byte_digest, ref.byte_digest),
         ("pixels", new.pixel_digest, ref.pixel_digest),
     ):
         pairs = np.asarray(ExactIndex(ref_keys).pairs(new_keys), dtype=np.int64).reshape(-1, 2)
         q, r = pairs[:, 0], pairs[:, 1]
-        keep = allowed(q, r)
-        add(_first_per_query(_rows(q[keep], r[keep], "exact", method, 1.0, f"identical {method}")), method)
+        keep = run.allowed(q, r)
+        run.add(_first_per_query(_rows(q[keep], r[keep], "exact", method, 1.0, f"identical {method}")), method)
 
-    verifier = ThumbVerifier(new.thumbs, ref.thumbs, config)
 
-    # 3. EXIF identity confirmed by pixels
+def _exif_stage(run: _Run) -> None:
+    """3. EXIF identity confirmed by pixels."""
+    new, ref, config = run.new, run.ref, run.config
     pairs = np.asarray(ExactIndex(ref.exif_identity).pairs(new.exif_identity), dtype=np.int64).reshape(-1, 2)
     q, r = pairs[:, 0], pairs[:, 1]
-    keep = allowed(q, r)
+    keep = run.allowed(q, r)
     q, r = q[keep], r[keep]
-    sim = verifier.similarity(q, r)
+    sim = run.verifier.similarity(q, r)
     ok = sim >= config.exif_min_similarity
-    add(_best_per_query(_rows(q[ok], r[ok], "near_duplicate", "exif", sim[ok],
-                              [f"same EXIF identity, thumbnail similarity {s:.3f}" for s in sim[ok]])), "exif")
+    run.add(_best_per_query(_rows(q[ok], r[ok], "near_duplicate", "exif", sim[ok],
+                                  [f"same EXIF identity, thumbnail similarity {s:.3f}" for s in sim[ok]])), "exif")
 
-    # 4-5. perceptual hash candidates, verified on thumbnails
-    global_index = HammingIndex(ref.phash)
+
+def _hash_stages(run: _Run, global_index: HammingIndex) -> list[Candidates]:
+    """4-5. perceptual hash candidates (of the picture, then of its mirror image), verified on thumbnails.
+
+    Returns the candidates that failed the near-duplicate check, for local features (stage 6).
+    """
+    new, config, same_table = run.new, run.config, run.same_table
     feature_candidates: list[Candidates] = []
     for mirror in (False, True):
         queries = new.phash_mirror if mirror else new.phash
         q, r, dist = global_index.search(queries, config.hash_radius)
-        keep = allowed(q, r)
+        keep = run.allowed(q, r)
         if same_table and mirror:
             keep &= q != r
         q, r, dist = q[keep], r[keep], dist[keep]
-        sim, fine = verifier.similarities(q, r, mirror=mirror)
+        sim, fine = run.verifier.similarities(q, r, mirror=mirror)
         near = (sim >= config.near_duplicate_similarity) & (fine >= config.min_detail_similarity)
         similar = ~near & (sim >= config.similar_similarity)
         method = "mirror" if mirror else "phash"
@@ -199,62 +252,78 @@ def match_tables(
             for d, s, f in zip(dist, sim, fine)
         ]
         ev = np.asarray(evidence, dtype=object)
-        add(_best_per_query(_rows(q[near], r[near], near_kind, method, sim[near], ev[near])), method)
-        found.append(_rows(q[similar], r[similar], "similar", method, sim[similar], ev[similar]))
+        run.add(_best_per_query(_rows(q[near], r[near], near_kind, method, sim[near], ev[near])), method)
+        run.found.append(_rows(q[similar], r[similar], "similar", method, sim[similar], ev[similar]))
         feature_candidates.append(Candidates(q[~near], r[~near], dist[~near], mirror, False))
+    return feature_candidates
 
-    # 6. crops (and rotations that failed the thumbnail check), verified by local features
+
+def _feature_stages(run: _Run, feature_candidates: list[Candidates]) -> None:
+    """6. crops (and rotations that failed the thumbnail check), verified by local features: the hash candidates
+    that failed, kNN neighbours and crop-index hits, then the crop-index hits of the mirror image."""
+    new, ref, config = run.new, run.ref, run.config
     if config.use_features and len(ref) and config.knn_candidates > 0 and config.knn_min_similarity > 0:
-        feature_candidates.append(_nearest_thumbnails(new, ref, ~settled, same_table, config))
+        feature_candidates.append(_nearest_thumbnails(new, ref, ~run.settled, run.same_table, config))
     if config.use_features and len(ref):
-        k = len(CROP_BOXES)
-        # only rows not settled yet: _verify_with_features drops settled rows first thing, and nothing settles
-        # between here and there, so the candidates of settled rows were searched for nothing (27M codes at 1M)
-        open_rows = np.flatnonzero(~settled)
-        crop_index = HammingIndex(ref.crop_hashes.reshape(-1))  # code i is crop i % k of reference row i // k
-        radius = chance_limited_radius(config.crop_radius, len(ref) * k)
-        q, code, dist = crop_index.search(np.asarray(new.phash)[open_rows], radius)
-        q, r = open_rows[q], code // k
-        feature_candidates.insert(0, Candidates(q, r, dist, False, True, hint=code % k))
-        # the mirror pHash too: a flipped copy that is also cropped (RandomResizedCrop + RandomHorizontalFlip),
-        # verified after the rest, for the samples still unmatched then (a plain copy is preferred to a mirror)
-        q, code, dist = crop_index.search(np.asarray(new.phash_mirror)[open_rows], radius)
-        mirrored = [Candidates(open_rows[q], code // k, dist, True, True, hint=code % k)]
-        del crop_index  # ~1 GB of MIH tables at 1M reference rows: not kept through feature verification
-        add(_verify_with_features(job, feature_candidates, settled, same_table, verifier, "local features"),
-            "local features")
-        add(_verify_with_features(job, mirrored, settled, same_table, verifier, "mirrored crops"), "mirrored crops")
+        plain, mirrored = _crop_index_candidates(run)
+        feature_candidates.insert(0, plain)
+        run.verify(feature_candidates, "local features")
+        run.verify([mirrored], "mirrored crops")
+
+
+def _crop_index_candidates(run: _Run) -> tuple[Candidates, Candidates]:
+    """Unsettled samples whose pHash (first) or mirror pHash (second) lies near a crop hash of a reference.
+
+    The crop index (~1 GB of MIH tables at 1M reference rows) is gone when this returns: it is not kept through
+    feature verification.
+    """
+    new, ref, config = run.new, run.ref, run.config
+    k = len(CROP_BOXES)
+    # only rows not settled yet: _verify_with_features drops settled rows first thing, and nothing settles
+    # between here and there, so the candidates of settled rows were searched for nothing (27M codes at 1M)
+    open_rows = np.flatnonzero(~run.settled)
+    crop_index = HammingIndex(ref.crop_hashes.reshape(-1))  # code i is crop i % k of reference row i // k
+    radius = chance_limited_radius(config.crop_radius, len(ref) * k)
+    q, code, dist = crop_index.search(np.asarray(new.phash)[open_rows], radius)
+    q, r = open_rows[q], code // k
+    plain = Candidates(q, r, dist, False, True, hint=code % k)
+    # the mirror pHash too: a flipped copy that is also cropped (RandomResizedCrop + RandomHorizontalFlip),
+    # verified after the rest, for the samples still unmatched then (a plain copy is preferred to a mirror)
+    q, code, dist = crop_index.search(np.asarray(new.phash_mirror)[open_rows], radius)
+    return plain, Candidates(open_rows[q], code // k, dist, True, True, hint=code % k)
+
+
+def _alignment_stages(run: _Run, global_index: HammingIndex) -> None:
+    """Samples still unmatched, large pictures: overlays (the same crop of both agrees), other border trimming
+    (whole-picture pHashes), then rotations on the same canvas (7. in the module docstring)."""
+    new, ref, config = run.new, run.ref, run.config
     if config.use_alignment and len(ref) and len(new) and config.overlay_boxes:
-        add(_verify_with_features(job, _same_crop_candidates(new, ref, ~settled, config), settled, same_table,
-                                  verifier, "overlays"), "overlays")
+        run.verify(_same_crop_candidates(new, ref, ~run.settled, config), "overlays")
     if config.use_alignment and len(ref) and len(new):
-        add(_verify_with_features(job, _whole_picture_candidates(new, ref, ~settled, global_index, config),
-                                  settled, same_table, verifier, "alignment"), "alignment")
+        run.verify(_whole_picture_candidates(new, ref, ~run.settled, global_index, config), "alignment")
     if config.use_features and config.max_rotation > 0 and len(ref) and len(new):
-        add(_verify_with_features(job, _rotation_candidates(new, ref, ~settled, same_table, config), settled,
-                                  same_table, verifier, "rotations"), "rotations")
+        run.verify(_rotation_candidates(new, ref, ~run.settled, run.same_table, config), "rotations")
 
-    # 7. model embeddings: nearest neighbours in the feature space of the model being trained
-    if new_embeddings is not None and ref_embeddings is not None and len(ref) and len(new):
-        from vdc_torch.fingerprints.encoder import nearest_neighbours
 
-        sims, ids = nearest_neighbours(new_embeddings, ref_embeddings, k=8 if same_table else 1)
-        q = np.repeat(np.arange(len(new)), sims.shape[1])
-        r, cos = ids.reshape(-1).astype(np.int64), sims.reshape(-1)
-        keep = (r >= 0) & allowed(q, np.maximum(r, 0)) & (cos >= config.encoder_similarity)
-        if same_table:
-            keep &= r != q
-        q, r, cos = q[keep], r[keep], cos[keep]
-        pixel = verifier.similarity(q, r)
-        ok = pixel >= config.encoder_min_thumb_similarity
-        add(_best_per_query(_rows(q[ok], r[ok], "near_duplicate", "encoder", cos[ok],
+def _encoder_stage(run: _Run, new_embeddings: np.ndarray | None, ref_embeddings: np.ndarray | None) -> None:
+    """Model embeddings: nearest neighbours in the feature space of the model being trained."""
+    new, ref, config, same_table = run.new, run.ref, run.config, run.same_table
+    if new_embeddings is None or ref_embeddings is None or not len(ref) or not len(new):
+        return
+    from vdc_torch.fingerprints.encoder import nearest_neighbours
+
+    sims, ids = nearest_neighbours(new_embeddings, ref_embeddings, k=8 if same_table else 1)
+    q = np.repeat(np.arange(len(new)), sims.shape[1])
+    r, cos = ids.reshape(-1).astype(np.int64), sims.reshape(-1)
+    keep = (r >= 0) & run.allowed(q, np.maximum(r, 0)) & (cos >= config.encoder_similarity)
+    if same_table:
+        keep &= r != q
+    q, r, cos = q[keep], r[keep], cos[keep]
+    pixel = run.verifier.similarity(q, r)
+    ok = pixel >= config.encoder_min_thumb_similarity
+    run.add(_best_per_query(_rows(q[ok], r[ok], "near_duplicate", "encoder", cos[ok],
                                   [f"model embedding cosine {c:.3f}, thumbnail similarity {p:.3f}"
                                    for c, p in zip(cos[ok], pixel[ok])])), "encoder")
-
-    if not found:
-        return pd.DataFrame(columns=MATCH_COLUMNS)
-    matches = _crops_are_similar(_best_per_query(pd.concat(found, ignore_index=True)), job)
-    return _other_exposures_are_similar(matches, new, ref)
 
 
 def _other_exposures_are_similar(matches: pd.DataFrame, new: FingerprintTable, ref: FingerprintTable) -> pd.DataFrame:

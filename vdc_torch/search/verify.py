@@ -128,13 +128,7 @@ def _verify_with_features(
     A ``box`` (an index into :data:`CROP_BOXES`) marks candidates found by that crop of *both* images: they are
     verified on that crop alone (the rest of the new image may carry a caption, logo or watermark).
     """
-    new, ref, config = job.new, job.ref, job.config
-    frames = [
-        pd.DataFrame({"q": c.q, "r": c.r, "dist": c.dist, "mirror": c.mirror, "skip_prefilter": c.skip_prefilter,
-                      "box": -1 if c.box is None else c.box, "hint": -1 if c.hint is None else c.hint})
-        for c in candidates
-    ]
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    table = _candidate_table(candidates)
     if not len(table):
         return pd.DataFrame(columns=MATCH_COLUMNS)
     table = table[~settled[table["q"].to_numpy(dtype=np.int64)]]
@@ -143,19 +137,48 @@ def _verify_with_features(
     # cheap pre-filter: hash candidates must look roughly alike (crop candidates are not aligned, so exempt)
     # (computed for the hash candidates only, in blocks: at 1M x 100k the crop search proposes ~50k random pairs,
     # whose float32 thumbnails took 1.2 GB at once for a similarity that was never used)
+    table = _thumbnail_prefilter(_crop_hint_prefilter(job, table), verifier, job.config)
+    if not len(table):
+        return pd.DataFrame(columns=MATCH_COLUMNS)
+    table = table.sort_values(["q", "dist"]).drop_duplicates(["q", "r", "mirror", "box"])
+    table = table.groupby("q", sort=True).head(job.config.max_feature_candidates)
+    results = _verify_on_threads(job, _query_groups(table), len(table), stage)
+    rows = [_rows(*row) for row in sorted(results)]
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=MATCH_COLUMNS)
+
+
+def _candidate_table(candidates: list[Candidates]) -> pd.DataFrame:
+    """All candidate pairs as one frame: columns q, r, dist, mirror, skip_prefilter, box, hint (-1: none)."""
+    frames = [
+        pd.DataFrame({"q": c.q, "r": c.r, "dist": c.dist, "mirror": c.mirror, "skip_prefilter": c.skip_prefilter,
+                      "box": -1 if c.box is None else c.box, "hint": -1 if c.hint is None else c.hint})
+        for c in candidates
+    ]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _crop_hint_prefilter(job: _FeatureJob, table: pd.DataFrame) -> pd.DataFrame:
+    """Crop-index candidates (the crop that matched is known) whose thumbnail resembles that crop of the reference."""
+    if not ("hint" in table and (table["hint"] >= 0).any()):
+        return table
+    config = job.config
+    hinted = table["hint"].to_numpy() >= 0
+    similar, tiny = _crop_hint_similarity(job.new, job.ref, table["q"].to_numpy(np.int64)[hinted],
+                                          table["r"].to_numpy(np.int64)[hinted], table["hint"].to_numpy()[hinted],
+                                          table["mirror"].to_numpy(bool)[hinted])
+    keep = np.ones(len(table), dtype=bool)
+    # at CIFAR size SIFT is the only verifier left and costs as much as at 256 px (upscaled x3); there the
+    # crops it can verify at all are close to the crop grid (0.6 keeps every CIFAR pair, 40 % fewer to verify)
+    tiny_bound = np.where(table["mirror"].to_numpy(bool)[hinted], config.tiny_mirror_crop_min_thumb_similarity,
+                          config.tiny_crop_min_thumb_similarity)
+    keep[hinted] = similar >= np.where(tiny, tiny_bound, config.crop_min_thumb_similarity)
+    return table[keep]
+
+
+def _thumbnail_prefilter(table: pd.DataFrame, verifier: ThumbVerifier, config: MatchConfig) -> pd.DataFrame:
+    """Candidates not exempt (``skip_prefilter``) whose gray thumbnails correlate enough, in blocks of
+    :data:`PREFILTER_BLOCK` pairs; the exempt ones all."""
     parts = []
-    if "hint" in table and (table["hint"] >= 0).any():  # crop-index candidates: the crop that matched is known
-        hinted = table["hint"].to_numpy() >= 0
-        similar, tiny = _crop_hint_similarity(new, ref, table["q"].to_numpy(np.int64)[hinted],
-                                              table["r"].to_numpy(np.int64)[hinted], table["hint"].to_numpy()[hinted],
-                                              table["mirror"].to_numpy(bool)[hinted])
-        keep = np.ones(len(table), dtype=bool)
-        # at CIFAR size SIFT is the only verifier left and costs as much as at 256 px (upscaled x3); there the
-        # crops it can verify at all are close to the crop grid (0.6 keeps every CIFAR pair, 40 % fewer to verify)
-        tiny_bound = np.where(table["mirror"].to_numpy(bool)[hinted], config.tiny_mirror_crop_min_thumb_similarity,
-                              config.tiny_crop_min_thumb_similarity)
-        keep[hinted] = similar >= np.where(tiny, tiny_bound, config.crop_min_thumb_similarity)
-        table = table[keep]
     for mirror, group in table.groupby("mirror"):
         keep = group["skip_prefilter"].to_numpy(dtype=bool).copy()
         check = np.flatnonzero(~keep)
@@ -165,43 +188,50 @@ def _verify_with_features(
             gray = verifier.gray_similarity(q_all[block], r_all[block], bool(mirror))
             keep[block] = gray >= config.feature_min_thumb_similarity
         parts.append(group[keep])
-    table = pd.concat(parts) if parts else table
-    if not len(table):
-        return pd.DataFrame(columns=MATCH_COLUMNS)
-    table = table.sort_values(["q", "dist"]).drop_duplicates(["q", "r", "mirror", "box"])
-    table = table.groupby("q", sort=True).head(config.max_feature_candidates)
-    # one (query, [(ref, dist, mirror, box), ...]) group per query, in candidate order (plain lists: a pandas
-    # groupby over ~50k queries cost seconds at 1M references)
+    return pd.concat(parts) if parts else table
+
+
+#: One query's candidates in verification order: ``(q, [(r, dist, mirror, box), ...])``.
+_QueryGroup = tuple[int, list[tuple[int, int, bool, int]]]
+
+
+def _query_groups(table: pd.DataFrame) -> list[_QueryGroup]:
+    """One group per query of a table sorted by query, its candidates in table order.
+
+    Plain lists: a pandas groupby over ~50k queries cost seconds at 1M references.
+    """
     q_col = table["q"].to_numpy(np.int64)
     cols = zip(table["r"].to_numpy(np.int64).tolist(), table["dist"].to_numpy(np.int64).tolist(),
                table["mirror"].to_numpy(bool).tolist(), table["box"].to_numpy(np.int64).tolist())
     starts = np.flatnonzero(np.r_[True, q_col[1:] != q_col[:-1]]).tolist() + [len(q_col)]
     candidates = list(cols)
-    groups = [(int(q_col[a]), candidates[a:b]) for a, b in zip(starts[:-1], starts[1:])]
+    return [(int(q_col[a]), candidates[a:b]) for a, b in zip(starts[:-1], starts[1:])]
+
+
+def _verify_on_threads(job: _FeatureJob, groups: list[_QueryGroup], n_pairs: int, stage: str) -> list[tuple[Any, ...]]:
+    """:func:`_verify_groups` over the groups on worker threads (a progress bar per stage); the match rows found."""
     # threads, not processes: OpenCV (SIFT, template matching, ECC) releases the GIL, which is most of the work, and
     # the feature caches stay shared by all threads and later stages (forked workers each started empty)
-    workers = min(default_workers(), max(1, len(table) // 300))
+    workers = min(default_workers(), max(1, n_pairs // 300))
     # small chunks handed out as threads free up: a fixed share per thread left one core idle for the last ~4 s of
     # CIFAR's 20 s (queries differ in candidates, and a thread can lose its core to other work for a while)
     size = max(1, min(VERIFY_CHUNK, len(groups) // (8 * workers)))
     chunks = [groups[i : i + size] for i in range(0, len(groups), size)]
     bar = progress_bar(len(groups), f"{job.progress}: {stage}", job.progress is not None, unit="sample")
 
-    def verify(chunk: list[tuple[int, list[tuple[int, int, bool, int]]]]) -> list[tuple[Any, ...]]:
+    def verify(chunk: list[_QueryGroup]) -> list[tuple[Any, ...]]:
         verified = _verify_groups(job, chunk)
         bar.update(len(chunk))
         return verified
 
     try:
         with single_threaded_opencv():
-            results = [row for part in _threaded_map(verify, chunks, workers) for row in part]
+            return [row for part in _threaded_map(verify, chunks, workers) for row in part]
     finally:
         bar.close()
-    rows = [_rows(*row) for row in sorted(results)]
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=MATCH_COLUMNS)
 
 
-def _verify_groups(job: _FeatureJob, groups: list[tuple[int, list[tuple[int, int, bool, int]]]]) -> list[tuple[Any, ...]]:
+def _verify_groups(job: _FeatureJob, groups: list[_QueryGroup]) -> list[tuple[Any, ...]]:
     """Verify each query's candidates in order and keep its first verified one (runs in worker threads)."""
     found = []
     for q, candidates in groups:
