@@ -24,6 +24,7 @@ from vdc_torch.search.geometry import _CENTRE_BOXES, _rotation_angles, _turned_b
 from vdc_torch.search.index import HammingIndex, InvertedFileIP
 from vdc_torch.search.thumbs import (
     COARSE_CHUNK,
+    COARSE_DIM,
     _map_blocks,
     _normalized_rows,
     _resized_crops,
@@ -84,13 +85,19 @@ def _large_enough_to_align(table: FingerprintTable) -> np.ndarray:
     return np.minimum(np.asarray(table.width), np.asarray(table.height)) >= ALIGN_MIN_SIDE
 
 
+#: ``keep`` of the corner crops compared box to box (one of the four misses any overlay of under 1 - keep).
+OVERLAY_CORNER_KEEP = 0.7
+#: ``keep`` of the centred crops compared box to box (they leave out the corners of a slightly rotated copy).
+OVERLAY_CENTRE_KEEPS = (0.7, 0.8)
+#: Offsets (share of the side, rounded as below) of a corner crop: at either edge.
+_CORNER_OFFSETS = (0.0, round(1 - OVERLAY_CORNER_KEEP, 6))
 #: Crops compared box to box: the four 70 % corner crops (one of them misses any caption bar, logo or
 #: watermark that covers less than 30 % of the picture's width or height at a side or corner) and the 70 and
 #: 80 % centre crops (they leave out the black corners of a copy rotated by a few degrees).
 OVERLAY_BOXES: tuple[int, ...] = tuple(
     i for i, (keep, top, left) in enumerate(CROP_BOXES)
-    if (keep == 0.7 and round(top, 6) in (0.0, 0.3) and round(left, 6) in (0.0, 0.3))
-    or (keep in (0.7, 0.8) and round(top, 6) == round(left, 6) == round((1 - keep) / 2, 6))
+    if (keep == OVERLAY_CORNER_KEEP and round(top, 6) in _CORNER_OFFSETS and round(left, 6) in _CORNER_OFFSETS)
+    or (keep in OVERLAY_CENTRE_KEEPS and round(top, 6) == round(left, 6) == round((1 - keep) / 2, 6))
 )
 
 
@@ -152,6 +159,8 @@ def _whole_picture_candidates(
     return [Candidates(q, r, d, False, True, np.full(len(q), WHOLE_PICTURE)) for q, r, d in found]
 
 
+#: Samples per task of the threads that turn samples back (decode and 12 warps each).
+ROTATION_CHUNK = 64
 #: ``box`` values of candidates from :func:`_rotation_candidates`: ``ROTATED - i`` for the ``i``-th of
 #: :func:`_rotation_angles` (the angle that turned the sample back onto its candidate).
 ROTATED = -3
@@ -178,7 +187,7 @@ def _rotation_candidates(
         crops = [_turned_back_crops(decode_detail(new.details[row]), angles) for row in part]
         return np.concatenate([c for c, _ in crops]), np.concatenate([b for _, b in crops])
 
-    chunks = [rows[i : i + 64].tolist() for i in range(0, len(rows), 64)]
+    chunks = [rows[i : i + ROTATION_CHUNK].tolist() for i in range(0, len(rows), ROTATION_CHUNK)]
     parts = _threaded_map(turn, chunks, default_workers())
     crops = np.concatenate([c for c, _ in parts])
     boxes = np.concatenate([b for _, b in parts])
@@ -219,8 +228,10 @@ def _rotation_candidates(
     return [Candidates(query_rows[q], r, dist, False, True, ROTATED - q % len(angles))]
 
 
-#: Inverted lists of the approximate index: about ``KNN_ROWS_PER_LIST`` reference rows each, at most 4096.
+#: Inverted lists of the approximate index: about ``KNN_ROWS_PER_LIST`` reference rows each, at most
+#: ``KNN_MAX_LISTS``.
 KNN_ROWS_PER_LIST = 1024
+KNN_MAX_LISTS = 4096
 
 
 #: Lists probed per query (of ~1000 at 1M rows) and rows the lists are trained on (k-means, fixed seed).
@@ -235,6 +246,11 @@ KNN_EXACT_MAX_ROWS = KNN_NPROBE * KNN_ROWS_PER_LIST
 
 
 KNN_TRAIN_ROWS = 65_536
+#: Seeds of the training sample (numpy) and of faiss k-means: the same lists, run after run.
+KNN_SAMPLE_SEED = 0
+KNN_KMEANS_SEED = 1234
+#: The kNN candidates' ``dist``: (1 - correlation) in hundredths, rounded (the best verified first).
+KNN_RANK_SCALE = 100
 
 
 #: Reference rows added to the index per step (bounds the float32 copy read from a manifest).
@@ -274,17 +290,17 @@ def _coarse_index(ref_thumbs: Any) -> Any:
             return table_coarse_vectors(ref_thumbs, rows)
 
     if n <= KNN_EXACT_MAX_ROWS:
-        index = faiss.IndexFlatIP(64)
+        index = faiss.IndexFlatIP(COARSE_DIM)
         for start in range(0, n, KNN_ADD_CHUNK):
             index.add(np.ascontiguousarray(read(slice(start, start + KNN_ADD_CHUNK))))
         return index
-    nlist = int(min(4096, max(1, n // KNN_ROWS_PER_LIST)))
-    trainer = faiss.IndexIVFFlat(faiss.IndexFlatIP(64), 64, nlist, faiss.METRIC_INNER_PRODUCT)
-    sample = np.sort(np.random.default_rng(0).choice(n, size=min(n, KNN_TRAIN_ROWS), replace=False))
-    trainer.cp.seed = 1234
+    nlist = int(min(KNN_MAX_LISTS, max(1, n // KNN_ROWS_PER_LIST)))
+    trainer = faiss.IndexIVFFlat(faiss.IndexFlatIP(COARSE_DIM), COARSE_DIM, nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = np.sort(np.random.default_rng(KNN_SAMPLE_SEED).choice(n, size=min(n, KNN_TRAIN_ROWS), replace=False))
+    trainer.cp.seed = KNN_KMEANS_SEED
     trainer.train(np.ascontiguousarray(read(sample)))  # k-means: the lists' centroids
     index = InvertedFileIP(trainer.quantizer.reconstruct_n(0, nlist), KNN_NPROBE)
-    index.build(n, 64, lambda start, stop: read(slice(start, stop)))
+    index.build(n, COARSE_DIM, lambda start, stop: read(slice(start, stop)))
     return index
 
 
@@ -314,7 +330,8 @@ def _nearest_thumbnails(
     if same_table:
         keep &= r < q
     # distance column: rank by similarity (0 = most similar) so the best candidates are verified first
-    return Candidates(q[keep], r[keep], np.round((1.0 - sim[keep]) * 100).astype(np.int64), False, True)
+    return Candidates(q[keep], r[keep], np.round((1.0 - sim[keep]) * KNN_RANK_SCALE).astype(np.int64), False,
+                      True)
 
 
 def _crop_hint_similarity(

@@ -114,6 +114,10 @@ from vdc_torch.search.verify import (  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
+#: Embedding neighbours per sample within one table: the nearest is the sample itself and later rows are dropped,
+#: so a few more than one leave an earlier copy.
+ENCODER_SAME_TABLE_NEIGHBOURS = 8
+
 
 def match_tables(
     new: FingerprintTable,
@@ -312,7 +316,7 @@ def _encoder_stage(run: _Run, new_embeddings: np.ndarray | None, ref_embeddings:
         return
     from vdc_torch.fingerprints.encoder import nearest_neighbours
 
-    sims, ids = nearest_neighbours(new_embeddings, ref_embeddings, k=8 if same_table else 1)
+    sims, ids = nearest_neighbours(new_embeddings, ref_embeddings, k=ENCODER_SAME_TABLE_NEIGHBOURS if same_table else 1)
     q = np.repeat(np.arange(len(new)), sims.shape[1])
     r, cos = ids.reshape(-1).astype(np.int64), sims.reshape(-1)
     keep = (r >= 0) & run.allowed(q, np.maximum(r, 0)) & (cos >= config.encoder_similarity)

@@ -8,7 +8,16 @@ import numpy as np
 
 from vdc_torch.fingerprints.compute import crop_windows
 from vdc_torch.search.geometry import _homogeneous
+from vdc_torch.search.thumbs import MAX_GRAY_CHROMA
 
+#: Overlap (thumbnail pixels, after the eroded border) below which two pictures' colours are not compared.
+MIN_COLOUR_PIXELS = 16
+#: A pixel counts in the curve residual when either side's Lab |a| + |b| exceeds this (0-255 scale).
+MIN_PIXEL_CHROMA = 8.0
+#: Colourful pixels below which the curve residual is 0 (too few to say anything).
+MIN_COLOURFUL_PIXELS = 8
+#: Share of the colourful pixels, best-agreeing first, whose mean is the residual (the rest: overlays, edits).
+CURVE_TRIM_SHARE = 0.8
 
 def _aligned_colour_difference(
     new_thumb: np.ndarray,
@@ -45,7 +54,7 @@ def _aligned_colour_difference(
         inside = np.zeros_like(mask)
         inside[crop_windows(side, side)[box]] = True
         mask &= inside
-    if mask.sum() < 16:
+    if mask.sum() < MIN_COLOUR_PIXELS:
         return 0.0
     return tone_mapped_colour_difference(new_thumb[mask], warped[mask])
 
@@ -55,12 +64,12 @@ def tone_mapped_colour_difference(new_rgb: np.ndarray, ref_rgb: np.ndarray, bins
 
     Brightness, contrast and gamma edits apply one curve to R, G and B alike. The curve is fitted both ways
     (reference -> new and new -> reference: a flat stretch of a curve can drain colour one way but never
-    create it the other) and the larger mean difference of the 90 % best-agreeing pixels is returned, so an
+    create it the other) and the larger mean difference of the 80 % best-agreeing pixels is returned, so an
     overlay on a small part does not count. A colour variant of a picture (grey sky made blue) keeps a large
     difference. ``(n, 3)`` uint8 RGB arrays of the same pixels; 0 when the new pixels are colourless.
     """
     new_lab = cv2.cvtColor(new_rgb.reshape(1, -1, 3).astype(np.uint8), cv2.COLOR_RGB2LAB)[0, :, 1:]
-    if np.abs(new_lab.astype(np.float32) - 128.0).mean() <= 4.0:
+    if np.abs(new_lab.astype(np.float32) - 128.0).mean() <= MAX_GRAY_CHROMA:
         return 0.0  # a grayscale copy: nothing to compare
     return max(_curve_residual(new_rgb, ref_rgb, bins), _curve_residual(ref_rgb, new_rgb, bins))
 
@@ -80,8 +89,8 @@ def _curve_residual(target_rgb: np.ndarray, source_rgb: np.ndarray, bins: int) -
     lab_m = cv2.cvtColor(mapped.reshape(1, -1, 3), cv2.COLOR_RGB2LAB)[0, :, 1:]
     lab_t, lab_m = lab_t.astype(np.float32) - 128.0, lab_m.astype(np.float32) - 128.0
     # only where either side has colour: colourless shadows and skies agree trivially and would dilute the mean
-    colourful = np.maximum(np.abs(lab_t).sum(axis=1), np.abs(lab_m).sum(axis=1)) > 8.0
-    if colourful.sum() < 8:
+    colourful = np.maximum(np.abs(lab_t).sum(axis=1), np.abs(lab_m).sum(axis=1)) > MIN_PIXEL_CHROMA
+    if colourful.sum() < MIN_COLOURFUL_PIXELS:
         return 0.0
     diff = np.sort(np.abs(lab_t - lab_m).sum(axis=1)[colourful])
-    return float(diff[: max(1, int(len(diff) * 0.8))].mean())
+    return float(diff[: max(1, int(len(diff) * CURVE_TRIM_SHARE))].mean())

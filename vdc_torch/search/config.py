@@ -81,7 +81,8 @@ class MatchConfig:
     use_alignment: bool = True  # candidates that features cannot verify: dense alignment (smooth pictures)
     overlay_boxes: bool = True  # unmatched samples: compare the 70 % corner crops box to box (captions, logos)
     aligned_similarity: float = 0.92  # gray NCC of the aligned pair (align.py) for a near-duplicate
-    encoder_similarity: float = 0.92  # cosine of model embeddings to count (CIFAR-10 gallery: 0.90-0.92 mixes in look-alikes)
+    encoder_similarity: float = 0.92  # cosine of model embeddings to count (CIFAR-10 gallery: 0.90-0.92 mixes in
+    # look-alikes)
     encoder_min_thumb_similarity: float = 0.0  # pixel sanity check of encoder candidates (gray thumbnail NCC)
     max_rotation: float = 30.0  # unmatched samples: turned back by up to this many degrees (0 disables the stage)
     rotation_min_thumb_similarity: float = 0.6  # ... gray NCC of the turned-back centre crop with the reference's

@@ -11,6 +11,10 @@ import numpy as np
 from vdc_torch.fingerprints.compute import CROP_BOXES, THUMB_SIDE, crop_windows
 from vdc_torch.search.config import MatchConfig
 
+#: Slack of :func:`_clean_keep`: a centred crop box may reach this share of its side beyond the rotated canvas.
+CLEAN_KEEP_TOLERANCE = 0.02
+#: A detail is shrunk to about this many times the working side before it is turned back (no aliasing in the warp).
+ROTATION_OVERSAMPLE = 2.0
 
 def _homogeneous(transform: np.ndarray) -> np.ndarray:
     """A 2×3 affine (or 3×3) transform as a 3×3 matrix."""
@@ -65,7 +69,7 @@ def _clean_keep(height: int, width: int, degrees: float) -> tuple[float, int]:
     half_w, half_h = width / 2.0, height / 2.0
     fits = min(half_w / (half_w * c + half_h * s), half_h / (half_w * s + half_h * c))
     for keep, box in _CENTRE_BOXES:
-        if keep <= fits + 0.02:
+        if keep <= fits + CLEAN_KEEP_TOLERANCE:
             return keep, box
     return _CENTRE_BOXES[-1]
 
@@ -95,7 +99,7 @@ def _turned_back_crops(detail: np.ndarray, angles: np.ndarray) -> tuple[np.ndarr
     crop's pHash lies near the reference's crop hash of the same box.
     """
     h, w = detail.shape
-    factor = min(1.0, 2.0 * _ROTATION_WORK_SIDE / max(h, w))  # ~2x the working side, so the warp does not alias
+    factor = min(1.0, ROTATION_OVERSAMPLE * _ROTATION_WORK_SIDE / max(h, w))
     small = detail if factor == 1.0 else cv2.resize(detail, (max(1, round(w * factor)), max(1, round(h * factor))),
                                                     interpolation=cv2.INTER_AREA)
     sh, sw = small.shape

@@ -21,6 +21,18 @@ from vdc_torch.fingerprints.compute import (
 )
 from vdc_torch.search.config import MatchConfig
 
+#: Gaussian blur (sigma and radius, thumbnail pixels) subtracted from a thumbnail to keep its fine structure.
+HIGH_PASS_SIGMA = 1.5
+HIGH_PASS_RADIUS = 5
+#: Floor of a vector's norm when it is scaled to unit length: a flat thumbnail stays ~0 instead of noise blown up.
+MIN_NORM = 1e-3
+#: Mean Lab chroma |a|, |b| (0-255 scale, 128 = gray) up to which a thumbnail or overlap counts as colourless.
+MAX_GRAY_CHROMA = 4.0
+#: Side of the coarse layout grid (block means of a thumbnail): vectors of ``COARSE_SIDE ** 2`` values.
+COARSE_SIDE = 8
+COARSE_DIM = COARSE_SIDE * COARSE_SIDE
+#: R, G, B weights of the gray value (ITU-R BT.601, as OpenCV's RGB2GRAY).
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
 def normalized_thumbs(thumbs: np.ndarray, high_pass: bool = False) -> np.ndarray:
     """(n, 32, 32, 3) uint8 -> (n, 1024) float32 zero-mean, unit-norm gray vectors (for NCC by dot product).
@@ -42,10 +54,10 @@ def _normalized_rows(gray: np.ndarray, high_pass: bool = False) -> np.ndarray:
     ``gray`` is a scratch array the caller hands over: it is normalised in place (no copy of the block).
     """
     if high_pass:
-        gray = gray - _gaussian_blur_each(gray, sigma=1.5, radius=5)
+        gray = gray - _gaussian_blur_each(gray, sigma=HIGH_PASS_SIGMA, radius=HIGH_PASS_RADIUS)
     flat = np.asarray(gray, dtype=np.float32).reshape(len(gray), gray.shape[1] * gray.shape[2])
     flat -= flat.mean(axis=1, keepdims=True)
-    flat /= np.maximum(np.sqrt(np.einsum("ij,ij->i", flat, flat)), 1e-3)[:, None]
+    flat /= np.maximum(np.sqrt(np.einsum("ij,ij->i", flat, flat)), MIN_NORM)[:, None]
     return flat
 
 
@@ -143,7 +155,8 @@ class ThumbVerifier:
         a, b = self._pair_thumbs(q, r, mirror)
         ncc = np.einsum("ij,ij->i", normalized_thumbs(a), normalized_thumbs(b))
         new_chroma, ref_chroma = chroma_thumbs(a), chroma_thumbs(b)
-        colourful = (np.abs(new_chroma).mean(axis=(1, 2, 3)) > 4.0) & (np.abs(ref_chroma).mean(axis=(1, 2, 3)) > 4.0)
+        colourful = ((np.abs(new_chroma).mean(axis=(1, 2, 3)) > MAX_GRAY_CHROMA)
+                     & (np.abs(ref_chroma).mean(axis=(1, 2, 3)) > MAX_GRAY_CHROMA))
         difference = np.abs(new_chroma - ref_chroma).sum(axis=3).mean(axis=(1, 2))
         ncc = np.where(colourful & (difference > self.config.max_color_difference), -1.0, ncc)
         return ncc.astype(np.float32)
@@ -190,22 +203,24 @@ def coarse_vectors(thumbs: Any) -> np.ndarray:
     stored column (read chunk by chunk).
     """
     if len(thumbs) > COARSE_CHUNK:
-        out = np.empty((len(thumbs), 64), np.float32)
+        out = np.empty((len(thumbs), COARSE_DIM), np.float32)
         for start in range(0, len(thumbs), COARSE_CHUNK):
             out[start : start + COARSE_CHUNK] = coarse_vectors(np.asarray(thumbs[start : start + COARSE_CHUNK]))
         return out
     thumbs = np.asarray(thumbs)
     if len(thumbs) == 0:
-        return np.zeros((0, 64), np.float32)
+        return np.zeros((0, COARSE_DIM), np.float32)
     n, h, w, _ = thumbs.shape
-    if h % 8 == 0 and w % 8 == 0:  # 8x8 block means of the stacked thumbnails at once (blocks never straddle two)
-        pooled = cv2.resize(thumbs.reshape(n * h, w, 3).astype(np.float32), (8, n * 8), interpolation=cv2.INTER_AREA)
-        coarse = pooled.reshape(n, 64, 3) @ np.array([0.299, 0.587, 0.114], np.float32)
+    side = COARSE_SIDE
+    if h % side == 0 and w % side == 0:  # block means of the stacked thumbnails at once (blocks never straddle two)
+        pooled = cv2.resize(thumbs.reshape(n * h, w, 3).astype(np.float32), (side, n * side),
+                            interpolation=cv2.INTER_AREA)
+        coarse = pooled.reshape(n, COARSE_DIM, 3) @ np.array(GRAY_WEIGHTS, np.float32)
     else:
-        gray = thumbs.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        coarse = gray.reshape(n, 8, h // 8, 8, w // 8).mean(axis=(2, 4)).reshape(n, 64)
+        gray = thumbs.astype(np.float32) @ np.array(GRAY_WEIGHTS, np.float32)
+        coarse = gray.reshape(n, side, h // side, side, w // side).mean(axis=(2, 4)).reshape(n, COARSE_DIM)
     coarse -= coarse.mean(axis=1, keepdims=True)
-    return np.ascontiguousarray(coarse / np.maximum(np.linalg.norm(coarse, axis=1, keepdims=True), 1e-3))
+    return np.ascontiguousarray(coarse / np.maximum(np.linalg.norm(coarse, axis=1, keepdims=True), MIN_NORM))
 
 
 def table_coarse_vectors(thumbs: Any, rows: np.ndarray | slice | None = None) -> np.ndarray:

@@ -35,6 +35,14 @@ from vdc_torch.search.geometry import (
 from vdc_torch.search.results import _rows
 from vdc_torch.search.thumbs import ThumbVerifier, _threaded_map
 
+#: Rows a :class:`FeatureCache` holds before it starts over (its memory bound).
+FEATURE_CACHE_ROWS = 20_000
+#: Candidate pairs per verification thread: a stage with fewer runs on fewer threads (one below this many).
+VERIFY_PAIRS_PER_THREAD = 300
+#: Tasks per thread at least, when that makes them smaller than :data:`VERIFY_CHUNK` queries (even finish).
+VERIFY_TASKS_PER_THREAD = 8
+#: Box-to-box alignments at a smaller scale than this do not count: the same box of both shows the same part.
+BOX_MIN_SCALE = 0.9
 
 class FeatureCache:
     """Local features of table rows, extracted lazily from the stored detail images, once per row.
@@ -46,7 +54,8 @@ class FeatureCache:
     for a 256 px detail with 400 SIFT descriptors).
     """
 
-    def __init__(self, table: FingerprintTable, extractor: str, max_features: int, max_rows: int = 20_000) -> None:
+    def __init__(self, table: FingerprintTable, extractor: str, max_features: int,
+                 max_rows: int = FEATURE_CACHE_ROWS) -> None:
         self.table = table
         self.extractor = extractor
         self.max_features = max_features
@@ -212,10 +221,10 @@ def _verify_on_threads(job: _FeatureJob, groups: list[_QueryGroup], n_pairs: int
     """:func:`_verify_groups` over the groups on worker threads (a progress bar per stage); the match rows found."""
     # threads, not processes: OpenCV (SIFT, template matching, ECC) releases the GIL, which is most of the work, and
     # the feature caches stay shared by all threads and later stages (forked workers each started empty)
-    workers = min(default_workers(), max(1, n_pairs // 300))
+    workers = min(default_workers(), max(1, n_pairs // VERIFY_PAIRS_PER_THREAD))
     # small chunks handed out as threads free up: a fixed share per thread left one core idle for the last ~4 s of
     # CIFAR's 20 s (queries differ in candidates, and a thread can lose its core to other work for a while)
-    size = max(1, min(VERIFY_CHUNK, len(groups) // (8 * workers)))
+    size = max(1, min(VERIFY_CHUNK, len(groups) // (VERIFY_TASKS_PER_THREAD * workers)))
     chunks = [groups[i : i + size] for i in range(0, len(groups), size)]
     bar = progress_bar(len(groups), f"{job.progress}: {stage}", job.progress is not None, unit="sample")
 
@@ -343,7 +352,7 @@ def _verify_box(job: _FeatureJob, q: int, r: int, dist: int, box: int) -> tuple[
     new_image, ref_image = job.new_cache.image(q), job.ref_cache.image(r)
     new_window, ref_window = crop_windows(*new_image.shape)[box], crop_windows(*ref_image.shape)[box]
     aligned = align(new_image[new_window], ref_image[ref_window])
-    if not _alignment_agrees(aligned, config) or aligned.scale < 0.9:
+    if not _alignment_agrees(aligned, config) or aligned.scale < BOX_MIN_SCALE:
         return None
     # the crop's transform, in whole-image pixels: shift into the crop, map, shift back
     into_new = _homogeneous(np.array([[1.0, 0, -new_window[1].start], [0, 1.0, -new_window[0].start]]))
