@@ -277,7 +277,8 @@ def table_bytes(table: Any) -> dict[str, int]:
 
 
 def patch_engine(engine: str) -> str:
-    """Make ``vdc_torch.search.cascade`` use ``engine`` for every Hamming search; returns a description."""
+    """Make the cascade use ``engine`` for every Hamming search; returns a description."""
+    import vdc_torch.search.candidates as candidates
     import vdc_torch.search.cascade as matching
     from vdc_torch.search.index import HammingIndex
 
@@ -302,7 +303,7 @@ def patch_engine(engine: str) -> str:
             c = c[order]
             return q[order], (c if self.owners is None else self.owners[c]), d[order]
 
-    matching.HammingIndex = PatchedIndex
+    matching.HammingIndex = candidates.HammingIndex = PatchedIndex  # the pHash / crop and the later stages
     return f"every HammingIndex search {'on faiss flat' if engine == 'flat' else 'by the MIH prototype'}"
 
 

@@ -115,7 +115,7 @@ def test_a_query_with_too_few_keypoints_does_not_describe_its_candidates(tmp_pat
     from vdc_torch import Dataset
     from vdc_torch.fingerprints import features as local_features
     from vdc_torch.fingerprints.compute import compute_fingerprints
-    from vdc_torch.search import cascade as matching
+    from vdc_torch.search import verify as matching
     from vdc_torch.search.cascade import FeatureCache, MatchConfig, _FeatureJob, _verify_pair
 
     aligned: list[int] = []
@@ -155,7 +155,7 @@ def test_inverted_file_finds_what_faiss_ivf_finds_above_the_threshold(monkeypatc
     centroids, same probes), top-k of those above the similarity bound, on the coarse vectors of real photos."""
     import faiss
 
-    from vdc_torch.search import cascade as matching
+    from vdc_torch.search import candidates as matching
 
     monkeypatch.setattr(matching, "KNN_EXACT_MAX_ROWS", 1000)
     monkeypatch.setattr(matching, "KNN_ROWS_PER_LIST", 64)

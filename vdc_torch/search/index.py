@@ -23,6 +23,15 @@ HAMMING_BACKENDS = ("auto", "flat", "mih", "multihash", "numpy")
 #: From this many codes MIH keeps one chunk table at a time (``low_memory``): the crop index of 1M images (27M
 #: codes, searched once) then needs ~0.35 GB instead of ~0.84 GB, for the same search time.
 MIH_LOW_MEMORY_CODES = 8_000_000
+#: Query x code pairs up to which ``auto`` searches by brute-force numpy popcount (nothing to build).
+NUMPY_MAX_PAIRS = 4_000_000
+#: Query x code distances the numpy backend computes at once (~24 MB of uint64 XORs and int32 counts).
+NUMPY_BLOCK_PAIRS = 2_000_000
+#: Bits of a hash code.
+CODE_BITS = 64
+#: faiss ``IndexBinaryMultiHash`` (backend ``multihash``): this many tables, one per 16-bit chunk of a code.
+MULTIHASH_TABLES = 4
+MULTIHASH_CHUNK_BITS = CODE_BITS // MULTIHASH_TABLES
 
 
 class ExactIndex:
@@ -91,7 +100,7 @@ class HammingIndex:
     def _choose(self, n_queries: int, radius: int) -> str:
         if self.backend != "auto":
             return self.backend
-        if len(self.codes) * n_queries <= 4_000_000:
+        if len(self.codes) * n_queries <= NUMPY_MAX_PAIRS:
             return "numpy"
         # never faiss IndexBinaryMultiHash: measured 10-60x slower than IndexBinaryFlat (benchmarks/speed_matching.py)
         return "mih" if prefer_mih(len(self.codes), n_queries, radius) else "flat"
@@ -119,7 +128,7 @@ class HammingIndex:
 
     def _search_numpy(self, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         qs, cs, ds = [], [], []
-        step = max(1, 2_000_000 // max(1, len(self.codes)))
+        step = max(1, NUMPY_BLOCK_PAIRS // max(1, len(self.codes)))
         for start in range(0, len(queries), step):
             block = queries[start : start + step]
             dist = popcount64(block[:, None] ^ self.codes[None, :])
@@ -134,22 +143,30 @@ class HammingIndex:
 
         if self._faiss_index is None or self._faiss_index[0] != backend:
             if backend == "flat":
-                index = faiss.IndexBinaryFlat(64)
+                index = faiss.IndexBinaryFlat(CODE_BITS)
             else:
-                index = faiss.IndexBinaryMultiHash(64, 4, 16)
-                index.nflip = max(0, (radius + 1 + 3) // 4 - 1)  # pigeonhole: some 16-bit chunk within nflip
+                index = faiss.IndexBinaryMultiHash(CODE_BITS, MULTIHASH_TABLES, MULTIHASH_CHUNK_BITS)
+                index.nflip = _multihash_flips(radius, 0)
             index.add(uint64_to_bytes(self.codes))
             self._faiss_index = (backend, index)
         index = self._faiss_index[1]
         if backend == "multihash":
-            index.nflip = max(index.nflip, (radius + 1 + 3) // 4 - 1)
+            index.nflip = _multihash_flips(radius, index.nflip)
         lims, dist, ids = index.range_search(uint64_to_bytes(queries), radius + 1)  # faiss: strictly below
         q = np.repeat(np.arange(len(queries)), np.diff(lims.astype(np.int64)))
         return q.astype(np.int64), ids.astype(np.int64), dist.astype(np.int32)
 
 
+def _multihash_flips(radius: int, at_least: int) -> int:
+    """Bits flipped per chunk for an exact search within ``radius`` (pigeonhole: ``radius + 1`` differing bits over
+    :data:`MULTIHASH_TABLES` chunks leave some chunk within ``ceil((radius + 1) / tables) - 1``), ``>= at_least``."""
+    return max(at_least, (radius + 1 + MULTIHASH_TABLES - 1) // MULTIHASH_TABLES - 1)
+
+
 #: Queries compared with one inverted list at a time (bounds the similarity block to ``QUERY_BLOCK x list size``).
 QUERY_BLOCK = 2048
+#: Vectors assigned to their lists per step of :meth:`InvertedFileIP.build` (each step reads them from ``read``).
+BUILD_BLOCK = QUERY_BLOCK * 8
 
 
 class InvertedFileIP:
@@ -186,14 +203,14 @@ class InvertedFileIP:
         assign, then to place), so a column read from a manifest is never held twice in memory.
         """
         lists = np.empty(n, np.int64)
-        for start in range(0, n, QUERY_BLOCK * 8):
-            lists[start : start + QUERY_BLOCK * 8] = self._lists(read(start, min(n, start + QUERY_BLOCK * 8)), 1)[:, 0]
+        for start in range(0, n, BUILD_BLOCK):
+            lists[start : start + BUILD_BLOCK] = self._lists(read(start, min(n, start + BUILD_BLOCK)), 1)[:, 0]
         order = np.argsort(lists, kind="stable")
         place = np.empty(n, np.int64)
         place[order] = np.arange(n)
         self.vectors = np.empty((n, dim), np.float32)
-        for start in range(0, n, QUERY_BLOCK * 8):
-            stop = min(n, start + QUERY_BLOCK * 8)
+        for start in range(0, n, BUILD_BLOCK):
+            stop = min(n, start + BUILD_BLOCK)
             self.vectors[place[start:stop]] = read(start, stop)
         self.rows = order
         self.bounds = np.searchsorted(lists[order], np.arange(self.nlist + 1))

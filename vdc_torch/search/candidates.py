@@ -1,0 +1,361 @@
+"""Candidate pairs for verification beyond the pHash stage: the chance-limited radius of the crop hashes, same-crop
+(overlay), whole-picture (border trimming), rotation and nearest-thumbnail (kNN) candidates, and the crop-hint
+pre-check of crop-index candidates."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vdc_torch.fingerprints.align import MIN_SIDE as ALIGN_MIN_SIDE
+from vdc_torch.fingerprints.compute import (
+    CROP_BOXES,
+    FingerprintTable,
+    decode_detail,
+    default_workers,
+    phash_batch,
+)
+from vdc_torch.search.config import MatchConfig
+from vdc_torch.search.geometry import _CENTRE_BOXES, _rotation_angles, _turned_back_crops
+from vdc_torch.search.index import HammingIndex, InvertedFileIP
+from vdc_torch.search.thumbs import (
+    COARSE_CHUNK,
+    COARSE_DIM,
+    _map_blocks,
+    _normalized_rows,
+    _resized_crops,
+    _threaded_map,
+    coarse_vectors,
+    normalized_thumbs,
+    table_coarse_vectors,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class Candidates:
+    """Candidate pairs of one source for :func:`~vdc_torch.search.verify._verify_with_features`.
+
+    ``q``, ``r`` and ``dist`` are arrays of equal length (new row, reference row, pHash distance or another rank:
+    a query's candidates are verified lowest first); ``mirror`` and ``skip_prefilter`` hold for all of them.
+    """
+
+    q: np.ndarray
+    r: np.ndarray
+    dist: np.ndarray
+    #: Verify the mirror image of the new sample (a flipped copy).
+    mirror: bool
+    #: Exempt from the thumbnail pre-filter: pairs that are not aligned (crops, rotations, kNN neighbours).
+    skip_prefilter: bool
+    #: Per pair: the index into ``CROP_BOXES`` of the crop both images agree on, :data:`WHOLE_PICTURE`,
+    #: ``ROTATED - i`` (rotation stage) or -1; ``None`` = -1 for every pair (the whole pictures).
+    box: np.ndarray | None = None
+    #: Per pair: the crop of the reference whose hash matched (crop-index candidates), else ``None``.
+    hint: np.ndarray | None = None
+
+
+#: Chance candidates per query (expected, for uniformly random codes) above which a radius is lowered.
+MAX_CHANCE_CANDIDATES = 1.0
+
+
+def chance_limited_radius(radius: int, n_codes: int, bits: int = 64) -> int:
+    """The largest radius ``<= radius`` at which a random query meets at most :data:`MAX_CHANCE_CANDIDATES` of
+    ``n_codes`` random codes by chance.
+
+    The crop index holds 27 codes per reference image: at 1M images (27M codes) radius 12 would hand every
+    unmatched query ~6 chance candidates to verify (~3x the matching time), radius 10 ~0.3; at CIFAR-10 size
+    (1.35M codes) radius 12 gives ~0.3 and is kept. Real hashes cluster, so the true rates are higher, but
+    they grow with the index the same way.
+    """
+    total = 0.0
+    for r in range(radius + 1):
+        total += math.comb(bits, r) / 2.0**bits
+        if n_codes * total > MAX_CHANCE_CANDIDATES:
+            return max(0, r - 1)
+    return radius
+
+
+def _large_enough_to_align(table: FingerprintTable) -> np.ndarray:
+    """Rows whose detail image dense alignment (``align.align``) can work on: both sides at least its MIN_SIDE."""
+    return np.minimum(np.asarray(table.width), np.asarray(table.height)) >= ALIGN_MIN_SIDE
+
+
+#: ``keep`` of the corner crops compared box to box (one of the four misses any overlay of under 1 - keep).
+OVERLAY_CORNER_KEEP = 0.7
+#: ``keep`` of the centred crops compared box to box (they leave out the corners of a slightly rotated copy).
+OVERLAY_CENTRE_KEEPS = (0.7, 0.8)
+#: Offsets (share of the side, rounded as below) of a corner crop: at either edge.
+_CORNER_OFFSETS = (0.0, round(1 - OVERLAY_CORNER_KEEP, 6))
+#: Crops compared box to box: the four 70 % corner crops (one of them misses any caption bar, logo or
+#: watermark that covers less than 30 % of the picture's width or height at a side or corner) and the 70 and
+#: 80 % centre crops (they leave out the black corners of a copy rotated by a few degrees).
+OVERLAY_BOXES: tuple[int, ...] = tuple(
+    i for i, (keep, top, left) in enumerate(CROP_BOXES)
+    if (keep == OVERLAY_CORNER_KEEP and round(top, 6) in _CORNER_OFFSETS and round(left, 6) in _CORNER_OFFSETS)
+    or (keep in OVERLAY_CENTRE_KEEPS and round(top, 6) == round(left, 6) == round((1 - keep) / 2, 6))
+)
+
+
+def _same_crop_candidates(
+    new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, config: MatchConfig
+) -> list[Candidates]:
+    """Unmatched samples whose corner crop hashes agree with the same crop of a reference (overlays).
+
+    Only pictures large enough for dense alignment, which verifies these pairs: below ``align.MIN_SIDE`` (CIFAR
+    size) it cannot, and the stage proposed 49k such pairs on CIFAR-10 (test vs train and test vs itself) for none.
+    """
+    rows = np.flatnonzero(open_rows & _large_enough_to_align(new))
+    ref_rows = np.flatnonzero(_large_enough_to_align(ref))
+    found = []
+    radius = chance_limited_radius(config.crop_radius, len(ref) * len(OVERLAY_BOXES))  # chance over every box
+    for box in OVERLAY_BOXES:
+        if not len(rows) or not len(ref_rows):
+            break
+        ref_codes = np.asarray(ref.crop_hashes[:, box])
+        ref_codes = ref_codes if len(ref_rows) == len(ref) else ref_codes[ref_rows]
+        q, r, dist = HammingIndex(ref_codes).search(new.crop_hashes[rows, box], radius)
+        found.append(Candidates(rows[q], ref_rows[r], dist, False, True, np.full(len(q), box)))
+    return found
+
+
+#: ``box`` value of candidates from :func:`_whole_picture_candidates`: verified in both directions.
+WHOLE_PICTURE = -2
+
+
+def _whole_picture_candidates(
+    new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, ref_index: HammingIndex,
+    config: MatchConfig,
+) -> list[Candidates]:
+    """Unmatched samples whose border trimming differs from a reference's: pHashes of the whole pictures.
+
+    A picture with uniform bands of its own (a dark sky, plain sides) is trimmed; a copy with a frame, an overlay
+    across the band or another exposure may not be (or the other way round). Comparing the whole-picture pHash
+    of one side with the trimmed or whole pHash of the other finds these pairs; only pairs where at least one
+    side was trimmed are new here.
+    """
+    # only pictures large enough for dense alignment, this stage's verifier: below align.MIN_SIDE (CIFAR size) only
+    # SIFT is left, which met ~1,600 chance pairs here for 1 match of 442 on CIFAR-10 (3 s of a 37 s check)
+    new_large, ref_large = _large_enough_to_align(new), _large_enough_to_align(ref)
+    rows = np.flatnonzero(open_rows & new_large)
+    new_trimmed = rows[new.phash_whole[rows] != new.phash[rows]]
+    ref_trimmed = np.flatnonzero((ref.phash_whole != ref.phash) & ref_large)
+    found = []
+    if len(new_trimmed):  # trimmed new sample vs the trimmed hashes of every reference
+        q, r, dist = ref_index.search(new.phash_whole[new_trimmed], config.hash_radius)
+        keep = ref_large[r]
+        found.append((new_trimmed[q[keep]], r[keep], dist[keep]))
+    if len(ref_trimmed) and len(rows):  # any new sample vs the whole pictures of trimmed references
+        index = HammingIndex(ref.phash_whole[ref_trimmed])
+        for queries in (rows, new_trimmed):
+            if len(queries):
+                code = new.phash[queries] if queries is rows else new.phash_whole[queries]
+                q, r, dist = index.search(code, config.hash_radius)
+                found.append((queries[q], ref_trimmed[r], dist))
+    return [Candidates(q, r, d, False, True, np.full(len(q), WHOLE_PICTURE)) for q, r, d in found]
+
+
+#: Samples per task of the threads that turn samples back (decode and 12 warps each).
+ROTATION_CHUNK = 64
+#: ``box`` values of candidates from :func:`_rotation_candidates`: ``ROTATED - i`` for the ``i``-th of
+#: :func:`_rotation_angles` (the angle that turned the sample back onto its candidate).
+ROTATED = -3
+
+
+def _rotation_candidates(
+    new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, same_table: bool, config: MatchConfig
+) -> list[Candidates]:
+    """Unmatched samples that may be rotated copies on the same canvas (black or smeared corners, size unchanged).
+
+    Each is turned back by ``±ROTATION_STEP, ±2·ROTATION_STEP, ... ±max_rotation`` degrees; the centre crop of each
+    (:func:`_turned_back_crops`) is pHashed and looked up among the references' hashes of the same crop box. Hits
+    whose crops correlate (gray NCC >= ``rotation_min_thumb_similarity``) go to local features, which verify any
+    rotation. Only pictures large enough for dense alignment (not CIFAR size: at 32 px a turned-back crop keeps too
+    little to hash) and only samples every earlier stage left unmatched pay for it.
+    """
+    rows = np.flatnonzero(open_rows & _large_enough_to_align(new))
+    ref_rows = np.flatnonzero(_large_enough_to_align(ref))
+    angles = _rotation_angles(config)
+    if not len(rows) or not len(ref_rows) or not len(angles):
+        return []
+
+    def turn(part: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        crops = [_turned_back_crops(decode_detail(new.details[row]), angles) for row in part]
+        return np.concatenate([c for c, _ in crops]), np.concatenate([b for _, b in crops])
+
+    chunks = [rows[i : i + ROTATION_CHUNK].tolist() for i in range(0, len(rows), ROTATION_CHUNK)]
+    parts = _threaded_map(turn, chunks, default_workers())
+    crops = np.concatenate([c for c, _ in parts])
+    boxes = np.concatenate([b for _, b in parts])
+    query_rows = np.repeat(rows, len(angles))
+    codes = phash_batch(crops)
+    radius = chance_limited_radius(config.crop_radius, len(ref_rows) * len(angles))
+    found_q, found_r, found_d = [], [], []
+    for _, box in _CENTRE_BOXES:
+        which = np.flatnonzero(boxes == box)
+        if not len(which):
+            continue
+        q, r, dist = HammingIndex(np.asarray(ref.crop_hashes[:, box])[ref_rows]).search(codes[which], radius)
+        q, r = which[q], ref_rows[r]
+        keep = query_rows[q] != r if same_table else np.ones(len(q), dtype=bool)
+        found_q.append(q[keep]), found_r.append(r[keep]), found_d.append(dist[keep])
+    q, r, dist = np.concatenate(found_q), np.concatenate(found_r), np.concatenate(found_d)
+    if same_table:
+        keep = r < query_rows[q]
+        q, r, dist = q[keep], r[keep], dist[keep]
+    if not len(q):
+        return []
+    # the turned-back crop against the same crop of the reference (a cheap check before local features)
+    ref_ids, which = np.unique(r, return_inverse=True)
+    details = [decode_detail(ref.details[row]) for row in ref_ids.tolist()]
+    ref_crops = _resized_crops(details, which, boxes[q]).astype(np.float32)
+    similarity = np.einsum("ij,ij->i", _normalized_rows(crops[q].copy()), _normalized_rows(ref_crops))
+    ok = similarity >= config.rotation_min_thumb_similarity
+    log.debug("rotation stage: %d samples x %d angles, %d hash hits, %d to verify", len(rows), len(angles), len(q),
+              int(ok.sum()))
+    q, r, dist = q[ok], r[ok], dist[ok]
+    if not len(q):
+        return []
+    # one angle per pair, the closest hash (verified once)
+    order = np.lexsort((dist, r, query_rows[q]))
+    q, r, dist = q[order], r[order], dist[order]
+    first = np.r_[True, (query_rows[q][1:] != query_rows[q][:-1]) | (r[1:] != r[:-1])]
+    q, r, dist = q[first], r[first], dist[first]
+    return [Candidates(query_rows[q], r, dist, False, True, ROTATED - q % len(angles))]
+
+
+#: Inverted lists of the approximate index: about ``KNN_ROWS_PER_LIST`` reference rows each, at most
+#: ``KNN_MAX_LISTS``.
+KNN_ROWS_PER_LIST = 1024
+KNN_MAX_LISTS = 4096
+
+
+#: Lists probed per query (of ~1000 at 1M rows) and rows the lists are trained on (k-means, fixed seed).
+KNN_NPROBE = 16
+
+
+#: Reference rows up to which the kNN stage searches exhaustively (faiss ``IndexFlatIP``, exact); above, the
+#: inverted file (see :func:`_coarse_index`). The bound is what a query reads there anyway (``KNN_NPROBE`` lists
+#: of ``KNN_ROWS_PER_LIST`` rows): an exact search costs ``queries x rows``, so at the former bound of 200k it
+#: grew to 42 s for 100k queries x 100k rows, more than the whole 1M x 100k match spends on the inverted file.
+KNN_EXACT_MAX_ROWS = KNN_NPROBE * KNN_ROWS_PER_LIST
+
+
+KNN_TRAIN_ROWS = 65_536
+#: Seeds of the training sample (numpy) and of faiss k-means: the same lists, run after run.
+KNN_SAMPLE_SEED = 0
+KNN_KMEANS_SEED = 1234
+#: The kNN candidates' ``dist``: (1 - correlation) in hundredths, rounded (the best verified first).
+KNN_RANK_SCALE = 100
+
+
+#: Reference rows added to the index per step (bounds the float32 copy read from a manifest).
+KNN_ADD_CHUNK = COARSE_CHUNK
+
+
+def _coarse_index(ref_thumbs: Any) -> Any:
+    """A faiss inner-product index over the coarse vectors of every reference row.
+
+    Up to :data:`KNN_EXACT_MAX_ROWS` rows: ``IndexFlatIP``, exact (the results are those of every earlier version).
+    Above: ``IndexIVFFlat`` (inner product; ``n / KNN_ROWS_PER_LIST`` lists trained by k-means on a fixed sample,
+    :data:`KNN_NPROBE` lists probed per query). A flat search is ``queries x rows x 64`` multiply-adds: 67 s for
+    95k open queries x 1M rows on 2 cores, more than all the other stages together; the inverted file reads about
+    2 % of the rows per query. It is approximate, but the stage only proposes candidates (each is verified by local
+    features after), and the neighbours that matter are the close ones (correlation >= ``knn_min_similarity``,
+    0.88), which fall into the query's own or a nearby list. Measured on the 1M synthetic reference of
+    benchmarks/speed_matching.py (976 lists; 4,000 queries made from reference vectors at correlation 0.85-1):
+    recall of the true top-3 neighbours at >= 0.88 is 0.83 / 0.92 / **0.97** / 0.99 / 1.00 at nprobe 4 / 8 / 16 /
+    32 / 64, and 1.00 for exact copies at every nprobe; 16 is the smallest with recall >= 0.95 (~25x less work than
+    flat). Recall of *far* neighbours (random thumbnails, correlation ~0.56) is only 0.3-0.5 at nprobe 16, and
+    irrelevant: they are dropped by ``knn_min_similarity`` anyway.
+    The inverted file is searched list by list (``index.InvertedFileIP``: the candidates of faiss ``IndexIVFFlat``
+    with the same centroids, 2x faster at 1M); the coarse vectors are read in chunks, so a manifest's column is
+    never held twice in memory.
+    """
+    import faiss
+
+    n = len(ref_thumbs)
+    if getattr(ref_thumbs, "coarse", None) is None:  # thumbnails in memory: their vectors once (1/12 of their size)
+        computed = coarse_vectors(ref_thumbs)
+
+        def read(rows: np.ndarray | slice) -> np.ndarray:
+            return computed[rows]
+    else:  # a manifest's stored column, read in chunks
+
+        def read(rows: np.ndarray | slice) -> np.ndarray:
+            return table_coarse_vectors(ref_thumbs, rows)
+
+    if n <= KNN_EXACT_MAX_ROWS:
+        index = faiss.IndexFlatIP(COARSE_DIM)
+        for start in range(0, n, KNN_ADD_CHUNK):
+            index.add(np.ascontiguousarray(read(slice(start, start + KNN_ADD_CHUNK))))
+        return index
+    nlist = int(min(KNN_MAX_LISTS, max(1, n // KNN_ROWS_PER_LIST)))
+    trainer = faiss.IndexIVFFlat(faiss.IndexFlatIP(COARSE_DIM), COARSE_DIM, nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = np.sort(np.random.default_rng(KNN_SAMPLE_SEED).choice(n, size=min(n, KNN_TRAIN_ROWS), replace=False))
+    trainer.cp.seed = KNN_KMEANS_SEED
+    trainer.train(np.ascontiguousarray(read(sample)))  # k-means: the lists' centroids
+    index = InvertedFileIP(trainer.quantizer.reconstruct_n(0, nlist), KNN_NPROBE)
+    index.build(n, COARSE_DIM, lambda start, stop: read(slice(start, stop)))
+    return index
+
+
+def _nearest_thumbnails(
+    new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, same_table: bool, config: MatchConfig
+) -> Candidates:
+    """Candidates the hashes missed (rotations, overlays, off-centre crops): nearest 8x8 thumbnails (faiss).
+
+    Exact below :data:`KNN_EXACT_MAX_ROWS` reference rows, an inverted-file index above (:func:`_coarse_index`).
+    """
+    rows = np.flatnonzero(open_rows)
+    empty = np.zeros(0, np.int64)
+    if not len(rows):
+        return Candidates(empty, empty, empty, False, True)
+    index = _coarse_index(ref.thumbs)
+    k = min(len(ref), config.knn_candidates + (1 if same_table else 0))
+    queries = table_coarse_vectors(new.thumbs, rows)
+    if isinstance(index, InvertedFileIP):
+        found, r, sim = index.search_above(queries, k, config.knn_min_similarity)
+        q = rows[found]
+    else:
+        sims, ids = index.search(queries, k)
+        q = np.repeat(rows, k)
+        r, sim = ids.reshape(-1).astype(np.int64), sims.reshape(-1)
+    del index
+    keep = (r >= 0) & (sim >= config.knn_min_similarity)
+    if same_table:
+        keep &= r < q
+    # distance column: rank by similarity (0 = most similar) so the best candidates are verified first
+    return Candidates(q[keep], r[keep], np.round((1.0 - sim[keep]) * KNN_RANK_SCALE).astype(np.int64), False,
+                      True)
+
+
+def _crop_hint_similarity(
+    new: FingerprintTable, ref: FingerprintTable, q: np.ndarray, r: np.ndarray, boxes: np.ndarray,
+    mirror: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gray NCC of each new thumbnail (mirrored where ``mirror[i]``) with the crop ``boxes[i]`` of its candidate
+    reference (from its detail), and whether that reference is tiny (detail below ``align.MIN_SIDE``).
+
+    The crop index says which crop of the reference matched the new image's pHash, so the pair is aligned up to
+    the crop grid: a cheap check before local features, which cost milliseconds per pair.
+    """
+    def block(part: slice) -> tuple[np.ndarray, np.ndarray]:  # bounded temporaries: ~27k candidates at 1M x 100k
+        rows, which = np.unique(r[part], return_inverse=True)
+        details = [decode_detail(ref.details[row]) for row in rows.tolist()]  # once per block (64 KB at 256 px)
+        tiny = np.array([min(d.shape) < ALIGN_MIN_SIDE for d in details], dtype=bool)[which]
+        crops = _resized_crops(details, which, boxes[part])
+        thumbs = np.asarray(new.thumbs[q[part]])
+        if mirror is not None and mirror[part].any():
+            thumbs = np.where(mirror[part][:, None, None, None], thumbs[:, :, ::-1], thumbs)
+        new_gray = normalized_thumbs(thumbs)
+        return np.einsum("ij,ij->i", new_gray, _normalized_rows(crops.astype(np.float32))), tiny
+
+    parts = _map_blocks(block, len(q))
+    if not parts:
+        return np.zeros(0, np.float32), np.zeros(0, dtype=bool)
+    return np.concatenate([sims for sims, _ in parts]), np.concatenate([tiny for _, tiny in parts])
