@@ -183,16 +183,19 @@ def _rotation_candidates(
     if not len(rows) or not len(ref_rows) or not len(angles):
         return []
 
-    def turn(part: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    def turned(part: list[int]) -> tuple[np.ndarray, np.ndarray]:
         crops = [_turned_back_crops(decode_detail(new.details[row]), angles) for row in part]
         return np.concatenate([c for c, _ in crops]), np.concatenate([b for _, b in crops])
 
+    def hashed(part: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        crops, boxes = turned(part)
+        return phash_batch(crops), boxes  # only the codes are kept: 49 KB of crops per sample were 4.7 GB at 100k
+
     chunks = [rows[i : i + ROTATION_CHUNK].tolist() for i in range(0, len(rows), ROTATION_CHUNK)]
-    parts = _threaded_map(turn, chunks, default_workers())
-    crops = np.concatenate([c for c, _ in parts])
+    parts = _threaded_map(hashed, chunks, default_workers())
+    codes = np.concatenate([c for c, _ in parts])
     boxes = np.concatenate([b for _, b in parts])
     query_rows = np.repeat(rows, len(angles))
-    codes = phash_batch(crops)
     radius = chance_limited_radius(config.crop_radius, len(ref_rows) * len(angles))
     found_q, found_r, found_d = [], [], []
     for _, box in _CENTRE_BOXES:
@@ -209,11 +212,15 @@ def _rotation_candidates(
         q, r, dist = q[keep], r[keep], dist[keep]
     if not len(q):
         return []
-    # the turned-back crop against the same crop of the reference (a cheap check before local features)
+    # the turned-back crop against the same crop of the reference (a cheap check before local features); the
+    # crops of the samples with a hash hit are turned back again (the same arithmetic), the others never kept
+    hit_positions, hit_of = np.unique(q // len(angles), return_inverse=True)
+    again, _ = turned(rows[hit_positions].tolist())
+    new_crops = again[hit_of * len(angles) + q % len(angles)]
     ref_ids, which = np.unique(r, return_inverse=True)
     details = [decode_detail(ref.details[row]) for row in ref_ids.tolist()]
     ref_crops = _resized_crops(details, which, boxes[q]).astype(np.float32)
-    similarity = np.einsum("ij,ij->i", _normalized_rows(crops[q].copy()), _normalized_rows(ref_crops))
+    similarity = np.einsum("ij,ij->i", _normalized_rows(new_crops), _normalized_rows(ref_crops))
     ok = similarity >= config.rotation_min_thumb_similarity
     log.debug("rotation stage: %d samples x %d angles, %d hash hits, %d to verify", len(rows), len(angles), len(q),
               int(ok.sum()))

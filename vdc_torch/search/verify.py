@@ -280,8 +280,9 @@ def _verify_pair(job: _FeatureJob, q: int, r: int, dist: int, mirror: bool,
     if result is not None and result.matched:
         colour = _aligned_colour_difference(new.thumbs[q], ref.thumbs[r], result.transform,
                                             query.image_shape, ref_cache.get(r).image_shape)
-        if colour <= config.max_aligned_color_difference:  # else: same layout, other colours (a variant)
-            share = reference_share(result.transform, query.image_shape, ref_cache.get(r).image_shape)
+        share = reference_share(result.transform, query.image_shape, ref_cache.get(r).image_shape)
+        # same layout in other colours is a variant; a placement showing too little of the reference is a detail
+        if colour <= config.max_aligned_color_difference and share >= config.min_reference_share:
             cropped = share < config.crop_coverage_ratio
             kind = _kind(config, mirror, cropped)
             score = min(1.0, result.inliers / max(1, len(query)))
@@ -327,6 +328,8 @@ def _verify_by_alignment(job: _FeatureJob, q: int, r: int, dist: int,
     if colour > config.max_alignment_color_difference:
         return None
     share = reference_share(aligned.transform, new_image.shape, ref_image.shape)
+    if share < config.min_reference_share:  # a detail of the reference, not a copy
+        return None
     cropped = share < config.crop_coverage_ratio
     evidence = (
         f"pHash distance {dist}, {'mirror image ' if mirror else ''}aligned at scale {aligned.scale:.2f}: "
@@ -364,6 +367,8 @@ def _verify_box(job: _FeatureJob, q: int, r: int, dist: int, box: int) -> tuple[
         return None
     keep = CROP_BOXES[box][0]
     share = reference_share(transform, new_image.shape, ref_image.shape)
+    if share < config.min_reference_share:  # a detail of the reference, not a copy
+        return None
     cropped = share < config.crop_coverage_ratio
     evidence = (
         f"the same {keep:.0%} crop of both agrees (pHash distance {dist}): thumbnail similarity "
@@ -397,6 +402,8 @@ def _verify_rotated(job: _FeatureJob, q: int, r: int, dist: int, degrees: float)
     if colour > config.max_alignment_color_difference:
         return None
     share = reference_share(transform, new_image.shape, ref_image.shape)
+    if share < config.min_reference_share:  # a detail of the reference, not a copy
+        return None
     cropped = share < config.crop_coverage_ratio
     evidence = (
         f"turned back by {degrees:+.0f} deg, its centre crop aligned at scale {aligned.scale:.2f} (crop-hash "
