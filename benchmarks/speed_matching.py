@@ -113,7 +113,11 @@ def faiss_index(kind: str, codes: np.ndarray, **kw: int) -> Any:
 
 
 def shipped_search(codes: np.ndarray, queries: np.ndarray, radius: int, backend: str) -> tuple[np.ndarray, ...]:
-    """``vdc_torch.search.index.HammingIndex`` as shipped (index built inside, as match_tables does)."""
+    """``vdc_torch.search.index.HammingIndex`` as shipped (index built inside, as match_tables does); ``multihash``
+    is faiss ``IndexBinaryMultiHash`` (4 x 16-bit tables, exact flips), kept here for comparison only: vdc_torch
+    dropped it after this benchmark measured it 10-60x slower than ``flat``."""
+    if backend == "multihash":
+        return faiss_range(faiss_index("multihash", codes, nhash=4, b=16, nflip=(radius + 4) // 4 - 1), queries, radius)
     from vdc_torch.search.index import HammingIndex
 
     return HammingIndex(codes, backend=backend).search(queries, radius)

@@ -1,9 +1,9 @@
 """Stage 3: indexes over fingerprints — exact keys in hash maps, 64-bit hashes in a Hamming index.
 
 Every backend answers the same question, ``search(queries, radius) -> (query_rows, owner_rows, distances)``,
-with no all-pairs loop in Python: the Hamming index uses faiss (brute-force popcount for small sets, multi-index
-hashing for large ones), chosen because it is maintained, multi-threaded C++ and exact within the radius; large
-searches use exact multi-index hashing (``mih.py``: numpy, and for the largest a numba-compiled probe loop), which
+with no all-pairs loop in Python: the Hamming index uses numpy popcount for small sets and faiss's brute-force
+``IndexBinaryFlat`` (maintained, multi-threaded C++, exact within the radius) above that; large searches use exact
+multi-index hashing (``mih.py``: numpy, and for the largest a numba-compiled probe loop), which
 measured 3x (numpy) and ~10x (numba) faster than faiss flat at 1M x 100k.
 """
 
@@ -14,12 +14,12 @@ from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 
-from vdc_torch.errors import check_choice
+from vdc_torch.errors import InvalidParameterError, check_choice
 from vdc_torch.search.mih import MultiIndexHashing, prefer_mih
 
 log = logging.getLogger(__name__)
 
-HAMMING_BACKENDS = ("auto", "flat", "mih", "multihash", "numpy")
+HAMMING_BACKENDS = ("auto", "flat", "mih", "numpy")
 #: From this many codes MIH keeps one chunk table at a time (``low_memory``): the crop index of 1M images (27M
 #: codes, searched once) then needs ~0.35 GB instead of ~0.84 GB, for the same search time.
 MIH_LOW_MEMORY_CODES = 8_000_000
@@ -29,9 +29,6 @@ NUMPY_MAX_PAIRS = 4_000_000
 NUMPY_BLOCK_PAIRS = 2_000_000
 #: Bits of a hash code.
 CODE_BITS = 64
-#: faiss ``IndexBinaryMultiHash`` (backend ``multihash``): this many tables, one per 16-bit chunk of a code.
-MULTIHASH_TABLES = 4
-MULTIHASH_CHUNK_BITS = CODE_BITS // MULTIHASH_TABLES
 
 
 class ExactIndex:
@@ -89,7 +86,7 @@ class HammingIndex:
         # no owners: code i is owned by row i (no arange: 216 MB for the 27M crop codes of 1M images)
         self.owners = None if owners is None else np.asarray(owners, dtype=np.int64)
         if self.owners is not None and len(self.owners) != len(self.codes):
-            raise ValueError(f"owners has {len(self.owners)} entries for {len(self.codes)} codes")
+            raise InvalidParameterError(f"owners has {len(self.owners)} entries for {len(self.codes)} codes")
         self.backend = backend
         self._faiss_index = None
         self._mih: MultiIndexHashing | None = None
@@ -102,7 +99,7 @@ class HammingIndex:
             return self.backend
         if len(self.codes) * n_queries <= NUMPY_MAX_PAIRS:
             return "numpy"
-        # never faiss IndexBinaryMultiHash: measured 10-60x slower than IndexBinaryFlat (benchmarks/speed_matching.py)
+        # (faiss IndexBinaryMultiHash is not offered: measured 10-60x slower than IndexBinaryFlat, speed_matching.py)
         return "mih" if prefer_mih(len(self.codes), n_queries, radius) else "flat"
 
     def search(self, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -141,26 +138,14 @@ class HammingIndex:
     def _search_faiss(self, queries: np.ndarray, radius: int, backend: str) -> tuple[np.ndarray, ...]:
         import faiss
 
-        if self._faiss_index is None or self._faiss_index[0] != backend:
-            if backend == "flat":
-                index = faiss.IndexBinaryFlat(CODE_BITS)
-            else:
-                index = faiss.IndexBinaryMultiHash(CODE_BITS, MULTIHASH_TABLES, MULTIHASH_CHUNK_BITS)
-                index.nflip = _multihash_flips(radius, 0)
+        if self._faiss_index is None:
+            index = faiss.IndexBinaryFlat(CODE_BITS)
             index.add(uint64_to_bytes(self.codes))
             self._faiss_index = (backend, index)
         index = self._faiss_index[1]
-        if backend == "multihash":
-            index.nflip = _multihash_flips(radius, index.nflip)
         lims, dist, ids = index.range_search(uint64_to_bytes(queries), radius + 1)  # faiss: strictly below
         q = np.repeat(np.arange(len(queries)), np.diff(lims.astype(np.int64)))
         return q.astype(np.int64), ids.astype(np.int64), dist.astype(np.int32)
-
-
-def _multihash_flips(radius: int, at_least: int) -> int:
-    """Bits flipped per chunk for an exact search within ``radius`` (pigeonhole: ``radius + 1`` differing bits over
-    :data:`MULTIHASH_TABLES` chunks leave some chunk within ``ceil((radius + 1) / tables) - 1``), ``>= at_least``."""
-    return max(at_least, (radius + 1 + MULTIHASH_TABLES - 1) // MULTIHASH_TABLES - 1)
 
 
 #: Queries compared with one inverted list at a time (bounds the similarity block to ``QUERY_BLOCK x list size``).

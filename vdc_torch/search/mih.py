@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from vdc_torch.errors import InvalidParameterError
+
 
 @functools.lru_cache(maxsize=64)
 def flip_masks(bits: int, max_flips: int) -> np.ndarray:
@@ -137,7 +139,7 @@ class MultiIndexHashing:
 
     def __init__(self, codes: np.ndarray, widths: tuple[int, ...] | None = None, low_memory: bool = False) -> None:
         if widths is not None and (sum(widths) != 64 or min(widths) < 1 or max(widths) > 26):
-            raise ValueError(f"widths={widths} must be 1..26-bit chunks adding up to 64 bits")
+            raise InvalidParameterError(f"widths={widths} must be 1..26-bit chunks adding up to 64 bits")
         self.codes = np.ascontiguousarray(codes, dtype=np.uint64).reshape(-1)
         #: Build each chunk's sorted codes at the start of its search pass and drop them after, instead of keeping
         #: all of them: one chunk's table in memory at a time (for an index searched once, like the crop index).
@@ -276,7 +278,7 @@ class MultiIndexHashing:
         out_d: list[np.ndarray] = []
         self.last_candidates = self.last_probes = 0
         if engine not in MIH_ENGINES:
-            raise ValueError(f"engine={engine!r} must be one of {MIH_ENGINES}")
+            raise InvalidParameterError(f"engine={engine!r} must be one of {MIH_ENGINES}")
         if len(queries) == 0 or len(self.codes) == 0 or radius < 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32)
         widths = self.widths or best_widths(len(self.codes), radius)
