@@ -373,8 +373,6 @@ def compute_hash(method: str, image: np.ndarray) -> ImageHash:
 # Vectorised comparison
 # ---------------------------------------------------------------------------
 
-_POPCOUNT8 = np.array([i.bit_count() for i in range(256)], dtype=np.uint8)
-_HAS_BITWISE_COUNT = hasattr(np, "bitwise_count")
 # Bound temporaries of the chunked routines to roughly this many bytes.
 _CHUNK_BYTES = 64 * 1024 * 1024
 
@@ -433,10 +431,9 @@ def _as_words(x: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(x).view(np.uint64)
 
 
-def _popcount64(x: np.ndarray) -> np.ndarray:
-    if _HAS_BITWISE_COUNT:
-        return np.bitwise_count(x)
-    return _POPCOUNT8[x.view(np.uint8)].reshape(*x.shape, 8).sum(axis=-1, dtype=np.uint8)
+def popcount64(x: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 (uint8 counts): the one popcount of the package (numpy >= 2 has it in C)."""
+    return np.bitwise_count(x)
 
 
 def hamming_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -454,7 +451,7 @@ def hamming_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     for s in range(0, n, rows):
         acc = out[s : s + rows]
         for k in range(wa.shape[1]):
-            acc += _popcount64(wa[s : s + rows, k, None] ^ wb[None, :, k])
+            acc += popcount64(wa[s : s + rows, k, None] ^ wb[None, :, k])
     return out
 
 

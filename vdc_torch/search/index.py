@@ -15,6 +15,7 @@ from collections.abc import Callable, Hashable, Sequence
 import numpy as np
 
 from vdc_torch.errors import InvalidParameterError, check_choice
+from vdc_torch.fingerprints.hashes import popcount64
 from vdc_torch.search.mih import MultiIndexHashing, prefer_mih
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,6 @@ class ExactIndex:
 def uint64_to_bytes(codes: np.ndarray) -> np.ndarray:
     """(n,) uint64 -> (n, 8) uint8, big-endian, the layout faiss binary indexes expect."""
     return np.ascontiguousarray(codes.astype(">u8")).view(np.uint8).reshape(-1, 8)
-
-
-def popcount64(x: np.ndarray) -> np.ndarray:
-    """Number of set bits of each uint64."""
-    return np.bitwise_count(x).astype(np.int32)
 
 
 class HammingIndex:
@@ -128,7 +124,7 @@ class HammingIndex:
         step = max(1, NUMPY_BLOCK_PAIRS // max(1, len(self.codes)))
         for start in range(0, len(queries), step):
             block = queries[start : start + step]
-            dist = popcount64(block[:, None] ^ self.codes[None, :])
+            dist = popcount64(block[:, None] ^ self.codes[None, :]).astype(np.int32)
             q, c = np.nonzero(dist <= radius)
             qs.append(q + start)
             cs.append(c)
