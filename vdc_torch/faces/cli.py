@@ -16,273 +16,34 @@ module does, for the command line only.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import re
 import sys
-import textwrap
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported where used: `vdc --help` and usage errors must not wait for numpy, pandas or torch
-    import numpy as np
-    import pandas as pd
+    pass
+
+from vdc_torch.faces.cli_args import (  # noqa: F401 - the exit codes and the parser are part of this module's API
+    DEDUP_EXIT_CODES_HELP,
+    EXIT_CODES_HELP,
+    EXIT_DUPLICATES,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_SKIP,
+    EXIT_TRAIN,
+    EXIT_USAGE,
+    _ensure_parent,
+    _note,
+    _progress,
+    build_parser,
+)
+from vdc_torch.faces.cli_inspect import cmd_compare, cmd_info, compare_folders, describe  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-EXIT_TRAIN = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_DUPLICATES = 3
-EXIT_SKIP = 99
-EXIT_INTERRUPTED = 130
-
-EXIT_CODES_HELP = f"""\
-exit codes of `vdc gate`:
-  {EXIT_TRAIN:<3} train: the new data holds enough novel samples (or a label conflict); train on the delta
-  {EXIT_SKIP:<3} skip: the model has already seen (almost) all of it; --skip-exit-code changes this value.
-      99 is what Airflow's BashOperator treats as "skipped" by default.
-  {EXIT_ERROR:<3} error: no decision could be made (missing folder, unreadable manifest, ...)
-  {EXIT_USAGE:<3} usage error: bad command line
-`vdc dedup` exits {EXIT_TRAIN} = no duplicates, {EXIT_DUPLICATES} = duplicates found (see 'vdc dedup --help').
-other commands exit {EXIT_TRAIN} on success, {EXIT_ERROR} on error and {EXIT_USAGE} on a bad command line.
-
-shell:   vdc gate --reference ref.vdc --new drop/ --quiet; case $? in 0) train;; 99) echo skipped;; *) exit 1;; esac
-"""
-
-DEDUP_EXIT_CODES_HELP = f"""\
-exit codes of `vdc dedup`:
-  {EXIT_TRAIN:<3} no duplicates: every readable image is unique
-  {EXIT_DUPLICATES:<3} duplicates found: the output lists them; --duplicates-exit-code changes this value
-      (0 = exit 0 either way)
-  {EXIT_ERROR:<3} error: no answer (missing folder, no readable image, more than --max-problem-share
-      of the images unreadable, ...)
-  {EXIT_USAGE:<3} usage error: bad command line
-
-duplicates are the exact and near_duplicate matches; 'similar' pictures (alike, not verified as
-the same picture) are listed but only counted with --count-similar. Nothing under DIR is ever
-written, moved or deleted.
-
-shell:   vdc dedup data/drop_07 -q --list-removable > removable.txt
-         case $? in 0) echo clean;; 3) xargs -d '\\n' rm -- < removable.txt;; *) exit 1;; esac
-"""
-
-class _Parser(argparse.ArgumentParser):
-    """An argparse parser whose errors are one line: ``vdc: error: ...`` (exit code 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        where = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
-        self.exit(EXIT_USAGE, f"vdc: error: {where}{message} (see '{self.prog} --help')\n")
-
-
-# -- argument types ------------------------------------------------------------------------------------------
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number between 0 and 1") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value!r} is not between 0 and 1")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value!r} is negative")
-    return value
-
-
-def _exit_code(text: str) -> int:
-    value = _non_negative(text)
-    if value > 255 or value in (EXIT_ERROR, EXIT_USAGE, EXIT_TRAIN):
-        raise argparse.ArgumentTypeError(f"{value!r} must lie in 3..255 (0, 1 and 2 mean train, error and usage)")
-    return value
-
-
-def _dedup_exit_code(text: str) -> int:
-    value = _non_negative(text)
-    if value > 255 or value in (EXIT_ERROR, EXIT_USAGE):
-        raise argparse.ArgumentTypeError(f"{value!r} must be 0 or lie in 3..255 (1 and 2 mean error and usage)")
-    return value
-
-
-def _wrap(text: str) -> str:
-    """Fill each paragraph of a help text to 79 columns (the raw formatter keeps our line breaks)."""
-    lines = []
-    for line in text.split("\n"):
-        label = re.match(r"^[a-z ]+:\s{2,}", line)  # "hash methods:   a, b, c" keeps its column
-        lines.append(textwrap.fill(line, 79, subsequent_indent=" " * (label.end() if label else 0)))
-    return "\n".join(lines)
-
-
-# -- the parser ----------------------------------------------------------------------------------------------
-
-
-def _compare_methods() -> tuple[list[str], list[str], list[str]]:
-    from vdc_torch.names import (  # static names: no OpenCV import for --help
-        EXTRACTORS,
-        HASH_ALIASES,
-        HASH_METHODS,
-        METRICS,
-    )
-
-    return [*HASH_METHODS, *HASH_ALIASES], list(METRICS), list(EXTRACTORS)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``vdc`` argument parser (exposed for documentation tools and tests)."""
-    from vdc_torch import __version__
-
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                        help="no progress bars or notes; print only the result and errors")
-    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="log what the library does (INFO level)")
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show the full traceback of an error and DEBUG logs")
-    workers = argparse.ArgumentParser(add_help=False)
-    workers.add_argument("--workers", type=_non_negative, default=None, metavar="N",
-                         help="fingerprinting processes (default: every core; 0 = in this process)")
-
-    parser = _Parser(
-        prog="vdc",
-        description=_wrap("Should this model be retrained on this new image data, and if so on what?"),
-        epilog=EXIT_CODES_HELP + "\nRun 'vdc COMMAND --help' for the options of one command.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common],
-    )
-    parser.add_argument("--version", action="version", version=f"vdc_torch {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-
-    p = sub.add_parser("index", parents=[common, workers], help="fingerprint a reference folder into a manifest",
-                       description=_wrap("Fingerprint the images of DIR (the data a model was trained on) and save them "
-                                   "as a manifest file that `vdc gate --reference` reads without the images."),
-                       epilog="example: vdc index data/train_v1 -o ckpt/reference.vdc",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dir", metavar="DIR", help="image folder (class sub-folders become labels, as in ImageFolder)")
-    p.add_argument("-o", "--output", required=True, metavar="MANIFEST", help="manifest file to write")
-
-    p = sub.add_parser("gate", parents=[common, workers], help="decide: train on the new data, or skip",
-                       description=_wrap("Match a new image folder against the reference and decide whether to train on "
-                                   "it (and on which samples) or to skip it. Prints one paragraph; the exit code "
-                                   "carries the decision."),
-                       epilog=EXIT_CODES_HELP + "\nexample: vdc gate --reference ckpt/reference.vdc --new "
-                              "data/drop_07 --json decision.json --report decision.html",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--reference", required=True, metavar="MANIFEST_OR_DIR",
-                   help="a manifest written by `vdc index`, or the reference image folder itself")
-    p.add_argument("--new", required=True, metavar="DIR", help="the new image folder")
-    p.add_argument("--json", metavar="OUT", help="write the full decision as JSON ('-' = standard output, and the "
-                                                 "paragraph then goes to standard error)")
-    p.add_argument("--report", metavar="OUT.html", help="write a self-contained HTML report")
-    p.add_argument("--csv", metavar="DIR", help="write matches.csv, conflicts.csv, problems.csv and "
-                                                "internal_duplicates.csv into DIR")
-    p.add_argument("--save-manifest", metavar="MANIFEST", help="when --reference is a folder, also save its manifest")
-    p.add_argument("--skip-overlap", type=_fraction, default=None, metavar="X",
-                   help="skip only when at least this fraction of the new samples was already trained on "
-                        "(default 0.95)")
-    p.add_argument("--min-delta", type=_non_negative, default=None, metavar="N",
-                   help="train whenever at least N novel samples remain (default 64)")
-    p.add_argument("--count-similar", action="store_true",
-                   help="let 'similar' matches count as already trained on")
-    p.add_argument("--skip-exit-code", type=_exit_code, default=EXIT_SKIP, metavar="CODE",
-                   help=f"exit code for 'skip' (default {EXIT_SKIP})")
-    p.add_argument("--encoder", metavar="MODULE:NAME",
-                   help="add model features as a method: NAME in MODULE is a torch module mapping an image batch "
-                        "to embeddings, or a function returning one (e.g. mypkg.models:gate_encoder)")
-    p.add_argument("--cache", metavar="FILE",
-                   help="fingerprint cache file: unchanged files are not decoded again on the next run")
-
-    p = sub.add_parser("update", parents=[common, workers],
-                       help="after training on DIR, add its novel samples to the manifest",
-                       description=_wrap("After a model was trained on DIR, add the samples of DIR that the manifest "
-                                   "does not hold yet (the delta `vdc gate` reported) to MANIFEST, in place."),
-                       epilog="example: vdc update ckpt/reference.vdc data/drop_07",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("manifest", metavar="MANIFEST", help="the manifest to grow (created when absent)")
-    p.add_argument("dir", metavar="DIR", help="the folder the model was trained on")
-
-    hashes, metrics, extractors = _compare_methods()
-    p = sub.add_parser("compare", parents=[common], help="compare two folders pair by pair (visdatcompy style)",
-                       description=_wrap("Compare every image of DIR1 with every image of DIR2 with one method and print "
-                                   "the pairs found similar.\n\n"
-                                   f"hash methods:   {', '.join(hashes)}  (distance <= threshold)\n"
-                                   f"metrics:        {', '.join(metrics)}  (on 64x64 gray copies; metric tiers)\n"
-                                   f"local features: {', '.join(extractors)}  (RANSAC-verified matches)"),
-                       epilog="example: vdc compare data/a data/b --method phash --csv pairs.csv",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dir1", metavar="DIR1")
-    p.add_argument("dir2", metavar="DIR2")
-    p.add_argument("--method", required=True, choices=[*hashes, *metrics, *extractors], metavar="METHOD",
-                   help="one of: " + ", ".join([*hashes, *metrics, *extractors]))
-    p.add_argument("--threshold", type=float, default=None, metavar="T",
-                   help="hash methods: largest distance that counts as similar (default: the method's calibrated "
-                        "threshold)")
-    p.add_argument("--all", action="store_true", help="list every pair, not only the similar ones")
-    p.add_argument("--csv", metavar="OUT", help="write the pairs to a CSV file")
-    p.add_argument("--limit", type=_non_negative, default=50, metavar="N",
-                   help="print at most N pairs (default 50; the CSV always holds all)")
-
-    from vdc_torch.names import KEEP_RULES
-
-    p = sub.add_parser("dedup", parents=[common, workers], help="list the duplicate images inside one folder",
-                       description=_wrap("Find the duplicates inside DIR with the cascade `vdc gate` uses for "
-                                   "duplicates inside the new data (exact copies, resized, re-encoded, flipped, "
-                                   "cropped, ... copies), group them, keep one file per group (--keep) and list "
-                                   "the others as removable. Prints one paragraph; the exit code says whether "
-                                   "there were duplicates. Only reports: no file is changed."),
-                       epilog=DEDUP_EXIT_CODES_HELP + "\nexample: vdc dedup data/drop_07 --keep largest "
-                              "--json dups.json --csv dups/ --report dups.html",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dir", metavar="DIR", help="image folder (read like ImageFolder: sorted, recursive)")
-    p.add_argument("--keep", choices=KEEP_RULES, default="first",
-                   help="which file of each group is kept: 'first' in the folder's sorted order (default; the "
-                        "one `vdc gate` keeps in the delta) or 'largest' (most pixels, then largest file, then "
-                        "first)")
-    p.add_argument("--count-similar", action="store_true",
-                   help="let 'similar' pairs count as duplicates (default: listed, not counted)")
-    p.add_argument("--max-problem-share", type=_fraction, default=None, metavar="X",
-                   help="give no answer (exit 1) when more than this share of the images cannot be read "
-                        "(default 0.05)")
-    p.add_argument("--duplicates-exit-code", type=_dedup_exit_code, default=EXIT_DUPLICATES, metavar="CODE",
-                   help=f"exit code when duplicates were found (default {EXIT_DUPLICATES})")
-    p.add_argument("--json", metavar="OUT", help="write the groups as JSON ('-' = standard output, and the "
-                                                 "paragraph then goes to standard error)")
-    p.add_argument("--list-removable", action="store_true",
-                   help="print the removable files, one path per line, on standard output (the paragraph then "
-                        "goes to standard error); not with --json -")
-    p.add_argument("--csv", metavar="DIR_OR_OUT.csv",
-                   help="write duplicates.csv (one row per file of a group), similar.csv and problems.csv into "
-                        "DIR, or only the duplicates to OUT.csv")
-    p.add_argument("--report", metavar="OUT.html", help="write a self-contained HTML report")
-    p.add_argument("--cache", metavar="FILE",
-                   help="fingerprint cache file: unchanged files are not decoded again on the next run")
-
-    p = sub.add_parser("info", parents=[common], help="describe a manifest, an image folder or an image",
-                       description=_wrap("Describe PATH: a manifest (format version, samples, saved_at, roots), an image "
-                                   "folder (image count, classes) or one image (size, format, EXIF identity)."),
-                       epilog="example: vdc info ckpt/reference.vdc",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("path", metavar="PATH")
-    p.add_argument("--json", action="store_true", help="print the description as JSON")
-    return parser
-
-
 # -- commands ------------------------------------------------------------------------------------------------
-
-
-def _note(args: argparse.Namespace, text: str) -> None:
-    if not getattr(args, "quiet", False):
-        print(text, file=sys.stderr)
 
 
 def _policy(args: argparse.Namespace) -> Any:
@@ -294,10 +55,6 @@ def _policy(args: argparse.Namespace) -> Any:
         min_delta_to_train=defaults.min_delta_to_train if args.min_delta is None else args.min_delta,
         count_similar=bool(args.count_similar),
     )
-
-
-def _progress(args: argparse.Namespace) -> bool:
-    return not getattr(args, "quiet", False)
 
 
 def _note_known(args: argparse.Namespace, cache: Any, dataset: Any, head: str) -> None:
@@ -438,143 +195,6 @@ def cmd_update(args: argparse.Namespace) -> int:
     return EXIT_TRAIN
 
 
-def _ensure_parent(path: str) -> None:
-    parent = Path(path).parent
-    parent.mkdir(parents=True, exist_ok=True)
-
-
-# -- compare -------------------------------------------------------------------------------------------------
-
-
-def _load_folder(path: str, args: argparse.Namespace) -> tuple[list[str], list[np.ndarray]]:
-    """Relative names and RGB pixels (orientation applied) of every readable image of a folder."""
-    from vdc_torch.data.dataset import Dataset
-    from vdc_torch.data.decode import decode_file
-
-    dataset = Dataset(path)
-    names, images = [], []
-    for file, _ in dataset.samples:
-        try:
-            decoded = decode_file(file, decode_side=None)
-        except Exception as exc:  # noqa: BLE001 - one unreadable file is reported, never fatal
-            _note(args, f"vdc: warning: skipped {exc}")
-            continue
-        names.append(os.path.relpath(file, dataset.root))
-        images.append(decoded.pixels)
-    return names, images
-
-
-def _bgr(rgb: np.ndarray) -> np.ndarray:
-    import numpy as np
-
-    return np.ascontiguousarray(rgb[:, :, ::-1])
-
-
-def compare_folders(dir1: str, dir2: str, method: str, *, threshold: float | None = None, all_pairs: bool = False,
-                    args: argparse.Namespace | None = None) -> pd.DataFrame:
-    """Pairs of images of ``dir1`` and ``dir2`` compared with ``method`` (a hash, a metric or a feature extractor).
-
-    Columns ``image1, image2, method, value, similar`` (plus ``tier`` for metrics, ``inliers`` data for features).
-
-    >>> compare_folders("data/a", "data/b", "phash").head()   # doctest: +SKIP
-    """
-    import numpy as np
-    import pandas as pd
-
-    from vdc_torch.errors import check_choice
-    from vdc_torch.fingerprints import hashes, metrics
-
-    args = args or argparse.Namespace(quiet=True)
-    hash_methods, metric_names, extractors = _compare_methods()
-    check_choice("method", method, [*hash_methods, *metric_names, *extractors])
-    if method in extractors:
-        return _compare_features(dir1, dir2, method, all_pairs, args)
-    names1, images1 = _load_folder(dir1, args)
-    names2, images2 = _load_folder(dir2, args)
-    rows: list[dict[str, Any]] = []
-    if method in hash_methods:
-        canonical = hashes.resolve_method(method)
-        limit = hashes.DEFAULT_THRESHOLDS[canonical] if threshold is None else float(threshold)
-        h1 = [hashes.compute_hash(canonical, _bgr(x)) for x in images1]
-        h2 = [hashes.compute_hash(canonical, _bgr(x)) for x in images2]
-        matrix = hashes.distance_matrix(canonical, h1, h2) if h1 and h2 else np.empty((len(h1), len(h2)))
-        for i, j in np.ndindex(matrix.shape):
-            near = bool(matrix[i, j] <= limit)
-            if all_pairs or near:
-                rows.append({"image1": names1[i], "image2": names2[j], "method": canonical,
-                             "value": float(matrix[i, j]), "similar": near})
-        frame = pd.DataFrame(rows, columns=["image1", "image2", "method", "value", "similar"])
-        return frame.sort_values(["image1", "value", "image2"], kind="stable").reset_index(drop=True)
-    if method in metric_names:
-        if method == "pix2pix":
-            matrix = metrics.pix2pix_matrix(images1, images2)
-        else:
-            a = metrics.normalize_images([_bgr(x) for x in images1]) if images1 else np.empty((0, 64, 64), np.float32)
-            b = metrics.normalize_images([_bgr(x) for x in images2]) if images2 else np.empty((0, 64, 64), np.float32)
-            matrix = metrics.metric_matrix(method, a, b)
-        duplicate = metrics.in_range(method, matrix, "duplicate")
-        similar = metrics.in_range(method, matrix, "similar")
-        for i, j in np.ndindex(matrix.shape):
-            tier = "duplicate" if duplicate[i, j] else "similar" if similar[i, j] else "different"
-            if all_pairs or tier != "different":
-                value = matrix[i, j]
-                rows.append({"image1": names1[i], "image2": names2[j], "method": method,
-                             "value": bool(value) if method == "pix2pix" else float(value),
-                             "similar": tier != "different", "tier": tier})
-        frame = pd.DataFrame(rows, columns=["image1", "image2", "method", "value", "similar", "tier"])
-        higher = metrics.METRIC_RANGES[method]["higher_is_similar"]
-        if method == "pix2pix" or not len(frame):
-            return frame.reset_index(drop=True)
-        return frame.sort_values(["image1", "value", "image2"], ascending=[True, not higher, True],
-                                 kind="stable").reset_index(drop=True)
-    raise AssertionError(f"unhandled method {method!r}")  # pragma: no cover - check_choice covers every method
-
-
-def _compare_features(dir1: str, dir2: str, method: str, all_pairs: bool, args: argparse.Namespace) -> pd.DataFrame:
-    """Local-feature pairs exactly as the visdatcompy API's :class:`FeatureExtractor` finds them (one engine)."""
-    import pandas as pd
-
-    from vdc_torch.data.dataset import Dataset
-    from vdc_torch.faces.seed import FeatureExtractor
-
-    first, second = Dataset(dir1), Dataset(dir2)
-    extractor = FeatureExtractor(first, second, method)
-    pairs = extractor.find_pairs()
-    for path, reason in extractor.problems.items():
-        _note(args, f"vdc: warning: skipped {path}: {reason}")
-    found = {(row.image1, row.image2): row for row in pairs.itertuples(index=False)}
-    names1 = [os.path.relpath(p, first.root) for p, _ in first.samples]
-    names2 = [os.path.relpath(p, second.root) for p, _ in second.samples]
-    rows = []
-    for name1 in names1:
-        for name2 in names2:
-            row = found.get((name1, name2))
-            if all_pairs or row is not None:
-                rows.append({"image1": name1, "image2": name2, "method": method,
-                             "value": int(row.inliers) if row is not None else 0, "similar": row is not None,
-                             "coverage": round(float(row.coverage), 3) if row is not None else 0.0})
-    frame = pd.DataFrame(rows, columns=["image1", "image2", "method", "value", "similar", "coverage"])
-    return frame.sort_values(["image1", "value", "image2"], ascending=[True, False, True],
-                             kind="stable").reset_index(drop=True)
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    frame = compare_folders(args.dir1, args.dir2, args.method, threshold=args.threshold, all_pairs=args.all,
-                            args=args)
-    if args.csv:
-        _ensure_parent(args.csv)
-        frame.to_csv(args.csv, index=False)
-        _note(args, f"wrote {len(frame)} pair(s) to {args.csv}")
-    similar = int(frame["similar"].sum()) if len(frame) else 0
-    if len(frame):
-        shown = frame.head(args.limit) if args.limit else frame.iloc[0:0]
-        print(shown.to_string(index=False))
-        if len(frame) > len(shown):
-            print(f"... {len(frame) - len(shown)} more pair(s){'' if args.csv else ' (use --csv OUT for all)'}")
-    print(f"{similar} similar pair(s) by {args.method} between {args.dir1} and {args.dir2}")
-    return EXIT_TRAIN
-
-
 # -- dedup ---------------------------------------------------------------------------------------------------
 
 
@@ -611,107 +231,6 @@ def cmd_dedup(args: argparse.Namespace) -> int:
         paragraph_stream = sys.stderr
     print(found.summary(), file=paragraph_stream)
     return args.duplicates_exit_code if found.counts.get("removable") else EXIT_TRAIN
-
-
-# -- info ----------------------------------------------------------------------------------------------------
-
-
-def describe(path: str) -> dict[str, Any]:
-    """What ``vdc info`` prints, as a dict: a manifest, an image folder or one image file.
-
-    >>> describe("ckpt/reference.vdc")["samples"]   # doctest: +SKIP
-    """
-    from vdc_torch.errors import DatasetNotFoundError
-
-    if os.path.isdir(path):
-        return _describe_folder(path)
-    if not os.path.isfile(path):
-        raise DatasetNotFoundError(f"{path!r} does not exist")
-    with open(path, "rb") as handle:
-        header = handle.read(16)
-    if header == b"SQLite format 3\x00":
-        return _describe_manifest(path)
-    return _describe_image(path)
-
-
-def _describe_manifest(path: str) -> dict[str, Any]:
-    from collections import Counter
-
-    from vdc_torch.decision.store.manifest import load_manifest
-
-    table, meta = load_manifest(path)
-    labels = Counter(label for label in table.labels if label is not None)
-    info: dict[str, Any] = {"kind": "manifest", "path": path}
-    for key in ("format", "format_version", "fingerprint_version", "samples", "saved_at", "reference_root"):
-        if key in meta:
-            info[key] = meta[key]
-    info.update({k: v for k, v in sorted(meta.items()) if k not in info})
-    info["file_size"] = os.path.getsize(path)
-    info["classes"] = dict(sorted(labels.items())) if labels else {}
-    return info
-
-
-def _describe_folder(path: str) -> dict[str, Any]:
-    from collections import Counter
-
-    from vdc_torch.data.dataset import Dataset
-
-    dataset = Dataset(path)
-    per_class = Counter(dataset.classes[label] for _, label in dataset.samples if label >= 0)
-    extensions = Counter(os.path.splitext(p)[1].lower() for p, _ in dataset.samples)
-    return {
-        "kind": "folder", "path": path, "images": len(dataset),
-        "labels": "class sub-folders" if dataset.classes else "none (flat folder)",
-        "classes": {name: per_class.get(name, 0) for name in dataset.classes},
-        "extensions": dict(sorted(extensions.items())),
-        "bytes": sum(os.path.getsize(p) for p, _ in dataset.samples if os.path.isfile(p)),
-    }
-
-
-def _describe_image(path: str) -> dict[str, Any]:
-    from PIL import Image
-
-    from vdc_torch.data.decode import decode_file, read_exif_tags
-
-    decoded = decode_file(path)
-    info: dict[str, Any] = {
-        "kind": "image", "path": path, "format": decoded.format, "width": decoded.width, "height": decoded.height,
-        "frames": decoded.frames, "file_size": decoded.file_size,
-        "byte_digest": decoded.byte_digest.hex() if decoded.byte_digest else None,
-        "exif_identity": decoded.exif_identity,
-    }
-    try:
-        with Image.open(path) as image:
-            info["mode"] = image.mode
-            tags = read_exif_tags(image)
-    except Exception:  # noqa: BLE001 - decode_file already vouched for the pixels; EXIF is optional
-        tags = {}
-    keys = ("Make", "Model", "DateTimeOriginal", "SubsecTimeOriginal", "ImageUniqueID", "BodySerialNumber",
-            "Orientation", "Software")
-    info["exif"] = {k: tags[k] for k in keys if k in tags}
-    if decoded.warnings:
-        info["warnings"] = list(decoded.warnings)
-    return info
-
-
-def _format_info(info: dict[str, Any]) -> str:
-    lines = []
-    for key, value in info.items():
-        if isinstance(value, dict):
-            if not value:
-                lines.append(f"{key}: none")
-                continue
-            lines.append(f"{key}:")
-            lines.extend(f"  {k}: {v}" for k, v in value.items())
-        else:
-            lines.append(f"{key}: {value}")
-    return "\n".join(lines)
-
-
-def cmd_info(args: argparse.Namespace) -> int:
-    info = describe(args.path)
-    print(json.dumps(info, indent=2, default=str) if args.json else _format_info(info))
-    return EXIT_TRAIN
 
 
 # -- entry point ---------------------------------------------------------------------------------------------
