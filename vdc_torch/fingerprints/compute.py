@@ -241,8 +241,9 @@ def compute_fingerprints(
     ``known`` (fingerprints computed before, e.g. a :class:`vdc_torch.decision.store.cache.FingerprintCache`)
     supplies the rows of unchanged files without decoding them; it is only read, never written: the caller keeps
     what is new. ``on_chunk`` is called with each batch of newly decoded fingerprints as soon as it is done (rows
-    carry their sample index, path and label), e.g. to checkpoint them. Under an initialised ``torch.distributed`` process group (and
-    ``distributed=True``) each rank fingerprints its shard and every rank receives the whole table.
+    carry their sample index, path and label), e.g. to checkpoint them. Under an initialised ``torch.distributed``
+    process group (and ``distributed=True``) each rank fingerprints its shard and every rank receives the whole
+    table.
     Returns the table of usable samples (in index order) and one :class:`Problem` per unusable sample or caveat.
     """
     for method in extra_hashes:
@@ -252,38 +253,14 @@ def compute_fingerprints(
     rank, world = _rank_and_world() if distributed else (0, 1)
     todo = todo[rank::world]
     cache = known if known is not None and dataset.is_file_backed else None
-    cached_indices: list[int] = []
-    cached_rows: list[int] = []
     known_content = None
     if cache is not None:
-        missing = []
-        for index in todo:
-            row = cache.lookup_row(file_key(dataset.samples[index][0]))
-            if row is None:
-                missing.append(index)
-            else:
-                cached_indices.append(index)
-                cached_rows.append(row)
-        todo = missing
-        # taken now: a checkpoint (on_chunk) rebuilds the cache table and renumbers its rows
-        cached = _labelled(cache.table.rows(cached_rows), dataset, cached_indices)
-        sizes, digests = cache.known_content()
-        known_content = (sizes, digests) if todo and digests else None
+        todo, cached, known_content = _split_known(dataset, todo, cache)
     workers = default_workers() if workers is None else max(0, int(workers))
     if workers and not _worth_forking(dataset, todo):
         workers = 0  # starting processes costs more than it saves
     task = _FingerprintTask(dataset, todo, extra_hashes, decode_side, max_pixels, known_content)
-    batch_size = max(1, min(MAX_BATCH, len(todo) // (8 * max(1, workers))))
-    loader = torch.utils.data.DataLoader(
-        task,
-        batch_size=None,  # the task takes a whole batch of positions (fingerprint_batch)
-        sampler=torch.utils.data.BatchSampler(torch.utils.data.SequentialSampler(task), batch_size, drop_last=False),
-        num_workers=workers,
-        collate_fn=_collate_list,
-        worker_init_fn=_worker_init if workers else None,
-        persistent_workers=False,
-        multiprocessing_context="fork" if workers and os.name == "posix" else None,
-    )
+    loader = _loader(task, len(todo), workers)
     batches: list[FingerprintTable] = []
     reused: dict[int, Fingerprint] = {}
     problems: list[Problem] = []
@@ -333,6 +310,39 @@ def compute_fingerprints(
     table = fresh.rows(np.argsort(fresh.sample_index, kind="stable"))
     problems.sort(key=lambda p: (p.index, not p.fatal))
     return table, problems
+
+
+def _split_known(dataset: Any, todo: list[int], known: KnownFingerprints
+                 ) -> tuple[list[int], FingerprintTable, tuple[frozenset[int], frozenset[bytes]] | None]:
+    """``todo`` without the samples ``known`` holds unchanged; those samples' rows (labelled); and the sizes and
+    digests for the content fallback (``None`` when nothing is left to check against)."""
+    missing, cached_indices, cached_rows = [], [], []
+    for index in todo:
+        row = known.lookup_row(file_key(dataset.samples[index][0]))
+        if row is None:
+            missing.append(index)
+        else:
+            cached_indices.append(index)
+            cached_rows.append(row)
+    # taken now: a checkpoint (on_chunk) rebuilds the cache table and renumbers its rows
+    cached = _labelled(known.table.rows(cached_rows), dataset, cached_indices)
+    sizes, digests = known.known_content()
+    return missing, cached, ((sizes, digests) if missing and digests else None)
+
+
+def _loader(task: _FingerprintTask, n: int, workers: int) -> torch.utils.data.DataLoader:
+    """Batches of ``task`` on ``workers`` forked processes (0: in this one), about 8 batches per worker."""
+    batch_size = max(1, min(MAX_BATCH, n // (8 * max(1, workers))))
+    return torch.utils.data.DataLoader(
+        task,
+        batch_size=None,  # the task takes a whole batch of positions (fingerprint_batch)
+        sampler=torch.utils.data.BatchSampler(torch.utils.data.SequentialSampler(task), batch_size, drop_last=False),
+        num_workers=workers,
+        collate_fn=_collate_list,
+        worker_init_fn=_worker_init if workers else None,
+        persistent_workers=False,
+        multiprocessing_context="fork" if workers and os.name == "posix" else None,
+    )
 
 
 def fingerprint_stream(
