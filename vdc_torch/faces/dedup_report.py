@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,12 @@ from vdc_torch.faces.html import (  # noqa: F401
     _KIND_COLOURS,
     THUMB_PX,
     _check_decision,
+    _check_limits,
     _counted_kinds,
     _data_uri,
     _esc,
     _novel_rows,
+    _page_header,
     _picture,
     _Pictures,
     _problems_section,
@@ -31,6 +32,7 @@ from vdc_torch.faces.html import (  # noqa: F401
     _table,
     _thumbnail_from_file,
     _thumbnail_from_fingerprint,
+    _write_page,
 )
 
 # -- duplicates inside one folder (vdc dedup) ------------------------------------------------------------
@@ -59,41 +61,20 @@ def write_duplicates_html(
     >>> write_duplicates_html(find_duplicates("data/v2"), "reports/v2-dups.html")   # doctest: +SKIP
     """
     _check_duplicates(found)
-    for name, value in (("max_groups", max_groups), ("max_files", max_files)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InvalidParameterError(f"{name}={value!r} must be a non-negative integer")
+    _check_limits(max_groups=max_groups, max_files=max_files)
     pics = _Pictures(getattr(found, "fingerprints", None), found.root)
     verdict = "duplicates" if found.counts.get("removable") else "clean"
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width,initial-scale=1">',
-        f"<title>{_esc(title or f'vdc_torch duplicates: {found.root}')}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        _duplicates_header(found, title),
+    header = _page_header(title or "vdc_torch — duplicates inside one folder",
+                          f"folder: {_esc(found.root or '(in-memory dataset)')} &nbsp;·&nbsp; keep: {_esc(found.keep)}")
+    return _write_page(path, title or f"vdc_torch duplicates: {found.root}", [
+        header,
         "<main>",
         _duplicates_summary(found, verdict),
         _groups_section(found, pics, max_groups, max_files),
         _similar_section(found, pics, max_groups),
         _problems_section(found),
-        "</main></body></html>",
-    ]
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text("\n".join(parts), encoding="utf-8")
-    log.info("wrote HTML report %s", target)
-    return target
-
-
-def _duplicates_header(found: Any, title: str | None) -> str:
-    from vdc_torch import __version__
-
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    return (
-        f"<header><h1>{_esc(title or 'vdc_torch — duplicates inside one folder')}</h1>"
-        f'<div class="sub">folder: {_esc(found.root or "(in-memory dataset)")} &nbsp;·&nbsp; keep: '
-        f"{_esc(found.keep)} &nbsp;·&nbsp; generated {_esc(stamp)} by vdc_torch {_esc(__version__)}</div></header>"
-    )
+        "</main>",
+    ])
 
 
 def _duplicates_summary(found: Any, verdict: str) -> str:

@@ -9,7 +9,9 @@ import html
 import io
 import logging
 import os
+import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -233,3 +235,39 @@ def _problems_section(decision: Any) -> str:
     )
     return (f'<section id="problems"><h2>Problem files — {len(frame)}</h2>'
             + _table(frame, ["path", "effect", "reason"]) + "</section>")
+
+
+def _check_limits(**limits: Any) -> None:
+    """Each keyword a non-negative ``int`` (the gallery limits of a report), else :class:`InvalidParameterError`."""
+    for name, value in limits.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidParameterError(f"{name}={value!r} must be a non-negative integer")
+
+
+def _page_header(heading: str, where: str) -> str:
+    """The page's header: ``heading`` and a line of ``where`` (already escaped) with the time and version."""
+    from vdc_torch import __version__
+
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    return (f"<header><h1>{_esc(heading)}</h1>"
+            f'<div class="sub">{where} &nbsp;·&nbsp; generated {_esc(stamp)} by vdc_torch {_esc(__version__)}'
+            "</div></header>")
+
+
+def _write_page(path: str | os.PathLike[str], title: str, body: list[str]) -> Path:
+    """Write one self-contained HTML page (the style sheet inline) of ``body`` fragments to ``path``."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width,initial-scale=1">',
+        f"<title>{_esc(title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        *body,
+        "</body></html>",
+    ]
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("\n".join(parts), encoding="utf-8")
+    log.info("wrote HTML report %s", target)
+    return target
+

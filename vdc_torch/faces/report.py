@@ -21,13 +21,11 @@ import base64
 import io
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from vdc_torch.errors import InvalidParameterError
 from vdc_torch.faces.dedup_report import write_duplicates_csv, write_duplicates_html  # noqa: F401
 from vdc_torch.faces.html import (  # noqa: F401
     _CSS,
@@ -35,10 +33,12 @@ from vdc_torch.faces.html import (  # noqa: F401
     _KIND_COLOURS,
     THUMB_PX,
     _check_decision,
+    _check_limits,
     _counted_kinds,
     _data_uri,
     _esc,
     _novel_rows,
+    _page_header,
     _picture,
     _Pictures,
     _problems_section,
@@ -46,6 +46,7 @@ from vdc_torch.faces.html import (  # noqa: F401
     _table,
     _thumbnail_from_file,
     _thumbnail_from_fingerprint,
+    _write_page,
 )
 from vdc_torch.faces.plots import (  # noqa: F401
     _class_breakdown,
@@ -80,22 +81,11 @@ def write_html(
     >>> write_html(decision, "reports/v2.html")                         # doctest: +SKIP
     """
     _check_decision(decision)
-    for name, value in (("max_pairs", max_pairs), ("max_novel", max_novel)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InvalidParameterError(f"{name}={value!r} must be a non-negative integer")
+    _check_limits(max_pairs=max_pairs, max_novel=max_novel)
     new_pics = _Pictures(decision.new_fingerprints, decision.new_root)
     ref_pics = _Pictures(decision.reference_fingerprints, decision.reference_root,
                          read_files=bool(getattr(decision, "reference_from_files", False)), contained=True)
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width,initial-scale=1">',
-        f"<title>{_esc(title or 'vdc_torch decision: ' + str(decision.action))}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        _header(decision, title),
-        "<main>",
-        _summary(decision),
-    ]
+    parts = [_header(decision, title), "<main>", _summary(decision)]
     if plots:
         parts.append(_plots_section(decision))
     parts += [
@@ -104,25 +94,15 @@ def write_html(
         _conflicts_section(decision),
         _internal_section(decision, max_pairs),
         _problems_section(decision),
-        "</main></body></html>",
+        "</main>",
     ]
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text("\n".join(parts), encoding="utf-8")
-    log.info("wrote HTML report %s", target)
-    return target
+    return _write_page(path, title or "vdc_torch decision: " + str(decision.action), parts)
 
 
 def _header(decision: Any, title: str | None) -> str:
-    from vdc_torch import __version__
-
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    return (
-        f"<header><h1>{_esc(title or 'vdc_torch — should this model be retrained on this data?')}</h1>"
-        f'<div class="sub">new: {_esc(decision.new_root or "(in-memory dataset)")} &nbsp;·&nbsp; reference: '
-        f'{_esc(decision.reference_root or "(manifest)")} &nbsp;·&nbsp; generated {_esc(stamp)} by vdc_torch '
-        f"{_esc(__version__)}</div></header>"
-    )
+    return _page_header(title or "vdc_torch — should this model be retrained on this data?",
+                        f"new: {_esc(decision.new_root or '(in-memory dataset)')} &nbsp;·&nbsp; reference: "
+                        f"{_esc(decision.reference_root or '(manifest)')}")
 
 
 def _summary(decision: Any) -> str:
