@@ -168,21 +168,28 @@ def cmd_gate(args: argparse.Namespace) -> int:
             _note(args, f"saved the reference manifest to {gate.save(args.save_manifest)}")
         else:
             _note(args, "vdc: note: --save-manifest ignored: --reference is already a manifest")
+    paragraph_stream = _write_outputs(args, decision, report.write_html, report.write_csv)
+    print(decision_paragraph(decision), file=paragraph_stream)
+    return EXIT_TRAIN if str(decision.action) == "train" else args.skip_exit_code
+
+
+def _write_outputs(args: argparse.Namespace, result: Any, write_html: Any, write_csv: Any) -> Any:
+    """``--json`` / ``--report`` / ``--csv`` of a decision or a dedup result; returns where its paragraph goes
+    (standard error when the JSON took standard output)."""
     paragraph_stream = sys.stdout
     if args.json == "-":
-        sys.stdout.write(decision.to_json() + "\n")
+        sys.stdout.write(result.to_json() + "\n")
         paragraph_stream = sys.stderr
     elif args.json:
         _ensure_parent(args.json)
-        decision.to_json(args.json)
+        result.to_json(args.json)
         _note(args, f"wrote {args.json}")
     if args.report:
-        _note(args, f"wrote {report.write_html(decision, args.report)}")
+        _note(args, f"wrote {write_html(result, args.report)}")
     if args.csv:
-        written = report.write_csv(decision, args.csv)
+        written = write_csv(result, args.csv)
         _note(args, f"wrote {', '.join(str(p) for p in written.values())}")
-    print(decision_paragraph(decision), file=paragraph_stream)
-    return EXIT_TRAIN if str(decision.action) == "train" else args.skip_exit_code
+    return paragraph_stream
 
 
 def cmd_update(args: argparse.Namespace) -> int:
@@ -212,19 +219,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     policy = Policy(count_similar=bool(args.count_similar), max_problem_share=share)
     found = find_duplicates(args.dir, keep=args.keep, policy=policy, workers=args.workers,
                             progress=_progress(args), cache=args.cache)
-    paragraph_stream = sys.stdout
-    if args.json == "-":
-        sys.stdout.write(found.to_json() + "\n")
-        paragraph_stream = sys.stderr
-    elif args.json:
-        _ensure_parent(args.json)
-        found.to_json(args.json)
-        _note(args, f"wrote {args.json}")
-    if args.report:
-        _note(args, f"wrote {report.write_duplicates_html(found, args.report)}")
-    if args.csv:
-        written = report.write_duplicates_csv(found, args.csv)
-        _note(args, f"wrote {', '.join(str(p) for p in written.values())}")
+    paragraph_stream = _write_outputs(args, found, report.write_duplicates_html, report.write_duplicates_csv)
     if args.list_removable:
         for path in found.removable_paths:
             sys.stdout.write(path + "\n")
