@@ -268,7 +268,7 @@ def _verify_pair(job: _FeatureJob, q: int, r: int, dist: int, mirror: bool,
     the new image (the new one has a frame or more of the picture than the reference kept after trimming).
     ``mirror`` verifies the mirrored new image (features and alignment alike): a flipped and cropped copy.
     """
-    new, ref, config, new_cache, ref_cache = job.new, job.ref, job.config, job.new_cache, job.ref_cache
+    new, config, new_cache, ref_cache = job.new, job.config, job.new_cache, job.ref_cache
     query = new_cache.get(q, mirror=mirror)
     # each of the query's keypoints matches at most once, so with fewer than min_inliers of them verification
     # cannot pass and the reference need not be described (~6 % of CIFAR images have fewer than 12; the average
@@ -278,12 +278,10 @@ def _verify_pair(job: _FeatureJob, q: int, r: int, dist: int, mirror: bool,
         query, ref_cache.get(r), min_inliers=config.min_inliers, min_coverage=config.min_coverage
     ) if can_match else None
     if result is not None and result.matched:
-        colour = _aligned_colour_difference(new.thumbs[q], ref.thumbs[r], result.transform,
-                                            query.image_shape, ref_cache.get(r).image_shape)
-        share = reference_share(result.transform, query.image_shape, ref_cache.get(r).image_shape)
-        # same layout in other colours is a variant; a placement showing too little of the reference is a detail
-        if colour <= config.max_aligned_color_difference and share >= config.min_reference_share:
-            cropped = share < config.crop_coverage_ratio
+        placed = _placement(job, new.thumbs[q], r, result.transform, query.image_shape, ref_cache.get(r).image_shape,
+                            config.max_aligned_color_difference)
+        if placed is not None:
+            _, share, cropped = placed
             kind = _kind(config, mirror, cropped)
             score = min(1.0, result.inliers / max(1, len(query)))
             evidence = (
@@ -310,7 +308,7 @@ def _verify_by_alignment(job: _FeatureJob, q: int, r: int, dist: int,
     """One candidate pair by dense alignment of the whole pictures (see :func:`_verify_pair`); a match row or None.
 
     ``mirror`` aligns the mirrored new image (its thumbnail mirrored as well for the colour check)."""
-    new, ref, config = job.new, job.ref, job.config
+    new, config = job.new, job.config
     new_image, ref_image = job.new_cache.image(q), job.ref_cache.image(r)
     new_thumb = new.thumbs[q]
     if mirror:
@@ -323,14 +321,11 @@ def _verify_by_alignment(job: _FeatureJob, q: int, r: int, dist: int,
             aligned = Alignment(m, inverse.similarity, inverse.detail_similarity, 1.0 / inverse.scale)
     if not _alignment_agrees(aligned, config):
         return None
-    colour = _aligned_colour_difference(new_thumb, ref.thumbs[r], aligned.transform, new_image.shape,
-                                        ref_image.shape)
-    if colour > config.max_alignment_color_difference:
+    placed = _placement(job, new_thumb, r, aligned.transform, new_image.shape, ref_image.shape,
+                        config.max_alignment_color_difference)
+    if placed is None:
         return None
-    share = reference_share(aligned.transform, new_image.shape, ref_image.shape)
-    if share < config.min_reference_share:  # a detail of the reference, not a copy
-        return None
-    cropped = share < config.crop_coverage_ratio
+    colour, share, cropped = placed
     evidence = (
         f"pHash distance {dist}, {'mirror image ' if mirror else ''}aligned at scale {aligned.scale:.2f}: "
         f"thumbnail similarity {aligned.similarity:.3f}, fine-structure similarity {aligned.detail_similarity:.3f}, "
@@ -338,6 +333,22 @@ def _verify_by_alignment(job: _FeatureJob, q: int, r: int, dist: int,
     )
     return (q, r, _kind(config, mirror, cropped), f"alignment{'-mirror' if mirror else ''}", aligned.similarity,
             evidence)
+
+
+def _placement(job: _FeatureJob, new_thumb: np.ndarray, r: int, transform: np.ndarray,
+               new_shape: tuple[int, ...], ref_shape: tuple[int, ...], max_colour: float,
+               box: int | None = None) -> tuple[float, float, bool] | None:
+    """``(colour difference, share of the reference shown, cropped)`` of a verified placement; ``None`` when its
+    colours differ by more than ``max_colour`` (the same layout in other colours is a variant) or it shows less
+    than ``min_reference_share`` of the reference (a detail of it, not a copy)."""
+    config = job.config
+    colour = _aligned_colour_difference(new_thumb, job.ref.thumbs[r], transform, new_shape, ref_shape, box=box)
+    if colour > max_colour:
+        return None
+    share = reference_share(transform, new_shape, ref_shape)
+    if share < config.min_reference_share:
+        return None
+    return colour, share, share < config.crop_coverage_ratio
 
 
 def _alignment_agrees(aligned: Alignment | None, config: MatchConfig) -> bool:
@@ -351,7 +362,7 @@ def _alignment_agrees(aligned: Alignment | None, config: MatchConfig) -> bool:
 
 def _verify_box(job: _FeatureJob, q: int, r: int, dist: int, box: int) -> tuple[Any, ...] | None:
     """A pair whose crop ``box`` agrees: align that crop of both images (an overlay elsewhere does not count)."""
-    new, ref, config = job.new, job.ref, job.config
+    new, config = job.new, job.config
     new_image, ref_image = job.new_cache.image(q), job.ref_cache.image(r)
     new_window, ref_window = crop_windows(*new_image.shape)[box], crop_windows(*ref_image.shape)[box]
     aligned = align(new_image[new_window], ref_image[ref_window])
@@ -361,15 +372,12 @@ def _verify_box(job: _FeatureJob, q: int, r: int, dist: int, box: int) -> tuple[
     into_new = _homogeneous(np.array([[1.0, 0, -new_window[1].start], [0, 1.0, -new_window[0].start]]))
     out_of_ref = _homogeneous(np.array([[1.0, 0, ref_window[1].start], [0, 1.0, ref_window[0].start]]))
     transform = (out_of_ref @ _homogeneous(aligned.transform) @ into_new)[:2]
-    colour = _aligned_colour_difference(new.thumbs[q], ref.thumbs[r], transform, new_image.shape, ref_image.shape,
-                                        box=box)
-    if colour > config.max_alignment_color_difference:
+    placed = _placement(job, new.thumbs[q], r, transform, new_image.shape, ref_image.shape,
+                        config.max_alignment_color_difference, box=box)
+    if placed is None:
         return None
+    colour, share, cropped = placed
     keep = CROP_BOXES[box][0]
-    share = reference_share(transform, new_image.shape, ref_image.shape)
-    if share < config.min_reference_share:  # a detail of the reference, not a copy
-        return None
-    cropped = share < config.crop_coverage_ratio
     evidence = (
         f"the same {keep:.0%} crop of both agrees (pHash distance {dist}): thumbnail similarity "
         f"{aligned.similarity:.3f}, fine-structure similarity {aligned.detail_similarity:.3f}, colour difference "
@@ -397,14 +405,11 @@ def _verify_rotated(job: _FeatureJob, q: int, r: int, dist: int, degrees: float)
     if not _alignment_agrees(aligned, config):
         return None
     transform = (_homogeneous(aligned.transform) @ np.linalg.inv(back))[:2]  # new pixel -> reference pixel
-    colour = _aligned_colour_difference(job.new.thumbs[q], job.ref.thumbs[r], transform, new_image.shape,
-                                        ref_image.shape)
-    if colour > config.max_alignment_color_difference:
+    placed = _placement(job, job.new.thumbs[q], r, transform, new_image.shape, ref_image.shape,
+                        config.max_alignment_color_difference)
+    if placed is None:
         return None
-    share = reference_share(transform, new_image.shape, ref_image.shape)
-    if share < config.min_reference_share:  # a detail of the reference, not a copy
-        return None
-    cropped = share < config.crop_coverage_ratio
+    colour, share, cropped = placed
     evidence = (
         f"turned back by {degrees:+.0f} deg, its centre crop aligned at scale {aligned.scale:.2f} (crop-hash "
         f"distance {dist}): thumbnail similarity {aligned.similarity:.3f}, fine-structure similarity "
