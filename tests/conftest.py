@@ -76,3 +76,20 @@ def build_scenario(photos: list[Path], root: Path, seed: int = 0, n_ref: int = 2
 @pytest.fixture
 def scenario(photos: list[Path], tmp_path: Path) -> Scenario:
     return build_scenario(photos, tmp_path)
+
+
+@pytest.fixture
+def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths fingerprinting decodes (in this process), in order."""
+    import vdc_torch.fingerprints.compute as fingerprint_module
+
+    calls: list[str] = []
+    original = fingerprint_module.decode_file
+
+    def counting(path, **kwargs):
+        calls.append(str(path))
+        return original(path, **kwargs)
+
+    monkeypatch.setattr(fingerprint_module, "decode_file", counting)
+    return calls
+

@@ -8,23 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import vdc_torch.fingerprints.compute as fingerprint_module
 from vdc_torch import Dataset, DatasetGate
 from vdc_torch.decision.store.cache import FingerprintCache
 from vdc_torch.decision.store.cache import fingerprint_with_cache as compute_fingerprints
-
-
-@pytest.fixture
-def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    original = fingerprint_module.decode_file
-
-    def counting(path, **kwargs):
-        calls.append(str(path))
-        return original(path, **kwargs)
-
-    monkeypatch.setattr(fingerprint_module, "decode_file", counting)
-    return calls
 
 
 def test_second_check_on_unchanged_data_decodes_nothing(scenario, tmp_path: Path, count_decodes: list[str]) -> None:

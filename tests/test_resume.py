@@ -61,19 +61,6 @@ def default_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(CHECKPOINT_SECONDS_ENV, raising=False)
 
 
-@pytest.fixture
-def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    original = fingerprint_module.decode_file
-
-    def counting(path, **kwargs):
-        calls.append(str(path))
-        return original(path, **kwargs)
-
-    monkeypatch.setattr(fingerprint_module, "decode_file", counting)
-    return calls
-
-
 def copy_photos(photos: list[Path], folder: Path, start: int = 0, count: int = 30) -> Path:
     folder.mkdir(parents=True)
     for photo in photos[start:start + count]:
