@@ -41,6 +41,22 @@ from vdc_torch.data.exif import (  # noqa: F401 - re-exported where they were be
     printable_exif_value,
     read_exif_tags,
 )
+from vdc_torch.data.jpeg import (  # noqa: F401 - re-exported where they were before the split
+    _PLAIN_SOF,
+    MAX_JPEG_SCAN_PIXELS,
+    MAX_JPEG_SCANS,
+    _JpegHeader,
+    _plain_jpeg_header,
+    scan_budget_exceeded,
+)
+from vdc_torch.data.pixels import (  # noqa: F401 - re-exported where they were before the split
+    FLOAT_PIXEL_TOLERANCE,
+    apply_orientation,
+    array_to_rgb_uint8,
+    check_unit_range,
+    reduced_rgb,
+    to_rgb_array,
+)
 from vdc_torch.errors import ImageDecodeError
 
 log = logging.getLogger(__name__)
@@ -68,6 +84,30 @@ DEFAULT_MAX_BYTES = 1 << 30
 #: Large JPEGs are decoded with DCT scaling so that their shorter side stays at least this long.
 DEFAULT_DECODE_SIDE = 256
 
+#: Other images of more pixels than this are reduced (by an integer factor, at most 8 like JPEG's DCT scaling)
+#: while they are converted to RGB, so their full-size RGB copy never exists: decoding one costs the decoder's buffer
+#: (Pillow: 4 bytes a pixel for RGB and RGBA, 2 for 16-bit gray, 4 for float) plus a few MB, never two full copies.
+#: Their pixel digest is still that of the full-size pixels.
+DEFAULT_REDUCE_ABOVE_PIXELS = 16_000_000
+
+#: Decoding one image may need at most this much memory (an estimate from its format and size, before decoding:
+#: :data:`DECODER_BYTES_PER_PIXEL`). With the default ``max_pixels`` only WebP above ~50 MP and JPEG 2000 above
+#: ~40 MP reach it; every other format stays under 4 bytes a pixel (600 MB at 150 MP). Together with the reduced
+#: conversion above, peak memory of fingerprinting is about ``workers x MAX_DECODE_BYTES`` plus the file bytes
+#: being read, whatever the batch size.
+MAX_DECODE_BYTES = 800 << 20
+
+#: Decoder memory per pixel, measured (peak above baseline / pixels) on 16-megapixel files with Pillow 13: libwebp
+#: decodes into its own RGBA canvas that Pillow then copies (animated or not), OpenJPEG keeps 32-bit samples per
+#: component. Other formats: Pillow's own buffer, 4 bytes a pixel at most.
+DECODER_BYTES_PER_PIXEL: dict[str, int] = {"WEBP": 16, "JPEG2000": 20}
+
+#: The Pillow formats vdc_torch decodes (``Image.open(formats=...)``). Every other plugin stays closed: EPS and
+#: PostScript (Pillow hands them to Ghostscript, which would run the file's code), PDF, PSD, FITS, and the rest.
+DECODED_FORMATS: tuple[str, ...] = (
+    "JPEG", "PNG", "GIF", "BMP", "DIB", "TIFF", "WEBP", "PPM", "TGA", "ICO", "JPEG2000", "AVIF", "HEIF",
+)
+
 
 _FILE_KINDS = (
     (stat_module.S_ISDIR, "a directory"),
@@ -87,6 +127,7 @@ class DecodedImage:
     height: int  # full-resolution height after orientation
     byte_digest: bytes | None = None  # blake2b-128 of the file bytes (None for in-memory samples)
     exif_identity: str | None = None  # make|model|DateTimeOriginal.SubSec|ImageUniqueID|BodySerial
+    pixel_digest: bytes | None = None  # digest of the full-size pixels when ``pixels`` is a reduced copy of them
     file_size: int | None = None
     mtime_ns: int | None = None
     format: str | None = None
@@ -279,13 +320,18 @@ def decode_bytes(
 def _decode_bytes(data: bytes, name: str, decode_side: int | None, max_pixels: int) -> DecodedImage:
     if not data:
         raise ImageDecodeError(f"{name}: empty file (0 bytes)")
+    if data[:2] == b"\xff\xd8":
+        too_costly = scan_budget_exceeded(data, max_pixels=max_pixels)
+        if too_costly is not None:
+            raise ImageDecodeError(f"{name}: {too_costly}; refused without decoding (decoding time grows with every "
+                                   "scan: a possible scan bomb)")
     plain = _decode_plain_jpeg(data, name, decode_side, max_pixels)
     if plain is not None:
         return plain
     try:
         with warnings.catch_warnings(record=True) as opening:  # Pillow may parse (and warn about) EXIF here
             warnings.simplefilter("always")
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=_decoded_formats())
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"{name}: refused as a decompression bomb ({exc})") from exc
     except UnidentifiedImageError as exc:
@@ -300,6 +346,12 @@ def _decode_bytes(data: bytes, name: str, decode_side: int | None, max_pixels: i
             raise ImageDecodeError(
                 f"{name}: declares {width}x{height} pixels, more than max_pixels={max_pixels}; "
                 "refused without decoding (possible decompression bomb)"
+            )
+        need = width * height * DECODER_BYTES_PER_PIXEL.get(str(image.format), 4)
+        if need > MAX_DECODE_BYTES:
+            raise ImageDecodeError(
+                f"{name}: a {image.format} image of {width}x{height} pixels needs about {need >> 20} MB to decode, "
+                f"more than MAX_DECODE_BYTES={MAX_DECODE_BYTES >> 20} MB; refused without decoding"
             )
         problems: list[str] = []
         early = [str(w.message) for w in opening if not issubclass(w.category, Image.DecompressionBombWarning)]
@@ -325,7 +377,7 @@ def _decode_bytes(data: bytes, name: str, decode_side: int | None, max_pixels: i
                 image.draft("RGB", (max(1, int(width / scale)), max(1, int(height / scale))))
             try:
                 image.load()
-                pixels = to_rgb_array(image)
+                pixels, pixel_digest = _converted(image, decode_side if fmt != "JPEG" else None)
             except Image.DecompressionBombError as exc:
                 raise ImageDecodeError(f"{name}: refused as a decompression bomb ({exc})") from exc
             except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as exc:
@@ -337,75 +389,26 @@ def _decode_bytes(data: bytes, name: str, decode_side: int | None, max_pixels: i
         width, height = height, width
     return DecodedImage(
         pixels=pixels, width=width, height=height, exif_identity=exif_identity,
+        pixel_digest=pixel_digest if orientation == 1 else None,  # else: the digest of the oriented reduced copy
         format=fmt, frames=frames, warnings=problems,
     )
 
 
-@dataclass(frozen=True)
-class _JpegHeader:
-    """What :func:`_plain_jpeg_header` reads from a JPEG's markers (up to the first scan)."""
-
-    width: int
-    height: int
-    gray: bool
-    exif: bytes | None  # the APP1 Exif segment, "Exif\0\0" included, as Pillow keeps it in ``info["exif"]``
-
-
-#: Start-of-frame markers of 8-bit Huffman JPEGs (baseline, extended, progressive): what OpenCV and Pillow both
-#: decode through libjpeg alike. Lossless, arithmetic and hierarchical ones go the general way.
-_PLAIN_SOF = (0xC0, 0xC1, 0xC2)
+def _converted(image: Image.Image, decode_side: int | None) -> tuple[np.ndarray, bytes | None]:
+    """RGB pixels of a loaded image, reduced when it is large (:data:`DEFAULT_REDUCE_ABOVE_PIXELS`), with the
+    full-size pixels' digest when they were reduced."""
+    width, height = image.size
+    if decode_side and width * height > DEFAULT_REDUCE_ABOVE_PIXELS and min(width, height) > 2 * decode_side:
+        factor = min(8, min(width, height) // decode_side)
+        return reduced_rgb(image, factor)
+    return to_rgb_array(image), None
 
 
-def _plain_jpeg_header(data: bytes) -> _JpegHeader | None:
-    """Size, colour and EXIF block of a JPEG whose markers hold nothing unusual, or None.
-
-    Pillow parses the markers in Python (~35 us a file, as long as decoding a 32x32 image). This walk reads only
-    what the decode needs and gives up (None: Pillow's way) on anything it does not fully understand: another
-    frame type or precision, CMYK or Adobe colour transforms, multi-picture (MPO) files, XMP or a second EXIF
-    block (Pillow reads orientation from XMP), a segment running past the end or a marker out of place.
-    """
-    n = len(data)
-    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
-        return None
-    pos, size, exif = 2, None, None
-    while pos + 4 <= n:
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        length = (data[pos + 2] << 8) | data[pos + 3]
-        end = pos + 2 + length
-        if length < 2 or end > n:
-            return None
-        segment = data[pos + 4 : end]
-        if marker == 0xDA:  # start of scan: the header is complete
-            if size is None:
-                return None
-            width, height, gray = size
-            return _JpegHeader(width, height, gray, exif)
-        if marker in _PLAIN_SOF:
-            if size is not None or len(segment) < 6 or segment[0] != 8:
-                return None
-            height, width, components = (segment[1] << 8) | segment[2], (segment[3] << 8) | segment[4], segment[5]
-            if height == 0 or width == 0 or components not in (1, 3) or len(segment) < 6 + 3 * components:
-                return None
-            size = (width, height, components == 1)
-        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # another frame type
-            return None
-        elif marker == 0xE1:
-            if not segment.startswith(b"Exif\x00\x00") or exif is not None:
-                return None  # XMP (orientation may live there) or a second EXIF block
-            exif = segment
-        elif marker == 0xE2 and segment.startswith(b"MPF\x00"):  # multi-picture: Pillow's MPO plugin
-            return None
-        elif marker == 0xEE:  # Adobe: colour transform flags
-            return None
-        elif marker in (0x01, 0xD8, 0xD9) or 0xD0 <= marker <= 0xD7:  # no segment may start here
-            return None
-        pos = end
-    return None
+@functools.lru_cache(maxsize=1)
+def _decoded_formats() -> tuple[str, ...]:
+    """:data:`DECODED_FORMATS` that this Pillow has (``Image.open`` refuses names it does not know)."""
+    Image.init()
+    return tuple(f for f in DECODED_FORMATS if f in Image.OPEN)
 
 
 class _ExifOnly:
@@ -590,52 +593,25 @@ def _decode_object(sample: Any, name: str) -> DecodedImage:
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
     if np.issubdtype(array.dtype, np.floating):
-        _check_unit_range(array, name)
-    pixels = _array_to_rgb_uint8(array, name)
+        check_unit_range(array, name)
+    pixels = array_to_rgb_uint8(array, name)
     h, w = pixels.shape[:2]
     return DecodedImage(pixels=pixels, width=w, height=h)
-
-
-def to_rgb_array(image: Image.Image) -> np.ndarray:
-    """Convert any PIL mode to an (H, W, 3) uint8 RGB array (16-bit scaled, alpha composited on white)."""
-    mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        array = np.asarray(image)
-        return _array_to_rgb_uint8(array, "<image>")
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")  # composited in Pillow's C code: a float copy costs ~1 s per 18 MP image
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.ascontiguousarray(np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8))
-    if mode != "RGB":
-        image = image.convert("RGB")
-    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
-
-
-def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
-    """Apply an EXIF orientation (1–8) to an (H, W, C) array so the image stands as it was shot."""
-    if orientation == 2:
-        pixels = pixels[:, ::-1]
-    elif orientation == 3:
-        pixels = pixels[::-1, ::-1]
-    elif orientation == 4:
-        pixels = pixels[::-1]
-    elif orientation == 5:
-        pixels = pixels.transpose(1, 0, 2)
-    elif orientation == 6:
-        pixels = np.rot90(pixels, -1)
-    elif orientation == 7:
-        pixels = pixels[::-1, ::-1].transpose(1, 0, 2)
-    elif orientation == 8:
-        pixels = np.rot90(pixels, 1)
-    else:
-        return pixels
-    return np.ascontiguousarray(pixels)
 
 
 def _unidentified_reason(data: bytes) -> str:
     head = data[:32]
     if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1", b"ftypheim", b"ftyphevc"):
         return "HEIC/HEIF image, but no HEIF decoder is installed (pip install pillow-heif)"
+    if head.startswith((b"%!PS", b"\xc5\xd0\xd3\xc6")):
+        return ("PostScript/EPS document, not decoded (rendering it would run Ghostscript on the file's code); "
+                "convert it to PNG or JPEG if it is a training image")
+    if head.startswith(b"%PDF"):
+        return "PDF document, not an image"
+    other = _other_pillow_format(head)
+    if other is not None:
+        return (f"{other} file, a format vdc_torch does not decode (it decodes "
+                f"{', '.join(_decoded_formats())}); convert it to PNG")
     stripped = head.lstrip().lower()
     if stripped.startswith((b"<!doctype", b"<html", b"<?xml", b"{", b"<svg")):
         return "not an image: the file holds text/markup (HTML, XML, JSON or SVG)"
@@ -655,49 +631,18 @@ def _tensor_to_hwc(tensor: Any) -> np.ndarray:
     return array
 
 
-#: Float pixels may stray this far outside [0, 1] (rounding in resize/colour transforms) and still count as images.
-FLOAT_PIXEL_TOLERANCE = 1e-3
+def _other_pillow_format(head: bytes) -> str | None:
+    """The name of a Pillow format outside :data:`DECODED_FORMATS` whose signature ``head`` carries, or None.
 
-
-def _check_unit_range(array: np.ndarray, name: str) -> None:
-    """Refuse float pixels outside [0, 1]: they are not an image but, most often, a normalised tensor."""
-    if array.size == 0:
-        return
-    finite = np.isfinite(array)
-    if not finite.all():
-        raise ImageDecodeError(f"{name}: float pixels contain NaN or infinity; not an image")
-    low, high = float(array.min()), float(array.max())
-    if low >= -FLOAT_PIXEL_TOLERANCE and high <= 1.0 + FLOAT_PIXEL_TOLERANCE:
-        return
-    hint = ("it looks like the output of Normalize(mean, std)" if low < 0 else
-            "float pixels must lie in [0, 1] (convert 0-255 floats to uint8)")
-    raise ImageDecodeError(
-        f"{name}: float pixels lie in [{low:.3f}, {high:.3f}], not in [0, 1]: {hint}. vdc_torch fingerprints "
-        "images, not model inputs: pass the dataset without its transform (a dataset with a `transform` "
-        "attribute is read untransformed automatically), or Dataset.from_torch(ds, denormalize=(mean, std))"
-    )
-
-
-def _array_to_rgb_uint8(array: np.ndarray, name: str) -> np.ndarray:
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        raise ImageDecodeError(f"{name}: array of shape {array.shape} is not an image (H,W), (H,W,3) or (H,W,4)")
-    if array.size == 0:
-        raise ImageDecodeError(f"{name}: empty image array of shape {array.shape}")
-    if array.dtype == np.uint8:
-        out = array
-    elif array.dtype == np.uint16 or (np.issubdtype(array.dtype, np.integer) and array.max() > 255):
-        out = (array.astype(np.float64) * (255.0 / max(int(array.max()), 65535 if array.max() > 4095 else 4095)))
-        out = np.rint(out).clip(0, 255).astype(np.uint8)
-    elif np.issubdtype(array.dtype, np.floating):
-        finite = np.nan_to_num(array.astype(np.float64))
-        scale = 255.0 if finite.max() <= 1.0 + 1e-6 and finite.min() >= -1e-6 else 1.0
-        out = np.rint(finite * scale).clip(0, 255).astype(np.uint8)
-    else:
-        out = array.clip(0, 255).astype(np.uint8)
-    if out.ndim == 2:
-        out = np.repeat(out[..., None], 3, axis=2)
-    elif out.shape[-1] == 4:
-        out = out[..., :3]
-    return np.ascontiguousarray(out)
+    Only the plugins' signature checks run (they look at the first bytes); no plugin opens the data.
+    """
+    Image.init()
+    for fmt, (_, accept) in Image.OPEN.items():
+        if fmt in DECODED_FORMATS or accept is None or fmt in ("IM", "IMT", "SPIDER", "MPEG", "IPTC"):
+            continue  # those without a reliable signature would claim arbitrary bytes
+        try:
+            if accept(head):
+                return fmt
+        except Exception:  # noqa: BLE001, S112 - a signature check that fails is no answer
+            continue
+    return None
