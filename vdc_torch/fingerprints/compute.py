@@ -50,6 +50,7 @@ from vdc_torch.fingerprints.per_image import (  # noqa: F401
     _DCT8,
     CV_MAX_CHANNELS,
     _resize_factor,
+    compact_decoded,
     content_box,
     crop_coefficients,
     crop_pixels,
@@ -154,12 +155,11 @@ class _FingerprintTask(torch.utils.data.Dataset):
                         results.append((index, known))
                         continue
                 if self.dataset.is_file_backed:
-                    decoded.append((index, path, decode_file(path, decode_side=self.decode_side,
-                                                             max_pixels=self.max_pixels)))
+                    image = decode_file(path, decode_side=self.decode_side, max_pixels=self.max_pixels)
                 else:
-                    decoded.append((index, path, decode_sample(self.dataset.source_image(index), name=path,
-                                                               decode_side=self.decode_side,
-                                                               max_pixels=self.max_pixels)))
+                    image = decode_sample(self.dataset.source_image(index), name=path,
+                                          decode_side=self.decode_side, max_pixels=self.max_pixels)
+                decoded.append((index, path, compact_decoded(image)))  # the batch holds no full-size pixels
             except ImageDecodeError as exc:
                 results.append((index, Problem(index, path, str(exc))))
             except Exception as exc:  # noqa: BLE001 - never let one sample end the run
@@ -371,19 +371,19 @@ def fingerprint_stream(
             return
         try:
             fps = fingerprint_batch([d for _, _, d in pending], extra_hashes)
-            rows = [(i, fp) for (i, _, _), fp in zip(pending, fps)]
+            rows = [(i, name, fp) for (i, name, _), fp in zip(pending, fps)]
         except Exception:  # noqa: BLE001 - find the one sample that fails, keep the others
             rows = []
             for i, name, d in pending:
                 try:
-                    rows.append((i, fingerprint_decoded(d, extra_hashes)))
+                    rows.append((i, name, fingerprint_decoded(d, extra_hashes)))
                 except Exception as exc:  # noqa: BLE001
                     problems.append(_unexpected(i, name, exc))
-        for (i, fp), (_, name, _) in zip(rows, pending):
+        for i, name, fp in rows:
             problems.extend(Problem(i, name, w, fatal=False) for w in fp.warnings)
         if rows:
-            batches.append(FingerprintTable.from_rows([i for i, _ in rows], [""] * len(rows), [None] * len(rows),
-                                                      [fp for _, fp in rows]))
+            batches.append(FingerprintTable.from_rows([i for i, _, _ in rows], [""] * len(rows), [None] * len(rows),
+                                                      [fp for _, _, fp in rows]))
         bar.update(len(pending))
         pending.clear()
 
@@ -392,8 +392,8 @@ def fingerprint_stream(
             try:
                 if isinstance(stored, BaseException):
                     raise stored
-                pending.append((index, name, decode_sample(stored, name=name, decode_side=decode_side,
-                                                           max_pixels=max_pixels)))
+                pending.append((index, name, compact_decoded(decode_sample(stored, name=name, decode_side=decode_side,
+                                                                           max_pixels=max_pixels))))
             except ImageDecodeError as exc:
                 problems.append(Problem(index, name, str(exc)))
                 bar.update(1)

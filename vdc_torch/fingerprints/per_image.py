@@ -5,6 +5,7 @@ Everything comes from the one decode of each image; a batch of images of one siz
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import struct
@@ -128,6 +129,16 @@ class _Prepared:
     whole: np.ndarray | None  # gray THUMB_SIDE x THUMB_SIDE of the untrimmed picture; None when nothing was trimmed
 
 
+def compact_decoded(decoded: DecodedImage) -> DecodedImage:
+    """``decoded`` holding only what :func:`fingerprint_batch` needs: the digest of its pixels and the working copy
+    (longer side at most ``DETAIL_SIDE``) instead of the full-size pixels; the same fingerprints come out.
+
+    Fingerprinting a batch then holds one full-size image at a time (the one being decoded), not the whole batch.
+    """
+    pixel_digest = decoded.pixel_digest or digest(np.ascontiguousarray(decoded.pixels).data)
+    return dataclasses.replace(decoded, pixels=_working_copy(decoded.pixels), pixel_digest=pixel_digest)
+
+
 def _working_copy(pixels: np.ndarray) -> np.ndarray:
     """The picture at most :data:`DETAIL_SIDE` px on its longer side (area-resized), from which everything is taken."""
     return shrink_to_side(pixels, DETAIL_SIDE)
@@ -196,7 +207,7 @@ def fingerprint_batch(decoded: Sequence[DecodedImage], extra_hashes: Sequence[st
         out.append(Fingerprint(
             width=d.width,
             height=d.height,
-            pixel_digest=digest(np.ascontiguousarray(d.pixels).data),
+            pixel_digest=d.pixel_digest or digest(np.ascontiguousarray(d.pixels).data),
             phash=int(phashes[i]),
             phash_mirror=int(mirrors[i]),
             phash_whole=wholes.get(i),
