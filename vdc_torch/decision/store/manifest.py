@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from vdc_torch.decision.store.schema import verify_schema
 from vdc_torch.decision.store.stored import ManifestHandle, PartStream, StoredRows, part_digest, part_matches
 from vdc_torch.errors import ManifestError
 from vdc_torch.fingerprints.table import CROP_BOXES, FINGERPRINT_VERSION, THUMB_SIDE, FingerprintTable
@@ -124,6 +125,8 @@ CREATE TABLE parts (
 );
 CREATE TABLE checksum (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+#: The CREATE script of each readable format version: a file's schema must be exactly one of them.
+_SCHEMAS = {1: _SCHEMA, 2: _SCHEMA_V2}
 
 
 # -- saving ----------------------------------------------------------------------------------------------------
@@ -413,12 +416,14 @@ def _check_replaceable(target: Path) -> None:
         raise refuse
     try:
         with contextlib.closing(_connect_readonly(target)) as connection:
-            tables = _tables(connection)
-            row = None
-            if tables.get("meta") == "table":
-                row = connection.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+            verify_schema(connection, repr(str(target)), _SCHEMAS)  # before reading meta: no SQL of the file runs
+            row = connection.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
     except sqlite3.Error:
         return  # a damaged SQLite file: most likely an earlier manifest, replacing it is the repair
+    except ManifestError as exc:
+        if isinstance(exc.__cause__, sqlite3.Error):
+            return  # its schema is unreadable: damaged, as above
+        raise refuse from exc  # a healthy database of something else, or a manifest with a forged schema
     if row is None or row[0] != json.dumps(MANIFEST_FORMAT):
         raise refuse  # a healthy database of something else
 
@@ -550,6 +555,10 @@ def _connect_readonly(source: Path) -> sqlite3.Connection:
     uri = Path(os.path.abspath(source)).as_uri() + "?mode=ro&immutable=1"  # percent-encodes ?, #, % and non-UTF-8
     # read from the matching threads too: every read goes through ManifestHandle's lock, one at a time
     connection = sqlite3.connect(uri, uri=True, check_same_thread=False)
+    with contextlib.suppress(OSError, AttributeError):  # setlimit: Python >= 3.11
+        # no stored value is longer than the file (SQLite does not compress): a longer one (a looped overflow
+        # chain) is refused by SQLite ("string or blob too big") instead of being allocated
+        connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(os.stat(source).st_size, 1 << 20))
     connection.execute("PRAGMA cell_size_check=ON")
     connection.execute("PRAGMA trusted_schema=OFF")
     return connection
@@ -563,10 +572,7 @@ def _tables(connection: sqlite3.Connection) -> dict[str, str]:
 
 def _read_meta(connection: sqlite3.Connection, name: str) -> tuple[list[tuple[Any, Any]], dict[str, Any]]:
     """The meta rows and values, after checking the tables, the format and both versions."""
-    tables = _tables(connection)
-    if tables.get("meta") != "table":
-        found = ", ".join(sorted(str(t) for t in tables)) or "none"
-        raise ManifestError(f"{name} is an SQLite database but not a vdc_torch manifest (its tables: {found})")
+    schema_version = verify_schema(connection, name, _SCHEMAS)  # before any value: see store/schema.py
     meta_rows = connection.execute("SELECT key, value FROM meta ORDER BY key").fetchall()
     meta: dict[str, Any] = {}
     for key, value in meta_rows:
@@ -591,10 +597,9 @@ def _read_meta(connection: sqlite3.Connection, name: str) -> tuple[list[tuple[An
             f"{name} holds fingerprints of version {meta.get('fingerprint_version')!r}, "
             f"this vdc_torch computes version {FINGERPRINT_VERSION}: rebuild the manifest"
         )
-    needed = ("samples",) if version == 1 else ("columns", "parts")
-    if any(tables.get(t) != "table" for t in needed):
-        found = ", ".join(sorted(str(t) for t in tables)) or "none"
-        raise ManifestError(f"{name} is an SQLite database but not a vdc_torch manifest (its tables: {found})")
+    if version != schema_version:
+        raise ManifestError(f"{name} is corrupted: its meta gives format version {version}, its tables are those "
+                            f"of version {schema_version}")
     return meta_rows, meta
 
 
