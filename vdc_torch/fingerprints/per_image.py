@@ -333,16 +333,92 @@ def encode_detail(gray: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
-def decode_detail(detail: bytes) -> np.ndarray:
-    """The gray detail image stored in a fingerprint, as a uint8 array."""
-    if detail[:4] == _RAW_DETAIL:
-        if len(detail) < 8:
-            raise ImageDecodeError("stored detail image is corrupt")
-        h, w = struct.unpack_from("<HH", detail, 4)
+#: JPEG markers that begin a frame (SOF0..SOF15 but DHT, JPG and DAC); encode_detail writes SOF0 (baseline) only.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_RAW_MAX_PIXELS = 64 * 64
+
+
+def detail_problem(detail: bytes) -> str | None:
+    """Why ``detail`` is not a detail image :func:`encode_detail` writes, read from its header alone; else None.
+
+    A raw detail: the tag, two sizes, exactly that many pixels, at most 64×64 of them. A JPEG: one baseline frame
+    (SOF0), 8-bit, one (gray) component, larger than 64×64 and at most :data:`DETAIL_SIDE` px a side — so a stored
+    "detail" declaring 30000×30000 px (or a PNG, a progressive JPEG) is refused before any decoder allocates.
+    """
+    if not isinstance(detail, (bytes, bytearray, memoryview)):
+        return f"a {type(detail).__name__}, not bytes"
+    data = bytes(detail[:65536]) if len(detail) > 65536 else bytes(detail)
+    if data[:4] == _RAW_DETAIL:
+        if len(data) < 8:
+            return f"a raw detail of {len(data)} bytes, shorter than its header"
+        h, w = struct.unpack_from("<HH", data, 4)
+        if not (0 < h * w <= _RAW_MAX_PIXELS and max(h, w) <= DETAIL_SIDE):
+            return f"a raw detail declaring {w}×{h} px (raw details are at most {_RAW_MAX_PIXELS} px)"
         if len(detail) != 8 + h * w:
-            raise ImageDecodeError("stored detail image is corrupt")
+            return f"a raw {w}×{h} detail of {len(detail)} bytes, expected {8 + h * w}"
+        return None
+    return _jpeg_detail_problem(data)
+
+
+def _jpeg_detail_problem(data: bytes) -> str | None:
+    if data[:2] != b"\xff\xd8":
+        return f"neither a raw detail nor a JPEG (it starts with {data[:8]!r})"
+    at, frame = 2, None
+    while True:
+        if at + 4 > len(data):
+            return "a JPEG whose header is truncated (no scan)"
+        if data[at] != 0xFF:
+            return f"a malformed JPEG (no marker at byte {at})"
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker == 0xDA:  # start of scan: the header is complete
+            break
+        if marker in (0x01, 0xD8, 0xD9) or 0xD0 <= marker <= 0xD7:
+            return f"a malformed JPEG (marker 0x{marker:02X} in its header)"
+        length = int.from_bytes(data[at + 2 : at + 4], "big")
+        if length < 2 or at + 2 + length > len(data):
+            return f"a malformed JPEG (segment 0x{marker:02X} of length {length})"
+        if marker in _SOF_MARKERS:
+            if marker != 0xC0:
+                return f"a JPEG of another kind (SOF{marker - 0xC0}; details are baseline JPEG)"
+            if frame is not None or length < 11:
+                return "a malformed JPEG (a second or short frame header)"
+            precision, h, w, components = struct.unpack_from(">BHHB", data, at + 4)
+            frame = (precision, h, w, components)
+        at += 2 + length
+    if frame is None:
+        return "a JPEG without a frame header"
+    precision, h, w, components = frame
+    if precision != 8 or components != 1:
+        return f"a {precision}-bit JPEG of {components} components (details are 8-bit gray)"
+    if not (0 < h <= DETAIL_SIDE and 0 < w <= DETAIL_SIDE and h * w > _RAW_MAX_PIXELS):
+        return f"a JPEG declaring {w}×{h} px (details are at most {DETAIL_SIDE} px a side)"
+    return None
+
+
+def decode_detail(detail: bytes) -> np.ndarray:
+    """The gray detail image stored in a fingerprint, as a uint8 array.
+
+    The header is checked first (:func:`detail_problem`), so nothing but a detail this library writes reaches
+    the decoder; anything else is an :class:`ImageDecodeError` saying what is wrong.
+    """
+    problem = detail_problem(detail)
+    if problem is not None:
+        raise ImageDecodeError(f"stored detail image is corrupt: {problem}")
+    if detail[:4] == _RAW_DETAIL:
+        h, w = struct.unpack_from("<HH", detail, 4)
         return np.frombuffer(detail, np.uint8, offset=8).reshape(h, w).copy()
-    image = cv2.imdecode(np.frombuffer(detail, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise ImageDecodeError("stored detail image is corrupt")
+    image = cv2.imdecode(np.frombuffer(detail, np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None or image.shape != struct.unpack_from(">HH", detail, _jpeg_frame_at(detail) + 5):
+        raise ImageDecodeError("stored detail image is corrupt: its JPEG data does not decode to its declared size")
     return image
+
+
+def _jpeg_frame_at(data: bytes) -> int:
+    """Offset of the SOF0 marker of a JPEG that passed :func:`detail_problem`."""
+    at = 2
+    while data[at + 1] != 0xC0:
+        at = at + 1 if data[at + 1] == 0xFF else at + 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    return at

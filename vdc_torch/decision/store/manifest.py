@@ -44,6 +44,15 @@ import numpy as np
 
 from vdc_torch.decision.store.schema import verify_schema
 from vdc_torch.decision.store.stored import ManifestHandle, PartStream, StoredRows, part_digest, part_matches
+from vdc_torch.decision.store.v1 import (  # noqa: F401
+    _BLOB_COLUMNS,
+    _COLUMNS,
+    _SCHEMA,
+    _content_digest,
+    _detail_check,
+    _table_from_columns,
+)
+from vdc_torch.decision.store.v1 import bytes_for_json as _bytes_for_json
 from vdc_torch.errors import ManifestError
 from vdc_torch.fingerprints.table import CROP_BOXES, FINGERPRINT_VERSION, THUMB_SIDE, FingerprintTable
 
@@ -80,37 +89,8 @@ _LAZY_COLUMNS = frozenset({"thumbs", "coarse", "details.data"})
 _ROWS_PER_CHUNK = 16384
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-_COLUMNS = (
-    "row", "sample_index", "path", "label", "width", "height", "byte_digest", "pixel_digest", "exif_identity",
-    "phash", "phash_mirror", "crop_hashes", "thumb", "detail", "file_size", "mtime_ns", "extra_hashes",
-)
-_BLOB_COLUMNS = frozenset({6, 7, 11, 12, 13})  # byte_digest, pixel_digest, crop_hashes, thumb, detail
 _RESERVED_META = ("format", "format_version", "fingerprint_version", "saved_at", "samples")
 _DIGEST_SIZE = 16
-
-_SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE samples (
-    row INTEGER PRIMARY KEY,
-    sample_index INTEGER NOT NULL,
-    path TEXT NOT NULL,
-    label TEXT,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    byte_digest BLOB,
-    pixel_digest BLOB NOT NULL,
-    exif_identity TEXT,
-    phash INTEGER NOT NULL,
-    phash_mirror INTEGER NOT NULL,
-    crop_hashes BLOB NOT NULL,
-    thumb BLOB NOT NULL,
-    detail BLOB NOT NULL,
-    file_size INTEGER,
-    mtime_ns INTEGER,
-    extra_hashes TEXT NOT NULL
-);
-CREATE TABLE checksum (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
 
 _SCHEMA_V2 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -152,25 +132,36 @@ def save_manifest(
         meta_rows = _meta_rows(meta, len(table))
     except (TypeError, ValueError) as exc:
         raise ManifestError(f"cannot save manifest {name!r}: meta is not JSON-serialisable ({exc})") from exc
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target, lock_timeout):
-        _check_replaceable(target)
-        _remove_stale_temp_files(target)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            _write_database(tmp_name, meta_rows, table, name)
-            with open(tmp_name, "rb+") as handle:
-                os.fsync(handle.fileno())
-            os.chmod(tmp_name, _file_mode(target))  # mkstemp makes 0600; a manifest is a normal shared file
-            os.replace(tmp_name, target)
-            _fsync_dir(target.parent)
-        except BaseException as exc:
-            Path(tmp_name).unlink(missing_ok=True)
-            if isinstance(exc, sqlite3.Error):
-                raise ManifestError(f"cannot save manifest {name!r}: {exc}") from exc
-            raise
+    with _os_errors_named("save manifest", name):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(target, lock_timeout):
+            _check_replaceable(target)
+            _remove_stale_temp_files(target)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            os.close(fd)
+            try:
+                _write_database(tmp_name, meta_rows, table, name)
+                with open(tmp_name, "rb+") as handle:
+                    os.fsync(handle.fileno())
+                os.chmod(tmp_name, _file_mode(target))  # mkstemp makes 0600; a manifest is a normal shared file
+                os.replace(tmp_name, target)
+                _fsync_dir(target.parent)
+            except BaseException as exc:
+                Path(tmp_name).unlink(missing_ok=True)
+                if isinstance(exc, sqlite3.Error):
+                    raise ManifestError(f"cannot save manifest {name!r}: {exc}") from exc
+                raise
     return target
+
+
+@contextlib.contextmanager
+def _os_errors_named(action: str, name: str) -> Iterator[None]:
+    """Turn an OSError (no permission, a parent that is a file, disk full) into a ManifestError naming the path."""
+    try:
+        yield
+    except OSError as exc:
+        where = f" ({exc.filename!s})" if exc.filename and str(exc.filename) != name else ""
+        raise ManifestError(f"cannot {action} {name!r}: {exc.strerror or exc}{where}") from exc
 
 
 def remove_manifest(path: str | os.PathLike[str], *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> bool:
@@ -181,14 +172,15 @@ def remove_manifest(path: str | os.PathLike[str], *, lock_timeout: float = DEFAU
     """
     target = Path(path)
     lock = lock_path(target)
-    if not target.exists() and not lock.exists():
+    if not target.exists() and not lock.exists() and not lock.is_symlink():
         return False
-    with _locked(target, lock_timeout):
-        _check_replaceable(target)  # the same files a save may replace: manifests, empty or damaged ones
-        _remove_stale_temp_files(target)
-        removed = target.exists()
-        target.unlink(missing_ok=True)
-        lock.unlink(missing_ok=True)  # while held: a saver that was waiting on it writes a whole file anyway
+    with _os_errors_named("remove manifest", str(target)):
+        with _locked(target, lock_timeout):
+            _check_replaceable(target)  # the same files a save may replace: manifests, empty or damaged ones
+            _remove_stale_temp_files(target)
+            removed = target.exists()
+            target.unlink(missing_ok=True)
+            lock.unlink(missing_ok=True)  # while held: a saver that was waiting on it writes a whole file anyway
     _fsync_dir(target.parent)
     return removed
 
@@ -358,38 +350,6 @@ def _meta_rows(meta: dict[str, Any], samples: int) -> list[tuple[str, str]]:
         "samples": samples,
     }
     return [(k, json.dumps(v, sort_keys=True)) for k, v in sorted(full_meta.items())]
-
-
-def _loaded_text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "surrogateescape")
-    if isinstance(value, str):
-        return value
-    raise ValueError(f"expected text, found {type(value).__name__}")
-
-
-def _signed(codes: np.ndarray) -> list[int]:
-    return np.asarray(codes).astype(np.uint64).view(np.int64).tolist()
-
-
-def _content_digest(meta_rows: Sequence[tuple[Any, Any]], columns: Sequence[Sequence[Any]]) -> str:
-    """BLAKE2b over the meta rows and every stored column, in a canonical encoding (hex)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(json.dumps([list(r) for r in meta_rows], default=_bytes_for_json).encode())
-    for i, column in enumerate(columns):
-        h.update(f"|{i}|".encode())
-        if i in _BLOB_COLUMNS:
-            h.update(json.dumps([None if v is None else len(v) for v in column]).encode())
-            h.update(b"".join(v for v in column if v is not None))
-        else:
-            h.update(json.dumps(list(column), default=_bytes_for_json).encode())
-    return h.hexdigest()
-
-
-def _bytes_for_json(value: Any) -> str:
-    if isinstance(value, bytes):
-        return "\x00bytes:" + value.hex()
-    raise TypeError(f"{type(value).__name__} value in a text column")
 
 
 def _check_replaceable(target: Path) -> None:
@@ -745,63 +705,9 @@ def _table_from_v2(read: Any, parts: dict[str, list[tuple[int, int, str]]], shap
         crop_hashes=read("crop_hashes"),
         thumbs=StoredRows(PartStream(handle, parts["thumbs"]), n, (THUMB_SIDE, THUMB_SIDE, 3), np.uint8,
                           coarse=coarse),  # type: ignore[arg-type]
-        details=StoredRows(PartStream(handle, parts["details.data"]), n, offsets=detail_offsets),  # type: ignore
+        details=StoredRows(PartStream(handle, parts["details.data"]), n, offsets=detail_offsets,  # type: ignore
+                           check=("detail image", _detail_check(), paths)),  # each checked on first read
         file_size=optional_ints("file_size"),
         mtime_ns=optional_ints("mtime_ns"),
-        extra_hashes=extra,
-    )
-
-
-def _table_from_columns(cols: list[list[Any]], name: str) -> FingerprintTable:
-    """Type- and size-check every stored value and build the table (ValueError/TypeError on anything odd)."""
-    n = len(cols[0])
-    k = len(CROP_BOXES)
-    if n == 0:
-        return FingerprintTable.empty()
-    if cols[0] != list(range(n)):
-        raise ValueError("row numbers are not 0..n-1")
-    for index in (1, 4, 5, 9, 10):
-        if not all(type(v) is int for v in cols[index]):
-            raise ValueError(f"column {_COLUMNS[index]} holds a non-integer")
-    for index in (14, 15):
-        if not all(v is None or type(v) is int for v in cols[index]):
-            raise ValueError(f"column {_COLUMNS[index]} holds a non-integer")
-    if min(cols[4]) <= 0 or min(cols[5]) <= 0:
-        raise ValueError("an image size is not positive")
-    if not all(type(d) is bytes and len(d) == _DIGEST_SIZE for d in cols[7]):
-        raise ValueError("a pixel digest is not 16 bytes")
-    if not all(d is None or (type(d) is bytes and len(d) == _DIGEST_SIZE) for d in cols[6]):
-        raise ValueError("a byte digest is not 16 bytes")
-    if not all(type(b) is bytes and len(b) == 8 * k for b in cols[11]):
-        raise ValueError("a crop-hash blob has the wrong size")
-    if not all(type(b) is bytes and len(b) == THUMB_SIDE * THUMB_SIDE * 3 for b in cols[12]):
-        raise ValueError("a thumbnail blob has the wrong size")
-    if not all(type(b) is bytes and b for b in cols[13]):
-        raise ValueError("a detail image is missing")
-    paths = [_loaded_text(p) for p in cols[2]]
-    for path in paths:
-        if not _is_safe_stored_path(path):
-            raise ManifestError(f"{name} is refused: sample path {path!r} leaves its dataset root")
-    extra = [json.loads(v) if isinstance(v, str) else None for v in cols[16]]
-    if not all(isinstance(x, dict) and all(isinstance(a, str) and isinstance(b, str) for a, b in x.items())
-               for x in extra):
-        raise ValueError("extra hashes are not a JSON object of strings")
-    return FingerprintTable(
-        sample_index=np.asarray(cols[1], dtype=np.int64),
-        paths=paths,
-        labels=[None if v is None else _loaded_text(v) for v in cols[3]],
-        width=np.asarray(cols[4], dtype=np.int32),
-        height=np.asarray(cols[5], dtype=np.int32),
-        byte_digest=list(cols[6]),
-        pixel_digest=list(cols[7]),
-        exif_identity=[None if v is None else _loaded_text(v) for v in cols[8]],
-        phash=np.asarray(cols[9], dtype=np.int64).view(np.uint64),
-        phash_mirror=np.asarray(cols[10], dtype=np.int64).view(np.uint64),
-        phash_whole=np.asarray(cols[9], dtype=np.int64).view(np.uint64),  # version 1 kept no untrimmed hash
-        crop_hashes=np.frombuffer(b"".join(cols[11]), dtype="<u8").astype(np.uint64).reshape(n, k),
-        thumbs=np.frombuffer(b"".join(cols[12]), dtype=np.uint8).reshape(n, THUMB_SIDE, THUMB_SIDE, 3).copy(),
-        details=list(cols[13]),
-        file_size=list(cols[14]),
-        mtime_ns=list(cols[15]),
         extra_hashes=extra,
     )

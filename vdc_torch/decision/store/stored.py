@@ -17,7 +17,7 @@ import os
 import sqlite3
 import threading
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -135,8 +135,16 @@ class PartStream:
         return out[0] if len(out) == 1 else b"".join(out)
 
 
+#: Tells why a stored byte string is not what the library writes (None: fine); see :class:`StoredRows`.
+RowCheck = Callable[[bytes], "str | None"]
+
+
 class StoredRows(LazyColumn):
-    """A column of a manifest read on demand: fixed-width array rows, or byte strings (``offsets`` given)."""
+    """A column of a manifest read on demand: fixed-width array rows, or byte strings (``offsets`` given).
+
+    ``check`` (byte strings): each row read is validated with it — a stored detail image by its header — and a row
+    it refuses is a :class:`ManifestError` naming the manifest, the row and ``row_names[row]`` (its sample path).
+    """
 
     def __init__(
         self,
@@ -147,8 +155,11 @@ class StoredRows(LazyColumn):
         offsets: np.ndarray | None = None,
         index: np.ndarray | None = None,
         coarse: StoredRows | None = None,
+        check: tuple[str, RowCheck, Sequence[str]] | None = None,
     ) -> None:
         self.stream = stream
+        #: ``(what, check, row_names)``: what a row is ("detail image"), its check, and each stored row's name.
+        self.check = check
         self.rows_stored = n
         self.row_shape = tuple(row_shape)
         self.dtype = np.dtype(dtype)
@@ -189,13 +200,21 @@ class StoredRows(LazyColumn):
         """A view of ``rows`` (in that order), reading nothing."""
         stored = self._stored_rows(rows)
         coarse = self.coarse.take(rows) if self.coarse is not None else None
-        return StoredRows(self.stream, self.rows_stored, self.row_shape, self.dtype, self.offsets, stored, coarse)
+        return StoredRows(self.stream, self.rows_stored, self.row_shape, self.dtype, self.offsets, stored, coarse,
+                          self.check)
 
     # -- reading -------------------------------------------------------------------------------------------
     def _read_one(self, stored: int) -> bytes:
         if self.offsets is not None:
             start, end = int(self.offsets[stored]), int(self.offsets[stored + 1])
-            return self.stream.read(start, end - start)
+            data = self.stream.read(start, end - start)
+            if self.check is not None:
+                what, check, names = self.check
+                problem = check(data)
+                if problem is not None:
+                    raise ManifestError(f"{self.stream.handle.name} is corrupted: the stored {what} of row {stored} "
+                                        f"({names[stored]!r}) is not one vdc_torch writes: {problem}")
+            return data
         return self.stream.read(stored * self.row_bytes, self.row_bytes)
 
     def _read_array(self, stored: np.ndarray) -> np.ndarray:
