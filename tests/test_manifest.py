@@ -364,7 +364,7 @@ def test_a_held_lock_makes_save_wait_then_fail_clearly(table: FingerprintTable, 
 def test_stale_temp_files_are_never_loaded_and_are_cleaned_by_the_next_save(table: FingerprintTable,
                                                                             tmp_path: Path) -> None:
     path = saved(table, tmp_path)
-    stale = tmp_path / ".reference.vdc.k1ll3d.tmp"
+    stale = tmp_path / ".reference.vdc.k1ll3d_x.tmp"  # as mkstemp names them: 8 characters
     stale.write_bytes(path.read_bytes()[:5000])  # what a killed save leaves behind
     assert len(load_manifest(path)[0]) == len(table)
     saved(table, tmp_path)

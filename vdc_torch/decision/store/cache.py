@@ -9,6 +9,12 @@ cascade reads and its settings, in a small file of their own next to the cache (
 that only adds a result does not rewrite the fingerprints. Both are manifest files (same SQLite format, same atomic
 save), so they are as crash-safe and pickle-free as a manifest.
 
+**Damage.** One rule for every cache file and results file that cannot be used — not a manifest, corrupted, forged
+(a schema or stored detail image :mod:`~vdc_torch.decision.store.manifest` refuses), of another kind, or with meta of
+the wrong type (``results`` not a JSON object of results): it is *ignored* with a logged warning naming the file and
+what is wrong, as a stale cache, and it is never written or deleted (it may be the user's). No ``TypeError`` or
+``ValueError`` from its content leaves this module.
+
 >>> gate = DatasetGate(reference="data/train", cache="~/.cache/vdc/fingerprints.vdc")  # doctest: +SKIP
 """
 
@@ -73,7 +79,7 @@ class FingerprintCache:
                 table, meta = load_manifest(self.path)
                 if strict and meta.get("kind") != CACHE_KIND:
                     raise ManifestError(f"{str(self.path)!r} is a manifest, not a fingerprint cache")
-                self._table, self._results = table, dict(meta.get("results", {}))  # (older caches kept them here)
+                self._table, self._results = table, _results_in(meta, self.path)  # (older caches kept them here)
             except ManifestError as exc:
                 self.writable = False  # never overwrite a file we cannot read: it may be the user's
                 log.warning("ignoring the fingerprint cache %s (it will not be written either; delete it to use "
@@ -88,7 +94,7 @@ class FingerprintCache:
                 _, meta = load_manifest(self.results_path)
                 if meta.get("kind") != RESULTS_KIND:
                     raise ManifestError(f"{str(self.results_path)!r} is a manifest, not match results")
-                self._results, self._results_dirty = dict(meta.get("results", {})), False
+                self._results, self._results_dirty = _results_in(meta, self.results_path), False
             except ManifestError as exc:
                 self._results_writable = False
                 log.warning("ignoring the match results %s (not written either): %s", self.results_path, exc)
@@ -205,6 +211,15 @@ class FingerprintCache:
         self._table, self._pending, self._dirty = FingerprintTable.empty(), {}, False
         self._results, self._results_dirty = {}, False
         self._by_key, self._by_digest, self._sizes = {}, {}, set()
+
+
+def _results_in(meta: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The match results a cache file's meta holds: a JSON object by key (absent: none); else ManifestError."""
+    results = meta.get("results", {})
+    if not isinstance(results, dict) or not all(isinstance(k, str) for k in results):
+        raise ManifestError(f"{str(path)!r} is corrupted: its meta 'results' is a {type(results).__name__}, "
+                            "not a JSON object of match results")
+    return dict(results)
 
 
 def _env_number(name: str, default: float) -> float:

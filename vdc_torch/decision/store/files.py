@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import stat as stat_module
 import time
 from collections.abc import Iterator
@@ -45,19 +46,41 @@ def lock_path(path: str | os.PathLike[str]) -> Path:
     return target.with_name(target.name + ".lock")
 
 
+#: Flags that open a lock file without following a symbolic link, or blocking on a FIFO planted in its place.
+_LOCK_FLAGS = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+def _open_lock(lock: Path, flags: int) -> int:
+    """A descriptor of the regular file ``lock`` (never through a symlink); OSError otherwise."""
+    fd = os.open(lock, flags | _LOCK_FLAGS, 0o666)
+    try:
+        if not stat_module.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(0, "it is not a regular file", str(lock))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 @contextlib.contextmanager
 def _locked(target: Path, timeout: float) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``<target>.lock``; wait at most ``timeout`` seconds for it."""
+    """Hold an exclusive ``flock`` on ``<target>.lock``; wait at most ``timeout`` seconds for it.
+
+    The lock file is opened with ``O_NOFOLLOW | O_CREAT``: a symbolic link in its place (dangling or not) is a
+    :class:`ManifestError` naming it, and nothing is ever created outside the manifest's folder.
+    """
     if fcntl is None:  # pragma: no cover
         yield
         return
     lock = lock_path(target)
     try:
-        handle = open(lock, "a+b")  # noqa: SIM115 - closed by the `with handle` right below
+        fd = _open_lock(lock, os.O_RDWR | os.O_CREAT)
     except OSError as exc:
+        reason = "it is a symbolic link (refused: a lock is never followed)" if os.path.islink(lock) else (
+            exc.strerror or str(exc))
         raise ManifestError(f"cannot save manifest {str(target)!r}: cannot open its lock file {str(lock)!r} "
-                            f"({exc.strerror or exc})") from exc
-    with handle:
+                            f"({reason})") from exc
+    with os.fdopen(fd, "r+b") as handle:
         if not _flock_within(handle.fileno(), fcntl.LOCK_EX, timeout, interval=0.02):
             raise ManifestError(
                 f"cannot save manifest {str(target)!r}: another process has been saving it for more than "
@@ -83,18 +106,49 @@ def _flock_within(fd: int, operation: int, timeout: float, interval: float) -> b
             time.sleep(interval)
 
 
+#: Names ``tempfile.mkstemp(prefix=".<name>.", suffix=".tmp")`` makes: 8 characters of its alphabet.
+_TEMP_NAME = r"\.{name}\.[a-z0-9_]{{8}}\.tmp"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
+
+
+def _is_our_temp_file(path: str, journal: bool) -> bool:
+    """A regular file (not a link) that is empty or starts like what a save writes (SQLite, or its journal)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return False
+    try:
+        if not stat_module.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        head = os.read(fd, len(_SQLITE_MAGIC))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return not head or head.startswith(_JOURNAL_MAGIC if journal else _SQLITE_MAGIC)
+
+
 def _remove_stale_temp_files(target: Path) -> None:
-    """Temp files of saves that were killed; safe to delete because the caller holds the lock."""
-    prefix = f".{target.name}."
+    """Temp files of saves that were killed; safe to delete because the caller holds the lock.
+
+    Only files this library made are removed: named exactly as ``mkstemp`` names a save's temp file
+    (``.<name>.<8 random characters>.tmp``, or that name plus ``-journal``), regular files (not symbolic links),
+    and empty or holding what a save writes (SQLite's header, or its journal's). A user's ``.<name>.notes.tmp``
+    stays.
+    """
+    pattern = re.compile(_TEMP_NAME.format(name=re.escape(target.name)) + "(-journal)?")
     try:
         entries = list(os.scandir(target.parent))
     except OSError:
         return
     for entry in entries:
-        if entry.name.startswith(prefix) and entry.name.endswith((".tmp", ".tmp-journal")):
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)
-                log.debug("removed %s, left by an interrupted save", entry.path)
+        match = pattern.fullmatch(entry.name)
+        if match is None or not _is_our_temp_file(entry.path, journal=match.group(1) is not None):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+            log.debug("removed %s, left by an interrupted save", entry.path)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -120,8 +174,8 @@ def _shared_lock(target: Path, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Iterato
     if fcntl is None:  # pragma: no cover
         yield
         return
-    try:
-        handle = open(lock_path(target), "rb")  # noqa: SIM115 - closed by the `with handle` right below
+    try:  # never through a symlink, never blocking on a FIFO put there
+        handle = os.fdopen(_open_lock(lock_path(target), os.O_RDONLY), "rb")
     except OSError:
         yield
         return
