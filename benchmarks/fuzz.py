@@ -11,6 +11,10 @@ of mutated inputs (a few minutes on 2 cores) and writes the counts to benchmarks
 * **manifest** — a real manifest damaged by flips, truncations, zeroed or swapped pages and insertions. Every input
   must load *exactly* the saved content or raise ``ManifestError``; loading different content is a **wrong load**,
   any other exception a **crash**.
+* **forged** — the same manifest forged at the schema level (:data:`FORGERIES`: triggers, views, generated columns,
+  dropped or duplicated parts, forged shapes, dtypes, meta, details, paths), with every part digest and the
+  checksum recomputed as a save does; each is loaded and every stored value read. Anything but ``ManifestError`` or
+  the genuine content is a crash; a forgery that loads other content is listed (a checksum is not a MAC).
 
 Input ``i`` is derived from ``(seed, i)`` alone, so any crash is reproduced with ``--only I``; crashing inputs are
 saved under ``benchmarks/out/fuzz/``. Work is spread over worker processes; a worker that dies (a crash in C code)
@@ -29,6 +33,7 @@ import argparse
 import collections
 import concurrent.futures
 import io
+import json
 import multiprocessing
 import os
 import random
@@ -282,8 +287,102 @@ def damage(data: bytes, rng: random.Random) -> bytes:
     return bytes(blob)
 
 
-def run_manifest_chunk(seed: int, start: int, stop: int, original: bytes, expected: list[tuple]) -> Counts:
-    """Load damaged manifests ``start..stop-1``; never raises."""
+#: Schema-level forgeries: SQL run on a genuine manifest, after which every part digest and the checksum are
+#: recomputed exactly as a save computes them, so only the loader's structural checks can refuse the result.
+FORGERIES: tuple[tuple[str, str], ...] = (
+    ("trigger", "CREATE TRIGGER t AFTER INSERT ON meta BEGIN SELECT 1; END;"),
+    ("view", "CREATE VIEW v AS SELECT hex(zeroblob(1000)) AS value;"),
+    ("extra index", "CREATE INDEX i ON parts (digest);"),
+    ("extra table", "CREATE TABLE notes (x TEXT);"),
+    ("generated meta", "ALTER TABLE meta RENAME TO m0; CREATE TABLE meta (key TEXT PRIMARY KEY, raw TEXT NOT NULL, "
+                       "value TEXT NOT NULL GENERATED ALWAYS AS (raw || hex(zeroblob(1000))) VIRTUAL); "
+                       "INSERT INTO meta (key, raw) SELECT key, value FROM m0; DROP TABLE m0;"),
+    ("generated parts", "ALTER TABLE parts RENAME TO p0; CREATE TABLE parts (id INTEGER PRIMARY KEY, name TEXT NOT "
+                        "NULL, part INTEGER NOT NULL, raw BLOB, data BLOB NOT NULL GENERATED ALWAYS AS (raw) STORED, "
+                        "digest TEXT NOT NULL, UNIQUE (name, part)); INSERT INTO parts (id, name, part, raw, digest) "
+                        "SELECT id, name, part, data, digest FROM p0; DROP TABLE p0;"),
+    ("without rowid", "ALTER TABLE meta RENAME TO m0; CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) "
+                      "WITHOUT ROWID; INSERT INTO meta SELECT * FROM m0; DROP TABLE m0;"),
+    ("drop checksum", "DROP TABLE checksum;"),
+    ("drop a part", "DELETE FROM parts WHERE id = (SELECT max(id) FROM parts);"),
+    ("duplicate a part", "INSERT INTO parts (name, part, data, digest) SELECT name, part + 1000, data, digest FROM "
+                         "parts WHERE id = 1;"),
+    ("shape +1", "UPDATE columns SET shape = json_set(shape, '$[0]', json_extract(shape, '$[0]') + 1) WHERE name = "
+                 "(SELECT name FROM columns ORDER BY random() LIMIT 1);"),
+    ("shape huge", "UPDATE columns SET shape = '[4000000000]' WHERE name = (SELECT name FROM columns ORDER BY "
+                   "random() LIMIT 1);"),
+    ("dtype", "UPDATE columns SET dtype = (SELECT value FROM json_each('[\"<f8\",\"|O\",\"<u2\",\"x\",\"<i8\"]') "
+              "ORDER BY random() LIMIT 1) WHERE name = (SELECT name FROM columns ORDER BY random() LIMIT 1);"),
+    ("meta samples", "UPDATE meta SET value = (SELECT value FROM json_each('[\"\\\"5\\\"\",\"-1\",\"1e30\",\"null\","
+                     "\"[]\"]') ORDER BY random() LIMIT 1) WHERE key = 'samples';"),
+    ("meta version", "UPDATE meta SET value = '99' WHERE key = (SELECT value FROM json_each('[\"format_version\","
+                     "\"fingerprint_version\"]') ORDER BY random() LIMIT 1);"),
+    ("meta deep", "INSERT INTO meta VALUES ('deep', '" + "[" * 100_000 + "]" * 100_000 + "');"),
+    ("part junk", "UPDATE parts SET data = randomblob(length(data)) WHERE id = (SELECT id FROM parts ORDER BY "
+                  "random() LIMIT 1);"),
+    ("part shorter", "UPDATE parts SET data = substr(data, 1, length(data) / 2) WHERE id = (SELECT id FROM parts "
+                     "ORDER BY random() LIMIT 1);"),
+    ("part text", "UPDATE parts SET data = CAST(data AS TEXT) WHERE id = (SELECT id FROM parts ORDER BY random() "
+                  "LIMIT 1);"),
+    ("detail junk", "UPDATE parts SET data = randomblob(length(data)) WHERE name = 'details.data';"),
+    ("detail header", "UPDATE parts SET data = X'FFD8FFC0000B08FFFFFFFF0101110000' || substr(data, 17) WHERE name = "
+                      "'details.data' AND part = 0;"),
+    ("path escape", "UPDATE parts SET data = CAST(replace(CAST(data AS TEXT), 'reference/', '../../../') AS BLOB) "
+                    "WHERE name = 'paths.data';"),
+)
+
+
+def forge(data: bytes, rng: random.Random, folder: Path) -> tuple[bytes, str]:
+    """One to three :data:`FORGERIES` on ``data``, with part digests and the checksum recomputed (valid)."""
+    import sqlite3
+
+    from vdc_torch.decision.store.manifest import _content_digest_v2
+    from vdc_torch.decision.store.stored import part_digest
+
+    path = folder / "forging.vdc"
+    path.write_bytes(data)
+    names = []
+    connection = sqlite3.connect(path)
+    try:
+        for _ in range(rng.randint(1, 3)):
+            name, script = rng.choice(FORGERIES)
+            names.append(name)
+            try:
+                connection.executescript(script)
+            except sqlite3.Error:
+                names[-1] += " (no-op)"  # e.g. a second schema rewrite of a table already rewritten
+        connection.execute("PRAGMA writable_schema = OFF")
+        has_data = "data" in [r[1] for r in connection.execute("PRAGMA table_xinfo(parts)")]
+        writable = "raw" not in [r[1] for r in connection.execute("PRAGMA table_xinfo(parts)")]
+        if has_data and writable:
+            for part_id, blob in connection.execute("SELECT id, data FROM parts").fetchall():
+                if isinstance(blob, bytes):
+                    connection.execute("UPDATE parts SET digest = ? WHERE id = ?", (part_digest(blob), part_id))
+        meta_rows = connection.execute("SELECT key, value FROM meta ORDER BY key").fetchall()
+        described = []
+        for column, dtype, shape in connection.execute("SELECT name, dtype, shape FROM columns").fetchall():
+            parts = connection.execute("SELECT part, length(data), digest FROM parts WHERE name = ? ORDER BY part",
+                                       (column,)).fetchall()
+            try:
+                described.append([column, dtype, json.loads(shape), [list(p) for p in parts]])
+            except ValueError:
+                described.append([column, dtype, shape, [list(p) for p in parts]])
+        connection.execute("CREATE TABLE IF NOT EXISTS checksum (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        connection.execute("INSERT OR REPLACE INTO checksum VALUES ('content', ?)",
+                           (_content_digest_v2(meta_rows, described),))
+        connection.commit()
+    except sqlite3.Error as exc:
+        names.append(f"(checksum not recomputed: {type(exc).__name__})")
+    finally:
+        connection.close()
+    return path.read_bytes(), ", ".join(names)
+
+
+def run_manifest_chunk(seed: int, start: int, stop: int, original: bytes, expected: list[tuple],
+                       forged: bool = False) -> Counts:
+    """Load damaged (``forged``: forged, with valid checksums) manifests ``start..stop-1`` and read every stored
+    value; never raises. A forgery that loads is counted *accepted* (``wrong``) when its content differs: valid
+    checksums make some edits (a reordered part) legitimately loadable, so each is listed, never hidden."""
     from vdc_torch.decision.store.manifest import load_manifest
     from vdc_torch.errors import ManifestError
 
@@ -291,7 +390,8 @@ def run_manifest_chunk(seed: int, start: int, stop: int, original: bytes, expect
     with tempfile.TemporaryDirectory(prefix="vdc-fuzz-") as folder:
         path = Path(folder) / "damaged.vdc"
         for index in range(start, stop):
-            data = damage(original, random.Random(f"manifest:{seed}:{index}"))
+            rng = random.Random(f"{'forged' if forged else 'manifest'}:{seed}:{index}")
+            data, edits = forge(original, rng, Path(folder)) if forged else (damage(original, rng), "damage")
             path.write_bytes(data)
             counts.inputs += 1
             began = time.perf_counter()
@@ -301,13 +401,15 @@ def run_manifest_chunk(seed: int, start: int, stop: int, original: bytes, expect
                     counts.ok += 1
                 else:
                     counts.wrong += 1
-                    counts.crash_notes.append(_save_crash("manifest", seed, index, data, "loaded different content"))
+                    counts.crash_notes.append(_save_crash("manifest", seed, index, data,
+                                                          f"loaded different content ({edits})"))
             except ManifestError as exc:
                 counts.clean += 1
                 counts.reasons[_reason_kind(str(exc))] += 1
             except BaseException as exc:  # noqa: BLE001
                 counts.crashes += 1
-                counts.crash_notes.append(_save_crash("manifest", seed, index, data, f"{type(exc).__name__}: {exc}"))
+                counts.crash_notes.append(_save_crash("manifest", seed, index, data,
+                                                      f"{type(exc).__name__}: {str(exc)[:300]} ({edits})"))
             counts.slowest_s = max(counts.slowest_s, time.perf_counter() - began)
     return counts
 
@@ -347,14 +449,15 @@ def run_parallel(fn: object, seed: int, total: int, workers: int, extra: tuple =
 # -- report -------------------------------------------------------------------------------------------------------
 
 
-def markdown(decode: Counts, manifest: Counts, seed: int, seconds: float, seeds: int) -> str:
+def markdown(decode: Counts, manifest: Counts, forged: Counts, seed: int, seconds: float, seeds: int) -> str:
     rows = [
         "| target | inputs | valid result | clean error | crashes | wrong content loaded | slowest input |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, c in (("`decode_bytes` (mutated images)", decode), ("`load_manifest` (damaged manifests)", manifest)):
+    for name, c in (("`decode_bytes` (mutated images)", decode), ("`load_manifest` (damaged manifests)", manifest),
+                    ("`load_manifest` + every value read (forged schema/parts, valid checksums)", forged)):
         rows.append(f"| {name} | {c.inputs} | {c.ok} | {c.clean} | {c.crashes} | "
-                    f"{c.wrong if c is manifest else '–'} | {c.slowest_s * 1000:.0f} ms |")
+                    f"{c.wrong if c is not decode else '–'} | {c.slowest_s * 1000:.0f} ms |")
     real = len(shared_seed_files())
     worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest finished worker
     intro = (
@@ -381,10 +484,17 @@ def markdown(decode: Counts, manifest: Counts, seed: int, seconds: float, seeds:
         "| reason | inputs |",
         "|---|---:|",
         *[f"| {reason} | {n} |" for reason, n in manifest.reasons.most_common(6)],
+        "",
+        "### Most frequent refusals of forged manifests",
+        "",
+        "| reason | inputs |",
+        "|---|---:|",
+        *[f"| {reason} | {n} |" for reason, n in forged.reasons.most_common(10)],
     ]
-    notes = decode.crash_notes + manifest.crash_notes
+    notes = decode.crash_notes + manifest.crash_notes + forged.crash_notes
     if notes:
-        lines += ["", "### Crashes", "", *[f"- {note}" for note in notes[:20]]]
+        lines += ["", "### Crashes and accepted forgeries (a forgery that loads other content)", "",
+                  *[f"- {note}" for note in notes[:20]]]
     return "\n".join(lines)
 
 
@@ -393,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="run seed (input i depends only on seed and i)")
     parser.add_argument("--count", type=int, default=60000, help="mutated images to decode")
     parser.add_argument("--manifest-count", type=int, default=8000, help="damaged manifests to load")
+    parser.add_argument("--forged-count", type=int, default=2000, help="forged manifests (valid checksums) to load")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="worker processes")
     parser.add_argument("--only", type=int, default=None, help="re-run one decode input and print its traceback")
     parser.add_argument("--no-write", action="store_true",
@@ -418,11 +529,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"manifest: {args.manifest_count} inputs from a {len(original)}-byte manifest", flush=True)
     manifest = run_parallel(run_manifest_chunk, args.seed, args.manifest_count, args.workers, (original, expected),
                             chunk=100)
-    body = markdown(decode, manifest, args.seed, time.perf_counter() - began, len(_SEEDS))
+    print(f"forged: {args.forged_count} schema-level forgeries with valid checksums", flush=True)
+    forged = run_parallel(run_manifest_chunk, args.seed, args.forged_count, args.workers,
+                          (original, expected, True), chunk=100)
+    body = markdown(decode, manifest, forged, args.seed, time.perf_counter() - began, len(_SEEDS))
     print(body)
     if not args.no_write:
         print("wrote", write_results_section("fuzzing", "Fuzzing untrusted inputs (decode and manifest)", body))
-    return 1 if decode.crashes or manifest.crashes or manifest.wrong else 0
+    return 1 if decode.crashes or manifest.crashes or manifest.wrong or forged.crashes else 0
 
 
 if __name__ == "__main__":
