@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,9 @@ class Decision:
     conflicts: pd.DataFrame
     problems: pd.DataFrame
     internal_duplicates: pd.DataFrame
+    #: Per-class coverage (:data:`CLASS_COLUMNS`), one row per label of either side; empty when the new data is
+    #: unlabelled. ``in_reference`` False marks a class the reference has never seen.
+    classes: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(CLASS_COLUMNS)))
     counts: dict[str, int] = field(default_factory=dict)
     policy: Policy = field(default_factory=Policy)
     config: MatchConfig = field(default_factory=MatchConfig)
@@ -92,6 +96,7 @@ class Decision:
             "matches": _records(self.matches),
             "conflicts": _records(self.conflicts),
             "internal_duplicates": _records(self.internal_duplicates),
+            "classes": _records(self.classes),
             "problems": _records(self.problems),
             "skipped": _records(self.skipped),
             "delta_keys": list(self.delta_keys),
@@ -375,8 +380,11 @@ class DatasetGate:
             "fatal": pd.Series([p.fatal for p in problems], dtype=bool),
         })
         skipped = int(problem_frame["fatal"].sum()) if len(problem_frame) else 0
+        classes = class_coverage(new, ref, seen_set, set(delta_indices), dup_set, conflicts)
+        new_classes = classes.loc[~classes["in_reference"], "class"].tolist() if len(classes) else []
         action, reason = decide(overlap, len(delta_indices), len(conflicts), len(readable), self.policy,
-                                unreadable=skipped, no_reference=self.no_reference if not len(ref) else None)
+                                unreadable=skipped, no_reference=self.no_reference if not len(ref) else None,
+                                new_classes=new_classes)
         counts = {
             "new": len(data),
             "readable": len(readable),
@@ -388,6 +396,7 @@ class DatasetGate:
             "internal_duplicates": len(internal_dups),
             "delta": len(delta_indices),
             "conflicts": len(conflicts),
+            "new_classes": len(new_classes),
         }
         keys = getattr(data, "keys_by_position", None)
         delta_keys = ([keys[i] for i in delta_indices] if keys is not None
@@ -402,11 +411,52 @@ class DatasetGate:
             delta=delta_of(original, data, delta_indices),
             skipped=skipped, novel_indices=delta_indices, delta_keys=delta_keys,
             matches=matches.reset_index(drop=True), conflicts=conflicts, problems=problem_frame,
-            internal_duplicates=internal_dups, counts=counts, policy=self.policy, config=self.config,
+            internal_duplicates=internal_dups, classes=classes, counts=counts, policy=self.policy, config=self.config,
             new_fingerprints=new, reference_fingerprints=ref, new_root=data.root,
             reference_root=str(self.meta.get("reference_root", "")),
             reference_from_files=self._reference is not None,
         )
+
+
+#: Columns of :attr:`Decision.classes`: the label, its samples in the reference and in the readable new data, how
+#: many new ones were seen (counted matches), are novel (in the delta), duplicate another new sample, or carry
+#: another label than their reference match; and whether the reference has the class at all.
+CLASS_COLUMNS = ("class", "reference", "new", "seen", "novel", "internal_duplicates", "conflicts", "in_reference")
+
+
+def class_coverage(new: FingerprintTable, ref: FingerprintTable, seen: set[int], novel: set[int],
+                   duplicates: set[int], conflicts: pd.DataFrame) -> pd.DataFrame:
+    """Per-class coverage of the new data by the reference (:data:`CLASS_COLUMNS`), sorted by class name.
+
+    Only labelled samples count; an unlabelled new dataset gives an empty frame. A reference without any label says
+    nothing about classes, so then no class is marked as missing from it.
+    """
+    new_labels = [None if v is None else str(v) for v in new.labels]
+    if not any(v is not None for v in new_labels):
+        return pd.DataFrame(columns=list(CLASS_COLUMNS))
+    ref_counts = Counter(str(v) for v in ref.labels if v is not None)
+    rows: dict[str, list[int]] = {}
+    for sample, label in zip(new.sample_index.tolist(), new_labels):
+        if label is None:
+            continue
+        row = rows.setdefault(label, [0, 0, 0, 0])
+        row[0] += 1
+        row[1] += sample in seen
+        row[2] += sample in novel
+        row[3] += sample in duplicates
+    conflict_counts = Counter(str(v) for v in conflicts["new_label"]) if len(conflicts) else Counter()
+    labelled_reference = bool(ref_counts) or not len(ref)
+    names = sorted(set(rows) | set(ref_counts))
+    return pd.DataFrame({
+        "class": _text(names),
+        "reference": pd.Series([ref_counts.get(c, 0) for c in names], dtype=np.int64),
+        "new": pd.Series([rows.get(c, [0])[0] for c in names], dtype=np.int64),
+        "seen": pd.Series([rows.get(c, [0, 0])[1] for c in names], dtype=np.int64),
+        "novel": pd.Series([rows.get(c, [0, 0, 0])[2] for c in names], dtype=np.int64),
+        "internal_duplicates": pd.Series([rows.get(c, [0, 0, 0, 0])[3] for c in names], dtype=np.int64),
+        "conflicts": pd.Series([conflict_counts.get(c, 0) for c in names], dtype=np.int64),
+        "in_reference": pd.Series([ref_counts.get(c, 0) > 0 or not labelled_reference for c in names], dtype=bool),
+    }, columns=list(CLASS_COLUMNS))
 
 
 def _text(values: list[Any]) -> pd.Series:

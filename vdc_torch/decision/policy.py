@@ -45,6 +45,10 @@ class Policy:
     #: read: the unread samples could be anything. 0.05 = as many as the default ``skip_overlap`` tolerates novel
     #: ones, so unread samples alone can never turn a "train" into a "skip". 1.0 = decide on whatever was read.
     max_problem_share: float = 0.05
+    #: Train whenever the new data holds a class the reference has none of (its head must grow, and nothing the
+    #: model learnt covers it), whatever the overlap. Only labelled data on both sides has classes. False: decide
+    #: on the overlap alone; the classes are still reported in ``Decision.classes``.
+    train_on_new_classes: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.skip_overlap <= 1.0:
@@ -91,14 +95,25 @@ def decide(
     *,
     unreadable: int = 0,
     no_reference: str | None = None,
+    new_classes: Sequence[str] = (),
 ) -> tuple[Action, str]:
     """The action and a one-sentence reason, from the counts alone.
 
     ``readable == 0`` is no evidence at all: :class:`InsufficientEvidenceError`, never a skip. ``no_reference``
     (why there is nothing to compare with, e.g. "no reference manifest exists yet at ...") means nothing has been
     trained on yet: train on every readable, deduplicated sample. ``unreadable`` samples are named in the reason.
+    ``new_classes`` (labels of the new data the reference has none of) make it train when
+    ``policy.train_on_new_classes``, and are named in the reason either way.
     """
     action, reason = _action_and_reason(overlap, delta_size, conflicts, readable, policy, no_reference)
+    if new_classes and no_reference is None:
+        named = ", ".join(repr(c) for c in list(new_classes)[:5]) + (", ..." if len(new_classes) > 5 else "")
+        if policy.train_on_new_classes and (action is Action.SKIP or not conflicts):
+            action, reason = Action.TRAIN, (
+                f"Train on the delta: {len(new_classes)} class(es) the reference has never seen ({named}); "
+                f"overlap {overlap:.1%}, {delta_size} novel samples.")
+        else:
+            reason += f" The new data holds {len(new_classes)} class(es) the reference has never seen ({named})."
     if unreadable:
         reason += f" {unreadable} unreadable sample(s) were left out (see problems)."
     return action, reason
