@@ -294,3 +294,25 @@ def test_callback_validates_its_arguments(lightning, tmp_path: Path, kwargs: dic
         VdcGateCallback(tmp_path / "m.vdc", **kwargs)
     with pytest.raises(ValueError, match="manifest_path=None must be a file path"):
         VdcGateCallback(None)
+
+
+def test_callback_logs_the_decision_to_the_trainers_loggers(lightning, photos, tmp_path: Path) -> None:
+    """A drop of 10 seen photos and 10 new ones: the decision's figures reach a CSV logger."""
+    import csv
+
+    from vdc_torch.faces.hooks import VdcGateCallback
+
+    reference = labelled(photos, tmp_path / "ref", range(10))
+    new = labelled(photos, tmp_path / "new", range(20), prefix="drop_")
+    callback = VdcGateCallback(tmp_path / "ckpt" / "reference.vdc", reference=reference)
+    logger = lightning.pytorch.loggers.CSVLogger(tmp_path / "logs")
+    fit = lightning.Trainer(max_epochs=1, accelerator="cpu", logger=logger, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
+    fit.fit(tiny_model(lightning), DataLoader(image_folder(new), batch_size=4))
+    logger.save()
+    with open(Path(logger.log_dir) / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    logged = {key: float(value) for row in rows for key, value in row.items() if key.startswith("vdc/") and value}
+    assert logged == {"vdc/train": 1.0, "vdc/overlap": 0.5, "vdc/readable": 20.0, "vdc/delta": 10.0,
+                      "vdc/conflicts": 0.0, "vdc/internal_duplicates": 0.0, "vdc/unreadable": 0.0,
+                      "vdc/new_classes": 0.0}

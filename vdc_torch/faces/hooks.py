@@ -271,6 +271,7 @@ def _make_callback_class() -> type:
                 dataset, self.manifest_path, reference=self.reference, policy=self.policy, config=self.config,
                 workers=self.workers, progress=self.progress,
             )
+            _log_decision(trainer, decision)
             if decision.action == Action.SKIP:
                 if self.on_skip == "stop":
                     trainer.should_stop = True
@@ -321,6 +322,25 @@ def _make_callback_class() -> type:
 
     VdcGateCallback.__module__ = __name__
     return VdcGateCallback
+
+
+def decision_metrics(decision: Decision) -> dict[str, float]:
+    """The figures of a decision an experiment tracker keeps (``vdc/...``): action (1 train, 0 skip), overlap, and
+    the readable, delta, conflict, internal-duplicate, unreadable and new-class counts."""
+    counts = decision.counts
+    return {
+        "vdc/train": float(decision.action == Action.TRAIN),
+        "vdc/overlap": float(decision.overlap),
+        **{f"vdc/{name}": float(counts.get(name, 0))
+           for name in ("readable", "delta", "conflicts", "internal_duplicates", "unreadable", "new_classes")},
+    }
+
+
+def _log_decision(trainer: Any, decision: Decision) -> None:
+    """Send :func:`decision_metrics` to every logger of the trainer (at the current step; none: nothing)."""
+    metrics = decision_metrics(decision)
+    for logger in getattr(trainer, "loggers", None) or []:
+        logger.log_metrics(metrics, step=int(getattr(trainer, "global_step", 0)))
 
 
 def _train_loader(trainer: Any, version: str) -> Any:
