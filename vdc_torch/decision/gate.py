@@ -447,13 +447,12 @@ def class_coverage(new: FingerprintTable, ref: FingerprintTable, seen: set[int],
     conflict_counts = Counter(str(v) for v in conflicts["new_label"]) if len(conflicts) else Counter()
     labelled_reference = bool(ref_counts) or not len(ref)
     names = sorted(set(rows) | set(ref_counts))
+    new_counts = np.array([rows.get(c, [0, 0, 0, 0]) for c in names], dtype=np.int64).reshape(len(names), 4)
     return pd.DataFrame({
         "class": _text(names),
         "reference": pd.Series([ref_counts.get(c, 0) for c in names], dtype=np.int64),
-        "new": pd.Series([rows.get(c, [0])[0] for c in names], dtype=np.int64),
-        "seen": pd.Series([rows.get(c, [0, 0])[1] for c in names], dtype=np.int64),
-        "novel": pd.Series([rows.get(c, [0, 0, 0])[2] for c in names], dtype=np.int64),
-        "internal_duplicates": pd.Series([rows.get(c, [0, 0, 0, 0])[3] for c in names], dtype=np.int64),
+        **{column: pd.Series(new_counts[:, i], dtype=np.int64)
+           for i, column in enumerate(("new", "seen", "novel", "internal_duplicates"))},
         "conflicts": pd.Series([conflict_counts.get(c, 0) for c in names], dtype=np.int64),
         "in_reference": pd.Series([ref_counts.get(c, 0) > 0 or not labelled_reference for c in names], dtype=bool),
     }, columns=list(CLASS_COLUMNS))

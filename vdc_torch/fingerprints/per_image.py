@@ -345,6 +345,12 @@ def detail_problem(detail: bytes) -> str | None:
     (SOF0), 8-bit, one (gray) component, larger than 64×64 and at most :data:`DETAIL_SIDE` px a side — so a stored
     "detail" declaring 30000×30000 px (or a PNG, a progressive JPEG) is refused before any decoder allocates.
     """
+    checked = _declared_detail_size(detail)
+    return checked if isinstance(checked, str) else None
+
+
+def _declared_detail_size(detail: bytes) -> tuple[int, int] | str:
+    """The ``(height, width)`` a valid detail's header declares, or why it is not one (:func:`detail_problem`)."""
     if not isinstance(detail, (bytes, bytearray, memoryview)):
         return f"a {type(detail).__name__}, not bytes"
     data = bytes(detail[:65536]) if len(detail) > 65536 else bytes(detail)
@@ -356,11 +362,11 @@ def detail_problem(detail: bytes) -> str | None:
             return f"a raw detail declaring {w}×{h} px (raw details are at most {_RAW_MAX_PIXELS} px)"
         if len(detail) != 8 + h * w:
             return f"a raw {w}×{h} detail of {len(detail)} bytes, expected {8 + h * w}"
-        return None
-    return _jpeg_detail_problem(data)
+        return h, w
+    return _declared_jpeg_detail_size(data)
 
 
-def _jpeg_detail_problem(data: bytes) -> str | None:
+def _declared_jpeg_detail_size(data: bytes) -> tuple[int, int] | str:
     if data[:2] != b"\xff\xd8":
         return f"neither a raw detail nor a JPEG (it starts with {data[:8]!r})"
     at, frame = 2, None
@@ -395,7 +401,7 @@ def _jpeg_detail_problem(data: bytes) -> str | None:
         return f"a {precision}-bit JPEG of {components} components (details are 8-bit gray)"
     if not (0 < h <= DETAIL_SIDE and 0 < w <= DETAIL_SIDE and h * w > _RAW_MAX_PIXELS):
         return f"a JPEG declaring {w}×{h} px (details are at most {DETAIL_SIDE} px a side)"
-    return None
+    return h, w
 
 
 def decode_detail(detail: bytes) -> np.ndarray:
@@ -404,21 +410,12 @@ def decode_detail(detail: bytes) -> np.ndarray:
     The header is checked first (:func:`detail_problem`), so nothing but a detail this library writes reaches
     the decoder; anything else is an :class:`ImageDecodeError` saying what is wrong.
     """
-    problem = detail_problem(detail)
-    if problem is not None:
-        raise ImageDecodeError(f"stored detail image is corrupt: {problem}")
+    size = _declared_detail_size(detail)
+    if isinstance(size, str):
+        raise ImageDecodeError(f"stored detail image is corrupt: {size}")
     if detail[:4] == _RAW_DETAIL:
-        h, w = struct.unpack_from("<HH", detail, 4)
-        return np.frombuffer(detail, np.uint8, offset=8).reshape(h, w).copy()
+        return np.frombuffer(detail, np.uint8, offset=8).reshape(size).copy()
     image = cv2.imdecode(np.frombuffer(detail, np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None or image.shape != struct.unpack_from(">HH", detail, _jpeg_frame_at(detail) + 5):
+    if image is None or image.shape != size:
         raise ImageDecodeError("stored detail image is corrupt: its JPEG data does not decode to its declared size")
     return image
-
-
-def _jpeg_frame_at(data: bytes) -> int:
-    """Offset of the SOF0 marker of a JPEG that passed :func:`detail_problem`."""
-    at = 2
-    while data[at + 1] != 0xC0:
-        at = at + 1 if data[at + 1] == 0xFF else at + 2 + int.from_bytes(data[at + 2 : at + 4], "big")
-    return at

@@ -44,8 +44,7 @@ import numpy as np
 
 from vdc_torch.decision.store.schema import verify_schema
 from vdc_torch.decision.store.stored import ManifestHandle, PartStream, StoredRows, part_digest, part_matches
-from vdc_torch.decision.store.v1 import (  # noqa: F401
-    _BLOB_COLUMNS,
+from vdc_torch.decision.store.v1 import (
     _COLUMNS,
     _SCHEMA,
     _content_digest,
