@@ -469,6 +469,7 @@ RESULTS_FILES = {
     "encoder_cifar": ("Model encoder on CIFAR-10", "`benchmarks/encoder_cifar.py`"),
     "fingerprint_throughput": ("Fingerprinting throughput", "`benchmarks/speed_fingerprint.py`"),
     "fuzzing": ("Fuzzing untrusted inputs", "`benchmarks/fuzz.py`"),
+    "quality_flags": ("Quality flags", "`benchmarks/quality_flags.py`"),
     "matching_at_scale": ("Matching speed and memory at scale", "`benchmarks/speed_matching.py`"),
     "vs_visdatcompy": ("vdc_torch vs visdatcompy (seed API)", "`benchmarks/vs_visdatcompy.py`"),
 }
