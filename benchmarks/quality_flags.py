@@ -33,9 +33,8 @@ for p in (HERE, HERE.parent):
         sys.path.insert(0, str(p))
 
 import numpy as np
-from PIL import Image, ImageFilter
-
 from datasets import REPO_ROOT, cifar10_files, exif_sample_files, shared_root, wallpaper_files, write_results_section
+from PIL import Image, ImageFilter
 
 FIG_DIR = REPO_ROOT / "benchmarks" / "figures"
 

@@ -315,4 +315,4 @@ def test_callback_logs_the_decision_to_the_trainers_loggers(lightning, photos, t
     logged = {key: float(value) for row in rows for key, value in row.items() if key.startswith("vdc/") and value}
     assert logged == {"vdc/train": 1.0, "vdc/overlap": 0.5, "vdc/readable": 20.0, "vdc/delta": 10.0,
                       "vdc/conflicts": 0.0, "vdc/internal_duplicates": 0.0, "vdc/unreadable": 0.0,
-                      "vdc/new_classes": 0.0}
+                      "vdc/new_classes": 0.0, "vdc/low_quality": 0.0}

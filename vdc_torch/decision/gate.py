@@ -22,6 +22,7 @@ import torch.utils.data
 
 from vdc_torch.data.dataset import Dataset, Stream, label_value
 from vdc_torch.decision.inputs import _stream_view, _StreamView, as_dataset, delta_of  # noqa: F401 - re-exported
+from vdc_torch.decision.plan import combine, reference_labels, replay_count, replay_positions
 from vdc_torch.decision.policy import Action, Policy, _action_and_reason, check_evidence, decide  # noqa: F401
 from vdc_torch.decision.store.cache import CacheCheckpoint, FingerprintCache, fingerprint_with_cache
 from vdc_torch.decision.store.manifest import load_manifest, save_manifest
@@ -31,6 +32,7 @@ from vdc_torch.fingerprints.compute import (
     Problem,
     fingerprint_stream,
 )
+from vdc_torch.fingerprints.quality import QUALITY_COLUMNS, quality_of
 from vdc_torch.search.cascade import (
     MATCH_COLUMNS,
     MATCHING_VERSION,
@@ -59,6 +61,10 @@ class Decision:
     #: Per-class coverage (:data:`CLASS_COLUMNS`), one row per label of either side; empty when the new data is
     #: unlabelled. ``in_reference`` False marks a class the reference has never seen.
     classes: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(CLASS_COLUMNS)))
+    #: Novel samples with a quality flag (:data:`~vdc_torch.fingerprints.quality.QUALITY_COLUMNS`: index, path,
+    #: flags such as ``"dark,blurry"``, and the measurements behind them), read from their fingerprints. Left out
+    #: of the delta when ``Policy(exclude_low_quality=True)``.
+    quality: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(QUALITY_COLUMNS)))
     counts: dict[str, int] = field(default_factory=dict)
     policy: Policy = field(default_factory=Policy)
     config: MatchConfig = field(default_factory=MatchConfig)
@@ -85,6 +91,47 @@ class Decision:
         """Indices (in the new dataset) of the novel, deduplicated samples."""
         return list(self.novel_indices)
 
+    def replay_indices(self, reference: Any, replay: float = 0.2, balance: str | None = "class",
+                       seed: int = 0) -> list[int]:
+        """Indices in ``reference`` of the replay sample :meth:`training_set` adds (see :mod:`~.plan`)."""
+        _, labels = reference_labels(reference)
+        count = replay_count(len(self.novel_indices), replay, len(labels))
+        return replay_positions(labels, count, balance, seed)
+
+    def training_set(self, reference: Any, replay: float = 0.2, balance: str | None = "class",
+                     seed: int = 0) -> Any:
+        """What to fine-tune on: the delta plus ``round(replay × len(delta))`` samples of ``reference`` (the
+        dataset or folder the model was trained on), seeded and by default class-balanced, so the run does not
+        forget the old data (rehearsal; :mod:`vdc_torch.decision.plan` says why and how they are drawn).
+
+        The same kind of object as passed where possible — one ``datasets.Dataset`` for Hugging Face datasets,
+        one :class:`vdc_torch.Dataset` for folders — else a ``ConcatDataset`` of the delta and a ``Subset`` of the
+        reference (a ``ChainDataset`` after a stream's delta). ``replay=0`` is the delta alone.
+
+        >>> train_on = decision.training_set(train_v1, replay=0.2)  # doctest: +SKIP
+        """
+        data, labels = reference_labels(reference)
+        positions = replay_positions(labels, replay_count(len(self.novel_indices), replay, len(labels)), balance,
+                                     seed)
+        return combine(self.delta, reference, data, positions)
+
+    def plan(self, replay: float = 0.2, balance: str | None = "class", seed: int = 0) -> dict[str, Any]:
+        """The training plan as file lists (what ``vdc gate --plan`` writes): the delta's keys (paths relative
+        to ``new_root``) and the replay sample's reference paths (relative to ``reference_root``), drawn as
+        :meth:`training_set` draws them from the reference's fingerprints."""
+        ref = self.reference_fingerprints if self.reference_fingerprints is not None else FingerprintTable.empty()
+        labels = [None if v is None else str(v) for v in ref.labels]
+        positions = replay_positions(labels, replay_count(len(self.novel_indices), replay, len(ref)), balance, seed)
+        per_class = Counter(labels[p] for p in positions if labels[p] is not None)
+        return {
+            "format": "vdc_torch.plan", "version": 1, "action": str(self.action),
+            "replay_fraction": replay, "balance": balance, "seed": seed,
+            "new_root": self.new_root, "reference_root": self.reference_root,
+            "delta": list(self.delta_keys),
+            "replay": [ref.paths[p] for p in positions],
+            "replay_per_class": dict(sorted(per_class.items())),
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """Everything as JSON-able Python values."""
         return {
@@ -97,6 +144,7 @@ class Decision:
             "conflicts": _records(self.conflicts),
             "internal_duplicates": _records(self.internal_duplicates),
             "classes": _records(self.classes),
+            "quality": _records(self.quality),
             "problems": _records(self.problems),
             "skipped": _records(self.skipped),
             "delta_keys": list(self.delta_keys),
@@ -369,7 +417,11 @@ class DatasetGate:
         seen_set = set(seen["new_index"].tolist())
         dup_set = set(internal_dups["new_index"].tolist())
         readable = [int(i) for i in new.sample_index]
-        delta_indices = [i for i in readable if i not in seen_set and i not in dup_set]
+        novel_rows = [row for row, i in enumerate(readable) if i not in seen_set and i not in dup_set]
+        quality = quality_of(new, novel_rows)
+        quality = quality[quality["flags"] != ""].reset_index(drop=True)
+        excluded = set(quality["index"].tolist()) if self.policy.exclude_low_quality else set()
+        delta_indices = [readable[row] for row in novel_rows if readable[row] not in excluded]
         conflicts = seen[
             seen["new_label"].notna() & seen["ref_label"].notna() & (seen["new_label"] != seen["ref_label"])
         ].reset_index(drop=True)
@@ -380,11 +432,11 @@ class DatasetGate:
             "fatal": pd.Series([p.fatal for p in problems], dtype=bool),
         })
         skipped = int(problem_frame["fatal"].sum()) if len(problem_frame) else 0
-        classes = class_coverage(new, ref, seen_set, set(delta_indices), dup_set, conflicts)
+        classes = class_coverage(new, ref, seen_set, {readable[row] for row in novel_rows}, dup_set, conflicts)
         new_classes = classes.loc[~classes["in_reference"], "class"].tolist() if len(classes) else []
         action, reason = decide(overlap, len(delta_indices), len(conflicts), len(readable), self.policy,
                                 unreadable=skipped, no_reference=self.no_reference if not len(ref) else None,
-                                new_classes=new_classes)
+                                new_classes=new_classes, low_quality=len(quality))
         counts = {
             "new": len(data),
             "readable": len(readable),
@@ -397,6 +449,7 @@ class DatasetGate:
             "delta": len(delta_indices),
             "conflicts": len(conflicts),
             "new_classes": len(new_classes),
+            "low_quality": len(quality),
         }
         keys = getattr(data, "keys_by_position", None)
         delta_keys = ([keys[i] for i in delta_indices] if keys is not None
@@ -411,7 +464,8 @@ class DatasetGate:
             delta=delta_of(original, data, delta_indices),
             skipped=skipped, novel_indices=delta_indices, delta_keys=delta_keys,
             matches=matches.reset_index(drop=True), conflicts=conflicts, problems=problem_frame,
-            internal_duplicates=internal_dups, classes=classes, counts=counts, policy=self.policy, config=self.config,
+            internal_duplicates=internal_dups, classes=classes, quality=quality, counts=counts, policy=self.policy,
+            config=self.config,
             new_fingerprints=new, reference_fingerprints=ref, new_root=data.root,
             reference_root=str(self.meta.get("reference_root", "")),
             reference_from_files=self._reference is not None,

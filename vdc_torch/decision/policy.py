@@ -49,6 +49,10 @@ class Policy:
     #: model learnt covers it), whatever the overlap. Only labelled data on both sides has classes. False: decide
     #: on the overlap alone; the classes are still reported in ``Decision.classes``.
     train_on_new_classes: bool = True
+    #: Leave the novel samples that carry a quality flag (blank, dark, bright, blurry, tiny, extreme_aspect; see
+    #: :mod:`vdc_torch.fingerprints.quality`) out of the delta. False (the default): they are reported in
+    #: ``Decision.quality`` and stay in the delta.
+    exclude_low_quality: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.skip_overlap <= 1.0:
@@ -96,6 +100,7 @@ def decide(
     unreadable: int = 0,
     no_reference: str | None = None,
     new_classes: Sequence[str] = (),
+    low_quality: int = 0,
 ) -> tuple[Action, str]:
     """The action and a one-sentence reason, from the counts alone.
 
@@ -103,7 +108,8 @@ def decide(
     (why there is nothing to compare with, e.g. "no reference manifest exists yet at ...") means nothing has been
     trained on yet: train on every readable, deduplicated sample. ``unreadable`` samples are named in the reason.
     ``new_classes`` (labels of the new data the reference has none of) make it train when
-    ``policy.train_on_new_classes``, and are named in the reason either way.
+    ``policy.train_on_new_classes``, and are named in the reason either way. ``low_quality`` novel samples carry a
+    quality flag: left out of ``delta_size`` already when ``policy.exclude_low_quality``, and named in the reason.
     """
     action, reason = _action_and_reason(overlap, delta_size, conflicts, readable, policy, no_reference)
     if new_classes and no_reference is None:
@@ -114,6 +120,11 @@ def decide(
                 f"overlap {overlap:.1%}, {delta_size} novel samples.")
         else:
             reason += f" The new data holds {len(new_classes)} class(es) the reference has never seen ({named})."
+    if low_quality:
+        reason += (f" {low_quality} low-quality novel sample(s) were left out of the delta (see quality)."
+                   if policy.exclude_low_quality else
+                   f" {low_quality} novel sample(s) look low-quality (see quality; Policy(exclude_low_quality=True) "
+                   "leaves them out).")
     if unreadable:
         reason += f" {unreadable} unreadable sample(s) were left out (see problems)."
     return action, reason

@@ -16,6 +16,7 @@ module does, for the command line only.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -54,6 +55,7 @@ def _policy(args: argparse.Namespace) -> Any:
         skip_overlap=defaults.skip_overlap if args.skip_overlap is None else args.skip_overlap,
         min_delta_to_train=defaults.min_delta_to_train if args.min_delta is None else args.min_delta,
         count_similar=bool(args.count_similar),
+        exclude_low_quality=bool(getattr(args, "exclude_low_quality", False)),
     )
 
 
@@ -150,6 +152,9 @@ def decision_paragraph(decision: Any) -> str:
          f"{c.get('conflicts', 0)} label conflict(s). Overlap {decision.overlap:.1%}; "
          f"delta: {c.get('delta', 0)} novel sample(s)."),
     ]
+    if c.get("low_quality"):
+        left_out = "left out" if decision.policy.exclude_low_quality else "kept; --exclude-low-quality leaves them out"
+        parts.append(f"Low quality: {c['low_quality']} novel sample(s) flagged ({left_out}).")
     return " ".join(parts)
 
 
@@ -169,6 +174,12 @@ def cmd_gate(args: argparse.Namespace) -> int:
         else:
             _note(args, "vdc: note: --save-manifest ignored: --reference is already a manifest")
     paragraph_stream = _write_outputs(args, decision, report.write_html, report.write_csv)
+    if args.plan:
+        _ensure_parent(args.plan)
+        plan = decision.plan(replay=args.replay, seed=args.seed)
+        with open(args.plan, "w", encoding="utf-8") as out:
+            json.dump(plan, out, indent=2)
+        _note(args, f"wrote {args.plan} ({len(plan['delta'])} delta and {len(plan['replay'])} replay files)")
     print(decision_paragraph(decision), file=paragraph_stream)
     return EXIT_TRAIN if str(decision.action) == "train" else args.skip_exit_code
 

@@ -76,6 +76,16 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number >= 0")
+    return value
+
+
 def _non_negative(text: str) -> int:
     try:
         value = int(text)
@@ -187,6 +197,15 @@ def _add_gate(sub: Any, common: argparse.ArgumentParser, workers: argparse.Argum
     p.add_argument("--csv", metavar="DIR", help="write matches.csv, conflicts.csv, problems.csv and "
                                                 "internal_duplicates.csv into DIR")
     p.add_argument("--save-manifest", metavar="MANIFEST", help="when --reference is a folder, also save its manifest")
+    p.add_argument("--plan", metavar="OUT.json",
+                   help="write the training plan: the delta's files and a class-balanced replay sample of the "
+                        "reference's files (against forgetting), as JSON file lists")
+    p.add_argument("--replay", type=_non_negative_float, default=0.2, metavar="X",
+                   help="replay X × the delta's size reference samples in the plan (default 0.2; 0 = none)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the plan's replay sample (default 0)")
+    p.add_argument("--exclude-low-quality", action="store_true",
+                   help="leave blank, too dark or bright, blurry, tiny and strip-shaped novel images out of the "
+                        "delta (they are reported either way)")
     p.add_argument("--skip-overlap", type=_fraction, default=None, metavar="X",
                    help="skip only when at least this fraction of the new samples was already trained on "
                         "(default 0.95)")

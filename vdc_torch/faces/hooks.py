@@ -326,13 +326,14 @@ def _make_callback_class() -> type:
 
 def decision_metrics(decision: Decision) -> dict[str, float]:
     """The figures of a decision an experiment tracker keeps (``vdc/...``): action (1 train, 0 skip), overlap, and
-    the readable, delta, conflict, internal-duplicate, unreadable and new-class counts."""
+    the readable, delta, conflict, internal-duplicate, unreadable, new-class and low-quality counts."""
     counts = decision.counts
     return {
         "vdc/train": float(decision.action == Action.TRAIN),
         "vdc/overlap": float(decision.overlap),
         **{f"vdc/{name}": float(counts.get(name, 0))
-           for name in ("readable", "delta", "conflicts", "internal_duplicates", "unreadable", "new_classes")},
+           for name in ("readable", "delta", "conflicts", "internal_duplicates", "unreadable", "new_classes",
+                        "low_quality")},
     }
 
 
