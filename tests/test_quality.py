@@ -4,6 +4,7 @@ are flagged, the photos themselves are not, and ``Policy(exclude_low_quality=Tru
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -102,3 +103,18 @@ def test_flags_follow_their_documented_thresholds() -> None:
          "sharpness": 0.0},
     ])
     assert quality.flags_of(rows) == [[], ["blurry"], ["dark", "tiny", "extreme_aspect"], ["blank", "bright"]]
+
+
+def test_the_html_report_pictures_the_flagged_samples_and_lists_classes(drop: tuple[Path, Path, list[Path]],
+                                                                         tmp_path: Path) -> None:
+    from vdc_torch.faces.report import write_html
+
+    reference, new, _ = drop
+    decision = DatasetGate(reference=str(reference), workers=0).check(str(new))
+    page = write_html(decision, tmp_path / "report.html").read_text()
+    quality_part = page[page.index('<section id="quality">'):]
+    quality_part = quality_part[:quality_part.index("</section>")]
+    assert f"Low-quality novel samples — {len(DEGRADED)}, kept in the delta" in quality_part
+    assert quality_part.count("data-flags=") == len(DEGRADED) and re.search('data-flags="[a-z_,]*dark', quality_part)
+    assert quality_part.count("src=\"data:image/") == len(DEGRADED)
+    assert '<section id="classes"><h2>Classes</h2><p class="muted">The new data is unlabelled' in page

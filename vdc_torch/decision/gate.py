@@ -21,6 +21,7 @@ import pandas as pd
 import torch.utils.data
 
 from vdc_torch.data.dataset import Dataset, Stream, label_value
+from vdc_torch.decision.display import decision_html
 from vdc_torch.decision.inputs import _stream_view, _StreamView, as_dataset, delta_of  # noqa: F401 - re-exported
 from vdc_torch.decision.plan import combine, reference_labels, replay_count, replay_positions
 from vdc_torch.decision.policy import Action, Policy, _action_and_reason, check_evidence, decide  # noqa: F401
@@ -42,6 +43,12 @@ from vdc_torch.search.cascade import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Version of the decision's JSON (``vdc_torch/decision/decision.schema.json``, a JSON Schema): bumped when a field
+#: is removed, renamed or changes meaning; fields may be added within a version.
+DECISION_SCHEMA_VERSION = 1
+#: The JSON Schema of :meth:`Decision.to_json`.
+DECISION_SCHEMA_PATH = Path(__file__).with_name("decision.schema.json")
 
 
 @dataclass
@@ -85,6 +92,10 @@ class Decision:
 
     def __str__(self) -> str:
         return self.reason
+
+    def _repr_html_(self) -> str:
+        """The decision in a notebook cell: verdict, reason, counts, per-class table and a few matched pairs."""
+        return decision_html(self)
 
     @property
     def delta_indices(self) -> list[int]:
@@ -135,6 +146,8 @@ class Decision:
     def to_dict(self) -> dict[str, Any]:
         """Everything as JSON-able Python values."""
         return {
+            "format": "vdc_torch.decision",
+            "schema_version": DECISION_SCHEMA_VERSION,
             "action": str(self.action),
             "reason": self.reason,
             "overlap": self.overlap,

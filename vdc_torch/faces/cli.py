@@ -56,6 +56,8 @@ def _policy(args: argparse.Namespace) -> Any:
         min_delta_to_train=defaults.min_delta_to_train if args.min_delta is None else args.min_delta,
         count_similar=bool(args.count_similar),
         exclude_low_quality=bool(getattr(args, "exclude_low_quality", False)),
+        max_problem_share=(defaults.max_problem_share if getattr(args, "max_problem_share", None) is None
+                           else args.max_problem_share),
     )
 
 

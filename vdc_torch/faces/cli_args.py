@@ -213,6 +213,8 @@ def _add_gate(sub: Any, common: argparse.ArgumentParser, workers: argparse.Argum
                    help="train whenever at least N novel samples remain (default 64)")
     p.add_argument("--count-similar", action="store_true",
                    help="let 'similar' matches count as already trained on")
+    p.add_argument("--max-problem-share", type=_fraction, default=None, metavar="X",
+                   help="decide although up to this fraction of the samples cannot be read (default 0.05)")
     p.add_argument("--skip-exit-code", type=_exit_code, default=EXIT_SKIP, metavar="CODE",
                    help=f"exit code for 'skip' (default {EXIT_SKIP})")
     p.add_argument("--encoder", metavar="MODULE:NAME",

@@ -89,8 +89,10 @@ def write_html(
     if plots:
         parts.append(_plots_section(decision))
     parts += [
+        _classes_section(decision),
         _pairs_section(decision, new_pics, ref_pics, max_pairs),
         _novel_section(decision, new_pics, max_novel),
+        _quality_section(decision, new_pics, max_novel),
         _conflicts_section(decision),
         _internal_section(decision, max_pairs),
         _problems_section(decision),
@@ -127,6 +129,7 @@ def _summary(decision: Any) -> str:
         (f"similar ({'counted' if similar_counted else 'not counted'})", c.get("similar")),
         ("duplicates inside the new data", c.get("internal_duplicates")),
         ("novel samples (delta)", c.get("delta")), ("label conflicts", c.get("conflicts")),
+        ("classes the reference never saw", c.get("new_classes")), ("low-quality novel samples", c.get("low_quality")),
     ]
     counts = "".join(f"<tr><th>{_esc(k)}</th><td class='num'>{_esc(v if v is not None else '')}</td></tr>"
                      for k, v in rows)
@@ -137,7 +140,9 @@ def _summary(decision: Any) -> str:
             f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>"
             for k, v in (("skip_overlap", f"{policy.skip_overlap:.0%}"),
                          ("min_delta_to_train", policy.min_delta_to_train),
-                         ("count_similar", policy.count_similar))
+                         ("count_similar", policy.count_similar),
+                         ("train_on_new_classes", getattr(policy, "train_on_new_classes", "")),
+                         ("exclude_low_quality", getattr(policy, "exclude_low_quality", "")))
         )
     return (
         '<section id="summary"><div class="verdict">'
@@ -148,6 +153,40 @@ def _summary(decision: Any) -> str:
         f'<div class="grid2" style="margin-top:14px"><table>{counts}</table>'
         f'<table><tr><th colspan="2">policy</th></tr>{policy_rows}</table></div></section>'
     )
+
+
+def _classes_section(decision: Any) -> str:
+    """Per-class coverage (``Decision.classes``): classes the reference never saw come first, marked."""
+    frame = getattr(decision, "classes", None)
+    if frame is None or not len(frame):
+        return ('<section id="classes"><h2>Classes</h2><p class="muted">The new data is unlabelled: no per-class '
+                "coverage.</p></section>")
+    frame = frame.assign(reference_has_it=["yes" if v else "NEVER SEEN" for v in frame["in_reference"]])
+    frame = frame.sort_values(["in_reference", "class"], kind="stable")
+    missing = int((~frame["in_reference"].astype(bool)).sum())
+    note = (f"<p><b>{missing} class(es) the reference has never seen</b>: nothing the model learnt covers them.</p>"
+            if missing else "")
+    return (f'<section id="classes"><h2>Classes — {len(frame)}</h2>{note}'
+            + _table(frame, ["class", "reference_has_it", "reference", "new", "seen", "novel", "internal_duplicates",
+                             "conflicts"]) + "</section>")
+
+
+def _quality_section(decision: Any, pics: _Pictures, limit: int) -> str:
+    """Novel samples with a quality flag (``Decision.quality``), pictured, with the measurements behind them."""
+    frame = getattr(decision, "quality", None)
+    if frame is None or not len(frame):
+        return ('<section id="quality"><h2>Low-quality novel samples</h2><p class="muted">None flagged.</p>'
+                "</section>")
+    effect = ("left out of the delta" if getattr(decision.policy, "exclude_low_quality", False)
+              else "kept in the delta (Policy(exclude_low_quality=True) leaves them out)")
+    figures = "".join(
+        f'<figure data-new-index="{int(i)}" data-flags="{_esc(flags)}">{_picture(*pics.get(int(i), str(p)), str(p), "new")}'
+        f"<div class='path'><b>{_esc(flags)}</b></div></figure>"
+        for i, p, flags in frame[["index", "path", "flags"]].head(limit).itertuples(index=False)
+    )
+    return (f'<section id="quality"><h2>Low-quality novel samples — {len(frame)}, {_esc(effect)}</h2>'
+            f'<div class="novel">{figures}</div>'
+            + _table(frame, ["path", "flags", "width", "height", "contrast", "p05", "p95", "sharpness"]) + "</section>")
 
 
 def _partition(decision: Any) -> list[tuple[str, int]]:
