@@ -311,6 +311,20 @@ def _coarse_index(ref_thumbs: Any) -> Any:
     return index
 
 
+#: Quarter turns looked up by the cascade's quarter-turn stage (``np.rot90``'s ``k``: 90, 180, 270 degrees).
+QUARTER_TURNS = (1, 2, 3)
+
+
+def turned_thumbs(thumbs: Any, rows: np.ndarray, turns: int) -> np.ndarray:
+    """The RGB thumbnails of ``rows`` turned by ``turns`` quarter turns counter-clockwise (``np.rot90``).
+
+    Trimming and resizing commute with a quarter turn, so this is the thumbnail of the turned picture, and the
+    pHash of its gray version is the turned picture's pHash.
+    """
+    rgb = np.asarray(thumbs[rows]) if len(rows) else np.zeros((0, 32, 32, 3), np.uint8)
+    return np.ascontiguousarray(np.rot90(rgb, turns, axes=(1, 2)))
+
+
 def _nearest_thumbnails(
     new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, same_table: bool, config: MatchConfig
 ) -> Candidates:

@@ -7,6 +7,8 @@ Order of evidence, cheapest and surest first:
 3. ``exif``    — same camera, capture time and ids, *confirmed by pixels*       -> ``near_duplicate``
 4. ``phash``   — perceptual hash within ``hash_radius``, verified on thumbnails  -> ``near_duplicate``/``similar``
 5. ``mirror``  — the same for the mirror image (flip augmentation)               -> policy decides
+   ``quarter-turn`` — the same for the picture turned by 90, 180 and 270 degrees (EXIF orientation lost on
+   export); hits that fail the thumbnail check go to local features         -> ``near_duplicate``
 6. ``crop``/``features`` — crop hashes (of the picture and of its mirror image) and hash candidates that failed
    the thumbnail check, verified by local features (ratio test + RANSAC inliers + coverage) -> ``near_duplicate``
 7. ``rotation`` — still unmatched samples turned back by up to ``max_rotation`` degrees, their centre crops
@@ -31,10 +33,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import pandas as pd
 
-from vdc_torch.fingerprints.compute import CROP_BOXES, FingerprintTable
+from vdc_torch.fingerprints.compute import CROP_BOXES, FingerprintTable, phash_batch
 from vdc_torch.search.candidates import (  # noqa: F401  (re-exported)
     KNN_ADD_CHUNK,
     KNN_EXACT_MAX_ROWS,
@@ -43,6 +46,7 @@ from vdc_torch.search.candidates import (  # noqa: F401  (re-exported)
     KNN_TRAIN_ROWS,
     MAX_CHANCE_CANDIDATES,
     OVERLAY_BOXES,
+    QUARTER_TURNS,
     ROTATED,
     WHOLE_PICTURE,
     Candidates,
@@ -54,6 +58,7 @@ from vdc_torch.search.candidates import (  # noqa: F401  (re-exported)
     _same_crop_candidates,
     _whole_picture_candidates,
     chance_limited_radius,
+    turned_thumbs,
 )
 from vdc_torch.search.colour import (  # noqa: F401  (re-exported)
     _aligned_colour_difference,
@@ -147,7 +152,8 @@ def match_tables(
     _exif_stage(run)
     global_index = HammingIndex(ref.phash)
     feature_candidates = _hash_stages(run, global_index)
-    _feature_stages(run, feature_candidates)
+    feature_candidates.append(_quarter_turn_stage(run, global_index))
+    _feature_stages(run, feature_candidates, global_index)
     _alignment_stages(run, global_index)
     _encoder_stage(run, new_embeddings, ref_embeddings)
     if not run.found:
@@ -262,12 +268,52 @@ def _hash_stages(run: _Run, global_index: HammingIndex) -> list[Candidates]:
     return feature_candidates
 
 
-def _feature_stages(run: _Run, feature_candidates: list[Candidates]) -> None:
+def _quarter_turn_stage(run: _Run, global_index: HammingIndex) -> Candidates:
+    """5b. copies turned by 90, 180 or 270 degrees (a phone photo whose EXIF orientation was lost on export).
+
+    Each unsettled sample's thumbnail is turned (:func:`turned_thumbs`) and its pHash looked up, then verified on
+    the turned thumbnails exactly as a pHash hit is; hits that fail but whose turned gray thumbnail still
+    correlates (``feature_min_thumb_similarity``) go to local features, which are rotation invariant.
+    """
+    new, ref, config = run.new, run.ref, run.config
+    empty = np.zeros(0, np.int64)
+    open_rows = np.flatnonzero(~run.settled)
+    if not config.quarter_turns or not len(open_rows) or not len(ref):
+        return Candidates(empty, empty, empty, False, True)
+    left_q, left_r, left_d = [], [], []
+    for turns in QUARTER_TURNS:
+        open_rows = open_rows[~run.settled[open_rows]]
+        if not len(open_rows):
+            break
+        thumbs = turned_thumbs(new.thumbs, open_rows, turns)
+        gray = cv2.cvtColor(thumbs.reshape(-1, thumbs.shape[2], 3), cv2.COLOR_RGB2GRAY).reshape(thumbs.shape[:3])
+        local, r, dist = global_index.search(phash_batch(gray), config.hash_radius)
+        q = open_rows[local]
+        keep = run.allowed(q, r)
+        local, q, r, dist = local[keep], q[keep], r[keep], dist[keep]
+        verifier = ThumbVerifier(thumbs, ref.thumbs, config)
+        sim, fine = verifier.similarities(local, r)
+        near = (sim >= config.near_duplicate_similarity) & (fine >= config.min_detail_similarity)
+        evidence = np.asarray([f"the new image turned {90 * turns} degrees counter-clockwise: pHash distance {d}, thumbnail similarity {s:.3f}, "
+                               f"fine-structure similarity {f:.3f}" for d, s, f in zip(dist, sim, fine)], dtype=object)
+        run.add(_best_per_query(_rows(q[near], r[near], "near_duplicate", "quarter-turn", sim[near], evidence[near])),
+                f"quarter turn {90 * turns}")
+        rest = ~near & (verifier.gray_similarity(local, r) >= config.feature_min_thumb_similarity)
+        left_q.append(q[rest])
+        left_r.append(r[rest])
+        left_d.append(dist[rest])
+    if not left_q:
+        return Candidates(empty, empty, empty, False, True)
+    return Candidates(*(np.concatenate(a).astype(np.int64) for a in (left_q, left_r, left_d)), False, True)
+
+
+def _feature_stages(run: _Run, feature_candidates: list[Candidates], global_index: HammingIndex) -> None:
     """6. crops (and rotations that failed the thumbnail check), verified by local features: the hash candidates
     that failed, kNN neighbours and crop-index hits, then the crop-index hits of the mirror image."""
     new, ref, config = run.new, run.ref, run.config
     if config.use_features and len(ref) and config.knn_candidates > 0 and config.knn_min_similarity > 0:
         feature_candidates.append(_nearest_thumbnails(new, ref, ~run.settled, run.same_table, config))
+
     if config.use_features and len(ref):
         plain, mirrored = _crop_index_candidates(run)
         feature_candidates.insert(0, plain)

@@ -25,7 +25,8 @@ KIND_RANK: dict[str, int] = {kind.value: rank for rank, kind in enumerate(MatchK
 #: 14: flipped crops (the crop index queried with the mirror pHash), rotations on the same canvas (rotation stage),
 #: crops defined by the share of the reference shown (crop_coverage_ratio 0.9) whatever stage found them.
 #: 15: a verified placement must show at least min_reference_share (0.08) of the reference.
-MATCHING_VERSION = 15
+#: 16: quarter turns (a copy turned by 90, 180 or 270 degrees: EXIF orientation lost on export) are looked up.
+MATCHING_VERSION = 16
 
 
 MATCH_COLUMNS = ["new_row", "ref_row", "kind", "method", "score", "evidence"]
@@ -90,6 +91,8 @@ class MatchConfig:
     encoder_min_thumb_similarity: float = 0.0  # pixel sanity check of encoder candidates (gray thumbnail NCC)
     max_rotation: float = 30.0  # unmatched samples: turned back by up to this many degrees (0 disables the stage)
     rotation_min_thumb_similarity: float = 0.6  # ... gray NCC of the turned-back centre crop with the reference's
+    quarter_turns: bool = True  # unmatched samples: look up the pHashes of the picture turned by 90, 180 and 270
+    # degrees (a phone photo whose EXIF orientation was lost on export), verified by local features
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
