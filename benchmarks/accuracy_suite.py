@@ -93,6 +93,8 @@ COPY_CLASSES = (
     "combo",
     "flip_crop",
     "rotate_canvas",
+    "quarter_turn",
+    "desaturate",
 )
 DISTRACTOR_CLASSES = ("distractor_hdr", "distractor_colour_variant", "distractor_gps_view", "distractor_other")
 
@@ -483,6 +485,24 @@ def t_rotate_canvas(px, rng):
     return out, {"degrees": round(angle, 2), "corners": corners}
 
 
+def t_quarter_turn(px, rng):
+    """Turned by 90, 180 or 270 degrees (a phone photo whose EXIF orientation was lost on export), downscaled."""
+    turns = rng.choice([1, 2, 3])
+    out = np.ascontiguousarray(np.rot90(px, turns))
+    s = _u(rng, 0.5, 1.0)
+    h, w = out.shape[:2]
+    out = cv2.resize(out, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    return out, {"degrees": 90 * turns, "scale": round(s, 3)}
+
+
+def t_desaturate(px, rng):
+    """Colour saturation lowered to 30-60 % (a muted re-export or filter), JPEG."""
+    keep = _u(rng, 0.3, 0.6)
+    gray = cv2.cvtColor(cv2.cvtColor(px, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB).astype(np.float32)
+    out = np.clip(gray + keep * (px.astype(np.float32) - gray), 0, 255).astype(np.uint8)
+    return out, {"saturation": round(keep, 3)}
+
+
 PIXEL_TRANSFORMS: dict[str, Callable[[np.ndarray, random.Random], tuple[np.ndarray, dict]]] = {
     "resize": t_resize,
     "crop_center": t_crop_center,
@@ -500,6 +520,8 @@ PIXEL_TRANSFORMS: dict[str, Callable[[np.ndarray, random.Random], tuple[np.ndarr
     "combo": t_combo,
     "flip_crop": t_flip_crop,
     "rotate_canvas": t_rotate_canvas,
+    "quarter_turn": t_quarter_turn,
+    "desaturate": t_desaturate,
 }
 
 

@@ -26,7 +26,8 @@ KIND_RANK: dict[str, int] = {kind.value: rank for rank, kind in enumerate(MatchK
 #: crops defined by the share of the reference shown (crop_coverage_ratio 0.9) whatever stage found them.
 #: 15: a verified placement must show at least min_reference_share (0.08) of the reference.
 #: 16: quarter turns (a copy turned by 90, 180 or 270 degrees: EXIF orientation lost on export) are looked up.
-MATCHING_VERSION = 16
+#: 17: the thumbnail colour check allows a saturation gain of 0.3-1.5 (desaturated copies).
+MATCHING_VERSION = 17
 
 
 MATCH_COLUMNS = ["new_row", "ref_row", "kind", "method", "score", "evidence"]

@@ -1,5 +1,6 @@
-"""Copies turned by a quarter turn (a phone photo whose EXIF orientation was lost on export; issue 17) are found
-as near-duplicates of their originals, and turning unrelated photos matches nothing."""
+"""Hard edits of real photos (issue 17): copies turned by a quarter turn (a phone photo whose EXIF orientation was
+lost on export) and desaturated copies are found as near-duplicates of their originals; turned unrelated photos
+and recoloured variants (hues changed) are not."""
 
 from __future__ import annotations
 
@@ -65,3 +66,37 @@ def test_turned_photos_without_an_original_match_nothing(tables: tuple) -> None:
 def test_the_stage_is_what_finds_them(tables: tuple) -> None:
     got = matched(tables, MatchConfig(quarter_turns=False))
     assert len([name for name in got if not name.startswith("other")]) <= 2  # 180 degrees may pass as a mirror+crop
+
+
+def colour_edits(tmp_path: Path) -> tuple:
+    """Reference: the 8 most colourful photos. New: each at 30-60 % saturation, and each with its hues turned by
+    120 degrees (a recoloured variant, not a copy)."""
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "new").mkdir()
+    def chroma(f: Path) -> float:
+        lab = cv2.cvtColor(cv2.resize(decode_file(f).pixels, (64, 64)), cv2.COLOR_RGB2LAB).astype(np.float32)
+        return float(np.abs(lab[..., 1:] - 128).mean())
+    colourful = sorted(photo_files(), key=chroma, reverse=True)[:8]
+    for i, f in enumerate(colourful):
+        rgb = decode_file(f).pixels
+        cv2.imwrite(str(tmp_path / "ref" / f"r{i:02d}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        gray = cv2.cvtColor(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB).astype(np.float32)
+        keep = 0.3 + 0.3 * i / 7
+        muted = np.clip(gray + keep * (rgb.astype(np.float32) - gray), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(tmp_path / "new" / f"muted_{i:02d}.jpg"), cv2.cvtColor(muted, cv2.COLOR_RGB2BGR),
+                    [cv2.IMWRITE_JPEG_QUALITY, 90])
+        hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = (hsv[..., 0].astype(np.int32) + 60) % 180  # OpenCV hues are 0-179: +60 = 120 degrees
+        cv2.imwrite(str(tmp_path / "new" / f"recoloured_{i:02d}.png"), cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR))
+    ref, _ = compute_fingerprints(Dataset(tmp_path / "ref"), workers=0)
+    new, _ = compute_fingerprints(Dataset(tmp_path / "new"), workers=0)
+    return new, ref
+
+
+def test_desaturated_copies_match_and_recoloured_variants_do_not(tmp_path: Path) -> None:
+    got = matched(colour_edits(tmp_path), MatchConfig())
+    muted = {name: hit for name, hit in got.items() if name.startswith("muted")}
+    assert len(muted) == 8 and all(ref == f"r{name[-6:-4]}.png" and kind == "near_duplicate"
+                                   for name, (ref, kind, _) in muted.items()), got
+    recoloured = [name for name, (_, kind, _) in got.items() if name.startswith("recoloured") and kind != "similar"]
+    assert not recoloured, {name: got[name] for name in recoloured}
