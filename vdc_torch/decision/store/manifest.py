@@ -90,6 +90,7 @@ _ROWS_PER_CHUNK = 16384
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _RESERVED_META = ("format", "format_version", "fingerprint_version", "saved_at", "samples")
 _DIGEST_SIZE = 16
+_C_INT_MAX = 2**31 - 1
 
 _SCHEMA_V2 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -516,8 +517,9 @@ def _connect_readonly(source: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(uri, uri=True, check_same_thread=False)
     with contextlib.suppress(OSError, AttributeError):  # setlimit: Python >= 3.11
         # no stored value is longer than the file (SQLite does not compress): a longer one (a looped overflow
-        # chain) is refused by SQLite ("string or blob too big") instead of being allocated
-        connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(os.stat(source).st_size, 1 << 20))
+        # chain) is refused by SQLite ("string or blob too big") instead of being allocated; the limit is a C int
+        # (a manifest of a 1M reference is ~3 GB) and SQLite clamps it to its own maximum anyway
+        connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, min(max(os.stat(source).st_size, 1 << 20), _C_INT_MAX))
     connection.execute("PRAGMA cell_size_check=ON")
     connection.execute("PRAGMA trusted_schema=OFF")
     return connection
