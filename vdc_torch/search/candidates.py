@@ -102,7 +102,8 @@ OVERLAY_BOXES: tuple[int, ...] = tuple(
 
 
 def _same_crop_candidates(
-    new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, config: MatchConfig
+    new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, config: MatchConfig,
+    ref_index: Any = None,
 ) -> list[Candidates]:
     """Unmatched samples whose corner crop hashes agree with the same crop of a reference (overlays).
 
@@ -110,17 +111,22 @@ def _same_crop_candidates(
     size) it cannot, and the stage proposed 49k such pairs on CIFAR-10 (test vs train and test vs itself) for none.
     """
     rows = np.flatnonzero(open_rows & _large_enough_to_align(new))
-    ref_rows = np.flatnonzero(_large_enough_to_align(ref))
+    ref_rows = ref_index.large_rows() if ref_index is not None else np.flatnonzero(_large_enough_to_align(ref))
     found = []
     radius = chance_limited_radius(config.crop_radius, len(ref) * len(OVERLAY_BOXES))  # chance over every box
     for box in OVERLAY_BOXES:
         if not len(rows) or not len(ref_rows):
             break
-        ref_codes = np.asarray(ref.crop_hashes[:, box])
-        ref_codes = ref_codes if len(ref_rows) == len(ref) else ref_codes[ref_rows]
-        q, r, dist = HammingIndex(ref_codes).search(new.crop_hashes[rows, box], radius)
+        index, ref_rows = ref_index.crop_box(box) if ref_index is not None else _box_index(ref, ref_rows, box)
+        q, r, dist = index.search(new.crop_hashes[rows, box], radius)
         found.append(Candidates(rows[q], ref_rows[r], dist, False, True, np.full(len(q), box)))
     return found
+
+
+def _box_index(ref: FingerprintTable, ref_rows: np.ndarray, box: int) -> tuple[HammingIndex, np.ndarray]:
+    """A Hamming index over crop ``box`` of the reference rows ``ref_rows``, and those rows."""
+    codes = np.asarray(ref.crop_hashes[:, box])
+    return HammingIndex(codes if len(ref_rows) == len(ref) else codes[ref_rows]), ref_rows
 
 
 #: ``box`` value of candidates from :func:`_whole_picture_candidates`: verified in both directions.
@@ -129,7 +135,7 @@ WHOLE_PICTURE = -2
 
 def _whole_picture_candidates(
     new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, ref_index: HammingIndex,
-    config: MatchConfig,
+    config: MatchConfig, trimmed_index: tuple[HammingIndex, np.ndarray] | None = None,
 ) -> list[Candidates]:
     """Unmatched samples whose border trimming differs from a reference's: pHashes of the whole pictures.
 
@@ -143,14 +149,17 @@ def _whole_picture_candidates(
     new_large, ref_large = _large_enough_to_align(new), _large_enough_to_align(ref)
     rows = np.flatnonzero(open_rows & new_large)
     new_trimmed = rows[new.phash_whole[rows] != new.phash[rows]]
-    ref_trimmed = np.flatnonzero((ref.phash_whole != ref.phash) & ref_large)
+    if trimmed_index is None:
+        ref_trimmed = np.flatnonzero((ref.phash_whole != ref.phash) & ref_large)
+    else:
+        ref_trimmed = trimmed_index[1]
     found = []
     if len(new_trimmed):  # trimmed new sample vs the trimmed hashes of every reference
         q, r, dist = ref_index.search(new.phash_whole[new_trimmed], config.hash_radius)
         keep = ref_large[r]
         found.append((new_trimmed[q[keep]], r[keep], dist[keep]))
     if len(ref_trimmed) and len(rows):  # any new sample vs the whole pictures of trimmed references
-        index = HammingIndex(ref.phash_whole[ref_trimmed])
+        index = trimmed_index[0] if trimmed_index is not None else HammingIndex(ref.phash_whole[ref_trimmed])
         for queries in (rows, new_trimmed):
             if len(queries):
                 code = new.phash[queries] if queries is rows else new.phash_whole[queries]
@@ -167,7 +176,8 @@ ROTATED = -3
 
 
 def _rotation_candidates(
-    new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, same_table: bool, config: MatchConfig
+    new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, same_table: bool, config: MatchConfig,
+    ref_index: Any = None,
 ) -> list[Candidates]:
     """Unmatched samples that may be rotated copies on the same canvas (black or smeared corners, size unchanged).
 
@@ -178,7 +188,7 @@ def _rotation_candidates(
     little to hash) and only samples every earlier stage left unmatched pay for it.
     """
     rows = np.flatnonzero(open_rows & _large_enough_to_align(new))
-    ref_rows = np.flatnonzero(_large_enough_to_align(ref))
+    ref_rows = ref_index.large_rows() if ref_index is not None else np.flatnonzero(_large_enough_to_align(ref))
     angles = _rotation_angles(config)
     if not len(rows) or not len(ref_rows) or not len(angles):
         return []
@@ -202,7 +212,8 @@ def _rotation_candidates(
         which = np.flatnonzero(boxes == box)
         if not len(which):
             continue
-        q, r, dist = HammingIndex(np.asarray(ref.crop_hashes[:, box])[ref_rows]).search(codes[which], radius)
+        index, _ = ref_index.crop_box(box) if ref_index is not None else _box_index(ref, ref_rows, box)
+        q, r, dist = index.search(codes[which], radius)
         q, r = which[q], ref_rows[r]
         keep = query_rows[q] != r if same_table else np.ones(len(q), dtype=bool)
         found_q.append(q[keep]), found_r.append(r[keep]), found_d.append(dist[keep])
@@ -326,7 +337,8 @@ def turned_thumbs(thumbs: Any, rows: np.ndarray, turns: int) -> np.ndarray:
 
 
 def _nearest_thumbnails(
-    new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, same_table: bool, config: MatchConfig
+    new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, same_table: bool, config: MatchConfig,
+    index: Any = None,
 ) -> Candidates:
     """Candidates the hashes missed (rotations, overlays, off-centre crops): nearest 8x8 thumbnails (faiss).
 
@@ -336,7 +348,7 @@ def _nearest_thumbnails(
     empty = np.zeros(0, np.int64)
     if not len(rows):
         return Candidates(empty, empty, empty, False, True)
-    index = _coarse_index(ref.thumbs)
+    index = _coarse_index(ref.thumbs) if index is None else index
     k = min(len(ref), config.knn_candidates + (1 if same_table else 0))
     queries = table_coarse_vectors(new.thumbs, rows)
     if isinstance(index, InvertedFileIP):

@@ -84,6 +84,7 @@ from vdc_torch.search.geometry import (  # noqa: F401  (re-exported)
     reference_share,
 )
 from vdc_torch.search.index import ExactIndex, HammingIndex, InvertedFileIP  # noqa: F401  (re-exported)
+from vdc_torch.search.reference_index import ReferenceIndex
 from vdc_torch.search.results import _best_per_query, _first_per_query, _rows
 from vdc_torch.search.thumbs import (  # noqa: F401  (re-exported)
     COARSE_CHUNK,
@@ -134,6 +135,7 @@ def match_tables(
     ref_embeddings: np.ndarray | None = None,
     feature_caches: FeatureCaches | None = None,
     progress: str | None = None,
+    ref_index: ReferenceIndex | None = None,
 ) -> pd.DataFrame:
     """Run the cascade; one row per matched new row (its best match), columns :data:`MATCH_COLUMNS`.
 
@@ -143,14 +145,17 @@ def match_tables(
     feature space with cosine ``>= config.encoder_similarity``. ``feature_caches`` keeps the local features of
     verified images for a later call on the same tables (a fresh one per call by default). ``progress`` (a label,
     e.g. ``"matching"``) shows a bar with ETA for each verification stage; each stage's time is logged at INFO.
+    ``ref_index`` is a :class:`ReferenceIndex` of ``ref`` kept between calls (one is built for this call otherwise).
     """
     caches = FeatureCaches() if feature_caches is None else feature_caches
     job = _FeatureJob(new, ref, config, caches(new, config), caches(ref, config), progress)
-    run = _Run(job, same_table, ThumbVerifier(new.thumbs, ref.thumbs, config), settled=np.zeros(len(new), dtype=bool),
-               clock=time.perf_counter())
+    if ref_index is None or ref_index.ref is not ref:
+        ref_index = ReferenceIndex(ref)
+    run = _Run(job, same_table, ThumbVerifier(new.thumbs, ref.thumbs, config), ref_index,
+               settled=np.zeros(len(new), dtype=bool), clock=time.perf_counter())
     _exact_stages(run)
     _exif_stage(run)
-    global_index = HammingIndex(ref.phash)
+    global_index = ref_index.phash()
     feature_candidates = _hash_stages(run, global_index)
     feature_candidates.append(_quarter_turn_stage(run, global_index))
     _feature_stages(run, feature_candidates, global_index)
@@ -170,6 +175,7 @@ class _Run:
     job: _FeatureJob
     same_table: bool
     verifier: ThumbVerifier
+    index: ReferenceIndex
     settled: np.ndarray
     #: End of the previous stage (``time.perf_counter()``), for the log line of each stage.
     clock: float
@@ -214,12 +220,12 @@ class _Run:
 
 def _exact_stages(run: _Run) -> None:
     """1-2. exact bytes and pixels."""
-    new, ref = run.new, run.ref
-    for method, new_keys, ref_keys in (
-        ("bytes", new.byte_digest, ref.byte_digest),
-        ("pixels", new.pixel_digest, ref.pixel_digest),
+    new = run.new
+    for method, new_keys, column in (
+        ("bytes", new.byte_digest, "byte_digest"),
+        ("pixels", new.pixel_digest, "pixel_digest"),
     ):
-        pairs = np.asarray(ExactIndex(ref_keys).pairs(new_keys), dtype=np.int64).reshape(-1, 2)
+        pairs = np.asarray(run.index.exact(column).pairs(new_keys), dtype=np.int64).reshape(-1, 2)
         q, r = pairs[:, 0], pairs[:, 1]
         keep = run.allowed(q, r)
         run.add(_first_per_query(_rows(q[keep], r[keep], "exact", method, 1.0, f"identical {method}")), method)
@@ -227,8 +233,8 @@ def _exact_stages(run: _Run) -> None:
 
 def _exif_stage(run: _Run) -> None:
     """3. EXIF identity confirmed by pixels."""
-    new, ref, config = run.new, run.ref, run.config
-    pairs = np.asarray(ExactIndex(ref.exif_identity).pairs(new.exif_identity), dtype=np.int64).reshape(-1, 2)
+    new, config = run.new, run.config
+    pairs = np.asarray(run.index.exact("exif_identity").pairs(new.exif_identity), dtype=np.int64).reshape(-1, 2)
     q, r = pairs[:, 0], pairs[:, 1]
     keep = run.allowed(q, r)
     q, r = q[keep], r[keep]
@@ -312,7 +318,8 @@ def _feature_stages(run: _Run, feature_candidates: list[Candidates], global_inde
     that failed, kNN neighbours and crop-index hits, then the crop-index hits of the mirror image."""
     new, ref, config = run.new, run.ref, run.config
     if config.use_features and len(ref) and config.knn_candidates > 0 and config.knn_min_similarity > 0:
-        feature_candidates.append(_nearest_thumbnails(new, ref, ~run.settled, run.same_table, config))
+        feature_candidates.append(_nearest_thumbnails(new, ref, ~run.settled, run.same_table, config,
+                                                      run.index.coarse()))
 
     if config.use_features and len(ref):
         plain, mirrored = _crop_index_candidates(run)
@@ -324,15 +331,15 @@ def _feature_stages(run: _Run, feature_candidates: list[Candidates], global_inde
 def _crop_index_candidates(run: _Run) -> tuple[Candidates, Candidates]:
     """Unsettled samples whose pHash (first) or mirror pHash (second) lies near a crop hash of a reference.
 
-    The crop index (~1 GB of MIH tables at 1M reference rows) is gone when this returns: it is not kept through
-    feature verification.
+    The crop index (~1 GB of MIH tables at 1M reference rows) is gone when this returns (it is not kept through
+    feature verification) unless the reference index keeps its indexes (``ReferenceIndex(keep=True)``, queries).
     """
     new, ref, config = run.new, run.ref, run.config
     k = len(CROP_BOXES)
     # only rows not settled yet: _verify_with_features drops settled rows first thing, and nothing settles
     # between here and there, so the candidates of settled rows were searched for nothing (27M codes at 1M)
     open_rows = np.flatnonzero(~run.settled)
-    crop_index = HammingIndex(ref.crop_hashes.reshape(-1))  # code i is crop i % k of reference row i // k
+    crop_index = run.index.crops()  # code i is crop i % k of reference row i // k
     radius = chance_limited_radius(config.crop_radius, len(ref) * k)
     q, code, dist = crop_index.search(np.asarray(new.phash)[open_rows], radius)
     q, r = open_rows[q], code // k
@@ -348,11 +355,12 @@ def _alignment_stages(run: _Run, global_index: HammingIndex) -> None:
     (whole-picture pHashes), then rotations on the same canvas (7. in the module docstring)."""
     new, ref, config = run.new, run.ref, run.config
     if config.use_alignment and len(ref) and len(new) and config.overlay_boxes:
-        run.verify(_same_crop_candidates(new, ref, ~run.settled, config), "overlays")
+        run.verify(_same_crop_candidates(new, ref, ~run.settled, config, run.index), "overlays")
     if config.use_alignment and len(ref) and len(new):
-        run.verify(_whole_picture_candidates(new, ref, ~run.settled, global_index, config), "alignment")
+        run.verify(_whole_picture_candidates(new, ref, ~run.settled, global_index, config, run.index.trimmed_whole()),
+                   "alignment")
     if config.use_features and config.max_rotation > 0 and len(ref) and len(new):
-        run.verify(_rotation_candidates(new, ref, ~run.settled, run.same_table, config), "rotations")
+        run.verify(_rotation_candidates(new, ref, ~run.settled, run.same_table, config, run.index), "rotations")
 
 
 def _encoder_stage(run: _Run, new_embeddings: np.ndarray | None, ref_embeddings: np.ndarray | None) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from vdc_torch.errors import InvalidParameterError, check_choice
 from vdc_torch.fingerprints.hashes import popcount64
-from vdc_torch.search.mih import MultiIndexHashing, prefer_mih
+from vdc_torch.search.mih import MIH_MAX_RADIUS, MultiIndexHashing, prefer_mih
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,8 @@ HAMMING_BACKENDS = ("auto", "flat", "mih", "numpy")
 MIH_LOW_MEMORY_CODES = 8_000_000
 #: Query x code pairs up to which ``auto`` searches by brute-force numpy popcount (nothing to build).
 NUMPY_MAX_PAIRS = 4_000_000
+#: Codes up to which a persistent index still searches by brute force (a query reads 512 KB; MIH tables above).
+PERSISTENT_NUMPY_MAX_CODES = 65_536
 #: Query x code distances the numpy backend computes at once (~24 MB of uint64 XORs and int32 counts).
 NUMPY_BLOCK_PAIRS = 2_000_000
 #: Bits of a hash code.
@@ -75,8 +77,11 @@ class HammingIndex:
     >>> q_rows, owner_rows, dist = index.search(query_codes, radius=12)  # doctest: +SKIP
     """
 
-    def __init__(self, codes: np.ndarray, owners: np.ndarray | None = None, backend: str = "auto") -> None:
-        """``owners[i]`` is the row code ``i`` belongs to (default: row ``i``)."""
+    def __init__(self, codes: np.ndarray, owners: np.ndarray | None = None, backend: str = "auto",
+                 persistent: bool = False) -> None:
+        """``owners[i]`` is the row code ``i`` belongs to (default: row ``i``). ``persistent``: the index is searched
+        many times (queries against a kept reference), so ``auto`` builds the multi-index tables once, in full,
+        instead of weighing their build against one brute-force search."""
         check_choice("backend", backend, HAMMING_BACKENDS)
         self.codes = np.ascontiguousarray(codes, dtype=np.uint64).reshape(-1)
         # no owners: code i is owned by row i (no arange: 216 MB for the 27M crop codes of 1M images)
@@ -84,6 +89,7 @@ class HammingIndex:
         if self.owners is not None and len(self.owners) != len(self.codes):
             raise InvalidParameterError(f"owners has {len(self.owners)} entries for {len(self.codes)} codes")
         self.backend = backend
+        self.persistent = persistent
         self._faiss_index = None
         self._mih: MultiIndexHashing | None = None
 
@@ -93,6 +99,8 @@ class HammingIndex:
     def _choose(self, n_queries: int, radius: int) -> str:
         if self.backend != "auto":
             return self.backend
+        if self.persistent and radius <= MIH_MAX_RADIUS and len(self.codes) > PERSISTENT_NUMPY_MAX_CODES:
+            return "mih"
         if len(self.codes) * n_queries <= NUMPY_MAX_PAIRS:
             return "numpy"
         # (faiss IndexBinaryMultiHash is not offered: measured 10-60x slower than IndexBinaryFlat, speed_matching.py)
@@ -109,7 +117,8 @@ class HammingIndex:
             q, c, d = self._search_numpy(queries, radius)
         elif backend == "mih":
             if self._mih is None:  # built once, reused by the mirror search
-                self._mih = MultiIndexHashing(self.codes, low_memory=len(self.codes) >= MIH_LOW_MEMORY_CODES)
+                low_memory = len(self.codes) >= MIH_LOW_MEMORY_CODES and not self.persistent
+                self._mih = MultiIndexHashing(self.codes, low_memory=low_memory)
             q, c, d = self._mih.search(queries, radius)
         else:
             q, c, d = self._search_faiss(queries, radius, backend)

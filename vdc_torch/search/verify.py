@@ -137,6 +137,9 @@ def _verify_with_features(
     A ``box`` (an index into :data:`CROP_BOXES`) marks candidates found by that crop of *both* images: they are
     verified on that crop alone (the rest of the new image may carry a caption, logo or watermark).
     """
+    # no open candidate at all (the usual case of a one-image query): no frame built
+    if not any(len(c.q) and not settled[np.asarray(c.q, dtype=np.int64)].all() for c in candidates):
+        return pd.DataFrame(columns=MATCH_COLUMNS)
     table = _candidate_table(candidates)
     if not len(table):
         return pd.DataFrame(columns=MATCH_COLUMNS)
