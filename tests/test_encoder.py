@@ -63,3 +63,19 @@ def test_gate_with_encoder_reports_encoder_matches(photos, tmp_path: Path) -> No
     encoder_rows = decision.matches[decision.matches["method"] == "encoder"]
     assert list(encoder_rows["new_path"]) == ["copy.png"]
     assert encoder_rows.iloc[0]["ref_path"] == photos[0].name
+
+
+def test_query_with_an_encoder_gives_the_encoder_match_of_check(photos, tmp_path: Path) -> None:
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for f in photos[:6]:
+        shutil.copy(f, ref / f.name)
+    config = MatchConfig(near_duplicate_similarity=2.0, use_features=False, use_alignment=False,
+                         encoder_similarity=0.999)
+    with Image.open(photos[0]) as im:  # a resized PNG copy: no EXIF, not pixel-identical
+        im.convert("RGB").resize((im.width * 9 // 10, im.height * 9 // 10)).save(tmp_path / "copy.png")
+    copy = tmp_path / "copy.png"
+    gate = DatasetGate(reference=ref, encoder=LayerEncoder(tiny_cnn(), layer="5"), config=config, workers=0)
+    answers = gate.query([copy, photos[7]])
+    assert answers["method"].tolist()[0] == "encoder" and answers["ref_path"].iloc[0] == photos[0].name
+    assert answers["kind"].iloc[1] == "new"

@@ -41,6 +41,7 @@ from vdc_torch.search.cascade import (
     MatchConfig,
     match_tables,
 )
+from vdc_torch.search.reference_index import ReferenceIndex
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +279,8 @@ class DatasetGate:
         #: Why the reference is empty, when that means nothing was trained on yet (set by ``pretrain_gate``):
         #: then every readable, deduplicated sample is to be trained on, and the reason says why (see :func:`decide`).
         self.no_reference: str | None = None
+        self._query_index: ReferenceIndex | None = None  # kept by query() for the reference table it was built on
+        self._query_embeddings: Any = None
 
     # -- reference -----------------------------------------------------------------------------------------
     @property
@@ -411,6 +414,35 @@ class DatasetGate:
             self.cache.store_result(key, {"cross": _records(matched), "internal": _records(internal)})
             self.cache.save()
         return matched, internal
+
+    # -- queries ---------------------------------------------------------------------------------------------
+    def query(self, images: Any) -> pd.DataFrame:
+        """Has the model already seen these images? One row per image, in order (columns ``QUERY_COLUMNS``).
+
+        ``images`` is one image or a list: paths, encoded bytes, PIL images, arrays or tensors (HWC or CHW). Each
+        row names the best reference match (``kind``, ``method``, ``score``, ``evidence``, ``ref_path``...) and
+        whether it counts as seen under the policy; ``kind`` is ``"new"`` when nothing matches and
+        ``"unreadable"`` (with the reason in ``evidence``) for an image that could not be decoded. The first call
+        builds the reference's indexes and keeps them (about 1.7 KB per reference image); later calls cost their
+        images' fingerprints and the index look-ups. No dataset is built and no worker process started.
+        """
+        from vdc_torch.decision.query import query_reference
+
+        ref = self.reference_table
+        if self._query_index is None or self._query_index.ref is not ref:
+            self._query_index = ReferenceIndex(ref, keep=True)
+            self._query_embeddings = None
+        embed = None
+        if self.encoder is not None:
+            from vdc_torch.fingerprints.encoder import embed_thumbs
+
+            if self._query_embeddings is None:
+                self._query_embeddings = embed_thumbs(self.encoder, ref.thumbs)
+
+            def embed(thumbs: Any) -> tuple[Any, Any]:
+                return embed_thumbs(self.encoder, thumbs), self._query_embeddings
+
+        return query_reference(self._query_index, images, self.config, self.policy.counted_kinds, embed)
 
     def _decision(
         self,

@@ -1,0 +1,89 @@
+"""One-image and small-batch queries against a kept reference: "has the model already seen this image?"
+
+A query fingerprints its images in this process (one decode each, no worker pool to start) and runs the cascade
+against a :class:`~vdc_torch.search.reference_index.ReferenceIndex` that keeps its indexes between queries, so
+its cost is the images' own fingerprints plus the index look-ups and the verification of their few candidates,
+not a pass over the reference. The answer for an image is the one :meth:`DatasetGate.check` gives the same image
+(the same stages, radii and tie-breaks), without the internal-duplicate pass and without a decision.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vdc_torch.errors import InvalidParameterError
+from vdc_torch.fingerprints.compute import fingerprint_stream
+from vdc_torch.search.cascade import match_tables
+from vdc_torch.search.config import MatchConfig
+from vdc_torch.search.reference_index import ReferenceIndex
+
+#: Columns of the frame :meth:`DatasetGate.query` returns, one row per query image in input order.
+QUERY_COLUMNS = ("query", "name", "seen", "kind", "method", "score", "evidence", "ref_index", "ref_path",
+                 "ref_label")
+#: ``kind`` of an image nothing in the reference matches, and of one that could not be read (``evidence`` says why).
+UNSEEN, UNREADABLE = "new", "unreadable"
+
+
+def _items(images: Any) -> list[Any]:
+    """The query images as a list: one image (a path, bytes, a PIL image, an array or tensor) or a sequence of them."""
+    if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, dict)) or hasattr(images, "getpixel"):
+        return [images]
+    if isinstance(images, np.ndarray) or hasattr(images, "dim"):  # an array or tensor: one image, or a batch
+        return list(images) if images.ndim == 4 else [images]
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    raise InvalidParameterError(
+        f"query() takes an image (a path, bytes, a PIL image, an array or tensor) or a list of them, "
+        f"not {type(images).__name__}"
+    )
+
+
+def _name(item: Any, position: int) -> str:
+    return os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"<query[{position}]>"
+
+
+def query_reference(index: ReferenceIndex, images: Any, config: MatchConfig, counted_kinds: frozenset[str],
+                    embed: Any = None) -> pd.DataFrame:
+    """The best reference match of each image (:data:`QUERY_COLUMNS`); ``counted_kinds`` are the kinds that count
+    as seen (the gate's policy); ``embed`` maps thumbnails to embeddings when the gate has an encoder (then it
+    returns the query's and the kept reference's embeddings)."""
+    items = _items(images)
+    names = [_name(item, i) for i, item in enumerate(items)]
+
+    def stream() -> Iterator[tuple[int, str, Any]]:
+        yield from ((i, name, item) for i, (name, item) in enumerate(zip(names, items)))
+
+    table, problems = fingerprint_stream(stream())
+    table.paths = [names[i] for i in table.sample_index.tolist()]
+    ref = index.ref
+    new_emb = ref_emb = None
+    if embed is not None and len(table) and len(ref):
+        new_emb, ref_emb = embed(table.thumbs)
+    found = match_tables(table, ref, config, ref_index=index, new_embeddings=new_emb, ref_embeddings=ref_emb) \
+        if len(table) and len(ref) else pd.DataFrame(columns=["new_row", "ref_row"])
+    by_position: dict[int, dict[str, Any]] = {}
+    for row in found.itertuples(index=False):
+        q, r = int(row.new_row), int(row.ref_row)
+        by_position[int(table.sample_index[q])] = {
+            "seen": row.kind in counted_kinds, "kind": row.kind, "method": row.method,
+            "score": round(float(row.score), 4), "evidence": row.evidence, "ref_index": int(ref.sample_index[r]),
+            "ref_path": ref.paths[r], "ref_label": ref.labels[r],
+        }
+    unreadable = {p.index: p.reason for p in problems if p.fatal}
+    records = []
+    for position, name in enumerate(names):
+        record = {"query": position, "name": name, "seen": False, "kind": UNSEEN, "method": None, "score": None,
+                  "evidence": None, "ref_index": None, "ref_path": None, "ref_label": None}
+        if position in unreadable:
+            record.update(kind=UNREADABLE, evidence=unreadable[position])
+        else:
+            record.update(by_position.get(position, {}))
+        records.append(record)
+    dtypes = {"query": np.int64, "seen": bool, "score": np.float64, "ref_index": "Int64"}
+    return pd.DataFrame({column: pd.Series([r[column] for r in records], dtype=dtypes.get(column, object))
+                         for column in QUERY_COLUMNS})
