@@ -472,6 +472,7 @@ RESULTS_FILES = {
     "quality_flags": ("Quality flags", "`benchmarks/quality_flags.py`"),
     "matching_at_scale": ("Matching speed and memory at scale", "`benchmarks/speed_matching.py`"),
     "train_with_gate": ("Training with the gate", "`examples/train_with_gate.py`"),
+    "query_latency": ("Query latency", "`benchmarks/query_latency.py`"),
     "vs_visdatcompy": ("vdc_torch vs visdatcompy (seed API)", "`benchmarks/vs_visdatcompy.py`"),
 }
 

@@ -423,7 +423,7 @@ class DatasetGate:
         row names the best reference match (``kind``, ``method``, ``score``, ``evidence``, ``ref_path``...) and
         whether it counts as seen under the policy; ``kind`` is ``"new"`` when nothing matches and
         ``"unreadable"`` (with the reason in ``evidence``) for an image that could not be decoded. The first call
-        builds the reference's indexes and keeps them (about 1.7 KB per reference image); later calls cost their
+        builds the reference's indexes and keeps them (about 1.5 KB per reference image); later calls cost their
         images' fingerprints and the index look-ups. No dataset is built and no worker process started.
         """
         from vdc_torch.decision.query import query_reference

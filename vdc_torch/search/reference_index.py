@@ -6,7 +6,7 @@ index alone is ~0.8 GB at 1M references). A gate that answers queries (:meth:`Da
 
 Memory kept at ``keep=True`` (approximate, per reference image): pHash index 36 B, crop index 27 × 36 B, overlay
 boxes 6 × 36 B, rotation centre boxes 2 × 36 B, whole-picture hashes of trimmed pictures 36 B, kNN vectors 256 B
-+ 8 B, exact keys ~100 B: about 1.7 KB per image, 1.7 GB at 1M (on top of the table itself).
++ 8 B, exact keys ~100 B: about 1.7 KB per image estimated, 1.46 GB measured at 1M (on top of the table itself).
 """
 
 from __future__ import annotations
