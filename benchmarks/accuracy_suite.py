@@ -61,7 +61,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -95,6 +95,11 @@ COPY_CLASSES = (
     "rotate_canvas",
     "quarter_turn",
     "desaturate",
+    "corner_crop",
+    "perspective",
+    "rotate_crop",
+    "screenshot",
+    "blur_pad",
 )
 DISTRACTOR_CLASSES = ("distractor_hdr", "distractor_colour_variant", "distractor_gps_view", "distractor_other")
 
@@ -503,6 +508,86 @@ def t_desaturate(px, rng):
     return out, {"saturation": round(keep, 3)}
 
 
+def t_corner_crop(px, rng):
+    """A corner crop keeping 50-60 % of the area (about 71-77 % of each side), downscaled, JPEG by the writer."""
+    area = _u(rng, 0.5, 0.6)
+    k = math.sqrt(area) * _u(rng, 0.97, 1.03)
+    h, w = px.shape[:2]
+    kh, kw = min(h, round(h * k)), min(w, round(w * area / k))
+    y = 0 if rng.random() < 0.5 else h - kh
+    x = 0 if rng.random() < 0.5 else w - kw
+    out = px[y : y + kh, x : x + kw]
+    s = _u(rng, 0.6, 1.0)
+    out = cv2.resize(out, (max(1, round(kw * s)), max(1, round(kh * s))), interpolation=cv2.INTER_AREA)
+    return out, {"kept_area": round(kh * kw / (h * w), 3), "top": y, "left": x, "scale": round(s, 3)}
+
+
+def t_perspective(px, rng):
+    """A mild perspective warp (each corner moved inwards by 2-7 % of the side), cropped to the warped content."""
+    h, w = px.shape[:2]
+    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    moves = [(_u(rng, 0.02, 0.07) * w, _u(rng, 0.02, 0.07) * h) for _ in range(4)]
+    dst = np.float32([[moves[0][0], moves[0][1]], [w - moves[1][0], moves[1][1]],
+                      [w - moves[2][0], h - moves[2][1]], [moves[3][0], h - moves[3][1]]])
+    m = cv2.getPerspectiveTransform(src, dst)
+    out = cv2.warpPerspective(px, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out, {"corner_moves": [[round(a / w, 3), round(b / h, 3)] for a, b in moves]}
+
+
+def t_rotate_crop(px, rng):
+    """Rotated by 7-12 degrees and cropped to the largest upright rectangle inside (no corners left), JPEG."""
+    angle = rng.choice([-1, 1]) * _u(rng, 7.0, 12.0)
+    h, w = px.shape[:2]
+    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, 1.0)
+    out = cv2.warpAffine(px, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    a = math.radians(abs(angle))
+    cw = (w * math.cos(a) - h * math.sin(a)) / math.cos(2 * a)
+    ch = (h * math.cos(a) - w * math.sin(a)) / math.cos(2 * a)
+    cw, ch = int(max(8, cw)), int(max(8, ch))
+    y, x = (h - ch) // 2, (w - cw) // 2
+    return out[y : y + ch, x : x + cw].copy(), {"degrees": round(angle, 2), "kept": [ch, cw]}
+
+
+def t_screenshot(px, rng):
+    """The picture at 70-90 % of the free height inside a screenshot of an image viewer (toolbar, status bar,
+    dark surround), saved by the writer."""
+    cw, ch = rng.choice([(1280, 800), (1440, 900), (1024, 768)])
+    top, bottom = rng.randint(40, 64), rng.randint(24, 36)
+    canvas = Image.new("RGB", (cw, ch), tuple(rng.randint(25, 60) for _ in range(3)))
+    draw = ImageDraw.Draw(canvas)
+    bar = tuple(rng.randint(200, 240) for _ in range(3))
+    draw.rectangle((0, 0, cw, top), fill=bar)
+    for i in range(rng.randint(4, 8)):
+        draw.rectangle((10 + i * 38, 10, 34 + i * 38, top - 10), fill=(rng.randint(60, 160), 110, 190))
+    draw.text((340, top // 2 - 6), f"IMG_{rng.randint(1000, 9999)}.JPG - Viewer   100 %", fill=(20, 20, 20))
+    draw.rectangle((0, ch - bottom, cw, ch), fill=(55, 55, 60))
+    draw.text((10, ch - bottom + 6), f"{px.shape[1]} x {px.shape[0]}", fill=(210, 210, 210))
+    share = _u(rng, 0.7, 0.9)
+    free_h = ch - top - bottom
+    scale = min(cw * share / px.shape[1], free_h * share / px.shape[0])
+    pic = Image.fromarray(px).resize((max(8, round(px.shape[1] * scale)), max(8, round(px.shape[0] * scale))),
+                                     Image.BICUBIC)
+    canvas.paste(pic, ((cw - pic.width) // 2, top + (free_h - pic.height) // 2))
+    return np.asarray(canvas), {"canvas": [cw, ch], "picture": [pic.width, pic.height], "share": round(share, 3)}
+
+
+def t_blur_pad(px, rng):
+    """Padded to a 16:9 or 1:1 canvas filled with a blurred, enlarged copy of itself (social-media export)."""
+    h, w = px.shape[:2]
+    target = rng.choice([16 / 9, 1.0, 9 / 16])
+    if abs(math.log(target * h / w)) < 0.15:
+        target = 16 / 9 if w / h < 1.3 else 9 / 16
+    cw, ch = (round(h * target), h) if target > w / h else (w, round(w / target))
+    cover = max(cw / w, ch / h)
+    bg = cv2.resize(px, (math.ceil(w * cover), math.ceil(h * cover)), interpolation=cv2.INTER_LINEAR)
+    y, x = (bg.shape[0] - ch) // 2, (bg.shape[1] - cw) // 2
+    out = cv2.GaussianBlur(bg[y : y + ch, x : x + cw], (0, 0), sigmaX=max(4.0, min(cw, ch) / 30))
+    out = np.ascontiguousarray(out)
+    y, x = (ch - h) // 2, (cw - w) // 2
+    out[y : y + h, x : x + w] = px
+    return out, {"canvas_aspect": round(cw / ch, 3)}
+
+
 PIXEL_TRANSFORMS: dict[str, Callable[[np.ndarray, random.Random], tuple[np.ndarray, dict]]] = {
     "resize": t_resize,
     "crop_center": t_crop_center,
@@ -522,6 +607,11 @@ PIXEL_TRANSFORMS: dict[str, Callable[[np.ndarray, random.Random], tuple[np.ndarr
     "rotate_canvas": t_rotate_canvas,
     "quarter_turn": t_quarter_turn,
     "desaturate": t_desaturate,
+    "corner_crop": t_corner_crop,
+    "perspective": t_perspective,
+    "rotate_crop": t_rotate_crop,
+    "screenshot": t_screenshot,
+    "blur_pad": t_blur_pad,
 }
 
 
@@ -704,9 +794,10 @@ def build_suite(
                     expected = "exact" if lossless else "near_duplicate"
             else:
                 px, params = PIXEL_TRANSFORMS[cls](s.pixels, rng)
-                fmt = "jpeg" if cls in ("combo", "flip_crop") else s.fmt
-                q = rng.randint(60, 90) if cls in ("combo", "flip_crop") else 95
-                if cls in ("combo", "flip_crop"):
+                lossy = ("combo", "flip_crop", "corner_crop", "rotate_crop", "blur_pad")
+                fmt = "jpeg" if cls in lossy else "png" if cls == "screenshot" else s.fmt
+                q = rng.randint(60, 90) if cls in lossy else 95
+                if cls in lossy:
                     params["quality"] = q
                 data = encode(px, fmt, quality=q)
             items.append(
