@@ -38,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     "Policy": "decision.policy",
     "VdcError": "errors",
     "commit_training": "faces.hooks",
+    "compact_manifest": "decision.store.manifest",
     "decide": "decision.policy",
     "find_duplicates": "decision.dedup",
     "pretrain_gate": "faces.hooks",
@@ -50,6 +51,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the eager imports
     from vdc_torch.decision.dedup import Duplicates, find_duplicates  # noqa: F401
     from vdc_torch.decision.gate import DatasetGate, Decision  # noqa: F401
     from vdc_torch.decision.policy import Action, Policy, decide  # noqa: F401
+    from vdc_torch.decision.store.manifest import compact_manifest  # noqa: F401
     from vdc_torch.errors import DatasetNotFoundError, ImageDecodeError, InvalidParameterError, ManifestError, VdcError  # noqa: F401
     from vdc_torch.faces.hooks import commit_training, pretrain_gate  # noqa: F401
     from vdc_torch.faces.seed import FeatureExtractor, Hash, Image, Metrics, VisDatCompare  # noqa: F401

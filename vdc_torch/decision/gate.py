@@ -26,7 +26,15 @@ from vdc_torch.decision.inputs import _stream_view, _StreamView, as_dataset, del
 from vdc_torch.decision.plan import combine, reference_labels, replay_count, replay_positions
 from vdc_torch.decision.policy import Action, Policy, _action_and_reason, check_evidence, decide  # noqa: F401
 from vdc_torch.decision.store.cache import CacheCheckpoint, FingerprintCache, fingerprint_with_cache
-from vdc_torch.decision.store.manifest import load_manifest, save_manifest
+from vdc_torch.decision.store.concat import concat_tables
+from vdc_torch.decision.store.manifest import (
+    ManifestOrigin,
+    compact_manifest,
+    is_index_file,
+    load_manifest_origin,
+    save_manifest,
+    save_sharded_manifest,
+)
 from vdc_torch.fingerprints.compute import (
     FINGERPRINT_VERSION,
     FingerprintTable,
@@ -353,25 +361,73 @@ class DatasetGate:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **kwargs: Any) -> DatasetGate:
-        """A gate whose reference is a saved manifest (the reference images are not needed)."""
-        table, meta = load_manifest(path)
+        """A gate whose reference is a saved manifest, single-file or sharded (the reference images are not needed)."""
+        table, meta, origin = load_manifest_origin(path)
         gate = cls(None, **kwargs)
         gate._table = table
         gate.meta = meta
+        gate._stored_at, gate._stored_table = origin, table  # what save() may append to
         return gate
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the reference manifest atomically to ``path``."""
+    def save(self, path: str | os.PathLike[str], *, sharded: bool | None = None) -> Path:
+        """Write the reference manifest atomically to ``path``.
+
+        ``sharded=True`` writes a sharded manifest: a small index at ``path`` naming immutable shard files in
+        ``<path>.shards/``. Saving a gate loaded from (or last saved to) the sharded manifest at ``path``, whose
+        reference has only grown by :meth:`update` since, writes just one new shard of the added rows and replaces
+        the index — time and bytes in proportion to the drop, and another job's appends since are kept. Otherwise
+        it writes a fresh index with one shard of every row (converting a single-file manifest once).
+        ``sharded=False`` writes one SQLite file (as before). ``None`` (default) keeps the kind of what is at
+        ``path`` (a sharded manifest stays sharded), and for a new path the kind the gate was loaded from or last
+        saved as — one file for a gate built from images.
+        """
         table = self.reference_table  # fingerprints first: computing them records the reference root
         meta = {k: v for k, v in self.meta.items() if k not in ("format", "format_version", "saved_at", "samples")}
-        return save_manifest(path, table, meta)
+        target = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
+        origin: ManifestOrigin | None = getattr(self, "_stored_at", None)
+        if sharded is None:
+            sharded = is_index_file(target) or (
+                not target.exists() and origin is not None and origin.sharded)
+        if not sharded:
+            saved = save_manifest(target, table, meta)
+            self._stored_at = ManifestOrigin(os.path.realpath(saved), False, None, len(table))
+            self._stored_table = table
+            return saved
+        grown = (origin is not None and origin.sharded and origin.lineage is not None
+                 and getattr(self, "_stored_table", None) is table and origin.path == os.path.realpath(target))
+        result = save_sharded_manifest(target, table, meta,
+                                       append_after=(origin.lineage, origin.rows) if grown else None)  # type: ignore
+        if result.shift:  # another job appended meanwhile: our rows are stored past its rows
+            table.sample_index[result.first_row:] += result.shift
+        self._stored_at, self._stored_table = result.origin, table
+        return Path(result.origin.path)
+
+    def compact(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Save to the sharded manifest at ``path`` (default: the one the gate was loaded from or saved to), then
+        merge its shards into one (:func:`~vdc_torch.decision.store.manifest.compact_manifest`: atomic; shard files
+        no index names are removed). Returns the path."""
+        origin: ManifestOrigin | None = getattr(self, "_stored_at", None)
+        if path is None:
+            if origin is None:
+                raise ValueError("compact(): give the manifest path (this gate was not loaded from or saved to one)")
+            path = origin.path
+        target = self.save(path, sharded=True)
+        compact_manifest(target)
+        return target
 
     def update(self, dataset: Any) -> int:
-        """Add a dataset the model has now been trained on to the reference; returns the rows added."""
+        """Add a dataset the model has now been trained on to the reference; returns the rows added.
+
+        Rows stored in a manifest stay there (read on demand), so updating a loaded 1M-image reference does not
+        read its thumbnails; :meth:`save` to a sharded manifest then writes only the added rows.
+        """
         table, problems, _ = self._fingerprint(as_dataset(dataset), "update")
         base = self.reference_table
         table.sample_index = table.sample_index + (int(base.sample_index.max()) + 1 if len(base) else 0)
-        self._table = FingerprintTable.concat([base, table])
+        grown = getattr(self, "_stored_table", None) is base
+        self._table = concat_tables([base, table])
+        if grown:  # only grown since it was loaded or saved: save() may append
+            self._stored_table = self._table
         self.reference_problems.extend(problems)
         return len(table)
 

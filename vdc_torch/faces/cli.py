@@ -206,10 +206,18 @@ def _write_outputs(args: argparse.Namespace, result: Any, write_html: Any, write
 
 
 def cmd_update(args: argparse.Namespace) -> int:
+    from vdc_torch.decision.gate import DatasetGate
+    from vdc_torch.decision.store.manifest import is_index_file
     from vdc_torch.faces.hooks import commit_training, pretrain_gate
 
+    if args.sharded and os.path.exists(args.manifest) and not is_index_file(args.manifest):
+        DatasetGate.load(args.manifest, workers=args.workers).save(args.manifest, sharded=True)  # converts once
+        _note(args, f"converted {args.manifest} to a sharded manifest ({args.manifest}.shards/)")
+    created = not os.path.exists(args.manifest)
     decision = pretrain_gate(args.dir, args.manifest, workers=args.workers, progress=_progress(args))
     added = commit_training(decision, args.manifest, force=True, workers=args.workers, progress=_progress(args))
+    if args.sharded and created and os.path.exists(args.manifest) and not is_index_file(args.manifest):
+        DatasetGate.load(args.manifest, workers=args.workers).save(args.manifest, sharded=True)
     print(f"added {added} novel sample(s) of {args.dir} to {args.manifest} "
           f"({decision.counts.get('readable', 0) - added} were already in it or duplicates)")
     return EXIT_TRAIN

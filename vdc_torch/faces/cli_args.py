@@ -232,8 +232,12 @@ def _add_update(sub: Any, common: argparse.ArgumentParser, workers: argparse.Arg
                                    "does not hold yet (the delta `vdc gate` reported) to MANIFEST, in place."),
                        epilog="example: vdc update ckpt/reference.vdc data/drop_07",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("manifest", metavar="MANIFEST", help="the manifest to grow (created when absent)")
+    p.add_argument("manifest", metavar="MANIFEST", help="the manifest to grow (created when absent); a sharded "
+                   "manifest grows by one shard of the added samples")
     p.add_argument("dir", metavar="DIR", help="the folder the model was trained on")
+    p.add_argument("--sharded", action="store_true",
+                   help="make MANIFEST a sharded manifest (converting a single file once), so this and later "
+                        "updates write only the added samples")
 
 
 def _add_compare(sub: Any, common: argparse.ArgumentParser, workers: argparse.ArgumentParser) -> None:

@@ -164,8 +164,8 @@ def describe(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise DatasetNotFoundError(f"{path!r} does not exist")
     with open(path, "rb") as handle:
-        header = handle.read(16)
-    if header == b"SQLite format 3\x00":
+        header = handle.read(64)
+    if header.startswith(b"SQLite format 3\x00") or header.lstrip().startswith(b"{"):  # one file, or a sharded index
         return _describe_manifest(path)
     return _describe_image(path)
 
@@ -173,16 +173,20 @@ def describe(path: str) -> dict[str, Any]:
 def _describe_manifest(path: str) -> dict[str, Any]:
     from collections import Counter
 
-    from vdc_torch.decision.store.manifest import load_manifest
+    from vdc_torch.decision.store.manifest import load_manifest, manifest_info
 
     table, meta = load_manifest(path)
+    stored = manifest_info(path)
     labels = Counter(label for label in table.labels if label is not None)
-    info: dict[str, Any] = {"kind": "manifest", "path": path}
+    info: dict[str, Any] = {"kind": "manifest", "path": path, "storage": stored["kind"]}
     for key in ("format", "format_version", "fingerprint_version", "samples", "saved_at", "reference_root"):
         if key in meta:
             info[key] = meta[key]
     info.update({k: v for k, v in sorted(meta.items()) if k not in info})
     info["file_size"] = os.path.getsize(path)
+    if stored["kind"] == "sharded":  # the index, and every shard it names (in <path>.shards/)
+        info["shards"] = stored["shards"]
+        info["bytes"] = stored["bytes"]
     info["classes"] = dict(sorted(labels.items())) if labels else {}
     return info
 

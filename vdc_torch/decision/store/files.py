@@ -110,10 +110,13 @@ def _flock_within(fd: int, operation: int, timeout: float, interval: float) -> b
 _TEMP_NAME = r"\.{name}\.[a-z0-9_]{{8}}\.tmp"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
+#: What every index of a sharded manifest starts with (:mod:`vdc_torch.decision.store.sharded`).
+INDEX_MAGIC = b'{"format": "vdc_torch-sharded-manifest"'
 
 
 def _is_our_temp_file(path: str, journal: bool) -> bool:
-    """A regular file (not a link) that is empty or starts like what a save writes (SQLite, or its journal)."""
+    """A regular file (not a link) that is empty or starts like what a save writes (SQLite, its journal, or the
+    index of a sharded manifest)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError:
@@ -121,12 +124,14 @@ def _is_our_temp_file(path: str, journal: bool) -> bool:
     try:
         if not stat_module.S_ISREG(os.fstat(fd).st_mode):
             return False
-        head = os.read(fd, len(_SQLITE_MAGIC))
+        head = os.read(fd, len(INDEX_MAGIC))
     except OSError:
         return False
     finally:
         os.close(fd)
-    return not head or head.startswith(_JOURNAL_MAGIC if journal else _SQLITE_MAGIC)
+    if journal:
+        return not head or head.startswith(_JOURNAL_MAGIC)
+    return not head or head.startswith(_SQLITE_MAGIC) or head == INDEX_MAGIC
 
 
 def _remove_stale_temp_files(target: Path) -> None:
@@ -134,8 +139,8 @@ def _remove_stale_temp_files(target: Path) -> None:
 
     Only files this library made are removed: named exactly as ``mkstemp`` names a save's temp file
     (``.<name>.<8 random characters>.tmp``, or that name plus ``-journal``), regular files (not symbolic links),
-    and empty or holding what a save writes (SQLite's header, or its journal's). A user's ``.<name>.notes.tmp``
-    stays.
+    and empty or holding what a save writes (SQLite's header, its journal's, or a sharded manifest's index). A
+    user's ``.<name>.notes.tmp`` stays.
     """
     pattern = re.compile(_TEMP_NAME.format(name=re.escape(target.name)) + "(-journal)?")
     try:

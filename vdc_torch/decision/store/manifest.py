@@ -37,12 +37,29 @@ import stat as stat_module
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vdc_torch.decision.store import sharded as _sharded
+from vdc_torch.decision.store.concat import concat_tables
 from vdc_torch.decision.store.schema import verify_schema
+from vdc_torch.decision.store.sharded import (
+    INDEX_FORMAT,
+    INDEX_VERSION,
+    ShardIndex,
+    ShardMissing,
+    ShardRecord,
+    check_shard_folder,
+    is_index_file,
+    looks_like_index,
+    read_index,
+    remove_unnamed_shards,
+    shard_folder,
+    shard_path,
+)
 from vdc_torch.decision.store.stored import ManifestHandle, PartStream, StoredRows, part_digest, part_matches
 from vdc_torch.decision.store.v1 import (
     _COLUMNS,
@@ -62,6 +79,7 @@ except ImportError:  # pragma: no cover
 
 from vdc_torch.decision.store.files import (  # noqa: F401 - re-exported where they were before the split
     DEFAULT_LOCK_TIMEOUT,
+    INDEX_MAGIC,
     _file_mode,
     _flock_within,
     _fsync_dir,
@@ -137,21 +155,34 @@ def save_manifest(
         with _locked(target, lock_timeout):
             _check_replaceable(target)
             _remove_stale_temp_files(target)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            os.close(fd)
-            try:
-                _write_database(tmp_name, meta_rows, table, name)
-                with open(tmp_name, "rb+") as handle:
-                    os.fsync(handle.fileno())
-                os.chmod(tmp_name, _file_mode(target))  # mkstemp makes 0600; a manifest is a normal shared file
-                os.replace(tmp_name, target)
-                _fsync_dir(target.parent)
-            except BaseException as exc:
-                Path(tmp_name).unlink(missing_ok=True)
-                if isinstance(exc, sqlite3.Error):
-                    raise ManifestError(f"cannot save manifest {name!r}: {exc}") from exc
-                raise
+            was_sharded = is_index_file(target)
+            _write_file(target, meta_rows, table, name, _file_mode(target))
+            if was_sharded:  # its shards are named by no index any more
+                remove_unnamed_shards(shard_folder(target), set())
     return target
+
+
+def _write_file(target: Path, meta_rows: list[tuple[str, str]], table: FingerprintTable, name: str,
+                mode: int) -> str:
+    """Write a complete manifest beside ``target``, fsync it, rename it over ``target`` and fsync the folder.
+
+    The caller holds the lock. Returns the content checksum written into the file.
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        checksum = _write_database(tmp_name, meta_rows, table, name)
+        with open(tmp_name, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, mode)  # mkstemp makes 0600; a manifest is a normal shared file
+        os.replace(tmp_name, target)
+        _fsync_dir(target.parent)
+    except BaseException as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(exc, sqlite3.Error):
+            raise ManifestError(f"cannot save manifest {name!r}: {exc}") from exc
+        raise
+    return checksum
 
 
 @contextlib.contextmanager
@@ -178,6 +209,8 @@ def remove_manifest(path: str | os.PathLike[str], *, lock_timeout: float = DEFAU
         with _locked(target, lock_timeout):
             _check_replaceable(target)  # the same files a save may replace: manifests, empty or damaged ones
             _remove_stale_temp_files(target)
+            if is_index_file(target):
+                remove_unnamed_shards(shard_folder(target), set())
             removed = target.exists()
             target.unlink(missing_ok=True)
             lock.unlink(missing_ok=True)  # while held: a saver that was waiting on it writes a whole file anyway
@@ -185,7 +218,151 @@ def remove_manifest(path: str | os.PathLike[str], *, lock_timeout: float = DEFAU
     return removed
 
 
-def _write_database(tmp_name: str, meta_rows: list[tuple[str, str]], table: FingerprintTable, name: str) -> None:
+@dataclass(frozen=True)
+class ShardedSave:
+    """What :func:`save_sharded_manifest` did."""
+
+    origin: ManifestOrigin
+    appended: bool  # True: only the rows after ``first_row`` were written (one new shard, or none)
+    first_row: int  # the first row of ``table`` written now (0 for a fresh index)
+    shift: int  # added to the written rows' sample_index so they follow every stored one (another job appended)
+    shards: int  # shards the index names now
+    bytes_written: int  # of the new shard and the index
+
+
+def save_sharded_manifest(
+    path: str | os.PathLike[str],
+    table: FingerprintTable,
+    meta: dict[str, Any],
+    *,
+    append_after: tuple[str, int] | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> ShardedSave:
+    """Write ``table`` as a sharded manifest at ``path`` (see :mod:`vdc_torch.decision.store.sharded`).
+
+    ``append_after=(lineage, rows)``: the first ``rows`` rows of ``table`` are stored already in the index of that
+    lineage. When the index at ``path`` is of that lineage (re-read under the lock, so another job's appends since
+    are kept), only the later rows are written, as one new shard, and the index is replaced by one naming it too;
+    their ``sample_index`` is shifted past every stored one if another job appended meanwhile (``shift``).
+    Otherwise (no such index there: a fresh path, a single-file manifest, another lineage, a damaged index) a
+    fresh index is written, naming one shard of every row. The shard is written and fsynced before the index is
+    replaced (atomically, under the lock on ``<path>.lock``), so a process killed at any point leaves the previous
+    version loadable. Shards no index names any more (and temp files of killed saves) are removed — only files
+    named as this library names them and holding what it writes.
+    """
+    target = Path(path)
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
+    name = str(target)
+    _check_shapes(table, name)
+    meta = {str(k): v for k, v in meta.items() if k not in _RESERVED_META}
+    try:
+        meta = json.loads(json.dumps(meta, sort_keys=True, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ManifestError(f"cannot save manifest {name!r}: meta is not JSON-serialisable ({exc})") from exc
+    with _os_errors_named("save manifest", name):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(target, lock_timeout):
+            _check_replaceable(target)
+            _remove_stale_temp_files(target)
+            folder = shard_folder(target)
+            check_shard_folder(folder, repr(name))
+            current = None
+            if is_index_file(target):
+                try:
+                    current, _ = read_index(target, repr(name))
+                except ManifestError as exc:
+                    log.warning("%s; writing a fresh index over it", exc)  # a damaged index: rewriting repairs it
+            written = 0
+            if (append_after is not None and current is not None and current.lineage == append_after[0]
+                    and 0 <= append_after[1] <= len(table)):
+                first_row, shift = append_after[1], 0
+                records = list(current.shards)
+                if first_row < len(table):
+                    added = table.rows(range(first_row, len(table)))
+                    shift = max(0, current.last_sample_index + 1 - int(added.sample_index.min()))
+                    if shift:
+                        added.sample_index = added.sample_index + shift
+                    records.append(_write_shard(folder, added, target))
+                    written += records[-1].bytes
+                index = ShardIndex(FINGERPRINT_VERSION, current.lineage, meta, records)
+                if len(records) > len(current.shards) or current.meta != meta:
+                    _sharded.write_index(target, index)
+                    written += target.stat().st_size
+                appended = True
+            else:
+                first_row, shift, appended = 0, 0, False
+                records = [_write_shard(folder, table, target)] if len(table) else []
+                written += sum(r.bytes for r in records)
+                index = ShardIndex(FINGERPRINT_VERSION, _sharded.new_lineage(), meta, records)
+                _sharded.write_index(target, index)
+                written += target.stat().st_size
+            remove_unnamed_shards(folder, {r.file for r in index.shards})
+    origin = ManifestOrigin(str(target), True, index.lineage, len(table))
+    return ShardedSave(origin, appended, first_row, shift, len(index.shards), written)
+
+
+def _write_shard(folder: Path, table: FingerprintTable, index_path: Path) -> ShardRecord:
+    """A new shard file of ``table`` in ``folder`` (named so no name repeats), fsynced; its index record."""
+    if not folder.is_dir():
+        folder.mkdir()
+        _fsync_dir(folder.parent)
+    file = _sharded.new_shard_name()
+    target = folder / file
+    meta_rows = _meta_rows({"shard_of": index_path.name}, len(table))
+    checksum = _write_file(target, meta_rows, table, str(target), _file_mode(index_path))
+    rows = table.sample_index
+    first, last = (int(rows.min()), int(rows.max())) if len(table) else (0, -1)
+    return ShardRecord(file, len(table), first, last, os.stat(target).st_size, checksum)
+
+
+def compact_manifest(path: str | os.PathLike[str], *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> Path:
+    """Merge the shards of the sharded manifest at ``path`` into one, atomically; returns the path.
+
+    Under the manifest's lock: every shard is read (and checked against the index), one new shard of all rows is
+    written and fsynced, the index is replaced by one naming only it (same lineage and meta, so gates that loaded
+    the manifest still append to it), then shards no index names are removed, with the temp files and shards that
+    killed saves left behind (only files named and made as this library makes them). A single-file manifest is
+    already compact: it is left as it is.
+
+    >>> compact_manifest("ckpt/reference.vdc")  # doctest: +SKIP
+    """
+    target = Path(path)
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
+    name = str(target)
+    with _os_errors_named("compact manifest", name):
+        with _locked(target, lock_timeout):
+            if not is_index_file(target):
+                _check_file(target, repr(name))  # missing, not a manifest: a clear error; a single file: done
+                return target
+            _remove_stale_temp_files(target)
+            index, _ = read_index(target, repr(name))
+            folder = shard_folder(target)
+            check_shard_folder(folder, repr(name))
+            if len(index.shards) > 1:
+                table, _, _ = _load_sharded_once(target, repr(name))  # under the lock: no save runs meanwhile
+                index = ShardIndex(FINGERPRINT_VERSION, index.lineage, index.meta, [_write_shard(folder, table,
+                                                                                                 target)])
+                del table  # the old shards' files are closed once nothing reads them
+                _sharded.write_index(target, index)
+            remove_unnamed_shards(folder, {r.file for r in index.shards})
+    return target
+
+
+def manifest_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """How a manifest is stored: ``kind`` (``single-file`` or ``sharded``), ``shards`` and ``bytes`` on disk."""
+    source = Path(path)
+    name = repr(str(source))
+    if not _is_index(source):
+        _check_file(source, name)
+        return {"kind": "single-file", "shards": 1, "bytes": os.path.getsize(source)}
+    index, data = read_index(source, name)
+    return {"kind": "sharded", "shards": len(index.shards),
+            "bytes": len(data) + sum(r.bytes for r in index.shards)}
+
+
+def _write_database(tmp_name: str, meta_rows: list[tuple[str, str]], table: FingerprintTable, name: str) -> str:
     connection = sqlite3.connect(tmp_name)
     try:
         # The temp file is fsynced and renamed as a whole, so SQLite's journal would only add a stray file.
@@ -213,10 +390,12 @@ def _write_database(tmp_name: str, meta_rows: list[tuple[str, str]], table: Fing
                 flush(bytes(pending))
             connection.execute("INSERT INTO columns VALUES (?, ?, ?)", (column, dtype, json.dumps(list(shape()))))
             described.append([column, dtype, list(shape()), parts])
-        connection.execute("INSERT INTO checksum VALUES ('content', ?)", (_content_digest_v2(meta_rows, described),))
+        checksum = _content_digest_v2(meta_rows, described)
+        connection.execute("INSERT INTO checksum VALUES ('content', ?)", (checksum,))
         connection.commit()
     finally:
         connection.close()
+    return checksum
 
 
 def _content_digest_v2(meta_rows: Sequence[tuple[Any, Any]], described: list[list[Any]]) -> str:
@@ -367,12 +546,14 @@ def _check_replaceable(target: Path) -> None:
     if st.st_size == 0:
         return
     with open(target, "rb") as handle:
-        header = handle.read(len(_SQLITE_MAGIC))
+        header = handle.read(len(INDEX_MAGIC))
     refuse = ManifestError(
         f"refusing to overwrite {str(target)!r}: it exists and is not a vdc_torch manifest "
         "(delete it first or choose another path)"
     )
-    if header != _SQLITE_MAGIC:
+    if header == INDEX_MAGIC:
+        return  # the index of a sharded manifest (healthy or damaged): ours
+    if header[: len(_SQLITE_MAGIC)] != _SQLITE_MAGIC:
         raise refuse
     try:
         with contextlib.closing(_connect_readonly(target)) as connection:
@@ -392,23 +573,39 @@ def _check_replaceable(target: Path) -> None:
 
 
 def load_manifest(path: str | os.PathLike[str]) -> tuple[FingerprintTable, dict[str, Any]]:
-    """Read a manifest written by :func:`save_manifest`; any other file gives one clear :class:`ManifestError`.
+    """Read a manifest written by :func:`save_manifest` or :func:`save_sharded_manifest` (the kind is told by the
+    file's first bytes); any other file gives one clear :class:`ManifestError`.
 
     >>> table, meta = load_manifest("ckpt/reference.vdc")  # doctest: +SKIP
     """
+    table, meta, _ = load_manifest_origin(path)
+    return table, meta
+
+
+@dataclass(frozen=True)
+class ManifestOrigin:
+    """Where a loaded or saved reference lives: what a later save needs to append instead of rewriting."""
+
+    path: str  # the file's real path (symbolic links resolved)
+    sharded: bool
+    lineage: str | None  # of a sharded manifest's index (see store/sharded.py)
+    rows: int  # rows of the table that are stored there
+
+
+def load_manifest_origin(path: str | os.PathLike[str]) -> tuple[FingerprintTable, dict[str, Any], ManifestOrigin]:
+    """:func:`load_manifest`, and the :class:`ManifestOrigin` of what was read."""
     source = Path(path)
     name = repr(str(source))
-    for _ in range(3):
-        try:
-            return _load_once(source, name)
-        except _Replaced:
-            continue  # another process saved over it meanwhile: read the new file
-    # saved over again and again (savers in a loop): once more under the savers' lock, which holds the next save back
-    with _shared_lock(source):
-        try:
-            return _load_once(source, name)
-        except _Replaced:
-            pass
+    for attempt in range(4):
+        # saved over again and again (savers in a loop): the last try holds the savers' lock, holding the next back
+        with _shared_lock(source) if attempt == 3 else contextlib.nullcontext():
+            try:
+                if _is_index(source):
+                    return _load_sharded_once(source, name)
+                table, meta, _ = _load_once(source, name)
+                return table, meta, ManifestOrigin(os.path.realpath(source), False, None, len(table))
+            except _Replaced:
+                continue  # another process saved over it meanwhile: read the new file
     raise ManifestError(f"manifest {name} keeps being replaced while it is read; try again")
 
 
@@ -416,7 +613,63 @@ class _Replaced(Exception):
     """Internal: the manifest file was replaced (atomically) while it was being loaded."""
 
 
-def _load_once(source: Path, name: str) -> tuple[FingerprintTable, dict[str, Any]]:
+def _is_index(source: Path) -> bool:
+    """Whether ``source`` is meant as a sharded manifest's index (JSON), not an SQLite file; errors are left to
+    the loader, which names them."""
+    try:
+        if not stat_module.S_ISREG(os.stat(source).st_mode):
+            return False
+        with open(source, "rb") as handle:
+            return looks_like_index(handle.read(64))
+    except OSError:
+        return False
+
+
+def _load_sharded_once(source: Path, name: str) -> tuple[FingerprintTable, dict[str, Any], ManifestOrigin]:
+    """Every shard the index at ``source`` names, checked against its record, as one (lazy) table."""
+    index, data = read_index(source, name)
+    real = Path(os.path.realpath(source))
+    folder = shard_folder(real)
+    check_shard_folder(folder, name)
+    tables = []
+    for record in index.shards:
+        try:
+            path = shard_path(folder, record, name)
+            table, meta, checksum = _load_once(path, repr(str(path)))
+        except ShardMissing:
+            path = None
+        except ManifestError:
+            if os.path.lexists(folder / record.file):
+                raise
+            path = None
+        if path is None:  # removed by a compaction after the index was read? then the index is a new one
+            try:
+                _, now = read_index(source, name)
+            except ManifestError:
+                raise _Replaced from None
+            if now != data:
+                raise _Replaced from None
+            raise ManifestError(f"{name} is incomplete: its shard {str(folder / record.file)!r} is missing")
+        shard = repr(str(path))
+        if checksum != record.checksum:
+            raise ManifestError(f"{name}: shard {shard} is not the one its index names (its checksum "
+                                f"{checksum!r} is not {record.checksum!r}): swapped, replaced or damaged")
+        if meta.get("format_version") != MANIFEST_VERSION or len(table) != record.samples:
+            raise ManifestError(f"{name}: shard {shard} holds {len(table)} samples (format version "
+                                f"{meta.get('format_version')!r}), its index says {record.samples}")
+        if len(table) and (int(table.sample_index.min()), int(table.sample_index.max())) != (record.first,
+                                                                                              record.last):
+            raise ManifestError(f"{name}: shard {shard} holds sample indices {int(table.sample_index.min())}.."
+                                f"{int(table.sample_index.max())}, its index says {record.first}..{record.last}")
+        tables.append(table)
+    table = concat_tables(tables) if tables else FingerprintTable.empty()
+    meta = {**index.meta, "format": INDEX_FORMAT, "format_version": INDEX_VERSION,
+            "fingerprint_version": index.fingerprint_version, "saved_at": index.saved_at, "samples": len(table)}
+    return table, meta, ManifestOrigin(str(real), True, index.lineage, len(table))
+
+
+def _load_once(source: Path, name: str) -> tuple[FingerprintTable, dict[str, Any], str | None]:
+    """The table, the meta and the content checksum stored in the file (None in old version-1 files)."""
     _check_file(source, name)
     try:  # opened before the connection: if both still name the path's file afterwards, the load saw one file
         fd = os.open(source, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -429,9 +682,13 @@ def _load_once(source: Path, name: str) -> tuple[FingerprintTable, dict[str, Any
             raise ManifestError(f"{name} cannot be opened as a manifest ({exc})") from exc
         handle = ManifestHandle(name, connection)  # closes the connection when the last lazy column goes
         table, meta = _load_from(connection, handle, source, name)
+        try:
+            checksum = _stored_checksum(connection, name)
+        except sqlite3.Error as exc:
+            raise ManifestError(f"{name} cannot be read ({exc})") from exc
         if not _same_file(fd, source):
             raise _Replaced
-        return table, meta
+        return table, meta, checksum
     finally:
         os.close(fd)
 
