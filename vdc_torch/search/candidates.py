@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 from vdc_torch.fingerprints.align import MIN_SIDE as ALIGN_MIN_SIDE
@@ -20,7 +21,13 @@ from vdc_torch.fingerprints.compute import (
     phash_batch,
 )
 from vdc_torch.search.config import MatchConfig
-from vdc_torch.search.geometry import _CENTRE_BOXES, _rotation_angles, _turned_back_crops
+from vdc_torch.search.geometry import (
+    _CENTRE_BOXES,
+    FRAME_RECTANGLES,
+    _rotation_angles,
+    _turned_back_crops,
+    framed_rectangles,
+)
 from vdc_torch.search.index import HammingIndex, InvertedFileIP
 from vdc_torch.search.thumbs import (
     COARSE_CHUNK,
@@ -244,6 +251,53 @@ def _rotation_candidates(
     first = np.r_[True, (query_rows[q][1:] != query_rows[q][:-1]) | (r[1:] != r[:-1])]
     q, r, dist = q[first], r[first], dist[first]
     return [Candidates(query_rows[q], r, dist, False, True, ROTATED - q % len(angles))]
+
+
+def _frame_candidates(
+    new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, same_table: bool, config: MatchConfig,
+    ref_index: HammingIndex,
+) -> list[Candidates]:
+    """Unmatched samples that may show a reference inside a larger picture: a screenshot of an image viewer, a
+    frame, a pad filled with a blurred copy of the picture.
+
+    Every other source looks up the new image's own hashes, which describe the whole screenshot. Here the
+    rectangles of the new detail image bounded by straight edges (:func:`framed_rectangles`) are cut out, pHashed
+    and looked up among the references' pHashes; hits are verified both ways (the reference inside the new image).
+    Only pictures large enough for dense alignment.
+    """
+    rows = np.flatnonzero(open_rows & _large_enough_to_align(new))
+    if not len(rows) or not len(ref):
+        return []
+
+    def hashed(part: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        codes, owners = [], []
+        for row in part:
+            detail = decode_detail(new.details[row])
+            for t, b, left, r in framed_rectangles(detail):
+                codes.append(cv2.resize(np.ascontiguousarray(detail[t:b, left:r]), (32, 32),
+                                        interpolation=cv2.INTER_AREA))
+                owners.append(row)
+        if not codes:
+            return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        return phash_batch(np.stack(codes)), np.asarray(owners, np.int64)
+
+    chunks = [rows[i : i + ROTATION_CHUNK].tolist() for i in range(0, len(rows), ROTATION_CHUNK)]
+    parts = _threaded_map(hashed, chunks, default_workers())
+    codes = np.concatenate([c for c, _ in parts])
+    owners = np.concatenate([o for _, o in parts])
+    radius = chance_limited_radius(config.hash_radius, len(ref) * FRAME_RECTANGLES)
+    found, r, dist = ref_index.search(codes, radius)
+    q = owners[found]
+    keep = r < q if same_table else np.ones(len(q), dtype=bool)
+    q, r, dist = q[keep], r[keep], dist[keep]
+    if not len(q):
+        return []
+    order = np.lexsort((dist, r, q))  # each pair once, at its closest rectangle
+    q, r, dist = q[order], r[order], dist[order]
+    first = np.r_[True, (q[1:] != q[:-1]) | (r[1:] != r[:-1])]
+    q, r, dist = q[first], r[first], dist[first]
+    order = np.lexsort((r, dist, q))
+    return [Candidates(q[order], r[order], dist[order], False, True, np.full(len(q), WHOLE_PICTURE))]
 
 
 #: Inverted lists of the approximate index: about ``KNN_ROWS_PER_LIST`` reference rows each, at most

@@ -13,6 +13,9 @@ Order of evidence, cheapest and surest first:
    the thumbnail check, verified by local features (ratio test + RANSAC inliers + coverage) -> ``near_duplicate``
 7. ``rotation`` — still unmatched samples turned back by up to ``max_rotation`` degrees, their centre crops
    looked up among the crop hashes, verified by local features                  -> ``near_duplicate``
+8. ``framed`` — still unmatched samples: rectangles bounded by straight edges (a picture inside a screenshot, a
+   frame, a blurred pad) looked up among the pHashes, verified with the reference inside the new image
+                                                                                -> ``near_duplicate``
 
 Crops and mirrors count as near-duplicates unless ``crop_is_duplicate`` / ``mirror_is_duplicate`` is False (see
 :class:`MatchConfig` for what a crop is).
@@ -52,6 +55,7 @@ from vdc_torch.search.candidates import (  # noqa: F401  (re-exported)
     Candidates,
     _coarse_index,
     _crop_hint_similarity,
+    _frame_candidates,
     _large_enough_to_align,
     _nearest_thumbnails,
     _rotation_candidates,
@@ -352,7 +356,7 @@ def _crop_index_candidates(run: _Run) -> tuple[Candidates, Candidates]:
 
 def _alignment_stages(run: _Run, global_index: HammingIndex) -> None:
     """Samples still unmatched, large pictures: overlays (the same crop of both agrees), other border trimming
-    (whole-picture pHashes), then rotations on the same canvas (7. in the module docstring)."""
+    (whole-picture pHashes), rotations on the same canvas, framed pictures (7.-8. in the module docstring)."""
     new, ref, config = run.new, run.ref, run.config
     if config.use_alignment and len(ref) and len(new) and config.overlay_boxes:
         run.verify(_same_crop_candidates(new, ref, ~run.settled, config, run.index), "overlays")
@@ -361,6 +365,8 @@ def _alignment_stages(run: _Run, global_index: HammingIndex) -> None:
                    "alignment")
     if config.use_features and config.max_rotation > 0 and len(ref) and len(new):
         run.verify(_rotation_candidates(new, ref, ~run.settled, run.same_table, config, run.index), "rotations")
+    if config.use_alignment and config.framed and len(ref) and len(new):
+        run.verify(_frame_candidates(new, ref, ~run.settled, run.same_table, config, global_index), "framed")
 
 
 def _encoder_stage(run: _Run, new_embeddings: np.ndarray | None, ref_embeddings: np.ndarray | None) -> None:

@@ -27,7 +27,8 @@ KIND_RANK: dict[str, int] = {kind.value: rank for rank, kind in enumerate(MatchK
 #: 15: a verified placement must show at least min_reference_share (0.08) of the reference.
 #: 16: quarter turns (a copy turned by 90, 180 or 270 degrees: EXIF orientation lost on export) are looked up.
 #: 17: the thumbnail colour check allows a saturation gain of 0.3-1.5 (desaturated copies).
-MATCHING_VERSION = 17
+#: 18: framed pictures (a reference inside a screenshot, a frame or a blurred pad) are looked up.
+MATCHING_VERSION = 18
 
 
 MATCH_COLUMNS = ["new_row", "ref_row", "kind", "method", "score", "evidence"]
@@ -94,6 +95,8 @@ class MatchConfig:
     rotation_min_thumb_similarity: float = 0.6  # ... gray NCC of the turned-back centre crop with the reference's
     quarter_turns: bool = True  # unmatched samples: look up the pHashes of the picture turned by 90, 180 and 270
     # degrees (a phone photo whose EXIF orientation was lost on export), verified by local features
+    framed: bool = True  # unmatched samples: look up the rectangles bounded by straight edges (a reference inside a
+    # screenshot, a frame or a pad of its own blurred copy), verified with the reference inside the new image
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -114,3 +114,63 @@ def _turned_back_crops(detail: np.ndarray, angles: np.ndarray) -> tuple[np.ndarr
         out[i] = cv2.resize(warped.astype(np.float32), (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
         boxes[i] = box
     return out, boxes
+
+
+#: Gray levels between neighbouring pixels that make them two sides of an edge (frame stage).
+FRAME_EDGE_STEP = 10
+#: Rows (and columns) with the most edge pixels that may bound a framed picture.
+FRAME_EDGE_LINES = 8
+#: A framed picture spans at least this share of the new image's height and width, and at most this share of its area.
+FRAME_MIN_SIDE = 0.35
+FRAME_MAX_AREA = 0.92
+#: Weight of the image's own border as a side of a framed picture (a picture padded on two sides only touches it).
+FRAME_BORDER_WEIGHT = 0.5
+#: Rectangles looked up per new image, the best bounded first, no two with all sides within FRAME_DISTINCT of the
+#: longer side.
+FRAME_RECTANGLES = 3
+FRAME_DISTINCT = 0.04
+
+
+def framed_rectangles(detail: np.ndarray, count: int = FRAME_RECTANGLES) -> list[tuple[int, int, int, int]]:
+    """``(top, bottom, left, right)`` of the rectangles of a gray detail image whose four sides run along straight
+    edges, best first: where a picture sits inside a screenshot, a frame or a blurred copy of itself.
+
+    Each side is scored by the share of its length where the gray level steps by :data:`FRAME_EDGE_STEP` across it
+    (the image's own border by :data:`FRAME_BORDER_WEIGHT`); rectangles are ranked by their weakest side, then by
+    the mean of the four.
+    Sides are drawn from the :data:`FRAME_EDGE_LINES` rows and columns with the most edge pixels, so this costs a
+    few hundred sums of prefix tables, not a search over every rectangle.
+    """
+    g = detail.astype(np.int16)
+    h, w = g.shape
+    if h < 8 or w < 8:
+        return []
+    across_rows = np.zeros((h + 1, w), np.float32)  # row y: the boundary above pixel row y
+    across_rows[1:h] = np.abs(np.diff(g, axis=0)) > FRAME_EDGE_STEP
+    across_cols = np.zeros((h, w + 1), np.float32)
+    across_cols[:, 1:w] = np.abs(np.diff(g, axis=1)) > FRAME_EDGE_STEP
+    across_rows[0] = across_rows[h] = FRAME_BORDER_WEIGHT
+    across_cols[:, 0] = across_cols[:, w] = FRAME_BORDER_WEIGHT
+    row_sums = np.concatenate([np.zeros((h + 1, 1), np.float32), np.cumsum(across_rows, axis=1)], axis=1)
+    col_sums = np.concatenate([np.zeros((1, w + 1), np.float32), np.cumsum(across_cols, axis=0)], axis=0)
+    rows = np.unique(np.r_[0, np.argsort(-across_rows[1:h].mean(axis=1), kind="stable")[:FRAME_EDGE_LINES] + 1, h])
+    cols = np.unique(np.r_[0, np.argsort(-across_cols[:, 1:w].mean(axis=0), kind="stable")[:FRAME_EDGE_LINES] + 1, w])
+    t, b, left, r = (a.reshape(-1) for a in np.meshgrid(rows, rows, cols, cols, indexing="ij"))
+    ok = (b >= t + FRAME_MIN_SIDE * h) & (r >= left + FRAME_MIN_SIDE * w)
+    ok &= (b - t) * (r - left) <= FRAME_MAX_AREA * h * w
+    t, b, left, r = t[ok], b[ok], left[ok], r[ok]
+    sides = np.stack([(row_sums[t, r] - row_sums[t, left]) / (r - left), (row_sums[b, r] - row_sums[b, left]) / (r - left),
+                      (col_sums[b, left] - col_sums[t, left]) / (b - t), (col_sums[b, r] - col_sums[t, r]) / (b - t)])
+    weakest, mean = sides.min(axis=0), sides.mean(axis=0)
+    # a rectangle is as good as its weakest side (two full-width toolbar edges do not make a picture); then the
+    # mean; ties: the first rectangle in (t, b, l, r) order
+    order = np.lexsort((r, left, b, t, -mean, -weakest))
+    boxes = np.stack([t, b, left, r], axis=1)[order]
+    apart = FRAME_DISTINCT * max(h, w)
+    chosen: list[np.ndarray] = []
+    for box in boxes:  # the best rectangles that differ: a side a few pixels off is the same rectangle
+        if all(np.abs(box - other).max() > apart for other in chosen):
+            chosen.append(box)
+            if len(chosen) == count:
+                break
+    return [tuple(int(v) for v in box) for box in chosen]
