@@ -473,6 +473,7 @@ RESULTS_FILES = {
     "matching_at_scale": ("Matching speed and memory at scale", "`benchmarks/speed_matching.py`"),
     "train_with_gate": ("Training with the gate", "`examples/train_with_gate.py`"),
     "query_latency": ("Query latency", "`benchmarks/query_latency.py`"),
+    "update_cost": ("Saving an updated reference", "`benchmarks/update_cost.py`"),
     "vs_visdatcompy": ("vdc_torch vs visdatcompy (seed API)", "`benchmarks/vs_visdatcompy.py`"),
 }
 
