@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vdc_torch"
 
 #: The parts in data-flow order; a module may import its own part, an earlier one or the shared base.
 PARTS = ("data", "fingerprints", "search", "decision", "faces")
-BASE = ("errors", "progress", "names", "cores")
+BASE = ("errors", "progress", "names", "cores", "collective")
 #: The old flat module paths, kept one release as aliases of the moved modules (not part of the graph).
 ALIASES = ("decode", "fingerprint", "hashes", "metrics", "features", "align", "encoder", "index", "mih",
            "_mih_numba", "matching", "gate", "manifest", "stored", "cache", "cli", "report", "hooks", "compat")

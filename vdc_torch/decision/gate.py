@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch.utils.data
 
+from vdc_torch.collective import all_gather_arrays, all_gather_bytes, all_gather_json, rank_and_world
 from vdc_torch.data.dataset import Dataset, Stream, label_value
 from vdc_torch.decision.display import decision_html
 from vdc_torch.decision.inputs import _stream_view, _StreamView, as_dataset, delta_of  # noqa: F401 - re-exported
@@ -40,8 +41,11 @@ from vdc_torch.fingerprints.compute import (
     FingerprintTable,
     Problem,
     fingerprint_stream,
+    table_from_bytes,
+    table_to_bytes,
 )
 from vdc_torch.fingerprints.quality import QUALITY_COLUMNS, quality_of
+from vdc_torch.search.candidates import _large_enough_to_align
 from vdc_torch.search.cascade import (
     MATCH_COLUMNS,
     MATCHING_VERSION,
@@ -50,6 +54,7 @@ from vdc_torch.search.cascade import (
     match_tables,
 )
 from vdc_torch.search.reference_index import ReferenceIndex
+from vdc_torch.search.shards import ReferenceShard
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +277,7 @@ class DatasetGate:
         progress: bool = False,
         cache: str | os.PathLike[str] | FingerprintCache | None = None,
         encoder: torch.nn.Module | None = None,
+        split_reference: bool = True,
     ) -> None:
         self.policy = policy or Policy()
         self.config = config or MatchConfig()
@@ -289,6 +295,10 @@ class DatasetGate:
         self.no_reference: str | None = None
         self._query_index: ReferenceIndex | None = None  # kept by query() for the reference table it was built on
         self._query_embeddings: Any = None
+        #: Under a ``torch.distributed`` process group of several ranks, each rank holds only its part of the
+        #: reference (``split_reference``; see :meth:`check`): where it lies, else ``None``.
+        self.split_reference = split_reference
+        self._shard: ReferenceShard | None = None
 
     # -- reference -----------------------------------------------------------------------------------------
     @property
@@ -296,8 +306,14 @@ class DatasetGate:
         """Fingerprints of the reference (computed on first use)."""
         if self._table is None:
             assert self._reference is not None
-            table, problems, dataset = self._fingerprint(self._reference, "reference")
-            check_evidence(len(table), problems, self.policy, "reference")
+            split = self.split_reference and rank_and_world()[1] > 1 and not isinstance(self._reference, Stream)
+            table, problems, dataset = self._fingerprint(self._reference, "reference", gather=not split)
+            if split:  # this rank keeps the rows it fingerprinted; their global rows: places in the sorted whole
+                (every_index,) = all_gather_arrays(np.asarray(table.sample_index, np.int64))
+                rows = np.searchsorted(np.sort(every_index), table.sample_index)
+                self._shard = ReferenceShard.across_ranks(rows, table)
+            check_evidence(len(table) if self._shard is None else self._shard.total, problems, self.policy,
+                           "reference")
             self._table, self.reference_problems = table, problems
             self.meta.setdefault("reference_root", dataset.root)
         return self._table
@@ -311,7 +327,8 @@ class DatasetGate:
             self._cache = FingerprintCache(self.cache_path)
         return self._cache
 
-    def _fingerprint(self, data: Dataset | Stream, desc: str) -> tuple[FingerprintTable, list[Problem], Dataset]:
+    def _fingerprint(self, data: Dataset | Stream, desc: str, gather: bool = True,
+                     ) -> tuple[FingerprintTable, list[Problem], Dataset]:
         """Fingerprints and problems of ``data``, and the :class:`Dataset` describing its samples."""
         started = time.perf_counter()
         if isinstance(data, Stream):
@@ -323,7 +340,7 @@ class DatasetGate:
             try:
                 table, problems = fingerprint_with_cache(
                     dataset, cache=self.cache, on_chunk=checkpoint, workers=self.workers, progress=self.progress,
-                    desc=desc,
+                    desc=desc, gather=gather,
                 )
             except BaseException:  # Ctrl-C (or a failure): keep what was fingerprinted since the last checkpoint
                 if checkpoint is not None:
@@ -357,13 +374,23 @@ class DatasetGate:
         return table, problems, view
 
     def __len__(self) -> int:
-        return len(self.reference_table)
+        table = self.reference_table
+        return len(table) if self._shard is None else self._shard.total
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **kwargs: Any) -> DatasetGate:
-        """A gate whose reference is a saved manifest, single-file or sharded (the reference images are not needed)."""
-        table, meta, origin = load_manifest_origin(path)
+        """A gate whose reference is a saved manifest, single-file or sharded (the reference images are not needed).
+
+        Under a ``torch.distributed`` process group of several ranks (and ``split_reference=True``, the default),
+        each rank loads only its share of a sharded manifest's shards (collective; see :meth:`check`). A
+        single-file manifest is loaded whole on every rank.
+        """
+        rank, world = rank_and_world()
+        split = kwargs.get("split_reference", True) and world > 1
+        table, meta, origin = load_manifest_origin(path, part=(rank, world) if split else None)
         gate = cls(None, **kwargs)
+        if split and origin.total_rows is not None:
+            gate._shard = ReferenceShard.across_ranks(origin.first_row + np.arange(len(table)), table)
         gate._table = table
         gate.meta = meta
         gate._stored_at, gate._stored_table = origin, table  # what save() may append to
@@ -382,6 +409,9 @@ class DatasetGate:
         saved as — one file for a gate built from images.
         """
         table = self.reference_table  # fingerprints first: computing them records the reference root
+        if self._shard is not None:
+            raise ValueError("save() of a reference split across ranks: load or build the gate with "
+                             "split_reference=False to save it, or save it from a single process")
         meta = {k: v for k, v in self.meta.items() if k not in ("format", "format_version", "saved_at", "samples")}
         target = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
         origin: ManifestOrigin | None = getattr(self, "_stored_at", None)
@@ -421,8 +451,11 @@ class DatasetGate:
         Rows stored in a manifest stay there (read on demand), so updating a loaded 1M-image reference does not
         read its thumbnails; :meth:`save` to a sharded manifest then writes only the added rows.
         """
-        table, problems, _ = self._fingerprint(as_dataset(dataset), "update")
         base = self.reference_table
+        if self._shard is not None:
+            raise ValueError("update() of a reference split across ranks: update it from a single process "
+                             "(or with split_reference=False) and save a sharded manifest, which ranks load in parts")
+        table, problems, _ = self._fingerprint(as_dataset(dataset), "update")
         table.sample_index = table.sample_index + (int(base.sample_index.max()) + 1 if len(base) else 0)
         grown = getattr(self, "_stored_table", None) is base
         self._table = concat_tables([base, table])
@@ -449,6 +482,8 @@ class DatasetGate:
 
     def _match(self, new: FingerprintTable, ref: FingerprintTable) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Cross and internal matches; reused from the cache when fingerprints and config are unchanged."""
+        if self._shard is not None:
+            return self._match_split(new, ref, self._shard)
         key = _match_key(new, ref, self.config) if self.cache is not None and self.encoder is None else None
         stored = self.cache.result(key) if self.cache is not None and key is not None else None
         if stored is not None:
@@ -471,6 +506,30 @@ class DatasetGate:
             self.cache.save()
         return matched, internal
 
+    def _match_split(self, new: FingerprintTable, ref: FingerprintTable, shard: ReferenceShard,
+                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Cross and internal matches with the reference split across ranks: each rank matches every new sample
+        against its own reference rows, and the internal duplicates against every ``world``-th new row; the
+        cascade's reductions make both frames those of one process (global reference rows)."""
+        internal_rows = np.arange(shard.rank, len(new), shard.world, dtype=np.int64)
+        internal_part = new.rows(internal_rows)
+        internal_shard = ReferenceShard(internal_rows, len(new), int(_large_enough_to_align(new).sum()),
+                                        shard.rank, shard.world)
+        new_emb = ref_emb = part_emb = None
+        if self.encoder is not None:
+            from vdc_torch.fingerprints.encoder import embed_thumbs
+
+            new_emb, ref_emb = embed_thumbs(self.encoder, new.thumbs), embed_thumbs(self.encoder, ref.thumbs)
+            part_emb = new_emb[internal_rows]
+        caches = FeatureCaches()
+        label = "matching" if self.progress and shard.rank == 0 else None
+        matched = match_tables(new, ref, self.config, new_embeddings=new_emb, ref_embeddings=ref_emb,
+                               feature_caches=caches, progress=label, shard=shard)
+        internal = match_tables(new, internal_part, self.config, same_table=True, new_embeddings=new_emb,
+                                ref_embeddings=part_emb, feature_caches=caches,
+                                progress=label and "internal duplicates", shard=internal_shard)
+        return matched, internal
+
     # -- queries ---------------------------------------------------------------------------------------------
     def query(self, images: Any) -> pd.DataFrame:
         """Has the model already seen these images? One row per image, in order (columns ``QUERY_COLUMNS``).
@@ -485,6 +544,9 @@ class DatasetGate:
         from vdc_torch.decision.query import query_reference
 
         ref = self.reference_table
+        if self._shard is not None:
+            raise ValueError("query() needs the whole reference in one process: load the gate with "
+                             "split_reference=False (or outside a process group)")
         if self._query_index is None or self._query_index.ref is not ref:
             self._query_index = ReferenceIndex(ref, keep=True)
             self._query_embeddings = None
@@ -511,6 +573,13 @@ class DatasetGate:
         problems: list[Problem],
     ) -> Decision:
         counted_kinds = self.policy.counted_kinds
+        ref_size, ref_counts = len(ref), None
+        if self._shard is not None:  # the matched reference rows from the ranks that hold them, renumbered
+            ref_size = self._shard.total
+            matched, ref = _matched_rows_of_ranks(matched, ref, self._shard)
+            ref_counts = Counter()
+            for part in all_gather_json(dict(Counter(str(v) for v in self.reference_table.labels if v is not None))):
+                ref_counts.update(part)
         matches = _public_matches(matched, new, ref, prefix_new="new", prefix_ref="ref")
         seen = matches[matches["kind"].isin(list(counted_kinds))]
         internal_dups = _public_matches(internal, new, new, prefix_new="new", prefix_ref="first")
@@ -533,16 +602,17 @@ class DatasetGate:
             "fatal": pd.Series([p.fatal for p in problems], dtype=bool),
         })
         skipped = int(problem_frame["fatal"].sum()) if len(problem_frame) else 0
-        classes = class_coverage(new, ref, seen_set, {readable[row] for row in novel_rows}, dup_set, conflicts)
+        classes = class_coverage(new, ref, seen_set, {readable[row] for row in novel_rows}, dup_set, conflicts,
+                                 ref_counts=ref_counts, ref_size=ref_size)
         new_classes = classes.loc[~classes["in_reference"], "class"].tolist() if len(classes) else []
         action, reason = decide(overlap, len(delta_indices), len(conflicts), len(readable), self.policy,
-                                unreadable=skipped, no_reference=self.no_reference if not len(ref) else None,
+                                unreadable=skipped, no_reference=self.no_reference if not ref_size else None,
                                 new_classes=new_classes, low_quality=len(quality))
         counts = {
             "new": len(data),
             "readable": len(readable),
             "unreadable": skipped,
-            "reference": len(ref),
+            "reference": ref_size,
             "exact": int((matches["kind"] == "exact").sum()),
             "near_duplicate": int((matches["kind"] == "near_duplicate").sum()),
             "similar": int((matches["kind"] == "similar").sum()),
@@ -580,16 +650,20 @@ CLASS_COLUMNS = ("class", "reference", "new", "seen", "novel", "internal_duplica
 
 
 def class_coverage(new: FingerprintTable, ref: FingerprintTable, seen: set[int], novel: set[int],
-                   duplicates: set[int], conflicts: pd.DataFrame) -> pd.DataFrame:
+                   duplicates: set[int], conflicts: pd.DataFrame, ref_counts: Counter[str] | None = None,
+                   ref_size: int | None = None) -> pd.DataFrame:
     """Per-class coverage of the new data by the reference (:data:`CLASS_COLUMNS`), sorted by class name.
 
     Only labelled samples count; an unlabelled new dataset gives an empty frame. A reference without any label says
-    nothing about classes, so then no class is marked as missing from it.
+    nothing about classes, so then no class is marked as missing from it. ``ref_counts`` / ``ref_size`` (the
+    reference's samples per label and in all) stand in for ``ref``'s when it holds only part of the reference.
     """
     new_labels = [None if v is None else str(v) for v in new.labels]
     if not any(v is not None for v in new_labels):
         return pd.DataFrame(columns=list(CLASS_COLUMNS))
-    ref_counts = Counter(str(v) for v in ref.labels if v is not None)
+    if ref_counts is None:
+        ref_counts = Counter(str(v) for v in ref.labels if v is not None)
+    ref_size = len(ref) if ref_size is None else ref_size
     rows: dict[str, list[int]] = {}
     for sample, label in zip(new.sample_index.tolist(), new_labels):
         if label is None:
@@ -600,7 +674,7 @@ def class_coverage(new: FingerprintTable, ref: FingerprintTable, seen: set[int],
         row[2] += sample in novel
         row[3] += sample in duplicates
     conflict_counts = Counter(str(v) for v in conflicts["new_label"]) if len(conflicts) else Counter()
-    labelled_reference = bool(ref_counts) or not len(ref)
+    labelled_reference = bool(ref_counts) or not ref_size
     names = sorted(set(rows) | set(ref_counts))
     new_counts = np.array([rows.get(c, [0, 0, 0, 0]) for c in names], dtype=np.int64).reshape(len(names), 4)
     return pd.DataFrame({
@@ -611,6 +685,23 @@ def class_coverage(new: FingerprintTable, ref: FingerprintTable, seen: set[int],
         "conflicts": pd.Series([conflict_counts.get(c, 0) for c in names], dtype=np.int64),
         "in_reference": pd.Series([ref_counts.get(c, 0) > 0 or not labelled_reference for c in names], dtype=bool),
     }, columns=list(CLASS_COLUMNS))
+
+
+def _matched_rows_of_ranks(matched: pd.DataFrame, ref: FingerprintTable, shard: ReferenceShard,
+                           ) -> tuple[pd.DataFrame, FingerprintTable]:
+    """The reference rows ``matched`` names (global rows; held by various ranks) as one small table on every
+    rank, in global row order, and ``matched`` with its ``ref_row`` renumbered into it (collective)."""
+    wanted = np.unique(matched["ref_row"].to_numpy(np.int64)) if len(matched) else np.zeros(0, np.int64)
+    mine, local = shard.owned(wanted)
+    parts = [table_from_bytes(blob) for blob in all_gather_bytes(table_to_bytes(ref.rows(local)))]
+    (order_rows,) = all_gather_arrays(wanted[mine])
+    table = FingerprintTable.concat(parts) if parts else FingerprintTable.empty()
+    order = np.argsort(order_rows, kind="stable")
+    table = table.rows(order)
+    renumbered = matched.copy()
+    if len(renumbered):
+        renumbered["ref_row"] = np.searchsorted(order_rows[order], renumbered["ref_row"].to_numpy(np.int64))
+    return renumbered, table
 
 
 def _text(values: list[Any]) -> pd.Series:

@@ -18,7 +18,6 @@ fingerprints like its original.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -31,6 +30,7 @@ import torch
 import torch.utils.data
 from threadpoolctl import ThreadpoolController, threadpool_limits
 
+from vdc_torch.collective import all_gather_bytes, all_gather_json, rank_and_world
 from vdc_torch.cores import available_cores
 from vdc_torch.data.decode import (
     DEFAULT_DECODE_SIDE,
@@ -235,6 +235,7 @@ def compute_fingerprints(
     known: KnownFingerprints | None = None,
     distributed: bool = True,
     on_chunk: Callable[[FingerprintTable], None] | None = None,
+    gather: bool = True,
 ) -> tuple[FingerprintTable, list[Problem]]:
     """Fingerprint the samples of a :class:`vdc_torch.Dataset` (all, or ``indices``) on ``workers`` processes.
 
@@ -243,7 +244,7 @@ def compute_fingerprints(
     what is new. ``on_chunk`` is called with each batch of newly decoded fingerprints as soon as it is done (rows
     carry their sample index, path and label), e.g. to checkpoint them. Under an initialised ``torch.distributed``
     process group (and ``distributed=True``) each rank fingerprints its shard and every rank receives the whole
-    table.
+    table (``gather=False``: its own rows only, and every rank's problems).
     Returns the table of usable samples (in index order) and one :class:`Problem` per unusable sample or caveat.
     """
     for method in extra_hashes:
@@ -305,8 +306,10 @@ def compute_fingerprints(
     fresh = _labelled(fresh, dataset, order)
     if cache is not None:
         fresh = FingerprintTable.concat([fresh, cached])
-    if world > 1:
+    if world > 1 and gather:
         fresh, problems = _all_gather(fresh, problems)
+    elif world > 1:
+        problems = [Problem(**record) for part in all_gather_json([p.to_dict() for p in problems]) for record in part]
     table = fresh.rows(np.argsort(fresh.sample_index, kind="stable"))
     problems.sort(key=lambda p: (p.index, not p.fatal))
     return table, problems
@@ -445,32 +448,13 @@ def _labelled(table: FingerprintTable, dataset: Any, indices: Sequence[int]) -> 
 
 
 def _rank_and_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    return rank_and_world()
 
 
 def _all_gather(table: FingerprintTable, problems: list[Problem]) -> tuple[FingerprintTable, list[Problem]]:
     """Every rank's table and problems, concatenated, on every rank (byte tensors; works on gloo and nccl)."""
-    import torch.distributed as dist
-
-    payload = table_to_bytes(table)
-    problem_payload = json.dumps([p.to_dict() for p in problems]).encode()
-    world = dist.get_world_size()
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    gathered_tables, gathered_problems = [], []
-    for blob, out in ((payload, gathered_tables), (problem_payload, gathered_problems)):
-        size = torch.tensor([len(blob)], dtype=torch.int64, device=device)
-        sizes = [torch.zeros_like(size) for _ in range(world)]
-        dist.all_gather(sizes, size)
-        longest = int(max(s.item() for s in sizes))
-        tensor = torch.zeros(longest, dtype=torch.uint8, device=device)
-        tensor[: len(blob)] = torch.frombuffer(bytearray(blob), dtype=torch.uint8).to(device) if blob else tensor[:0]
-        received = [torch.zeros(longest, dtype=torch.uint8, device=device) for _ in range(world)]
-        dist.all_gather(received, tensor)
-        out.extend(r[: int(s.item())].cpu().numpy().tobytes() for r, s in zip(received, sizes))
-    merged = FingerprintTable.concat([table_from_bytes(b) for b in gathered_tables])
-    merged_problems = [Problem(**record) for b in gathered_problems for record in json.loads(b.decode())]
+    tables = all_gather_bytes(table_to_bytes(table))
+    merged = FingerprintTable.concat([table_from_bytes(b) for b in tables])
+    merged_problems = [Problem(**record) for part in all_gather_json([p.to_dict() for p in problems])
+                       for record in part]
     return merged, merged_problems

@@ -12,6 +12,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from vdc_torch.collective import all_gather_arrays
 from vdc_torch.fingerprints.align import MIN_SIDE as ALIGN_MIN_SIDE
 from vdc_torch.fingerprints.compute import (
     CROP_BOXES,
@@ -29,6 +30,7 @@ from vdc_torch.search.geometry import (
     framed_rectangles,
 )
 from vdc_torch.search.index import HammingIndex, InvertedFileIP
+from vdc_torch.search.shards import ReferenceShard, _large_enough_to_align, top_k_per_query  # noqa: F401
 from vdc_torch.search.thumbs import (
     COARSE_CHUNK,
     COARSE_DIM,
@@ -87,9 +89,9 @@ def chance_limited_radius(radius: int, n_codes: int, bits: int = 64) -> int:
     return radius
 
 
-def _large_enough_to_align(table: FingerprintTable) -> np.ndarray:
-    """Rows whose detail image dense alignment (``align.align``) can work on: both sides at least its MIN_SIDE."""
-    return np.minimum(np.asarray(table.width), np.asarray(table.height)) >= ALIGN_MIN_SIDE
+def _global_rows(shard: ReferenceShard | None) -> Any:
+    """Local reference rows -> global rows (the identity without a shard)."""
+    return (lambda r: r) if shard is None else shard.to_global
 
 
 #: ``keep`` of the corner crops compared box to box (one of the four misses any overlay of under 1 - keep).
@@ -110,7 +112,7 @@ OVERLAY_BOXES: tuple[int, ...] = tuple(
 
 def _same_crop_candidates(
     new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, config: MatchConfig,
-    ref_index: Any = None,
+    ref_index: Any = None, shard: ReferenceShard | None = None,
 ) -> list[Candidates]:
     """Unmatched samples whose corner crop hashes agree with the same crop of a reference (overlays).
 
@@ -120,7 +122,8 @@ def _same_crop_candidates(
     rows = np.flatnonzero(open_rows & _large_enough_to_align(new))
     ref_rows = ref_index.large_rows() if ref_index is not None else np.flatnonzero(_large_enough_to_align(ref))
     found = []
-    radius = chance_limited_radius(config.crop_radius, len(ref) * len(OVERLAY_BOXES))  # chance over every box
+    n_ref = len(ref) if shard is None else shard.total  # the whole reference's chance, on every rank
+    radius = chance_limited_radius(config.crop_radius, n_ref * len(OVERLAY_BOXES))  # chance over every box
     for box in OVERLAY_BOXES:
         if not len(rows) or not len(ref_rows):
             break
@@ -184,7 +187,7 @@ ROTATED = -3
 
 def _rotation_candidates(
     new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, same_table: bool, config: MatchConfig,
-    ref_index: Any = None,
+    ref_index: Any = None, shard: ReferenceShard | None = None,
 ) -> list[Candidates]:
     """Unmatched samples that may be rotated copies on the same canvas (black or smeared corners, size unchanged).
 
@@ -213,7 +216,9 @@ def _rotation_candidates(
     codes = np.concatenate([c for c, _ in parts])
     boxes = np.concatenate([b for _, b in parts])
     query_rows = np.repeat(rows, len(angles))
-    radius = chance_limited_radius(config.crop_radius, len(ref_rows) * len(angles))
+    n_large = len(ref_rows) if shard is None else shard.large_total
+    radius = chance_limited_radius(config.crop_radius, n_large * len(angles))
+    as_global = _global_rows(shard)
     found_q, found_r, found_d = [], [], []
     for _, box in _CENTRE_BOXES:
         which = np.flatnonzero(boxes == box)
@@ -222,11 +227,11 @@ def _rotation_candidates(
         index, _ = ref_index.crop_box(box) if ref_index is not None else _box_index(ref, ref_rows, box)
         q, r, dist = index.search(codes[which], radius)
         q, r = which[q], ref_rows[r]
-        keep = query_rows[q] != r if same_table else np.ones(len(q), dtype=bool)
+        keep = query_rows[q] != as_global(r) if same_table else np.ones(len(q), dtype=bool)
         found_q.append(q[keep]), found_r.append(r[keep]), found_d.append(dist[keep])
     q, r, dist = np.concatenate(found_q), np.concatenate(found_r), np.concatenate(found_d)
     if same_table:
-        keep = r < query_rows[q]
+        keep = as_global(r) < query_rows[q]
         q, r, dist = q[keep], r[keep], dist[keep]
     if not len(q):
         return []
@@ -255,7 +260,7 @@ def _rotation_candidates(
 
 def _frame_candidates(
     new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, same_table: bool, config: MatchConfig,
-    ref_index: HammingIndex,
+    ref_index: HammingIndex, shard: ReferenceShard | None = None,
 ) -> list[Candidates]:
     """Unmatched samples that may show a reference inside a larger picture: a screenshot of an image viewer, a
     frame, a pad filled with a blurred copy of the picture.
@@ -268,6 +273,7 @@ def _frame_candidates(
     rows = np.flatnonzero(open_rows & _large_enough_to_align(new))
     if not len(rows) or not len(ref):
         return []
+    n_ref = len(ref) if shard is None else shard.total
 
     def hashed(part: list[int]) -> tuple[np.ndarray, np.ndarray]:
         codes, owners = [], []
@@ -285,10 +291,10 @@ def _frame_candidates(
     parts = _threaded_map(hashed, chunks, default_workers())
     codes = np.concatenate([c for c, _ in parts])
     owners = np.concatenate([o for _, o in parts])
-    radius = chance_limited_radius(config.hash_radius, len(ref) * FRAME_RECTANGLES)
+    radius = chance_limited_radius(config.hash_radius, n_ref * FRAME_RECTANGLES)
     found, r, dist = ref_index.search(codes, radius)
     q = owners[found]
-    keep = r < q if same_table else np.ones(len(q), dtype=bool)
+    keep = _global_rows(shard)(r) < q if same_table else np.ones(len(q), dtype=bool)
     q, r, dist = q[keep], r[keep], dist[keep]
     if not len(q):
         return []
@@ -329,7 +335,7 @@ KNN_RANK_SCALE = 100
 KNN_ADD_CHUNK = COARSE_CHUNK
 
 
-def _coarse_index(ref_thumbs: Any) -> Any:
+def _coarse_index(ref_thumbs: Any, shard: ReferenceShard | None = None) -> Any:
     """A faiss inner-product index over the coarse vectors of every reference row.
 
     Up to :data:`KNN_EXACT_MAX_ROWS` rows: ``IndexFlatIP``, exact (the results are those of every earlier version).
@@ -361,16 +367,25 @@ def _coarse_index(ref_thumbs: Any) -> Any:
         def read(rows: np.ndarray | slice) -> np.ndarray:
             return table_coarse_vectors(ref_thumbs, rows)
 
-    if n <= KNN_EXACT_MAX_ROWS:
+    total = n if shard is None else shard.total  # the whole reference decides, on every rank alike
+    if total <= KNN_EXACT_MAX_ROWS:
         index = faiss.IndexFlatIP(COARSE_DIM)
         for start in range(0, n, KNN_ADD_CHUNK):
             index.add(np.ascontiguousarray(read(slice(start, start + KNN_ADD_CHUNK))))
         return index
-    nlist = int(min(KNN_MAX_LISTS, max(1, n // KNN_ROWS_PER_LIST)))
+    nlist = int(min(KNN_MAX_LISTS, max(1, total // KNN_ROWS_PER_LIST)))
     trainer = faiss.IndexIVFFlat(faiss.IndexFlatIP(COARSE_DIM), COARSE_DIM, nlist, faiss.METRIC_INNER_PRODUCT)
-    sample = np.sort(np.random.default_rng(KNN_SAMPLE_SEED).choice(n, size=min(n, KNN_TRAIN_ROWS), replace=False))
+    sample = np.sort(np.random.default_rng(KNN_SAMPLE_SEED).choice(total, size=min(total, KNN_TRAIN_ROWS),
+                                                                   replace=False))
+    if shard is None or not shard.split:
+        training = read(sample)
+    else:  # the same global sample on every rank: each rank reads the rows it holds, all of them are gathered
+        mine, local = shard.owned(sample)
+        vectors = read(local) if len(local) else np.zeros((0, COARSE_DIM), np.float32)
+        ids, training = all_gather_arrays(sample[mine], np.asarray(vectors, np.float32).reshape(-1, COARSE_DIM))
+        training = training[np.argsort(ids, kind="stable")]
     trainer.cp.seed = KNN_KMEANS_SEED
-    trainer.train(np.ascontiguousarray(read(sample)))  # k-means: the lists' centroids
+    trainer.train(np.ascontiguousarray(training))  # k-means: the lists' centroids
     index = InvertedFileIP(trainer.quantizer.reconstruct_n(0, nlist), KNN_NPROBE)
     index.build(n, COARSE_DIM, lambda start, stop: read(slice(start, stop)))
     return index
@@ -392,30 +407,40 @@ def turned_thumbs(thumbs: Any, rows: np.ndarray, turns: int) -> np.ndarray:
 
 def _nearest_thumbnails(
     new: FingerprintTable, ref: FingerprintTable, open_rows: np.ndarray, same_table: bool, config: MatchConfig,
-    index: Any = None,
+    index: Any = None, shard: ReferenceShard | None = None,
 ) -> Candidates:
     """Candidates the hashes missed (rotations, overlays, off-centre crops): nearest 8x8 thumbnails (faiss).
 
     Exact below :data:`KNN_EXACT_MAX_ROWS` reference rows, an inverted-file index above (:func:`_coarse_index`).
+    With a split ``shard`` these are this rank's rows among every rank's ``k`` nearest (collective).
     """
     rows = np.flatnonzero(open_rows)
     empty = np.zeros(0, np.int64)
     if not len(rows):
         return Candidates(empty, empty, empty, False, True)
-    index = _coarse_index(ref.thumbs) if index is None else index
-    k = min(len(ref), config.knn_candidates + (1 if same_table else 0))
+    index = _coarse_index(ref.thumbs, shard) if index is None else index
+    n_ref = len(ref) if shard is None else shard.total
+    k = min(n_ref, config.knn_candidates + (1 if same_table else 0))
     queries = table_coarse_vectors(new.thumbs, rows)
     if isinstance(index, InvertedFileIP):
         found, r, sim = index.search_above(queries, k, config.knn_min_similarity)
         q = rows[found]
     else:
-        sims, ids = index.search(queries, k)
-        q = np.repeat(rows, k)
+        sims, ids = index.search(queries, min(k, len(ref))) if len(ref) else (np.zeros((len(rows), 0)),) * 2
+        q = np.repeat(rows, sims.shape[1])
         r, sim = ids.reshape(-1).astype(np.int64), sims.reshape(-1)
     del index
     keep = (r >= 0) & (sim >= config.knn_min_similarity)
+    q, r, sim = q[keep], r[keep], sim[keep]
+    if shard is not None and shard.split:  # the k nearest over every rank's rows, then this rank's of them
+        rank = np.full(len(q), shard.rank, np.int64)
+        q, rg, sim, owner, r = all_gather_arrays(q, shard.to_global(r), sim.astype(np.float32), rank, r)
+        best = top_k_per_query(q, rg, sim, k)
+        best = best[owner[best] == shard.rank]
+        q, r, sim = q[best], r[best], sim[best]
+    keep = np.ones(len(q), dtype=bool)
     if same_table:
-        keep &= r < q
+        keep &= _global_rows(shard)(r) < q
     # distance column: rank by similarity (0 = most similar) so the best candidates are verified first
     return Candidates(q[keep], r[keep], np.round((1.0 - sim[keep]) * KNN_RANK_SCALE).astype(np.int64), False,
                       True)

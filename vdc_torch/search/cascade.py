@@ -35,11 +35,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
 import pandas as pd
 
+from vdc_torch.collective import all_gather_arrays
 from vdc_torch.fingerprints.compute import CROP_BOXES, FingerprintTable, phash_batch
 from vdc_torch.search.candidates import (  # noqa: F401  (re-exported)
     KNN_ADD_CHUNK,
@@ -90,6 +92,7 @@ from vdc_torch.search.geometry import (  # noqa: F401  (re-exported)
 from vdc_torch.search.index import ExactIndex, HammingIndex, InvertedFileIP  # noqa: F401  (re-exported)
 from vdc_torch.search.reference_index import ReferenceIndex
 from vdc_torch.search.results import _best_per_query, _first_per_query, _rows
+from vdc_torch.search.shards import ReferenceShard, top_k_per_query
 from vdc_torch.search.thumbs import (  # noqa: F401  (re-exported)
     COARSE_CHUNK,
     THUMB_BLOCK,
@@ -140,6 +143,7 @@ def match_tables(
     feature_caches: FeatureCaches | None = None,
     progress: str | None = None,
     ref_index: ReferenceIndex | None = None,
+    shard: ReferenceShard | None = None,
 ) -> pd.DataFrame:
     """Run the cascade; one row per matched new row (its best match), columns :data:`MATCH_COLUMNS`.
 
@@ -150,13 +154,20 @@ def match_tables(
     verified images for a later call on the same tables (a fresh one per call by default). ``progress`` (a label,
     e.g. ``"matching"``) shows a bar with ETA for each verification stage; each stage's time is logged at INFO.
     ``ref_index`` is a :class:`ReferenceIndex` of ``ref`` kept between calls (one is built for this call otherwise).
+
+    ``shard`` says that ``ref`` is this rank's part of a reference split across ``torch.distributed`` ranks
+    (:class:`~vdc_torch.search.shards.ReferenceShard`; with ``same_table``, ``ref`` is a part of ``new`` and the
+    shard's rows are rows of ``new``). Every rank then calls this with the same ``new`` and gets the same frame,
+    the one a single process gets for the whole reference, with *global* reference rows; the call is collective.
     """
+    if shard is not None and not shard.split:
+        shard = None
     caches = FeatureCaches() if feature_caches is None else feature_caches
     job = _FeatureJob(new, ref, config, caches(new, config), caches(ref, config), progress)
     if ref_index is None or ref_index.ref is not ref:
-        ref_index = ReferenceIndex(ref)
+        ref_index = ReferenceIndex(ref, shard=shard)
     run = _Run(job, same_table, ThumbVerifier(new.thumbs, ref.thumbs, config), ref_index,
-               settled=np.zeros(len(new), dtype=bool), clock=time.perf_counter())
+               settled=np.zeros(len(new), dtype=bool), clock=time.perf_counter(), shard=shard)
     _exact_stages(run)
     _exif_stage(run)
     global_index = ref_index.phash()
@@ -167,8 +178,22 @@ def match_tables(
     _encoder_stage(run, new_embeddings, ref_embeddings)
     if not run.found:
         return pd.DataFrame(columns=MATCH_COLUMNS)
-    matches = _crops_are_similar(_best_per_query(pd.concat(run.found, ignore_index=True)), job)
-    return _other_exposures_are_similar(matches, new, ref)
+    matches = _best_per_query(pd.concat(run.found, ignore_index=True))
+    return _per_owner(matches, shard, lambda frame: _other_exposures_are_similar(_crops_are_similar(frame, job),
+                                                                                 new, ref))
+
+
+def _per_owner(matches: pd.DataFrame, shard: ReferenceShard | None, judge: Any) -> pd.DataFrame:
+    """``judge(matches)`` (a per-row revision that reads the reference rows); with a split shard each rank judges
+    the matches of the rows it holds and the revised rows are gathered (global rows, sorted as before)."""
+    if shard is None:
+        return judge(matches)
+    mine, local = shard.owned(matches["ref_row"].to_numpy(np.int64))
+    own = matches[mine].copy()
+    own["ref_row"] = local
+    judged = judge(own.reset_index(drop=True)) if len(own) else own
+    gathered = shard.gather_frame(judged, MATCH_COLUMNS)
+    return gathered.sort_values("new_row", kind="stable").reset_index(drop=True)
 
 
 @dataclass
@@ -183,6 +208,8 @@ class _Run:
     settled: np.ndarray
     #: End of the previous stage (``time.perf_counter()``), for the log line of each stage.
     clock: float
+    #: This rank's part of a reference split across ranks, or ``None`` (the whole reference is here).
+    shard: ReferenceShard | None = None
     found: list[pd.DataFrame] = field(default_factory=list)
 
     @property
@@ -197,15 +224,28 @@ class _Run:
     def config(self) -> MatchConfig:
         return self.job.config
 
+    @property
+    def n_ref(self) -> int:
+        """Rows of the whole reference (of every rank's shard together)."""
+        return len(self.ref) if self.shard is None else self.shard.total
+
+    def global_rows(self, r: np.ndarray) -> np.ndarray:
+        return r if self.shard is None else self.shard.to_global(r)
+
     def allowed(self, q: np.ndarray, r: np.ndarray) -> np.ndarray:
         """Pairs whose new sample is not settled (and, within one table, whose reference is an earlier row)."""
         keep = ~self.settled[q]
         if self.same_table:
-            keep &= r < q
+            keep &= self.global_rows(r) < q
         return keep
 
-    def add(self, frame: pd.DataFrame, stage: str) -> None:
-        """Keep a stage's matches, settle their non-``similar`` samples, log the stage."""
+    def add(self, frame: pd.DataFrame, stage: str, is_global: bool = False) -> None:
+        """Keep a stage's matches, settle their non-``similar`` samples, log the stage.
+
+        With a split shard, a frame of this rank's rows is gathered and reduced to the best per new sample first
+        (collective), so every rank keeps and settles the same."""
+        if self.shard is not None and not is_global:
+            frame = _best_per_query(self.shard.gather_frame(frame, MATCH_COLUMNS))
         if len(frame):
             self.found.append(frame)
             strong = frame.loc[frame["kind"] != "similar", "new_row"].to_numpy()
@@ -216,10 +256,14 @@ class _Run:
                  int(self.settled.sum()), len(self.new))
         self.clock = now
 
+    def keep(self, frame: pd.DataFrame) -> None:
+        """Keep matches that settle nothing (``similar``); gathered from every rank with a split shard."""
+        self.found.append(frame if self.shard is None else self.shard.gather_frame(frame, MATCH_COLUMNS))
+
     def verify(self, candidates: list[Candidates], stage: str) -> None:
         """A verification stage: the candidates verified by :func:`_verify_with_features`, the matches added."""
-        self.add(_verify_with_features(self.job, candidates, self.settled, self.same_table, self.verifier, stage),
-                 stage)
+        self.add(_verify_with_features(self.job, candidates, self.settled, self.same_table, self.verifier, stage,
+                                       self.shard), stage, is_global=True)
 
 
 def _exact_stages(run: _Run) -> None:
@@ -260,7 +304,7 @@ def _hash_stages(run: _Run, global_index: HammingIndex) -> list[Candidates]:
         q, r, dist = global_index.search(queries, config.hash_radius)
         keep = run.allowed(q, r)
         if same_table and mirror:
-            keep &= q != r
+            keep &= q != run.global_rows(r)
         q, r, dist = q[keep], r[keep], dist[keep]
         sim, fine = run.verifier.similarities(q, r, mirror=mirror)
         near = (sim >= config.near_duplicate_similarity) & (fine >= config.min_detail_similarity)
@@ -273,7 +317,7 @@ def _hash_stages(run: _Run, global_index: HammingIndex) -> list[Candidates]:
         ]
         ev = np.asarray(evidence, dtype=object)
         run.add(_best_per_query(_rows(q[near], r[near], near_kind, method, sim[near], ev[near])), method)
-        run.found.append(_rows(q[similar], r[similar], "similar", method, sim[similar], ev[similar]))
+        run.keep(_rows(q[similar], r[similar], "similar", method, sim[similar], ev[similar]))
         feature_candidates.append(Candidates(q[~near], r[~near], dist[~near], mirror, False))
     return feature_candidates
 
@@ -288,7 +332,7 @@ def _quarter_turn_stage(run: _Run, global_index: HammingIndex) -> Candidates:
     new, ref, config = run.new, run.ref, run.config
     empty = np.zeros(0, np.int64)
     open_rows = np.flatnonzero(~run.settled)
-    if not config.quarter_turns or not len(open_rows) or not len(ref):
+    if not config.quarter_turns or not len(open_rows) or not run.n_ref:
         return Candidates(empty, empty, empty, False, True)
     left_q, left_r, left_d = [], [], []
     for turns in QUARTER_TURNS:
@@ -321,11 +365,11 @@ def _feature_stages(run: _Run, feature_candidates: list[Candidates], global_inde
     """6. crops (and rotations that failed the thumbnail check), verified by local features: the hash candidates
     that failed, kNN neighbours and crop-index hits, then the crop-index hits of the mirror image."""
     new, ref, config = run.new, run.ref, run.config
-    if config.use_features and len(ref) and config.knn_candidates > 0 and config.knn_min_similarity > 0:
+    if config.use_features and run.n_ref and config.knn_candidates > 0 and config.knn_min_similarity > 0:
         feature_candidates.append(_nearest_thumbnails(new, ref, ~run.settled, run.same_table, config,
-                                                      run.index.coarse()))
+                                                      run.index.coarse(), run.shard))
 
-    if config.use_features and len(ref):
+    if config.use_features and run.n_ref:
         plain, mirrored = _crop_index_candidates(run)
         feature_candidates.insert(0, plain)
         run.verify(feature_candidates, "local features")
@@ -338,13 +382,13 @@ def _crop_index_candidates(run: _Run) -> tuple[Candidates, Candidates]:
     The crop index (~1 GB of MIH tables at 1M reference rows) is gone when this returns (it is not kept through
     feature verification) unless the reference index keeps its indexes (``ReferenceIndex(keep=True)``, queries).
     """
-    new, ref, config = run.new, run.ref, run.config
+    new, config = run.new, run.config
     k = len(CROP_BOXES)
     # only rows not settled yet: _verify_with_features drops settled rows first thing, and nothing settles
     # between here and there, so the candidates of settled rows were searched for nothing (27M codes at 1M)
     open_rows = np.flatnonzero(~run.settled)
     crop_index = run.index.crops()  # code i is crop i % k of reference row i // k
-    radius = chance_limited_radius(config.crop_radius, len(ref) * k)
+    radius = chance_limited_radius(config.crop_radius, run.n_ref * k)
     q, code, dist = crop_index.search(np.asarray(new.phash)[open_rows], radius)
     q, r = open_rows[q], code // k
     plain = Candidates(q, r, dist, False, True, hint=code % k)
@@ -358,30 +402,44 @@ def _alignment_stages(run: _Run, global_index: HammingIndex) -> None:
     """Samples still unmatched, large pictures: overlays (the same crop of both agrees), other border trimming
     (whole-picture pHashes), rotations on the same canvas, framed pictures (7.-8. in the module docstring)."""
     new, ref, config = run.new, run.ref, run.config
-    if config.use_alignment and len(ref) and len(new) and config.overlay_boxes:
-        run.verify(_same_crop_candidates(new, ref, ~run.settled, config, run.index), "overlays")
-    if config.use_alignment and len(ref) and len(new):
+    n_ref, shard = run.n_ref, run.shard
+    if config.use_alignment and n_ref and len(new) and config.overlay_boxes:
+        run.verify(_same_crop_candidates(new, ref, ~run.settled, config, run.index, shard), "overlays")
+    if config.use_alignment and n_ref and len(new):
         run.verify(_whole_picture_candidates(new, ref, ~run.settled, global_index, config, run.index.trimmed_whole()),
                    "alignment")
-    if config.use_features and config.max_rotation > 0 and len(ref) and len(new):
-        run.verify(_rotation_candidates(new, ref, ~run.settled, run.same_table, config, run.index), "rotations")
-    if config.use_alignment and config.framed and len(ref) and len(new):
-        run.verify(_frame_candidates(new, ref, ~run.settled, run.same_table, config, global_index), "framed")
+    if config.use_features and config.max_rotation > 0 and n_ref and len(new):
+        run.verify(_rotation_candidates(new, ref, ~run.settled, run.same_table, config, run.index, shard),
+                   "rotations")
+    if config.use_alignment and config.framed and n_ref and len(new):
+        run.verify(_frame_candidates(new, ref, ~run.settled, run.same_table, config, global_index, shard), "framed")
 
 
 def _encoder_stage(run: _Run, new_embeddings: np.ndarray | None, ref_embeddings: np.ndarray | None) -> None:
     """Model embeddings: nearest neighbours in the feature space of the model being trained."""
     new, ref, config, same_table = run.new, run.ref, run.config, run.same_table
-    if new_embeddings is None or ref_embeddings is None or not len(ref) or not len(new):
+    if new_embeddings is None or ref_embeddings is None or not run.n_ref or not len(new):
         return
     from vdc_torch.fingerprints.encoder import nearest_neighbours
 
-    sims, ids = nearest_neighbours(new_embeddings, ref_embeddings, k=ENCODER_SAME_TABLE_NEIGHBOURS if same_table else 1)
+    k = ENCODER_SAME_TABLE_NEIGHBOURS if same_table else 1
+    if len(ref):
+        sims, ids = nearest_neighbours(new_embeddings, ref_embeddings, k=k)
+    else:
+        sims, ids = np.zeros((len(new), 0), np.float32), np.zeros((len(new), 0), np.int64)
     q = np.repeat(np.arange(len(new)), sims.shape[1])
     r, cos = ids.reshape(-1).astype(np.int64), sims.reshape(-1)
+    if run.shard is not None:  # the k nearest over every rank's rows, then this rank's of them
+        found = r >= 0
+        q, r, cos = q[found], r[found], cos[found]
+        rank = np.full(len(q), run.shard.rank, np.int64)
+        q, rg, cos, owner, r = all_gather_arrays(q, run.shard.to_global(r), cos.astype(np.float32), rank, r)
+        best = top_k_per_query(q, rg, cos, k)
+        best = best[owner[best] == run.shard.rank]
+        q, r, cos = q[best], r[best], cos[best]
     keep = (r >= 0) & run.allowed(q, np.maximum(r, 0)) & (cos >= config.encoder_similarity)
     if same_table:
-        keep &= r != q
+        keep &= run.global_rows(np.maximum(r, 0)) != q
     q, r, cos = q[keep], r[keep], cos[keep]
     pixel = run.verifier.similarity(q, r)
     ok = pixel >= config.encoder_min_thumb_similarity

@@ -28,7 +28,9 @@ KIND_RANK: dict[str, int] = {kind.value: rank for rank, kind in enumerate(MatchK
 #: 16: quarter turns (a copy turned by 90, 180 or 270 degrees: EXIF orientation lost on export) are looked up.
 #: 17: the thumbnail colour check allows a saturation gain of 0.3-1.5 (desaturated copies).
 #: 18: framed pictures (a reference inside a screenshot, a frame or a blurred pad) are looked up.
-MATCHING_VERSION = 18
+#: 19: candidates of a verification stage are tried in one order, ties broken by reference row (not by index
+#: internals), so a reference split across ranks verifies in the same order as one process.
+MATCHING_VERSION = 19
 
 
 MATCH_COLUMNS = ["new_row", "ref_row", "kind", "method", "score", "evidence"]

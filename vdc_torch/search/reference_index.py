@@ -19,6 +19,7 @@ import numpy as np
 from vdc_torch.fingerprints.compute import FingerprintTable
 from vdc_torch.search.candidates import _coarse_index, _large_enough_to_align
 from vdc_torch.search.index import ExactIndex, HammingIndex
+from vdc_torch.search.shards import ReferenceShard
 
 #: Columns of exact keys looked up by the first stages.
 EXACT_COLUMNS = ("byte_digest", "pixel_digest", "exif_identity")
@@ -31,9 +32,11 @@ class ReferenceIndex:
     for the life of the object; the others are built for the stage that asks and dropped after it.
     """
 
-    def __init__(self, ref: FingerprintTable, keep: bool = False) -> None:
+    def __init__(self, ref: FingerprintTable, keep: bool = False, shard: ReferenceShard | None = None) -> None:
         self.ref = ref
         self.keep = keep
+        #: Where ``ref`` lies in a reference split across ranks (``None``: it is the whole reference).
+        self.shard = shard
         self._built: dict[Any, Any] = {}
 
     def __len__(self) -> int:
@@ -65,7 +68,7 @@ class ReferenceIndex:
 
     def coarse(self) -> Any:
         """The kNN index over the 8×8 coarse thumbnails (exact or inverted file, see ``_coarse_index``)."""
-        return self._get("coarse", lambda: _coarse_index(self.ref.thumbs))
+        return self._get("coarse", lambda: _coarse_index(self.ref.thumbs, self.shard))
 
     def large_rows(self) -> np.ndarray:
         """Rows large enough for dense alignment (the only ones the overlay and rotation stages look at)."""

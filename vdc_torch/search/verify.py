@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from vdc_torch.collective import all_gather_arrays
 from vdc_torch.fingerprints import features as local_features
 from vdc_torch.fingerprints.align import Alignment, align
 from vdc_torch.fingerprints.compute import (
@@ -33,6 +34,7 @@ from vdc_torch.search.geometry import (
     reference_share,
 )
 from vdc_torch.search.results import _rows
+from vdc_torch.search.shards import ReferenceShard
 from vdc_torch.search.thumbs import ThumbVerifier, _threaded_map
 
 #: Rows a :class:`FeatureCache` holds before it starts over (its memory bound).
@@ -131,40 +133,95 @@ def _verify_with_features(
     same_table: bool,
     verifier: ThumbVerifier,
     stage: str = "local features",
+    shard: ReferenceShard | None = None,
 ) -> pd.DataFrame:
     """Verify candidate pairs (see :class:`Candidates`); one match row per verified new sample.
 
     A ``box`` (an index into :data:`CROP_BOXES`) marks candidates found by that crop of *both* images: they are
     verified on that crop alone (the rest of the new image may carry a caption, logo or watermark).
+
+    Each query's candidates are verified in one order — distance, then source (the position in ``candidates``),
+    then reference row, mirror and box — at most ``max_feature_candidates`` of them, and the first that verifies
+    is its match. With a ``shard`` split across ranks the order is over global rows and all ranks' candidates:
+    each rank verifies its own, and the first verified in the global order wins (the answer of one process);
+    the returned rows then carry global reference rows (on every rank). Collective when the shard is split.
     """
+    split = shard is not None and shard.split
     # no open candidate at all (the usual case of a one-image query): no frame built
-    if not any(len(c.q) and not settled[np.asarray(c.q, dtype=np.int64)].all() for c in candidates):
+    if not split and not any(len(c.q) and not settled[np.asarray(c.q, dtype=np.int64)].all() for c in candidates):
         return pd.DataFrame(columns=MATCH_COLUMNS)
+    global_rows = shard.rows if shard is not None else None
     table = _candidate_table(candidates)
-    if not len(table):
-        return pd.DataFrame(columns=MATCH_COLUMNS)
-    table = table[~settled[table["q"].to_numpy(dtype=np.int64)]]
-    if same_table:
-        table = table[table["r"] < table["q"]]
-    # cheap pre-filter: hash candidates must look roughly alike (crop candidates are not aligned, so exempt)
-    # (computed for the hash candidates only, in blocks: at 1M x 100k the crop search proposes ~50k random pairs,
-    # whose float32 thumbnails took 1.2 GB at once for a similarity that was never used)
-    table = _thumbnail_prefilter(_crop_hint_prefilter(job, table), verifier, job.config)
-    if not len(table):
-        return pd.DataFrame(columns=MATCH_COLUMNS)
-    table = table.sort_values(["q", "dist"]).drop_duplicates(["q", "r", "mirror", "box"])
-    table = table.groupby("q", sort=True).head(job.config.max_feature_candidates)
-    results = _verify_on_threads(job, _query_groups(table), len(table), stage)
-    rows = [_rows(*row) for row in sorted(results)]
+    if len(table):
+        table = table[~settled[table["q"].to_numpy(dtype=np.int64)]]
+        if same_table:
+            r_global = table["r"].to_numpy(np.int64) if global_rows is None else global_rows[table["r"].to_numpy(np.int64)]
+            table = table[r_global < table["q"].to_numpy(np.int64)]
+        # cheap pre-filter: hash candidates must look roughly alike (crop candidates are not aligned, so exempt)
+        # (computed for the hash candidates only, in blocks: at 1M x 100k the crop search proposes ~50k random pairs,
+        # whose float32 thumbnails took 1.2 GB at once for a similarity that was never used)
+        table = _thumbnail_prefilter(_crop_hint_prefilter(job, table), verifier, job.config)
+    table = _verification_order(table, global_rows, job.config.max_feature_candidates, split)
+    results = _verify_on_threads(job, _query_groups(table), len(table), stage) if len(table) else []
+    if split:
+        return _first_verified_across_ranks(results, shard)
+    rows = [_rows(*row[:-1]) for row in sorted(results)]
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=MATCH_COLUMNS)
 
 
+def _verification_order(table: pd.DataFrame, global_rows: np.ndarray | None, per_query: int, split: bool
+                        ) -> pd.DataFrame:
+    """The candidates to verify, in verification order, with their place ``pos`` in it: sorted by query,
+    distance, source, (global) reference row, mirror and box; each pair and box once (its closest); at most
+    ``per_query`` per query. When ``split``, the order is over every rank's candidates (collective) and this rank's
+    entries of it are returned."""
+    columns = ("q", "r", "dist", "src", "mirror", "box")
+    if len(table):
+        q, r, dist, src, mirror, box = (table[c].to_numpy(np.int64) for c in columns)
+    else:
+        q = r = dist = src = mirror = box = np.zeros(0, np.int64)
+    rg = r if global_rows is None else global_rows[r]
+    owner = np.zeros(len(q), np.int64)
+    if split:
+        rank = np.full(len(q), ReferenceShard.current_rank(), np.int64)
+        q, rg, dist, src, mirror, box, owner, r = all_gather_arrays(q, rg, dist, src, mirror, box, rank, r)
+    order = np.lexsort((box, mirror, rg, src, dist, q))
+    q, rg, dist, src, mirror, box, owner, r = (a[order] for a in (q, rg, dist, src, mirror, box, owner, r))
+    # each (query, reference, mirror, box) once, at its first place; then the first per_query of each query
+    first = np.zeros(len(q), bool)
+    if len(q):  # copies of a key need not be adjacent (they differ in dist or src): the first place wins
+        first[np.unique(np.stack([q, rg, mirror, box], axis=1), axis=0, return_index=True)[1]] = True
+    q, rg, dist, mirror, box, owner, r = (a[first] for a in (q, rg, dist, mirror, box, owner, r))
+    place = np.arange(len(q)) - np.searchsorted(q, q)
+    capped = place < per_query
+    q, dist, mirror, box, owner, r = (a[capped] for a in (q, dist, mirror, box, owner, r))
+    pos = np.arange(len(q), dtype=np.int64)
+    mine = owner == ReferenceShard.current_rank() if split else np.ones(len(q), bool)
+    return pd.DataFrame({"q": q[mine], "r": r[mine], "dist": dist[mine], "mirror": mirror[mine].astype(bool),
+                         "box": box[mine], "pos": pos[mine]})
+
+
+def _first_verified_across_ranks(results: list[tuple[Any, ...]], shard: ReferenceShard) -> pd.DataFrame:
+    """Each query's verified candidate of the earliest place over all ranks (rows with global reference rows)."""
+    frame = pd.DataFrame([row[:-1] for row in results], columns=MATCH_COLUMNS) if results else \
+        pd.DataFrame(columns=MATCH_COLUMNS)
+    pos = np.asarray([row[-1] for row in results], dtype=np.int64)
+    gathered = shard.gather_frame(frame, MATCH_COLUMNS)
+    (all_pos,) = all_gather_arrays(pos)
+    if not len(gathered):
+        return pd.DataFrame(columns=MATCH_COLUMNS)
+    order = np.lexsort((all_pos, gathered["new_row"].to_numpy(np.int64)))
+    gathered = gathered.iloc[order]
+    return gathered.drop_duplicates("new_row").reset_index(drop=True)
+
+
 def _candidate_table(candidates: list[Candidates]) -> pd.DataFrame:
-    """All candidate pairs as one frame: columns q, r, dist, mirror, skip_prefilter, box, hint (-1: none)."""
+    """All candidate pairs as one frame: columns q, r, dist, mirror, skip_prefilter, box, hint (-1: none), src
+    (the source's position in ``candidates``)."""
     frames = [
         pd.DataFrame({"q": c.q, "r": c.r, "dist": c.dist, "mirror": c.mirror, "skip_prefilter": c.skip_prefilter,
-                      "box": -1 if c.box is None else c.box, "hint": -1 if c.hint is None else c.hint})
-        for c in candidates
+                      "box": -1 if c.box is None else c.box, "hint": -1 if c.hint is None else c.hint, "src": i})
+        for i, c in enumerate(candidates)
     ]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -203,8 +260,8 @@ def _thumbnail_prefilter(table: pd.DataFrame, verifier: ThumbVerifier, config: M
     return pd.concat(parts) if parts else table
 
 
-#: One query's candidates in verification order: ``(q, [(r, dist, mirror, box), ...])``.
-_QueryGroup = tuple[int, list[tuple[int, int, bool, int]]]
+#: One query's candidates in verification order: ``(q, [(r, dist, mirror, box, place in the order), ...])``.
+_QueryGroup = tuple[int, list[tuple[int, int, bool, int, int]]]
 
 
 def _query_groups(table: pd.DataFrame) -> list[_QueryGroup]:
@@ -214,7 +271,8 @@ def _query_groups(table: pd.DataFrame) -> list[_QueryGroup]:
     """
     q_col = table["q"].to_numpy(np.int64)
     cols = zip(table["r"].to_numpy(np.int64).tolist(), table["dist"].to_numpy(np.int64).tolist(),
-               table["mirror"].to_numpy(bool).tolist(), table["box"].to_numpy(np.int64).tolist())
+               table["mirror"].to_numpy(bool).tolist(), table["box"].to_numpy(np.int64).tolist(),
+               table["pos"].to_numpy(np.int64).tolist())
     starts = np.flatnonzero(np.r_[True, q_col[1:] != q_col[:-1]]).tolist() + [len(q_col)]
     candidates = list(cols)
     return [(int(q_col[a]), candidates[a:b]) for a, b in zip(starts[:-1], starts[1:])]
@@ -244,10 +302,11 @@ def _verify_on_threads(job: _FeatureJob, groups: list[_QueryGroup], n_pairs: int
 
 
 def _verify_groups(job: _FeatureJob, groups: list[_QueryGroup]) -> list[tuple[Any, ...]]:
-    """Verify each query's candidates in order and keep its first verified one (runs in worker threads)."""
+    """Verify each query's candidates in order and keep its first verified one, its place in the order appended
+    (runs in worker threads)."""
     found = []
     for q, candidates in groups:
-        for r, dist, mirror, box in candidates:
+        for r, dist, mirror, box, pos in candidates:
             if box <= ROTATED:  # from the rotation stage, which found the angle
                 row = _verify_rotated(job, q, r, dist, _rotation_angles(job.config)[ROTATED - box])
             elif box >= 0:
@@ -258,7 +317,7 @@ def _verify_groups(job: _FeatureJob, groups: list[_QueryGroup]) -> list[tuple[An
             else:
                 row = _verify_pair(job, q, r, dist, mirror, both_ways=box == WHOLE_PICTURE)
             if row is not None:
-                found.append(row)
+                found.append((*row, pos))
                 break
     return found
 

@@ -590,10 +590,20 @@ class ManifestOrigin:
     sharded: bool
     lineage: str | None  # of a sharded manifest's index (see store/sharded.py)
     rows: int  # rows of the table that are stored there
+    #: For a part loaded by one of several ranks (``part=``): the global row of its first row and the rows of the
+    #: whole manifest (``None``: the table is the whole manifest).
+    first_row: int = 0
+    total_rows: int | None = None
 
 
-def load_manifest_origin(path: str | os.PathLike[str]) -> tuple[FingerprintTable, dict[str, Any], ManifestOrigin]:
-    """:func:`load_manifest`, and the :class:`ManifestOrigin` of what was read."""
+def load_manifest_origin(path: str | os.PathLike[str], part: tuple[int, int] | None = None,
+                         ) -> tuple[FingerprintTable, dict[str, Any], ManifestOrigin]:
+    """:func:`load_manifest`, and the :class:`ManifestOrigin` of what was read.
+
+    ``part=(rank, world)`` loads only rank ``rank``'s share of a sharded manifest's shards (whole shards, in index
+    order, about ``1/world`` of the rows each; see :func:`shards_of_rank`); the origin then says where the part
+    lies. A single-file manifest is loaded whole whatever ``part`` says (``origin.total_rows`` is ``None``).
+    """
     source = Path(path)
     name = repr(str(source))
     for attempt in range(4):
@@ -601,7 +611,7 @@ def load_manifest_origin(path: str | os.PathLike[str]) -> tuple[FingerprintTable
         with _shared_lock(source) if attempt == 3 else contextlib.nullcontext():
             try:
                 if _is_index(source):
-                    return _load_sharded_once(source, name)
+                    return _load_sharded_once(source, name, part)
                 table, meta, _ = _load_once(source, name)
                 return table, meta, ManifestOrigin(os.path.realpath(source), False, None, len(table))
             except _Replaced:
@@ -625,14 +635,33 @@ def _is_index(source: Path) -> bool:
         return False
 
 
-def _load_sharded_once(source: Path, name: str) -> tuple[FingerprintTable, dict[str, Any], ManifestOrigin]:
-    """Every shard the index at ``source`` names, checked against its record, as one (lazy) table."""
+def shards_of_rank(samples: list[int], rank: int, world: int) -> range:
+    """The shards (positions in the index) rank ``rank`` of ``world`` loads: consecutive ones, each shard going to
+    the rank whose share of the rows (``total / world`` each) holds the shard's first row."""
+    starts = np.cumsum([0, *samples])[:-1]
+    total = int(sum(samples))
+    owner = [min(world - 1, int(start * world // total)) if total else i * world // max(1, len(samples))
+             for i, start in enumerate(starts.tolist())]
+    mine = [i for i, o in enumerate(owner) if o == rank]
+    return range(mine[0], mine[-1] + 1) if mine else range(0)
+
+
+def _load_sharded_once(source: Path, name: str, part: tuple[int, int] | None = None,
+                       ) -> tuple[FingerprintTable, dict[str, Any], ManifestOrigin]:
+    """Every shard the index at ``source`` names (or rank ``part[0]``'s of them), checked against its record, as
+    one (lazy) table."""
     index, data = read_index(source, name)
     real = Path(os.path.realpath(source))
     folder = shard_folder(real)
     check_shard_folder(folder, name)
     tables = []
-    for record in index.shards:
+    records = index.shards
+    first_row = 0
+    if part is not None:
+        chosen = shards_of_rank([r.samples for r in records], *part)
+        first_row = sum(r.samples for r in records[: chosen.start])
+        records = [records[i] for i in chosen]
+    for record in records:
         try:
             path = shard_path(folder, record, name)
             table, meta, checksum = _load_once(path, repr(str(path)))
@@ -664,8 +693,10 @@ def _load_sharded_once(source: Path, name: str) -> tuple[FingerprintTable, dict[
         tables.append(table)
     table = concat_tables(tables) if tables else FingerprintTable.empty()
     meta = {**index.meta, "format": INDEX_FORMAT, "format_version": INDEX_VERSION,
-            "fingerprint_version": index.fingerprint_version, "saved_at": index.saved_at, "samples": len(table)}
-    return table, meta, ManifestOrigin(str(real), True, index.lineage, len(table))
+            "fingerprint_version": index.fingerprint_version, "saved_at": index.saved_at, "samples": index.samples}
+    if part is None:
+        return table, meta, ManifestOrigin(str(real), True, index.lineage, len(table))
+    return table, meta, ManifestOrigin(str(real), True, index.lineage, len(table), first_row, index.samples)
 
 
 def _load_once(source: Path, name: str) -> tuple[FingerprintTable, dict[str, Any], str | None]:

@@ -1,0 +1,141 @@
+"""A reference split across 2 gloo ranks: each rank holds only its part, and the decision is byte for byte the one
+a single process reaches (real photos with hard edits, CIFAR-10 images, a sharded manifest loaded in parts, and
+synthetic tables large enough for the inverted-file kNN)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from vdc_torch import DatasetGate
+from vdc_torch.decision.store.manifest import shards_of_rank
+from vdc_torch.fingerprints.per_image import encode_detail
+from vdc_torch.search.cascade import match_tables
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def _benchmark_module(name: str) -> Any:
+    """A module of benchmarks/, imported without leaving benchmarks/ on sys.path (its datasets.py would hide
+    Hugging Face's ``datasets`` from later tests)."""
+    saved = list(sys.path)
+    try:
+        sys.path.insert(0, str(BENCHMARKS))
+        return importlib.import_module(name)
+    finally:
+        sys.path[:] = saved
+        for key, module in list(sys.modules.items()):
+            if Path(getattr(module, "__file__", None) or "/").parent == BENCHMARKS and key != name:
+                del sys.modules[key]
+
+
+build_cifar = _benchmark_module("same_matches").build_cifar
+build_photos = _benchmark_module("same_matches").build_photos
+make_tables = _benchmark_module("speed_matching").make_tables
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import torch.distributed as dist
+    sys.path.insert(0, sys.argv[5])
+    from speed_matching import make_tables
+    from vdc_torch import DatasetGate
+    from vdc_torch.fingerprints.per_image import encode_detail
+    from vdc_torch.search.cascade import match_tables
+    from vdc_torch.search.shards import ReferenceShard
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    photos_ref, photos_new, manifest, out = sys.argv[1:5]
+    cifar_ref, cifar_new = sys.argv[6:8]
+    result = {}
+    for name, ref, new in (("photos", photos_ref, photos_new), ("cifar", cifar_ref, cifar_new)):
+        gate = DatasetGate(reference=ref, workers=0)
+        result[name] = json.loads(gate.check(new).to_json())
+        result[name + "_rows"] = len(gate.reference_table)
+    gate = DatasetGate.load(manifest, workers=0)
+    result["manifest"] = json.loads(gate.check(photos_new).to_json())
+    result["manifest_rows"] = len(gate.reference_table)
+    new, ref, _ = make_tables(40_000, 3_000, seed=3)
+    detail = encode_detail(np.random.default_rng(2).integers(0, 256, (8, 8), dtype=np.uint8))
+    ref.details, new.details = [detail] * len(ref), [detail] * len(new)
+    rows = np.arange(rank, len(ref), 2)  # strided: global rows need not be contiguous
+    shard = ReferenceShard.across_ranks(rows, ref.rows(rows))
+    frame = match_tables(new, ref.rows(rows), shard=shard)
+    result["synthetic"] = frame.to_json(orient="split", double_precision=15)
+    with open(f"{out}/rank{rank}.json", "w") as handle:
+        json.dump(result, handle)
+    dist.destroy_process_group()
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    work = tmp_path_factory.mktemp("split")
+    photos_ref, photos_new = build_photos(work)
+    cifar_ref, cifar_new = build_cifar(work, 1200)
+    # a sharded manifest of three shards: the photos reference saved in parts
+    files = sorted(photos_ref.iterdir())
+    parts = [work / f"part{i}" for i in range(3)]
+    for i, f in enumerate(files):
+        parts[i % 3].mkdir(exist_ok=True)
+        os.link(f, parts[i % 3] / f.name)
+    manifest = work / "ref.vdc"
+    gate = DatasetGate(reference=parts[0], workers=0)
+    gate.save(manifest, sharded=True)
+    for part in parts[1:]:
+        gate.update(part)
+        gate.save(manifest)
+    return {"photos_ref": photos_ref, "photos_new": photos_new, "cifar_ref": cifar_ref, "cifar_new": cifar_new,
+            "manifest": manifest, "out": work}
+
+
+def test_shards_of_rank_split_rows_evenly_in_order() -> None:
+    assert [list(shards_of_rank([10, 10, 10, 10], r, 2)) for r in (0, 1)] == [[0, 1], [2, 3]]
+    assert [list(shards_of_rank([100, 1, 1, 1], r, 2)) for r in (0, 1)] == [[0], [1, 2, 3]]
+    assert [list(shards_of_rank([5], r, 3)) for r in range(3)] == [[0], [], []]
+
+
+def test_two_ranks_holding_half_the_reference_each_decide_as_one_process(data: dict[str, Path]) -> None:
+    script = data["out"] / "split.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    args = [str(data[k]) for k in ("photos_ref", "photos_new", "manifest", "out")] + [
+        str(ROOT / "benchmarks"), str(data["cifar_ref"]), str(data["cifar_new"])]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(script), *args], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [json.loads((data["out"] / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    for name, ref in (("photos", data["photos_ref"]), ("cifar", data["cifar_ref"])):
+        single = json.loads(DatasetGate(reference=ref, workers=0).check(data[f"{name}_new"] if name == "cifar"
+                                                                         else data["photos_new"]).to_json())
+        assert ranks[0][name] == ranks[1][name] == single, name
+        total = single["counts"]["reference"]
+        assert ranks[0][f"{name}_rows"] + ranks[1][f"{name}_rows"] == total
+        assert 0 < ranks[0][f"{name}_rows"] < total
+        assert single["counts"]["near_duplicate"] + single["counts"]["exact"] > 20  # many stages had work
+
+    single = json.loads(DatasetGate.load(data["manifest"], workers=0).check(data["photos_new"]).to_json())
+    assert ranks[0]["manifest"] == ranks[1]["manifest"] == single
+    assert ranks[0]["manifest_rows"] + ranks[1]["manifest_rows"] == single["counts"]["reference"]
+    assert 0 < ranks[1]["manifest_rows"] < single["counts"]["reference"]
+
+    new, ref, truth = make_tables(40_000, 3_000, seed=3)
+    detail = encode_detail(np.random.default_rng(2).integers(0, 256, (8, 8), dtype=np.uint8))
+    ref.details, new.details = [detail] * len(ref), [detail] * len(new)
+    whole = match_tables(new, ref).to_json(orient="split", double_precision=15)
+    assert ranks[0]["synthetic"] == ranks[1]["synthetic"] == whole
+    assert len(json.loads(whole)["data"]) >= truth["exact"] + truth["near"]
