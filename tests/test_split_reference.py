@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from vdc_torch import DatasetGate
-from vdc_torch.decision.store.manifest import shards_of_rank
+from vdc_torch.decision.store.manifest import manifest_info, shards_of_rank
 from vdc_torch.fingerprints.per_image import encode_detail
 from vdc_torch.search.cascade import match_tables
 
@@ -67,6 +67,20 @@ SCRIPT = textwrap.dedent(
     gate = DatasetGate.load(manifest, workers=0)
     result["manifest"] = json.loads(gate.check(photos_new).to_json())
     result["manifest_rows"] = len(gate.reference_table)
+    DatasetGate(reference=photos_ref, workers=0).save(out + "/by_ranks.vdc")  # one shard per rank
+    reloaded = DatasetGate.load(out + "/by_ranks.vdc", workers=0)
+    result["by_ranks"] = json.loads(reloaded.check(photos_new).to_json())
+    result["by_ranks_rows"] = len(reloaded.reference_table)
+    broken = DatasetGate(reference=photos_ref, workers=0)
+    if rank == 1:  # this rank's shard cannot be written: every rank must fail, the saved version stay
+        broken.reference_table.crop_hashes = broken.reference_table.crop_hashes[:, :3]
+    else:
+        broken.reference_table
+    try:
+        broken.save(out + "/by_ranks.vdc")
+        result["failed_save"] = "saved"
+    except Exception as exc:
+        result["failed_save"] = f"{type(exc).__name__}: {exc}"
     new, ref, _ = make_tables(40_000, 3_000, seed=3)
     detail = encode_detail(np.random.default_rng(2).integers(0, 256, (8, 8), dtype=np.uint8))
     ref.details, new.details = [detail] * len(ref), [detail] * len(new)
@@ -132,6 +146,20 @@ def test_two_ranks_holding_half_the_reference_each_decide_as_one_process(data: d
     assert ranks[0]["manifest"] == ranks[1]["manifest"] == single
     assert ranks[0]["manifest_rows"] + ranks[1]["manifest_rows"] == single["counts"]["reference"]
     assert 0 < ranks[1]["manifest_rows"] < single["counts"]["reference"]
+
+    by_ranks = data["out"] / "by_ranks.vdc"
+    assert manifest_info(by_ranks)["shards"] == 2
+    loaded = DatasetGate.load(by_ranks, workers=0)
+    assert sorted(loaded.reference_table.paths) == sorted(p.name for p in data["photos_ref"].iterdir())
+    single = json.loads(loaded.check(data["photos_new"]).to_json())
+    assert ranks[0]["by_ranks"] == ranks[1]["by_ranks"] == single
+    for r in ranks:  # the failed save of rank 1 is an error on both ranks, and the saved version stays
+        assert r["failed_save"].startswith("ManifestError") and "rank 1" in r["failed_save"], r["failed_save"]
+    assert manifest_info(by_ranks)["shards"] == 2 and len(DatasetGate.load(by_ranks).reference_table) == len(
+        loaded.reference_table)
+    assert 0 < ranks[0]["by_ranks_rows"] < single["counts"]["reference"]
+    folder = json.loads(DatasetGate(reference=data["photos_ref"], workers=0).check(data["photos_new"]).to_json())
+    assert single["counts"] == folder["counts"] and single["delta_indices"] == folder["delta_indices"]
 
     new, ref, truth = make_tables(40_000, 3_000, seed=3)
     detail = encode_detail(np.random.default_rng(2).integers(0, 256, (8, 8), dtype=np.uint8))

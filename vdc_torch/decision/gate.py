@@ -34,6 +34,7 @@ from vdc_torch.decision.store.manifest import (
     is_index_file,
     load_manifest_origin,
     save_manifest,
+    save_manifest_of_ranks,
     save_sharded_manifest,
 )
 from vdc_torch.fingerprints.compute import (
@@ -407,12 +408,18 @@ class DatasetGate:
         ``sharded=False`` writes one SQLite file (as before). ``None`` (default) keeps the kind of what is at
         ``path`` (a sharded manifest stays sharded), and for a new path the kind the gate was loaded from or last
         saved as — one file for a gate built from images.
+
+        A reference split across ranks (see :meth:`check`) is saved by every rank together (collective): one
+        shard per rank, written side by side, and a fresh index naming them in rank order.
         """
         table = self.reference_table  # fingerprints first: computing them records the reference root
-        if self._shard is not None:
-            raise ValueError("save() of a reference split across ranks: load or build the gate with "
-                             "split_reference=False to save it, or save it from a single process")
         meta = {k: v for k, v in self.meta.items() if k not in ("format", "format_version", "saved_at", "samples")}
+        if self._shard is not None:  # split across ranks: one shard per rank, one index (collective)
+            if sharded is False:
+                raise ValueError("save(sharded=False) of a reference split across ranks: a single file would need "
+                                 "every rank's rows in one process; save it sharded (one shard per rank), or build "
+                                 "the gate with split_reference=False")
+            return Path(save_manifest_of_ranks(path, table, meta).path)
         target = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
         origin: ManifestOrigin | None = getattr(self, "_stored_at", None)
         if sharded is None:

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from vdc_torch.collective import all_gather_json, rank_and_world
 from vdc_torch.decision.store import sharded as _sharded
 from vdc_torch.decision.store.concat import concat_tables
 from vdc_torch.decision.store.schema import verify_schema
@@ -300,6 +301,75 @@ def save_sharded_manifest(
             remove_unnamed_shards(folder, {r.file for r in index.shards})
     origin = ManifestOrigin(str(target), True, index.lineage, len(table))
     return ShardedSave(origin, appended, first_row, shift, len(index.shards), written)
+
+
+def save_manifest_of_ranks(
+    path: str | os.PathLike[str],
+    table: FingerprintTable,
+    meta: dict[str, Any],
+    *,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> ManifestOrigin:
+    """Write a reference split across ``torch.distributed`` ranks as a fresh sharded manifest at ``path``: one shard
+    per rank (this rank's ``table``), named by one index in rank order (collective; every rank calls it).
+
+    Rank 0 holds the manifest's lock throughout, so no other saver sees the half-written set; each rank writes and
+    fsyncs its own shard; rank 0 then replaces the index atomically and removes the shards no index names. A rank
+    that fails (or dies before its shard is named) leaves the previous version in place: the index is written
+    only after every shard is complete, and an error on any rank is raised on every rank as a ManifestError.
+    The index names shards in rank order, so a single process loads the rows rank 0's first.
+    """
+    rank, world = rank_and_world()
+    target = Path(path)
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
+    name = str(target)
+    meta = {str(k): v for k, v in meta.items() if k not in _RESERVED_META}
+    meta = json.loads(json.dumps(meta, sort_keys=True, allow_nan=False))
+    folder = shard_folder(target)
+
+    def agree(error: str | None) -> None:  # every rank learns every rank's error (no rank waits for ever)
+        errors = [e for e in all_gather_json(error) if e]
+        if errors:
+            raise ManifestError(f"cannot save manifest {name!r} from {world} ranks: {errors[0]}")
+
+    with contextlib.ExitStack() as stack:
+        error = None
+        if rank == 0:
+            try:
+                with _os_errors_named("save manifest", name):
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    stack.enter_context(_locked(target, lock_timeout))
+                    _check_replaceable(target)
+                    _remove_stale_temp_files(target)
+                    check_shard_folder(folder, repr(name))
+                    if not folder.is_dir():
+                        folder.mkdir()
+                        _fsync_dir(folder.parent)
+            except ManifestError as exc:
+                error = str(exc)
+        agree(error)
+        record, error = None, None
+        try:
+            _check_shapes(table, name)
+            with _os_errors_named("save manifest", name):
+                record = _write_shard(folder, table, target)
+        except ManifestError as exc:
+            error = f"rank {rank}: {exc}"
+        records = all_gather_json(None if record is None else record.to_json())
+        agree(error)
+        error = None
+        if rank == 0:
+            try:
+                with _os_errors_named("save manifest", name):
+                    index = ShardIndex(FINGERPRINT_VERSION, _sharded.new_lineage(), meta,
+                                       [ShardRecord(**r) for r in records if r["samples"]])
+                    _sharded.write_index(target, index)
+                    remove_unnamed_shards(folder, {r.file for r in index.shards})
+            except ManifestError as exc:
+                error = str(exc)
+        agree(error)
+    return ManifestOrigin(str(target), True, None, len(table))
 
 
 def _write_shard(folder: Path, table: FingerprintTable, index_path: Path) -> ShardRecord:
