@@ -474,6 +474,7 @@ RESULTS_FILES = {
     "train_with_gate": ("Training with the gate", "`examples/train_with_gate.py`"),
     "query_latency": ("Query latency", "`benchmarks/query_latency.py`"),
     "update_cost": ("Saving an updated reference", "`benchmarks/update_cost.py`"),
+    "scale_ranks": ("A reference split across ranks", "`benchmarks/scale_ranks.py`"),
     "vs_visdatcompy": ("vdc_torch vs visdatcompy (seed API)", "`benchmarks/vs_visdatcompy.py`"),
 }
 

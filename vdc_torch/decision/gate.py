@@ -90,7 +90,8 @@ class Decision:
     counts: dict[str, int] = field(default_factory=dict)
     policy: Policy = field(default_factory=Policy)
     config: MatchConfig = field(default_factory=MatchConfig)
-    #: Fingerprints behind the decision (for reports: thumbnails and detail images), not serialised.
+    #: Fingerprints behind the decision (for reports: thumbnails and detail images), not serialised. With the
+    #: reference split across ranks, ``reference_fingerprints`` holds only the matched reference rows.
     new_fingerprints: FingerprintTable | None = field(default=None, repr=False)
     reference_fingerprints: FingerprintTable | None = field(default=None, repr=False)
     new_root: str = ""
@@ -146,6 +147,11 @@ class Decision:
         to ``new_root``) and the replay sample's reference paths (relative to ``reference_root``), drawn as
         :meth:`training_set` draws them from the reference's fingerprints."""
         ref = self.reference_fingerprints if self.reference_fingerprints is not None else FingerprintTable.empty()
+        if len(ref) != self.counts.get("reference", len(ref)) and replay > 0:
+            raise ValueError(f"plan(replay={replay:g}) draws from the whole reference, but this decision was made "
+                             f"with the reference split across ranks and holds {len(ref)} of its "
+                             f"{self.counts['reference']} rows (the matched ones): use training_set(reference, "
+                             "replay) or plan(replay=0)")
         labels = [None if v is None else str(v) for v in ref.labels]
         positions = replay_positions(labels, replay_count(len(self.novel_indices), replay, len(ref)), balance, seed)
         per_class = Counter(labels[p] for p in positions if labels[p] is not None)
