@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-
 #: What this process has sent and received through :func:`all_gather_bytes` (calls, bytes), for benchmarks.
 traffic = {"calls": 0, "sent": 0, "received": 0}
 
