@@ -28,6 +28,8 @@ from vdc_torch.decision.store.manifest import (
     load_manifest_origin,
     manifest_info,
     save_manifest,
+    save_manifest_of_ranks,
+    save_sharded_manifest,
 )
 from vdc_torch.faces.cli import EXIT_TRAIN, main
 from vdc_torch.fingerprints.table import FingerprintTable, is_stored
@@ -95,6 +97,17 @@ def sharded_after_updates(drops: list[Path], path: Path) -> DatasetGate:
 
 
 # -- what a sharded manifest holds -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("save", [save_manifest, save_sharded_manifest, save_manifest_of_ranks],
+                         ids=["single file", "sharded", "one shard per rank"])
+def test_every_save_refuses_a_meta_json_cannot_hold_and_writes_nothing(drops: list[Path], tmp_path: Path,
+                                                                      save) -> None:
+    table = DatasetGate(reference=str(drops[0]), workers=0).reference_table
+    target = tmp_path / "out" / "reference.vdc"
+    with pytest.raises(ManifestError, match=r"reference\.vdc.*not JSON-serialisable"):
+        save(target, table, {"reference_root": str(drops[0]), "when": object()})
+    assert not target.exists() and not (target.parent / "reference.vdc.shards").exists()
 
 
 def test_sharded_round_trip_gives_the_decision_a_single_file_gives(tmp_path: Path) -> None:

@@ -251,16 +251,9 @@ def save_sharded_manifest(
     version loadable. Shards no index names any more (and temp files of killed saves) are removed — only files
     named as this library names them and holding what it writes.
     """
-    target = Path(path)
-    if target.is_symlink():
-        target = Path(os.path.realpath(target))
+    target, meta = _target_and_meta(path, meta)
     name = str(target)
     _check_shapes(table, name)
-    meta = {str(k): v for k, v in meta.items() if k not in _RESERVED_META}
-    try:
-        meta = json.loads(json.dumps(meta, sort_keys=True, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise ManifestError(f"cannot save manifest {name!r}: meta is not JSON-serialisable ({exc})") from exc
     with _os_errors_named("save manifest", name):
         target.parent.mkdir(parents=True, exist_ok=True)
         with _locked(target, lock_timeout):
@@ -320,12 +313,8 @@ def save_manifest_of_ranks(
     The index names shards in rank order, so a single process loads the rows rank 0's first.
     """
     rank, world = rank_and_world()
-    target = Path(path)
-    if target.is_symlink():
-        target = Path(os.path.realpath(target))
+    target, meta = _target_and_meta(path, meta)  # the same on every rank: a bad meta fails on all of them
     name = str(target)
-    meta = {str(k): v for k, v in meta.items() if k not in _RESERVED_META}
-    meta = json.loads(json.dumps(meta, sort_keys=True, allow_nan=False))
     folder = shard_folder(target)
 
     def agree(error: str | None) -> None:  # every rank learns every rank's error (no rank waits for ever)
@@ -370,6 +359,20 @@ def save_manifest_of_ranks(
                 error = str(exc)
         agree(error)
     return ManifestOrigin(str(target), True, None, len(table))
+
+
+def _target_and_meta(path: str | os.PathLike[str], meta: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """The file a sharded save writes (through a symbolic link, not over it) and ``meta`` as the index stores it:
+    reserved keys dropped, round-tripped through JSON (a value JSON cannot hold is a ManifestError naming it)."""
+    target = Path(path)
+    if target.is_symlink():  # save through a link (e.g. latest.vdc -> v3.vdc) instead of replacing the link
+        target = Path(os.path.realpath(target))
+    cleaned = {str(k): v for k, v in meta.items() if k not in _RESERVED_META}
+    try:
+        cleaned = json.loads(json.dumps(cleaned, sort_keys=True, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ManifestError(f"cannot save manifest {str(target)!r}: meta is not JSON-serialisable ({exc})") from exc
+    return target, cleaned
 
 
 def _write_shard(folder: Path, table: FingerprintTable, index_path: Path) -> ShardRecord:
