@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import COWS
 
 from vdc_torch import InvalidParameterError, VdcError
 from vdc_torch.errors import InvalidTypeError
 from vdc_torch.fingerprints import features, hashes, metrics
-
-from conftest import COWS
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch.utils.data
-from conftest import COWS, COWS_DUPLICATES, build_scenario
+from conftest import COWS, COWS_DUPLICATES
 from PIL import Image
 
 from vdc_torch import Action, Dataset, DatasetGate, Policy, decide

@@ -324,7 +324,6 @@ def _save_and_die(path: str, drop: str, stage: str) -> None:
     if stage == "before the index rename":  # the new shard is written and fsynced, the index not replaced
         sharded.write_index = die
     else:  # in the middle of writing the shard's temp file
-        real = manifest_module._write_database
 
         def half(tmp_name, *args, **kwargs):
             with open(tmp_name, "wb") as handle:

@@ -30,7 +30,7 @@ from vdc_torch.search.geometry import (
     framed_rectangles,
 )
 from vdc_torch.search.index import HammingIndex, InvertedFileIP
-from vdc_torch.search.shards import ReferenceShard, _large_enough_to_align, top_k_per_query  # noqa: F401
+from vdc_torch.search.shards import ReferenceShard, _large_enough_to_align, global_rows, top_k_per_query  # noqa: F401
 from vdc_torch.search.thumbs import (
     COARSE_CHUNK,
     COARSE_DIM,
@@ -87,11 +87,6 @@ def chance_limited_radius(radius: int, n_codes: int, bits: int = 64) -> int:
         if n_codes * total > MAX_CHANCE_CANDIDATES:
             return max(0, r - 1)
     return radius
-
-
-def _global_rows(shard: ReferenceShard | None) -> Any:
-    """Local reference rows -> global rows (the identity without a shard)."""
-    return (lambda r: r) if shard is None else shard.to_global
 
 
 #: ``keep`` of the corner crops compared box to box (one of the four misses any overlay of under 1 - keep).
@@ -218,7 +213,6 @@ def _rotation_candidates(
     query_rows = np.repeat(rows, len(angles))
     n_large = len(ref_rows) if shard is None else shard.large_total
     radius = chance_limited_radius(config.crop_radius, n_large * len(angles))
-    as_global = _global_rows(shard)
     found_q, found_r, found_d = [], [], []
     for _, box in _CENTRE_BOXES:
         which = np.flatnonzero(boxes == box)
@@ -227,11 +221,11 @@ def _rotation_candidates(
         index, _ = ref_index.crop_box(box) if ref_index is not None else _box_index(ref, ref_rows, box)
         q, r, dist = index.search(codes[which], radius)
         q, r = which[q], ref_rows[r]
-        keep = query_rows[q] != as_global(r) if same_table else np.ones(len(q), dtype=bool)
+        keep = query_rows[q] != global_rows(shard, r) if same_table else np.ones(len(q), dtype=bool)
         found_q.append(q[keep]), found_r.append(r[keep]), found_d.append(dist[keep])
     q, r, dist = np.concatenate(found_q), np.concatenate(found_r), np.concatenate(found_d)
     if same_table:
-        keep = as_global(r) < query_rows[q]
+        keep = global_rows(shard, r) < query_rows[q]
         q, r, dist = q[keep], r[keep], dist[keep]
     if not len(q):
         return []
@@ -294,7 +288,7 @@ def _frame_candidates(
     radius = chance_limited_radius(config.hash_radius, n_ref * FRAME_RECTANGLES)
     found, r, dist = ref_index.search(codes, radius)
     q = owners[found]
-    keep = _global_rows(shard)(r) < q if same_table else np.ones(len(q), dtype=bool)
+    keep = global_rows(shard, r) < q if same_table else np.ones(len(q), dtype=bool)
     q, r, dist = q[keep], r[keep], dist[keep]
     if not len(q):
         return []
@@ -440,7 +434,7 @@ def _nearest_thumbnails(
         q, r, sim = q[best], r[best], sim[best]
     keep = np.ones(len(q), dtype=bool)
     if same_table:
-        keep &= _global_rows(shard)(r) < q
+        keep &= global_rows(shard, r) < q
     # distance column: rank by similarity (0 = most similar) so the best candidates are verified first
     return Candidates(q[keep], r[keep], np.round((1.0 - sim[keep]) * KNN_RANK_SCALE).astype(np.int64), False,
                       True)

@@ -92,7 +92,7 @@ from vdc_torch.search.geometry import (  # noqa: F401  (re-exported)
 from vdc_torch.search.index import ExactIndex, HammingIndex, InvertedFileIP  # noqa: F401  (re-exported)
 from vdc_torch.search.reference_index import ReferenceIndex
 from vdc_torch.search.results import _best_per_query, _first_per_query, _rows
-from vdc_torch.search.shards import ReferenceShard, top_k_per_query
+from vdc_torch.search.shards import ReferenceShard, global_rows, top_k_per_query
 from vdc_torch.search.thumbs import (  # noqa: F401  (re-exported)
     COARSE_CHUNK,
     THUMB_BLOCK,
@@ -230,7 +230,8 @@ class _Run:
         return len(self.ref) if self.shard is None else self.shard.total
 
     def global_rows(self, r: np.ndarray) -> np.ndarray:
-        return r if self.shard is None else self.shard.to_global(r)
+        """``r`` (rows of this rank's reference) as rows of the whole reference."""
+        return global_rows(self.shard, r)
 
     def allowed(self, q: np.ndarray, r: np.ndarray) -> np.ndarray:
         """Pairs whose new sample is not settled (and, within one table, whose reference is an earlier row)."""

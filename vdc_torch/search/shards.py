@@ -90,6 +90,11 @@ class ReferenceShard:
         return mine, at[mine]
 
 
+def global_rows(shard: ReferenceShard | None, local: np.ndarray) -> np.ndarray:
+    """Reference rows local to ``shard`` as rows of the whole reference (the same rows without a shard)."""
+    return np.asarray(local) if shard is None else shard.to_global(local)
+
+
 def _large_enough_to_align(table: FingerprintTable) -> np.ndarray:
     return np.minimum(np.asarray(table.width), np.asarray(table.height)) >= ALIGN_MIN_SIDE
 
