@@ -131,12 +131,12 @@ def stage_split(files: list[str], limit: int) -> list[list[Any]]:
     import numpy as np
     from PIL import Image
 
-    from vdc_torch.data.decode import DEFAULT_DECODE_SIDE, decode_file, digest, to_rgb_array
+    from vdc_torch.data.decode import DEFAULT_DECODE_SIDE, decode_file, digest, pixel_digest, to_rgb_array
     from vdc_torch.fingerprints.compute import fingerprint_decoded
 
     cv2.setNumThreads(1)
     names = ("read file", "byte digest (BLAKE2b of the file)", "Pillow open + draft + load",
-             "to_rgb_array (mode conversion, alpha on white)", "pixel digest (BLAKE2b of the pixels)",
+             "to_rgb_array (mode conversion, alpha on white)", "pixel digest (BLAKE3 of the pixels)",
              "fingerprint_decoded without its pixel digest", "total of the parts",
              "decode_file + fingerprint_decoded as shipped")
     parts: dict[str, list[float]] = {k: [] for k in names}
@@ -155,7 +155,7 @@ def stage_split(files: list[str], limit: int) -> list[list[Any]]:
             t3 = time.perf_counter()
             pixels = to_rgb_array(im)
         t4 = time.perf_counter()
-        digest(np.ascontiguousarray(pixels).data)
+        pixel_digest(pixels)
         t5 = time.perf_counter()
         decoded = decode_file(path)
         t6 = time.perf_counter()

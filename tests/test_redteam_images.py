@@ -21,7 +21,7 @@ from PIL import EpsImagePlugin, Image
 
 from tests.conftest import EXIF_JPG
 from vdc_torch.data import decode as decode_module
-from vdc_torch.data.decode import MAX_DECODE_BYTES, decode_bytes, decode_file, digest
+from vdc_torch.data.decode import MAX_DECODE_BYTES, decode_bytes, decode_file, pixel_digest
 from vdc_torch.data.jpeg import MAX_JPEG_SCANS, count_jpeg_scans, scan_budget_exceeded
 from vdc_torch.data.pixels import reduced_rgb, to_rgb_array
 from vdc_torch.errors import ImageDecodeError
@@ -189,7 +189,7 @@ def test_band_conversion_equals_whole_image_conversion(kind: str) -> None:
     image = Image.fromarray(samples)
     assert np.array_equal(to_rgb_array(image), _old_wide_conversion(np.asarray(image)))
     reduced, full_digest = reduced_rgb(image, 4)
-    assert full_digest == digest(to_rgb_array(image).data)
+    assert full_digest == pixel_digest(to_rgb_array(image))
     assert reduced.shape == (1100 // 4, 1500 // 4, 3)
 
 
@@ -234,7 +234,7 @@ def test_reduced_decode_keeps_the_full_size_pixel_digest(tmp_path: Path) -> None
     Image.fromarray(array).save(path, compress_level=1)
     decoded = decode_file(path)
     assert decoded.pixels.shape == (4000 // 8, 5000 // 8, 3) and (decoded.width, decoded.height) == (5000, 4000)
-    assert decoded.pixel_digest == digest(np.ascontiguousarray(array).data)
+    assert decoded.pixel_digest == pixel_digest(np.ascontiguousarray(array))
     assert fingerprint_batch([decoded])[0].pixel_digest == decoded.pixel_digest
 
 

@@ -54,6 +54,7 @@ from vdc_torch.data.pixels import (  # noqa: F401 - re-exported where they were 
     apply_orientation,
     array_to_rgb_uint8,
     check_unit_range,
+    pixel_digest,
     reduced_rgb,
     to_rgb_array,
 )
@@ -125,9 +126,9 @@ class DecodedImage:
     pixels: np.ndarray  # (H, W, 3) uint8 RGB, orientation applied, possibly DCT-reduced
     width: int  # full-resolution width after orientation
     height: int  # full-resolution height after orientation
-    byte_digest: bytes | None = None  # blake2b-128 of the file bytes (None for in-memory samples)
+    byte_digest: bytes | None = None  # digest() of the file bytes (None for in-memory samples)
     exif_identity: str | None = None  # make|model|DateTimeOriginal.SubSec|ImageUniqueID|BodySerial
-    pixel_digest: bytes | None = None  # digest of the full-size pixels when ``pixels`` is a reduced copy of them
+    pixel_digest: bytes | None = None  # pixel_digest() of the full-size pixels when ``pixels`` is a reduced copy
     file_size: int | None = None
     mtime_ns: int | None = None
     format: str | None = None
@@ -136,7 +137,7 @@ class DecodedImage:
 
 
 def digest(data: bytes | memoryview) -> bytes:
-    """The content digest used everywhere in vdc_torch (BLAKE2b, 16 bytes)."""
+    """The digest of a file's bytes (``byte_digest``; BLAKE2b, 16 bytes), also the fingerprint cache's key."""
     return hashlib.blake2b(data, digest_size=16).digest()
 
 

@@ -9,9 +9,9 @@ too large to hold twice are fingerprinted (see ``decode_bytes``).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 
+import blake3
 import numpy as np
 from PIL import Image
 
@@ -24,8 +24,23 @@ BAND_PIXELS = 1 << 20
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
 
+#: Bytes of a pixel digest.
+PIXEL_DIGEST_SIZE = 16
+
 #: Float pixels may stray this far outside [0, 1] (rounding in resize/colour transforms) and still count as images.
 FLOAT_PIXEL_TOLERANCE = 1e-3
+
+
+def pixel_digest(data: bytes | memoryview | np.ndarray) -> bytes:
+    """The digest of decoded RGB pixels (``pixel_digest``; BLAKE3, 16 bytes), since fingerprint version 6.
+
+    BLAKE3 is a cryptographic hash, like the BLAKE2b of version 5, so no crafted image can pass for another's
+    pixels; it runs at ~7 GB/s on one core here against BLAKE2b's 0.9 GB/s, which was 10-15 % of fingerprinting
+    a large PNG. ``data`` is hashed as its bytes in C order.
+    """
+    if isinstance(data, np.ndarray):
+        data = np.ascontiguousarray(data).data
+    return blake3.blake3(data).digest(PIXEL_DIGEST_SIZE)
 
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:
@@ -43,8 +58,8 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
 
 
 def reduced_rgb(image: Image.Image, factor: int) -> tuple[np.ndarray, bytes]:
-    """``image`` as RGB reduced ``factor`` times in each direction (box average), and the BLAKE2b-128 digest of its
-    full-size RGB pixels (the same digest as ``digest(to_rgb_array(image))``), without the full-size RGB in memory.
+    """``image`` as RGB reduced ``factor`` times in each direction (box average), and the :func:`pixel_digest` of its
+    full-size RGB pixels (the same as ``pixel_digest(to_rgb_array(image))``), without the full-size RGB in memory.
 
     The output is ``(height // factor, width // factor, 3)``: the last ``height % factor`` rows and
     ``width % factor`` columns (fewer than ``factor`` pixels) are left out of the reduced copy, not of the digest.
@@ -56,7 +71,7 @@ def reduced_rgb(image: Image.Image, factor: int) -> tuple[np.ndarray, bytes]:
     if factor < 1 or out_w < 1 or out_h < 1:
         raise ValueError(f"cannot reduce a {width}x{height} image {factor} times")
     out = np.empty((out_h, out_w, 3), np.uint8)
-    hasher = hashlib.blake2b(digest_size=16)
+    hasher = blake3.blake3()
     for top, band in _rgb_bands(image, _band_rows(width, factor)):
         hasher.update(np.ascontiguousarray(band).data)
         rows = min(band.shape[0], height - top) // factor
@@ -65,7 +80,7 @@ def reduced_rgb(image: Image.Image, factor: int) -> tuple[np.ndarray, bytes]:
         if rows > 0:
             block = band[: rows * factor, : out_w * factor]
             out[start : start + rows] = cv2.resize(block, (out_w, rows), interpolation=cv2.INTER_AREA)
-    return out, hasher.digest()
+    return out, hasher.digest(PIXEL_DIGEST_SIZE)
 
 
 def _band_rows(width: int, factor: int) -> int:

@@ -46,6 +46,7 @@ from vdc_torch.fingerprints.compute import (
     table_to_bytes,
 )
 from vdc_torch.fingerprints.quality import QUALITY_COLUMNS, quality_of
+from vdc_torch.fingerprints.table import LEGACY_DIGEST_ROWS, LEGACY_FINGERPRINT_VERSIONS
 from vdc_torch.search.candidates import _large_enough_to_align
 from vdc_torch.search.cascade import (
     MATCH_COLUMNS,
@@ -401,6 +402,12 @@ class DatasetGate:
         gate._table = table
         gate.meta = meta
         gate._stored_at, gate._stored_table = origin, table  # what save() may append to
+        legacy = int(meta.get(LEGACY_DIGEST_ROWS, 0) or 0)
+        if legacy and rank == 0:
+            log.warning("%s: %d reference samples hold pixel digests of fingerprint version %s (BLAKE2b); they load "
+                        "and match, but a copy with the same pixels and other file bytes is found as a near "
+                        "duplicate instead of an exact one; rebuild the manifest (`vdc index`) to digest them "
+                        "again", path, legacy, "/".join(map(str, LEGACY_FINGERPRINT_VERSIONS)))
         return gate
 
     def save(self, path: str | os.PathLike[str], *, sharded: bool | None = None) -> Path:

@@ -174,6 +174,7 @@ def _describe_manifest(path: str) -> dict[str, Any]:
     from collections import Counter
 
     from vdc_torch.decision.store.manifest import load_manifest, manifest_info
+    from vdc_torch.fingerprints.table import LEGACY_DIGEST_ROWS
 
     table, meta = load_manifest(path)
     stored = manifest_info(path)
@@ -188,6 +189,10 @@ def _describe_manifest(path: str) -> dict[str, Any]:
         info["shards"] = stored["shards"]
         info["bytes"] = stored["bytes"]
     info["classes"] = dict(sorted(labels.items())) if labels else {}
+    if meta.get(LEGACY_DIGEST_ROWS):
+        info["note"] = (f"{meta[LEGACY_DIGEST_ROWS]} samples hold pixel digests of an older fingerprint version: "
+                        "an identical-pixel copy of them is matched as a near duplicate, not as exact; "
+                        "`vdc index` rebuilds the manifest")
     return info
 
 

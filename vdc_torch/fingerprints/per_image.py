@@ -17,7 +17,7 @@ import numpy as np
 
 from vdc_torch.data.decode import (
     DecodedImage,
-    digest,
+    pixel_digest,
     shrink_to_side,
 )
 from vdc_torch.errors import ImageDecodeError
@@ -135,8 +135,8 @@ def compact_decoded(decoded: DecodedImage) -> DecodedImage:
 
     Fingerprinting a batch then holds one full-size image at a time (the one being decoded), not the whole batch.
     """
-    pixel_digest = decoded.pixel_digest or digest(np.ascontiguousarray(decoded.pixels).data)
-    return dataclasses.replace(decoded, pixels=_working_copy(decoded.pixels), pixel_digest=pixel_digest)
+    digest = decoded.pixel_digest or pixel_digest(decoded.pixels)
+    return dataclasses.replace(decoded, pixels=_working_copy(decoded.pixels), pixel_digest=digest)
 
 
 def _working_copy(pixels: np.ndarray) -> np.ndarray:
@@ -207,7 +207,7 @@ def fingerprint_batch(decoded: Sequence[DecodedImage], extra_hashes: Sequence[st
         out.append(Fingerprint(
             width=d.width,
             height=d.height,
-            pixel_digest=d.pixel_digest or digest(np.ascontiguousarray(d.pixels).data),
+            pixel_digest=d.pixel_digest or pixel_digest(d.pixels),
             phash=int(phashes[i]),
             phash_mirror=int(mirrors[i]),
             phash_whole=wholes.get(i),

@@ -24,8 +24,17 @@ log = logging.getLogger(__name__)
 
 #: Bumped whenever a change alters fingerprint values; manifests of another version are recomputed or refused.
 #: 2: tighter border trimming (BORDER_TOL 12 -> 6, BORDER_MAX_TRIM 0.3 -> 0.45); 3: 27 crop hashes (CROP_BOXES),
-#: small detail images stored raw; 4: phash_whole; 5: crop hashes from float resizes (fingerprint_batch).
-FINGERPRINT_VERSION = 5
+#: small detail images stored raw; 4: phash_whole; 5: crop hashes from float resizes (fingerprint_batch);
+#: 6: pixel digests by BLAKE3 instead of BLAKE2b (``vdc_torch.data.pixels.pixel_digest``), nothing else changed.
+FINGERPRINT_VERSION = 6
+#: Older versions whose manifests still load and match: they differ from :data:`FINGERPRINT_VERSION` only in how
+#: ``pixel_digest`` was computed, so their pixel digests never equal a new one (a copy with the same pixels but
+#: other file bytes is then found by the stages after the exact ones, as a near duplicate) and everything else
+#: compares as before. How many rows carry such digests is kept in the manifest's meta (:data:`LEGACY_DIGEST_ROWS`).
+LEGACY_FINGERPRINT_VERSIONS = (5,)
+READABLE_FINGERPRINT_VERSIONS = (*LEGACY_FINGERPRINT_VERSIONS, FINGERPRINT_VERSION)
+#: Meta key of a saved reference: how many of its first rows hold pixel digests of a legacy version.
+LEGACY_DIGEST_ROWS = "legacy_pixel_digest_rows"
 THUMB_SIDE = 32
 DETAIL_SIDE = 256
 #: Crops whose pHashes are indexed, as ``(keep, top, left)`` fractions of the content: 70, 80 and 90 % of each

@@ -33,6 +33,7 @@ from vdc_torch.data.files import FileKey, file_key
 from vdc_torch.decision.store.manifest import load_manifest, remove_manifest, save_manifest
 from vdc_torch.errors import ManifestError
 from vdc_torch.fingerprints.compute import Fingerprint, FingerprintTable, Problem, compute_fingerprints
+from vdc_torch.fingerprints.table import FINGERPRINT_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,13 @@ class FingerprintCache:
                 table, meta = load_manifest(self.path)
                 if strict and meta.get("kind") != CACHE_KIND:
                     raise ManifestError(f"{str(self.path)!r} is a manifest, not a fingerprint cache")
+                if meta.get("fingerprint_version") != FINGERPRINT_VERSION:  # a legacy version: computed afresh
+                    if meta.get("kind") != CACHE_KIND:
+                        raise ManifestError(f"{str(self.path)!r} holds fingerprints of version "
+                                            f"{meta.get('fingerprint_version')!r}, not {FINGERPRINT_VERSION}")
+                    log.info("fingerprint cache %s is of fingerprint version %s: its samples are fingerprinted "
+                             "again and it is rewritten", self.path, meta.get("fingerprint_version"))
+                    table, meta = FingerprintTable.empty(), {}
                 self._table, self._results = table, _results_in(meta, self.path)  # (older caches kept them here)
             except ManifestError as exc:
                 self.writable = False  # never overwrite a file we cannot read: it may be the user's

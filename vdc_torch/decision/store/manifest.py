@@ -71,7 +71,15 @@ from vdc_torch.decision.store.v1 import (
 )
 from vdc_torch.decision.store.v1 import bytes_for_json as _bytes_for_json
 from vdc_torch.errors import ManifestError
-from vdc_torch.fingerprints.table import CROP_BOXES, FINGERPRINT_VERSION, THUMB_SIDE, FingerprintTable
+from vdc_torch.fingerprints.table import (
+    CROP_BOXES,
+    FINGERPRINT_VERSION,
+    LEGACY_DIGEST_ROWS,
+    LEGACY_FINGERPRINT_VERSIONS,
+    READABLE_FINGERPRINT_VERSIONS,
+    THUMB_SIDE,
+    FingerprintTable,
+)
 
 try:  # POSIX; elsewhere saves are not locked against each other (the rename still keeps them atomic)
     import fcntl
@@ -279,6 +287,7 @@ def save_sharded_manifest(
                         added.sample_index = added.sample_index + shift
                     records.append(_write_shard(folder, added, target))
                     written += records[-1].bytes
+                meta = {**meta, **_with_legacy_rows(current, only_key=True)}
                 index = ShardIndex(FINGERPRINT_VERSION, current.lineage, meta, records)
                 if len(records) > len(current.shards) or current.meta != meta:
                     _sharded.write_index(target, index)
@@ -375,6 +384,17 @@ def _target_and_meta(path: str | os.PathLike[str], meta: dict[str, Any]) -> tupl
     return target, cleaned
 
 
+def _with_legacy_rows(index: ShardIndex, only_key: bool = False) -> dict[str, Any]:
+    """``index.meta`` with :data:`LEGACY_DIGEST_ROWS` set to every row when the index is of a legacy fingerprint
+    version (kept from its meta otherwise), for an index rewritten at today's version; ``only_key``: just that key."""
+    meta = dict(index.meta)
+    if index.fingerprint_version in LEGACY_FINGERPRINT_VERSIONS:
+        meta[LEGACY_DIGEST_ROWS] = max(int(meta.get(LEGACY_DIGEST_ROWS, 0) or 0), index.samples)
+    if only_key:
+        return {LEGACY_DIGEST_ROWS: meta[LEGACY_DIGEST_ROWS]} if LEGACY_DIGEST_ROWS in meta else {}
+    return meta
+
+
 def _write_shard(folder: Path, table: FingerprintTable, index_path: Path) -> ShardRecord:
     """A new shard file of ``table`` in ``folder`` (named so no name repeats), fsynced; its index record."""
     if not folder.is_dir():
@@ -415,8 +435,8 @@ def compact_manifest(path: str | os.PathLike[str], *, lock_timeout: float = DEFA
             check_shard_folder(folder, repr(name))
             if len(index.shards) > 1:
                 table, _, _ = _load_sharded_once(target, repr(name))  # under the lock: no save runs meanwhile
-                index = ShardIndex(FINGERPRINT_VERSION, index.lineage, index.meta, [_write_shard(folder, table,
-                                                                                                 target)])
+                index = ShardIndex(FINGERPRINT_VERSION, index.lineage, _with_legacy_rows(index),
+                                   [_write_shard(folder, table, target)])
                 del table  # the old shards' files are closed once nothing reads them
                 _sharded.write_index(target, index)
             remove_unnamed_shards(folder, {r.file for r in index.shards})
@@ -765,7 +785,7 @@ def _load_sharded_once(source: Path, name: str, part: tuple[int, int] | None = N
                                 f"{int(table.sample_index.max())}, its index says {record.first}..{record.last}")
         tables.append(table)
     table = concat_tables(tables) if tables else FingerprintTable.empty()
-    meta = {**index.meta, "format": INDEX_FORMAT, "format_version": INDEX_VERSION,
+    meta = {**_with_legacy_rows(index), "format": INDEX_FORMAT, "format_version": INDEX_VERSION,
             "fingerprint_version": index.fingerprint_version, "saved_at": index.saved_at, "samples": index.samples}
     if part is None:
         return table, meta, ManifestOrigin(str(real), True, index.lineage, len(table))
@@ -914,11 +934,15 @@ def _read_meta(connection: sqlite3.Connection, name: str) -> tuple[list[tuple[An
         readable = " and ".join(str(v) for v in _READABLE_VERSIONS)
         raise ManifestError(f"{name} has manifest format version {version!r}; this vdc_torch reads versions "
                             f"{readable} ({hint})")
-    if meta.get("fingerprint_version") != FINGERPRINT_VERSION:
+    fingerprint_version = meta.get("fingerprint_version")
+    if isinstance(fingerprint_version, bool) or fingerprint_version not in READABLE_FINGERPRINT_VERSIONS:
         raise ManifestError(
-            f"{name} holds fingerprints of version {meta.get('fingerprint_version')!r}, "
-            f"this vdc_torch computes version {FINGERPRINT_VERSION}: rebuild the manifest"
+            f"{name} holds fingerprints of version {fingerprint_version!r}, this vdc_torch computes version "
+            f"{FINGERPRINT_VERSION} and reads {', '.join(map(str, READABLE_FINGERPRINT_VERSIONS))}: rebuild the "
+            "manifest (`vdc index`)"
         )
+    if fingerprint_version in LEGACY_FINGERPRINT_VERSIONS and isinstance(meta.get("samples"), int):
+        meta[LEGACY_DIGEST_ROWS] = meta["samples"]  # every row of it: see LEGACY_FINGERPRINT_VERSIONS
     if version != schema_version:
         raise ManifestError(f"{name} is corrupted: its meta gives format version {version}, its tables are those "
                             f"of version {schema_version}")

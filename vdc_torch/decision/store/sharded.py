@@ -146,7 +146,7 @@ def _int(value: Any, low: int = 0) -> bool:
 
 def parse_index(data: bytes, name: str) -> ShardIndex:
     """The index in ``data``, checked field by field; anything else is one :class:`ManifestError` naming ``name``."""
-    from vdc_torch.fingerprints.table import FINGERPRINT_VERSION
+    from vdc_torch.fingerprints.table import FINGERPRINT_VERSION, READABLE_FINGERPRINT_VERSIONS
 
     if len(data) > MAX_INDEX_BYTES:
         raise ManifestError(f"{name} is not a vdc_torch manifest: a JSON file of more than {MAX_INDEX_BYTES} bytes")
@@ -174,9 +174,11 @@ def parse_index(data: bytes, name: str) -> ShardIndex:
     if parsed["checksum"] != expected:
         raise ManifestError(f"{name} is corrupted: its index does not match its checksum (damaged or edited after "
                             "saving)")
-    if parsed["fingerprint_version"] != FINGERPRINT_VERSION:
-        raise ManifestError(f"{name} holds fingerprints of version {parsed['fingerprint_version']!r}, this vdc_torch "
-                            f"computes version {FINGERPRINT_VERSION}: rebuild the manifest")
+    fingerprint_version = parsed["fingerprint_version"]
+    if isinstance(fingerprint_version, bool) or fingerprint_version not in READABLE_FINGERPRINT_VERSIONS:
+        raise ManifestError(f"{name} holds fingerprints of version {fingerprint_version!r}, this vdc_torch computes "
+                            f"version {FINGERPRINT_VERSION} and reads "
+                            f"{', '.join(map(str, READABLE_FINGERPRINT_VERSIONS))}: rebuild the manifest (`vdc index`)")
     lineage, meta, shards = parsed["lineage"], parsed["meta"], parsed["shards"]
     if not isinstance(lineage, str) or not re.fullmatch(r"[0-9a-f]{32}", lineage):
         raise ManifestError(f"{name} is corrupted: its index's lineage {lineage!r} is not 32 hex digits")
