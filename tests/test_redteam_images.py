@@ -202,6 +202,21 @@ def test_alpha_band_conversion_equals_whole_image_composite() -> None:
     assert np.array_equal(to_rgb_array(image), expected)
 
 
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_an_opaque_alpha_channel_converts_like_the_composite_and_one_clear_pixel_still_composites(mode: str) -> None:
+    """Many PNGs carry an alpha channel that is 255 everywhere; they skip the composite, with the same pixels."""
+    base = Image.fromarray(photo_array(700, 500)).convert(mode[0] if mode == "LA" else "RGB")
+    image = base.convert(mode)
+    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    assert np.array_equal(to_rgb_array(image), np.asarray(base.convert("RGB")))
+    assert np.array_equal(to_rgb_array(image), np.asarray(Image.alpha_composite(white, image.convert("RGBA"))
+                                                          .convert("RGB")))
+    image.putpixel((3, 4), (0, 0, 0, 0) if mode == "RGBA" else (0, 0))
+    assert to_rgb_array(image)[4, 3].tolist() == [255, 255, 255]
+    assert np.array_equal(to_rgb_array(image), np.asarray(Image.alpha_composite(white, image.convert("RGBA"))
+                                                          .convert("RGB")))
+
+
 @pytest.fixture(scope="module")
 def huge_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """81-megapixel images of a real photo, each a few hundred KB on disk."""
