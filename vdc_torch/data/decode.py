@@ -1,7 +1,9 @@
 """Stage 1 of the data flow: one safe read and decode of one sample.
 
 ``decode_file`` reads a file's bytes exactly once, digests them, parses the EXIF identity and decodes
-the pixels (DCT-reduced for large JPEGs, EXIF orientation applied) into an RGB ``uint8`` array.
+the pixels (DCT-reduced for large JPEGs, EXIF orientation applied) into an RGB ``uint8`` array. Pillow opens
+and checks every file; small JPEGs are decoded by torchvision's libjpeg and plain 8-bit PNGs by OpenCV
+(:mod:`vdc_torch.data.png`), each giving Pillow's pixels exactly and falling back to Pillow for anything else.
 ``decode_object`` does the same for in-memory samples (PIL images, tensors, arrays). Every failure is an
 :class:`~vdc_torch.errors.ImageDecodeError` whose message names the file and the reason; a malformed EXIF
 block is *not* a failure: the pixels are used and the problem is recorded in ``DecodedImage.warnings``.
@@ -56,8 +58,10 @@ from vdc_torch.data.pixels import (  # noqa: F401 - re-exported where they were 
     check_unit_range,
     pixel_digest,
     reduced_rgb,
+    reduced_rgb_array,
     to_rgb_array,
 )
+from vdc_torch.data.png import opencv_png
 from vdc_torch.errors import ImageDecodeError
 
 log = logging.getLogger(__name__)
@@ -170,7 +174,7 @@ def shrink_to_side(image: np.ndarray, side: int) -> np.ndarray:
     scale = min(1.0, side / max(h, w))
     if scale >= 1.0:
         return image
-    import cv2  # (decoding itself is Pillow's: OpenCV only where an image is resized)
+    import cv2
 
     return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
@@ -358,7 +362,9 @@ def _decode_bytes(data: bytes, name: str, decode_side: int | None, max_pixels: i
         early = [str(w.message) for w in opening if not issubclass(w.category, Image.DecompressionBombWarning)]
         exif_early = [m for m in early if "exif" in m.lower() or "tag" in m.lower()]
         other_early = list(dict.fromkeys(m for m in early if m not in exif_early))
-        exif_identity, orientation = _read_exif_identity(image, problems, exif_early)
+        by_opencv = opencv_png(image, data, max_rgba_pixels=DEFAULT_REDUCE_ABOVE_PIXELS)
+        exif_of = image if by_opencv is None else _ExifOnly(by_opencv[1])  # (a PNG's getexif() decodes it)
+        exif_identity, orientation = _read_exif_identity(exif_of, problems, exif_early)
         if other_early:
             problems.append(f"header oddities ignored: {'; '.join(other_early[:4])}")
         problems = [f"{name}: {p}" for p in problems]
@@ -377,8 +383,11 @@ def _decode_bytes(data: bytes, name: str, decode_side: int | None, max_pixels: i
                 scale = min(width, height) / decode_side
                 image.draft("RGB", (max(1, int(width / scale)), max(1, int(height / scale))))
             try:
-                image.load()
-                pixels, pixel_digest = _converted(image, decode_side if fmt != "JPEG" else None)
+                if by_opencv is None:
+                    image.load()
+                    pixels, pixel_digest = _converted(image, decode_side if fmt != "JPEG" else None)
+                else:
+                    pixels, pixel_digest = _converted(by_opencv[0], decode_side)
             except Image.DecompressionBombError as exc:
                 raise ImageDecodeError(f"{name}: refused as a decompression bomb ({exc})") from exc
             except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError) as exc:
@@ -395,14 +404,14 @@ def _decode_bytes(data: bytes, name: str, decode_side: int | None, max_pixels: i
     )
 
 
-def _converted(image: Image.Image, decode_side: int | None) -> tuple[np.ndarray, bytes | None]:
-    """RGB pixels of a loaded image, reduced when it is large (:data:`DEFAULT_REDUCE_ABOVE_PIXELS`), with the
-    full-size pixels' digest when they were reduced."""
-    width, height = image.size
+def _converted(image: Image.Image | np.ndarray, decode_side: int | None) -> tuple[np.ndarray, bytes | None]:
+    """RGB pixels of a loaded image (or of an RGB array), reduced when it is large
+    (:data:`DEFAULT_REDUCE_ABOVE_PIXELS`), with the full-size pixels' digest when they were reduced."""
+    width, height = image.size if isinstance(image, Image.Image) else (image.shape[1], image.shape[0])
     if decode_side and width * height > DEFAULT_REDUCE_ABOVE_PIXELS and min(width, height) > 2 * decode_side:
         factor = min(8, min(width, height) // decode_side)
-        return reduced_rgb(image, factor)
-    return to_rgb_array(image), None
+        return reduced_rgb(image, factor) if isinstance(image, Image.Image) else reduced_rgb_array(image, factor)
+    return (to_rgb_array(image) if isinstance(image, Image.Image) else image), None
 
 
 @functools.lru_cache(maxsize=1)

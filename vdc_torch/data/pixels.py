@@ -83,6 +83,19 @@ def reduced_rgb(image: Image.Image, factor: int) -> tuple[np.ndarray, bytes]:
     return out, hasher.digest(PIXEL_DIGEST_SIZE)
 
 
+def reduced_rgb_array(pixels: np.ndarray, factor: int) -> tuple[np.ndarray, bytes]:
+    """:func:`reduced_rgb` of pixels already decoded into an (H, W, 3) ``uint8`` RGB array: the same reduced copy
+    (a box average over the same ``factor`` x ``factor`` blocks) and the same full-size :func:`pixel_digest`."""
+    import cv2
+
+    height, width = pixels.shape[:2]
+    out_w, out_h = width // factor, height // factor
+    if factor < 1 or out_w < 1 or out_h < 1:
+        raise ValueError(f"cannot reduce a {width}x{height} image {factor} times")
+    block = pixels[: out_h * factor, : out_w * factor]
+    return cv2.resize(block, (out_w, out_h), interpolation=cv2.INTER_AREA), pixel_digest(pixels)
+
+
 def _band_rows(width: int, factor: int) -> int:
     """Rows per band: about :data:`BAND_PIXELS` pixels, a multiple of ``factor``."""
     rows = max(1, BAND_PIXELS // max(1, width))
