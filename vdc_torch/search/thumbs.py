@@ -107,7 +107,7 @@ def saturation_matched_difference(new_chroma: np.ndarray, ref_chroma: np.ndarray
 
 
 #: Candidate pairs a ThumbVerifier compares at once: 27k pHash candidates at 1M x 100k took +1.0 GB in one go.
-THUMB_BLOCK = 4096
+THUMB_BLOCK = 1024
 
 
 def _threaded_map(fn: Callable[[Any], Any], parts: list[Any], workers: int) -> list[Any]:
