@@ -560,15 +560,16 @@ class DatasetGate:
         ``"unreadable"`` (with the reason in ``evidence``) for an image that could not be decoded. The first call
         builds the reference's indexes and keeps them (about 1.5 KB per reference image); later calls cost their
         images' fingerprints and the index look-ups. No dataset is built and no worker process started.
+
+        With the reference split across ``torch.distributed`` ranks (see :meth:`check`) the call is collective:
+        every rank passes the same images and gets the same frame, the one a single process holding the whole
+        reference returns; each rank keeps the indexes of its own part only.
         """
         from vdc_torch.decision.query import query_reference
 
         ref = self.reference_table
-        if self._shard is not None:
-            raise ValueError("query() needs the whole reference in one process: load the gate with "
-                             "split_reference=False (or outside a process group)")
         if self._query_index is None or self._query_index.ref is not ref:
-            self._query_index = ReferenceIndex(ref, keep=True)
+            self._query_index = ReferenceIndex(ref, keep=True, shard=self._shard)
             self._query_embeddings = None
         embed = None
         if self.encoder is not None:

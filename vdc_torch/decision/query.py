@@ -5,6 +5,10 @@ against a :class:`~vdc_torch.search.reference_index.ReferenceIndex` that keeps i
 its cost is the images' own fingerprints plus the index look-ups and the verification of their few candidates,
 not a pass over the reference. The answer for an image is the one :meth:`DatasetGate.check` gives the same image
 (the same stages, radii and tie-breaks), without the internal-duplicate pass and without a decision.
+
+With the reference split across ``torch.distributed`` ranks a query is collective: every rank passes the same
+images, rank 0 decodes and fingerprints them and sends the fingerprints to the others, each rank looks them up in
+its own part, and every rank gets the answer one process holding the whole reference gives.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vdc_torch.collective import all_gather_bytes, all_gather_json
 from vdc_torch.errors import InvalidParameterError
-from vdc_torch.fingerprints.compute import fingerprint_stream
+from vdc_torch.fingerprints.compute import FingerprintTable, fingerprint_stream
+from vdc_torch.fingerprints.table import Problem, table_from_bytes, table_to_bytes
 from vdc_torch.search.cascade import match_tables
 from vdc_torch.search.config import MatchConfig
 from vdc_torch.search.reference_index import ReferenceIndex
+from vdc_torch.search.shards import ReferenceShard
 
 #: Columns of the frame :meth:`DatasetGate.query` returns, one row per query image in input order.
 QUERY_COLUMNS = ("query", "name", "seen", "kind", "method", "score", "evidence", "ref_index", "ref_path",
@@ -51,28 +58,27 @@ def query_reference(index: ReferenceIndex, images: Any, config: MatchConfig, cou
                     embed: Any = None) -> pd.DataFrame:
     """The best reference match of each image (:data:`QUERY_COLUMNS`); ``counted_kinds`` are the kinds that count
     as seen (the gate's policy); ``embed`` maps thumbnails to embeddings when the gate has an encoder (then it
-    returns the query's and the kept reference's embeddings)."""
+    returns the query's and the kept reference's embeddings). Collective when ``index.shard`` is split."""
     items = _items(images)
     names = [_name(item, i) for i, item in enumerate(items)]
-
-    def stream() -> Iterator[tuple[int, str, Any]]:
-        yield from ((i, name, item) for i, (name, item) in enumerate(zip(names, items)))
-
-    table, problems = fingerprint_stream(stream())
-    table.paths = [names[i] for i in table.sample_index.tolist()]
+    shard = index.shard if index.shard is not None and index.shard.split else None
+    table, problems = _fingerprinted(items, names, shard)
     ref = index.ref
+    n_ref = len(ref) if shard is None else shard.total
     new_emb = ref_emb = None
-    if embed is not None and len(table) and len(ref):
+    if embed is not None and len(table) and n_ref:
         new_emb, ref_emb = embed(table.thumbs)
-    found = match_tables(table, ref, config, ref_index=index, new_embeddings=new_emb, ref_embeddings=ref_emb) \
-        if len(table) and len(ref) else pd.DataFrame(columns=["new_row", "ref_row"])
+    found = match_tables(table, ref, config, ref_index=index, new_embeddings=new_emb, ref_embeddings=ref_emb,
+                         shard=shard) if len(table) and n_ref else pd.DataFrame(columns=["new_row", "ref_row"])
+    described = _reference_rows(found["ref_row"].to_numpy(np.int64), ref, shard)
     by_position: dict[int, dict[str, Any]] = {}
     for row in found.itertuples(index=False):
-        q, r = int(row.new_row), int(row.ref_row)
+        q = int(row.new_row)
+        ref_index, ref_path, ref_label = described[int(row.ref_row)]
         by_position[int(table.sample_index[q])] = {
             "seen": row.kind in counted_kinds, "kind": row.kind, "method": row.method,
-            "score": round(float(row.score), 4), "evidence": row.evidence, "ref_index": int(ref.sample_index[r]),
-            "ref_path": ref.paths[r], "ref_label": ref.labels[r],
+            "score": round(float(row.score), 4), "evidence": row.evidence, "ref_index": ref_index,
+            "ref_path": ref_path, "ref_label": ref_label,
         }
     unreadable = {p.index: p.reason for p in problems if p.fatal}
     records = []
@@ -87,3 +93,46 @@ def query_reference(index: ReferenceIndex, images: Any, config: MatchConfig, cou
     dtypes = {"query": np.int64, "seen": bool, "score": np.float64, "ref_index": "Int64"}
     return pd.DataFrame({column: pd.Series([r[column] for r in records], dtype=dtypes.get(column, object))
                          for column in QUERY_COLUMNS})
+
+
+def _fingerprinted(items: list[Any], names: list[str], shard: ReferenceShard | None,
+                   ) -> tuple[FingerprintTable, list[Problem]]:
+    """The fingerprints of the query images (one decode each) and their problems; with a split ``shard``, rank 0's,
+    sent to every rank, after checking that every rank asks about the same images (collective)."""
+    if shard is not None:
+        asked = all_gather_json(names)
+        if any(other != names for other in asked):
+            counts = ", ".join(f"rank {rank}: {len(other)}" for rank, other in enumerate(asked))
+            raise InvalidParameterError(
+                "query() with the reference split across ranks is collective: every rank must pass the same images "
+                f"in the same order (images per rank: {counts})"
+            )
+    if shard is None or shard.rank == 0:
+        def stream() -> Iterator[tuple[int, str, Any]]:
+            yield from ((i, name, item) for i, (name, item) in enumerate(zip(names, items)))
+
+        table, problems = fingerprint_stream(stream())
+        table.paths = [names[i] for i in table.sample_index.tolist()]
+    if shard is None:
+        return table, problems
+    blob = table_to_bytes(table) if shard.rank == 0 else b""
+    table = table_from_bytes(all_gather_bytes(blob)[0])
+    problems = [Problem(**p) for p in all_gather_json([p.to_dict() for p in problems] if shard.rank == 0 else [])[0]]
+    return table, problems
+
+
+def _reference_rows(rows: np.ndarray, ref: FingerprintTable, shard: ReferenceShard | None,
+                    ) -> dict[int, tuple[int, str, Any]]:
+    """``(sample index, path, label)`` of reference ``rows``; with a split ``shard`` the rows are global, described
+    by the ranks that hold them and sent to every rank (collective)."""
+    if shard is None:
+        return {int(r): (int(ref.sample_index[r]), ref.paths[r], ref.labels[r]) for r in rows.tolist()}
+    mine, local = shard.owned(rows)
+    held = [[int(g), int(ref.sample_index[r]), ref.paths[r], _plain(ref.labels[r])]
+            for g, r in zip(rows[mine].tolist(), local.tolist())]
+    return {g: (i, path, label) for part in all_gather_json(held) for g, i, path, label in part}
+
+
+def _plain(label: Any) -> Any:
+    """A label as JSON holds it (a numpy scalar as its Python value)."""
+    return label.item() if isinstance(label, np.generic) else label
