@@ -384,6 +384,33 @@ def test_two_processes_appending_at_once_both_land(drops: list[Path], tmp_path: 
     assert sorted(table.pixel_digest) == sorted(sum((t.pixel_digest for t in singles.values()), []))
 
 
+def test_a_per_rank_append_keeps_another_jobs_rows_and_numbers_past_them(drops: list[Path], tmp_path: Path) -> None:
+    """save_manifest_of_ranks' append path (one rank here): the stored shards stay, another job's append since the
+    load is kept, and the rows this save adds are numbered past it, on disk and in memory."""
+    path = tmp_path / "m.vdc"
+    DatasetGate(reference=str(drops[0]), workers=0).save(path, sharded=True)
+    table, meta, origin = load_manifest_origin(path)
+    other = DatasetGate.load(path, workers=0)  # another job appends drop 2 meanwhile
+    other.update(str(drops[1]))
+    other.save(path)
+    before = shard_files(path)
+    added = DatasetGate(reference=str(drops[2]), workers=0).reference_table
+    added.sample_index = added.sample_index + len(table)  # numbered after what this job loaded: 8..11
+    grown = concat_tables([table, added])
+    saved = save_manifest_of_ranks(path, grown, {"reference_root": "r"}, append_after=(origin.lineage, origin.rows))
+    assert saved.appended and saved.first_row == 8 and saved.shift == 4 and saved.shards == 3
+    assert saved.origin.lineage == origin.lineage
+    after = shard_files(path)
+    assert all(after[name] == before[name] for name in before) and len(after) == 3
+    stored = load_manifest(path)[0]
+    assert len(stored) == 16 and sorted(stored.sample_index.tolist()) == list(range(16))
+    assert grown.sample_index[8:].tolist() == [12, 13, 14, 15]  # in memory too
+    assert rows(stored.rows(range(12, 16))) == rows(grown.rows(range(8, 12)))
+    fresh = save_manifest_of_ranks(path, grown, {}, append_after=("another lineage", 8))
+    assert not fresh.appended and fresh.shards == 1 and fresh.origin.lineage != origin.lineage
+    assert len(load_manifest(path)[0]) == 12 and len(shard_files(path)) == 1
+
+
 # -- the command line ----------------------------------------------------------------------------------------
 
 

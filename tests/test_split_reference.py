@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -167,3 +168,106 @@ def test_two_ranks_holding_half_the_reference_each_decide_as_one_process(data: d
     whole = match_tables(new, ref).to_json(orient="split", double_precision=15)
     assert ranks[0]["synthetic"] == ranks[1]["synthetic"] == whole
     assert len(json.loads(whole)["data"]) >= truth["exact"] + truth["near"]
+
+
+UPDATE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import torch.distributed as dist
+    from vdc_torch import DatasetGate
+    from vdc_torch.errors import InvalidParameterError
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    manifest, extra, out, new = sys.argv[1:5]
+    queries = sys.argv[5:]
+    result = {}
+    gate = DatasetGate.load(manifest, workers=0)
+    result["rows"] = len(gate.reference_table)
+    result["query"] = gate.query(queries).to_json(orient="split")
+    try:
+        gate.query(queries[: 2 + rank])  # the ranks ask about different images: an error on every rank
+        result["mismatch"] = "answered"
+    except InvalidParameterError as exc:
+        result["mismatch"] = str(exc)
+    result["added"] = gate.update(extra)
+    result["rows_after"] = len(gate.reference_table)
+    result["check"] = json.loads(gate.check(new).to_json())
+    result["query_after"] = gate.query(queries).to_json(orient="split")
+    gate.save(manifest)
+    result["saved_rows"] = len(gate)
+    with open(f"{out}/update{rank}.json", "w") as handle:
+        json.dump(result, handle)
+    dist.destroy_process_group()
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def two_shards(data: dict[str, Path]) -> dict[str, Path]:
+    """A sharded manifest of two shards (half the photos reference each) and a drop to add: the novel photos."""
+    work = data["out"] / "update"
+    files = sorted(data["photos_ref"].iterdir())
+    halves = [work / "half0", work / "half1"]
+    for i, f in enumerate(files):
+        halves[i % 2].mkdir(parents=True, exist_ok=True)
+        os.link(f, halves[i % 2] / f.name)
+    extra = work / "extra"
+    extra.mkdir()
+    for f in sorted(data["photos_new"].glob("n*")):
+        os.link(f, extra / f.name)
+    manifest = work / "ref.vdc"
+    gate = DatasetGate(reference=halves[0], workers=0)
+    gate.save(manifest, sharded=True)
+    gate.update(halves[1])
+    gate.save(manifest)
+    return {"manifest": manifest, "extra": extra, "work": work}
+
+
+def test_two_ranks_answer_queries_and_append_an_update_as_one_process(data: dict[str, Path],
+                                                                      two_shards: dict[str, Path]) -> None:
+    work, manifest, extra = two_shards["work"], two_shards["manifest"], two_shards["extra"]
+    before = work / "before"
+    before.mkdir()
+    shutil.copy(manifest, before / manifest.name)
+    shutil.copytree(manifest.with_name(manifest.name + ".shards"), before / (manifest.name + ".shards"))
+    stored = {p.name: p.read_bytes() for p in manifest.with_name(manifest.name + ".shards").iterdir()}
+    queries = [str(p) for p in sorted(data["photos_new"].iterdir())]
+    script = work / "update.py"
+    script.write_text(UPDATE_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(script), str(manifest), str(extra), str(work), str(data["photos_new"]), *queries], env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [json.loads((work / f"update{r}.json").read_text()) for r in (0, 1)]
+
+    single = DatasetGate.load(before / manifest.name, workers=0)
+    total = len(single.reference_table)
+    assert 0 < ranks[0]["rows"] < total and ranks[0]["rows"] + ranks[1]["rows"] == total  # each holds its part
+    answers = single.query(queries)
+    assert ranks[0]["query"] == ranks[1]["query"] == answers.to_json(orient="split")
+    assert answers["seen"].sum() >= 20 and (~answers["seen"]).sum() >= len(list(extra.iterdir()))
+    for r in ranks:
+        assert "every rank must pass the same images" in r["mismatch"] and "rank 1: 3" in r["mismatch"]
+
+    added = single.update(extra)
+    assert ranks[0]["added"] == ranks[1]["added"] == added == len(list(extra.iterdir()))
+    assert ranks[0]["rows_after"] + ranks[1]["rows_after"] == total + added
+    after = single.query(queries)
+    assert ranks[0]["query_after"] == ranks[1]["query_after"] == after.to_json(orient="split")
+    novel = [q for q in queries if Path(q).name.startswith("n")]
+    assert after.set_index("name").loc[novel, "kind"].eq("exact").all()  # the added photos are now seen
+
+    decided = json.loads(single.check(data["photos_new"]).to_json())
+    assert ranks[0]["check"] == ranks[1]["check"] == decided
+    assert decided["counts"]["exact"] >= len(novel)
+
+    # the save appended one shard per rank and left the stored shards as they were
+    assert manifest_info(manifest)["shards"] == len(stored) + 2
+    shards = {p.name: p.read_bytes() for p in manifest.with_name(manifest.name + ".shards").iterdir()}
+    assert all(shards[name] == content for name, content in stored.items())
+    reloaded = DatasetGate.load(manifest, workers=0)
+    assert len(reloaded.reference_table) == total + added
+    assert reloaded.query(queries).to_json(orient="split") == after.to_json(orient="split")
+    assert json.loads(reloaded.check(data["photos_new"]).to_json()) == decided

@@ -427,14 +427,19 @@ class DatasetGate:
         """
         table = self.reference_table  # fingerprints first: computing them records the reference root
         meta = {k: v for k, v in self.meta.items() if k not in ("format", "format_version", "saved_at", "samples")}
+        target = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
+        origin: ManifestOrigin | None = getattr(self, "_stored_at", None)
         if self._shard is not None:  # split across ranks: one shard per rank, one index (collective)
             if sharded is False:
                 raise ValueError("save(sharded=False) of a reference split across ranks: a single file would need "
                                  "every rank's rows in one process; save it sharded (one shard per rank), or build "
                                  "the gate with split_reference=False")
-            return Path(save_manifest_of_ranks(path, table, meta).path)
-        target = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
-        origin: ManifestOrigin | None = getattr(self, "_stored_at", None)
+            grown = (origin is not None and origin.sharded and origin.lineage is not None
+                     and getattr(self, "_stored_table", None) is table and origin.path == os.path.realpath(target))
+            saved = save_manifest_of_ranks(target, table, meta,
+                                           append_after=(origin.lineage, origin.rows) if grown else None)  # type: ignore
+            self._stored_at, self._stored_table = saved.origin, table
+            return Path(saved.origin.path)
         if sharded is None:
             sharded = is_index_file(target) or (
                 not target.exists() and origin is not None and origin.sharded)
@@ -470,19 +475,33 @@ class DatasetGate:
 
         Rows stored in a manifest stay there (read on demand), so updating a loaded 1M-image reference does not
         read its thumbnails; :meth:`save` to a sharded manifest then writes only the added rows.
+
+        With the reference split across ``torch.distributed`` ranks the call is collective: the ranks fingerprint
+        the drop together, each keeps one consecutive block of its rows (the reference's rows stay in the order one
+        process would give them), and a :meth:`save` to the sharded manifest the gate was loaded from (or saved to)
+        then writes one new shard per rank of its added rows and leaves the stored shards as they are.
         """
         base = self.reference_table
-        if self._shard is not None:
-            raise ValueError("update() of a reference split across ranks: update it from a single process "
-                             "(or with split_reference=False) and save a sharded manifest, which ranks load in parts")
         table, problems, _ = self._fingerprint(as_dataset(dataset), "update")
-        table.sample_index = table.sample_index + (int(base.sample_index.max()) + 1 if len(base) else 0)
+        added = len(table)
+        if self._shard is None:
+            table.sample_index = table.sample_index + (int(base.sample_index.max()) + 1 if len(base) else 0)
+        else:  # every rank fingerprinted its share and holds the whole drop (gathered): it keeps one block of it
+            shard = self._shard
+            (last,) = all_gather_arrays(np.asarray([int(base.sample_index.max()) if len(base) else -1], np.int64))
+            table.sample_index = table.sample_index + int(last.max()) + 1
+            block = np.arange(shard.rank * added // shard.world, (shard.rank + 1) * added // shard.world)
+            table = table.rows(block)
         grown = getattr(self, "_stored_table", None) is base
         self._table = concat_tables([base, table])
+        if self._shard is not None:
+            self._shard = ReferenceShard.across_ranks(np.concatenate([self._shard.rows, self._shard.total + block]),
+                                                      self._table)
         if grown:  # only grown since it was loaded or saved: save() may append
             self._stored_table = self._table
         self.reference_problems.extend(problems)
-        return len(table)
+        self._query_index = None
+        return added
 
     # -- the check -------------------------------------------------------------------------------------------
     def check(self, new_dataset: Any) -> Decision:

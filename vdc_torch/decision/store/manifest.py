@@ -310,10 +310,18 @@ def save_manifest_of_ranks(
     table: FingerprintTable,
     meta: dict[str, Any],
     *,
+    append_after: tuple[str, int] | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
-) -> ManifestOrigin:
-    """Write a reference split across ``torch.distributed`` ranks as a fresh sharded manifest at ``path``: one shard
-    per rank (this rank's ``table``), named by one index in rank order (collective; every rank calls it).
+) -> ShardedSave:
+    """Write a reference split across ``torch.distributed`` ranks as a sharded manifest at ``path``: one shard per
+    rank (this rank's ``table``), named by one index in rank order (collective; every rank calls it).
+
+    ``append_after=(lineage, rows)`` (the same lineage on every rank, ``rows`` this rank's): the first ``rows`` rows
+    of each rank's ``table`` are stored already in the index of that lineage. When the index at ``path`` is of that
+    lineage (read under the lock, so another job's appends since are kept), each rank writes only its later rows,
+    as one new shard, and the index names them after the shards it named (rank order); their ``sample_index`` is
+    shifted past every stored one if another job appended meanwhile (``shift``, the same on every rank). Otherwise
+    a fresh index is written naming one shard of each rank's whole ``table``.
 
     Rank 0 holds the manifest's lock throughout, so no other saver sees the half-written set; each rank writes and
     fsyncs its own shard; rank 0 then replaces the index atomically and removes the shards no index names. A rank
@@ -332,7 +340,7 @@ def save_manifest_of_ranks(
             raise ManifestError(f"cannot save manifest {name!r} from {world} ranks: {errors[0]}")
 
     with contextlib.ExitStack() as stack:
-        error = None
+        error, current = None, None
         if rank == 0:
             try:
                 with _os_errors_named("save manifest", name):
@@ -344,30 +352,59 @@ def save_manifest_of_ranks(
                     if not folder.is_dir():
                         folder.mkdir()
                         _fsync_dir(folder.parent)
+                    if append_after is not None and is_index_file(target):
+                        try:
+                            current, _ = read_index(target, repr(name))
+                        except ManifestError as exc:
+                            log.warning("%s; writing a fresh index over it", exc)  # rewriting repairs it
             except ManifestError as exc:
                 error = str(exc)
         agree(error)
+        # whether to append, and past which sample index the added rows go: rank 0 read the index, every rank needs it
+        first_row = append_after[1] if append_after is not None and 0 <= append_after[1] <= len(table) else -1
+        added_from = int(table.sample_index[first_row:].min()) if 0 <= first_row < len(table) else None
+        asked = all_gather_json([append_after[0] if append_after is not None else None, first_row, added_from])
+        appending = (current is not None and all(lineage == current.lineage and rows >= 0 for lineage, rows, _ in asked))
+        stored_last = current.last_sample_index if current is not None else -1
+        lowest = min((a for _, _, a in asked if a is not None), default=stored_last + 1)
+        appending, shift = all_gather_json([appending, max(0, stored_last + 1 - lowest) if appending else 0])[0]
         record, error = None, None
+        first_row = first_row if appending else 0
         try:
             _check_shapes(table, name)
             with _os_errors_named("save manifest", name):
-                record = _write_shard(folder, table, target)
+                part = table.rows(range(first_row, len(table))) if appending else table
+                if shift:
+                    part.sample_index = part.sample_index + shift
+                record = _write_shard(folder, part, target) if len(part) or not appending else None
         except ManifestError as exc:
             error = f"rank {rank}: {exc}"
         records = all_gather_json(None if record is None else record.to_json())
         agree(error)
-        error = None
+        error, stored = None, None
         if rank == 0:
             try:
                 with _os_errors_named("save manifest", name):
-                    index = ShardIndex(FINGERPRINT_VERSION, _sharded.new_lineage(), meta,
-                                       [ShardRecord(**r) for r in records if r["samples"]])
-                    _sharded.write_index(target, index)
+                    named = [ShardRecord(**r) for r in records if r is not None and r["samples"]]
+                    if appending and current is not None:
+                        index = ShardIndex(FINGERPRINT_VERSION, current.lineage,
+                                           {**meta, **_with_legacy_rows(current, only_key=True)},
+                                           [*current.shards, *named])
+                    else:
+                        index = ShardIndex(FINGERPRINT_VERSION, _sharded.new_lineage(), meta, named)
+                    if not appending or named or current is None or current.meta != index.meta:
+                        _sharded.write_index(target, index)
                     remove_unnamed_shards(folder, {r.file for r in index.shards})
+                    stored = [index.lineage, len(index.shards), target.stat().st_size]
             except ManifestError as exc:
                 error = str(exc)
         agree(error)
-    return ManifestOrigin(str(target), True, None, len(table))
+        lineage, shards, index_bytes = all_gather_json(stored)[0]
+    if shift:  # stored past another job's rows: so are they here
+        table.sample_index[first_row:] += shift
+    written = (record.bytes if record is not None else 0) + (index_bytes if rank == 0 else 0)
+    origin = ManifestOrigin(str(target), True, lineage, len(table))
+    return ShardedSave(origin, bool(appending), first_row, int(shift), int(shards), written)
 
 
 def _target_and_meta(path: str | os.PathLike[str], meta: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
