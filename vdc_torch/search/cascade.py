@@ -328,57 +328,66 @@ def _quarter_turn_stage(run: _Run, global_index: HammingIndex) -> Candidates:
 
     Each unsettled sample's thumbnail is turned (:func:`turned_thumbs`) and its pHash looked up, then verified on
     the turned thumbnails exactly as a pHash hit is; hits that fail but whose turned gray thumbnail still
-    correlates (``feature_min_thumb_similarity``) go to local features, which are rotation invariant. The samples
-    go through in blocks of :data:`QUARTER_TURN_ROWS` (each sample's answer is its own, so the same matches), so
-    the turned thumbnails, their gray values and DCTs stay a few MB whatever the size of the drop.
+    correlates (``feature_min_thumb_similarity``) go to local features, which are rotation invariant. The turned
+    pHashes are computed :data:`QUARTER_TURN_ROWS` samples at a time and the hits' turned thumbnails read as the
+    checks need them, so the stage holds 8 bytes a sample, not the turned thumbnails of the whole drop.
     """
-    config = run.config
+    new, ref, config = run.new, run.ref, run.config
     empty = np.zeros(0, np.int64)
     open_rows = np.flatnonzero(~run.settled)
     if not config.quarter_turns or not len(open_rows) or not run.n_ref:
         return Candidates(empty, empty, empty, False, True)
-    left: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    left_q, left_r, left_d = [], [], []
     for turns in QUARTER_TURNS:
         open_rows = open_rows[~run.settled[open_rows]]
         if not len(open_rows):
             break
-        found = []
-        for start in range(0, len(open_rows), QUARTER_TURN_ROWS):
-            near, rest = _quarter_turn_block(run, global_index, open_rows[start : start + QUARTER_TURN_ROWS], turns)
-            if len(near):
-                found.append(near)
-            left.append(rest)
-        run.add(pd.concat(found, ignore_index=True) if found else _rows(empty, empty, "near_duplicate", "quarter-turn",
-                                                                         0.0, ""), f"quarter turn {90 * turns}")
-    if not left:
+        codes = np.concatenate([_turned_phashes(new.thumbs, open_rows[start : start + QUARTER_TURN_ROWS], turns)
+                                for start in range(0, len(open_rows), QUARTER_TURN_ROWS)])
+        local, r, dist = global_index.search(codes, config.hash_radius)
+        q = open_rows[local]
+        keep = run.allowed(q, r)
+        local, q, r, dist = local[keep], q[keep], r[keep], dist[keep]
+        verifier = ThumbVerifier(TurnedThumbs(new.thumbs, open_rows, turns), ref.thumbs, config)
+        sim, fine = verifier.similarities(local, r)
+        near = (sim >= config.near_duplicate_similarity) & (fine >= config.min_detail_similarity)
+        evidence = np.asarray([f"the new image turned {90 * turns} degrees counter-clockwise: pHash distance {d}, "
+                               f"thumbnail similarity {s:.3f}, fine-structure similarity {f:.3f}"
+                               for d, s, f in zip(dist, sim, fine)], dtype=object)
+        run.add(_best_per_query(_rows(q[near], r[near], "near_duplicate", "quarter-turn", sim[near], evidence[near])),
+                f"quarter turn {90 * turns}")
+        rest = ~near & (verifier.gray_similarity(local, r) >= config.feature_min_thumb_similarity)
+        left_q.append(q[rest])
+        left_r.append(r[rest])
+        left_d.append(dist[rest])
+    if not left_q:
         return Candidates(empty, empty, empty, False, True)
-    return Candidates(*(np.concatenate(a).astype(np.int64) for a in zip(*left)), False, True)
+    return Candidates(*(np.concatenate(a).astype(np.int64) for a in (left_q, left_r, left_d)), False, True)
 
 
-#: New samples turned and looked up at once by the quarter-turn stage (~10 KB of temporaries each, ~40 MB a block).
+#: Samples whose thumbnails the quarter-turn stage turns and hashes at once (~10 KB of temporaries each).
 QUARTER_TURN_ROWS = 4096
 
 
-def _quarter_turn_block(run: _Run, global_index: HammingIndex, rows: np.ndarray, turns: int,
-                        ) -> tuple[pd.DataFrame, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The quarter-turn stage for new samples ``rows`` turned ``turns`` times: their near-duplicate matches, and the
-    hits left for local features (new rows, reference rows, distances)."""
-    config = run.config
-    thumbs = turned_thumbs(run.new.thumbs, rows, turns)
-    gray = cv2.cvtColor(thumbs.reshape(-1, thumbs.shape[2], 3), cv2.COLOR_RGB2GRAY).reshape(thumbs.shape[:3])
-    local, r, dist = global_index.search(phash_batch(gray), config.hash_radius)
-    q = rows[local]
-    keep = run.allowed(q, r)
-    local, q, r, dist = local[keep], q[keep], r[keep], dist[keep]
-    verifier = ThumbVerifier(thumbs, run.ref.thumbs, config)
-    sim, fine = verifier.similarities(local, r)
-    near = (sim >= config.near_duplicate_similarity) & (fine >= config.min_detail_similarity)
-    evidence = np.asarray([f"the new image turned {90 * turns} degrees counter-clockwise: pHash distance {d}, "
-                           f"thumbnail similarity {s:.3f}, fine-structure similarity {f:.3f}"
-                           for d, s, f in zip(dist, sim, fine)], dtype=object)
-    matches = _best_per_query(_rows(q[near], r[near], "near_duplicate", "quarter-turn", sim[near], evidence[near]))
-    rest = ~near & (verifier.gray_similarity(local, r) >= config.feature_min_thumb_similarity)
-    return matches, (q[rest], r[rest], dist[rest])
+def _turned_phashes(thumbs: Any, rows: np.ndarray, turns: int) -> np.ndarray:
+    """pHashes of the thumbnails of ``rows`` turned ``turns`` quarter turns counter-clockwise."""
+    turned = turned_thumbs(thumbs, rows, turns)
+    gray = cv2.cvtColor(turned.reshape(-1, turned.shape[2], 3), cv2.COLOR_RGB2GRAY).reshape(turned.shape[:3])
+    return phash_batch(gray)
+
+
+class TurnedThumbs:
+    """The thumbnails of ``rows`` of a column, turned ``turns`` quarter turns, read (and turned) on demand: item
+    ``i`` is row ``rows[i]`` turned."""
+
+    def __init__(self, thumbs: Any, rows: np.ndarray, turns: int) -> None:
+        self.thumbs, self.rows, self.turns = thumbs, rows, turns
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, items: Any) -> np.ndarray:
+        return turned_thumbs(self.thumbs, np.atleast_1d(self.rows[items]), self.turns)
 
 
 def _feature_stages(run: _Run, feature_candidates: list[Candidates], global_index: HammingIndex) -> None:
