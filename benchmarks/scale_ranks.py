@@ -8,15 +8,18 @@ Run::
 
 Each rank builds only its own part of a synthetic reference (consecutive rows, generated block by block from seeded
 generators, so any rank can build any block; shaped like ``speed_matching.make_tables``: random pHashes, mirror
-and crop hashes, digests; CIFAR-sized pictures, so the alignment stages do not run) and the whole new table (what
-ranks hold after fingerprinting is gathered): 1 % exact copies, 3 % near-duplicates, 0.5 % mirror images of
-reference rows spread over the whole reference. It then runs ``match_tables(new, part, MatchConfig(use_features=False),
-shard=...)`` — the configuration of the 1M x 100k matching benchmark — under ``torchrun --nproc_per_node=W``.
-Thumbnails of the reference are generated on demand (a column that makes a row's thumbnail from its seed), since
-4M stored thumbnails would be 12 GB: the cascade only reads the thumbnails of candidate pairs. Peak memory is
-``VmHWM`` restarted after the part is built, so it is the matching's, with the part and the new table held;
-bytes are what each rank sent and received through the collectives. The match table's SHA-256 must be the same
-for every W.
+and crop hashes, digests; CIFAR-sized pictures, so the alignment stages do not run) and the new table (1 % exact
+copies, 3 % near-duplicates, 0.5 % mirror images of reference rows spread over the whole reference), of which it
+keeps its share, rows ``rank, rank + W, ...`` — what a rank holds after fingerprinting its share of a drop. It then
+runs the distributed check's cross matching, ``match_split_drop(drop, part, shard, MatchConfig(use_features=False),
+internal=False)`` (the drop gathered 16,384 rows at a time, each chunk matched against the rank's part; the
+configuration of the 1M x 100k matching benchmark), under ``torchrun --nproc_per_node=W``; W = 1 runs
+``match_tables(new, part, ...)`` on the whole table, as one process does. Thumbnails of the reference are generated
+on demand (a column that makes a row's thumbnail from its seed), since 4M stored thumbnails would be 12 GB: the
+cascade only reads the thumbnails of candidate pairs. Peak memory is ``VmHWM`` restarted after the part is built,
+so it is the matching's, with the part and the rank's share of the drop held; bytes are what each rank sent and
+received through the collectives (the drop's chunks among them). The match table's SHA-256 must be the same for
+every W.
 """
 
 from __future__ import annotations
@@ -159,6 +162,7 @@ def worker(args: argparse.Namespace) -> None:
     from vdc_torch.fingerprints.compute import FingerprintTable
     from vdc_torch.search.cascade import MatchConfig, match_tables
     from vdc_torch.search.shards import ReferenceShard
+    from vdc_torch.search.split_drop import SplitDrop, match_split_drop
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -181,6 +185,10 @@ def worker(args: argparse.Namespace) -> None:
     part = FingerprintTable.concat([p for p in parts]) if parts else None
     part.thumbs = GeneratedThumbs(np.arange(lo, hi), args.seed)
     new, truth = new_table(args.n_ref, args.n_new, args.seed)
+    if world > 1:  # a rank keeps its share of the drop, as after fingerprinting it (the check gathers it in chunks)
+        own_rows = np.arange(rank, args.n_new, world)
+        drop = SplitDrop(new.rows(own_rows), own_rows, args.n_new)
+        del new
     build_s = time.perf_counter() - started
     dist.barrier()
     reset_peak_rss()
@@ -188,7 +196,11 @@ def worker(args: argparse.Namespace) -> None:
     sent0, received0 = collective.traffic["sent"], collective.traffic["received"]
     started = time.perf_counter()
     shard = ReferenceShard.across_ranks(np.arange(lo, hi), part)
-    matches = match_tables(new, part, MatchConfig(use_features=False), shard=shard if world > 1 else None)
+    config = MatchConfig(use_features=False)
+    if world > 1:
+        matches, _ = match_split_drop(drop, part, shard, config, internal=False)
+    else:
+        matches = match_tables(new, part, config)
     match_s = time.perf_counter() - started
     dist.barrier()
     text = matches.to_json(orient="split", double_precision=15)
@@ -257,8 +269,9 @@ def main() -> None:
             f"{args.ranks}`: a {args.n_ref:,}-row synthetic reference split across W gloo ranks on this machine's "
             f"2 cores, {args.n_new:,} new rows ({truth['exact']:,} exact copies, {truth['near']:,} near-duplicates, "
             f"{truth['mirror']:,} mirror images of reference rows), `MatchConfig(use_features=False)`. Match time "
-            "is the slowest rank's `match_tables` call; peak is `VmHWM` over the call (the part and the new table "
-            "held; the column *held* is the RSS before it); *program* is a rank's RSS before it builds any data "
+            "is the slowest rank's matching call (`match_split_drop`: the drop gathered in chunks; W=1: `match_tables`); "
+            "peak is `VmHWM` over the call (the part and the rank's share of the new table held; the column *held* "
+            "is the RSS before it); *program* is a rank's RSS before it builds any data "
             "(torch, the process group, vdc_torch's matching code and its compiled Hamming loop loaded), and *data* "
             "is the peak above it, the memory that grows with the reference and the drop. Sent is the sum over "
             "ranks, received the largest. "

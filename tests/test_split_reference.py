@@ -54,8 +54,10 @@ SCRIPT = textwrap.dedent(
     from vdc_torch import DatasetGate
     from vdc_torch.fingerprints.per_image import encode_detail
     from vdc_torch.search.cascade import match_tables
+    from vdc_torch.search import split_drop
     from vdc_torch.search.shards import ReferenceShard
 
+    split_drop.DROP_CHUNK_ROWS = 23  # the drop gathered a few rows at a time: many chunks, the same decision
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     photos_ref, photos_new, manifest, out = sys.argv[1:5]
@@ -176,7 +178,9 @@ UPDATE_SCRIPT = textwrap.dedent(
     import torch.distributed as dist
     from vdc_torch import DatasetGate
     from vdc_torch.errors import InvalidParameterError
+    from vdc_torch.search import split_drop
 
+    split_drop.DROP_CHUNK_ROWS = 17
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     manifest, extra, out, new = sys.argv[1:5]

@@ -47,7 +47,6 @@ from vdc_torch.fingerprints.compute import (
 )
 from vdc_torch.fingerprints.quality import QUALITY_COLUMNS, quality_of
 from vdc_torch.fingerprints.table import LEGACY_DIGEST_ROWS, LEGACY_FINGERPRINT_VERSIONS
-from vdc_torch.search.candidates import _large_enough_to_align
 from vdc_torch.search.cascade import (
     MATCH_COLUMNS,
     MATCHING_VERSION,
@@ -57,6 +56,7 @@ from vdc_torch.search.cascade import (
 )
 from vdc_torch.search.reference_index import ReferenceIndex
 from vdc_torch.search.shards import ReferenceShard
+from vdc_torch.search.split_drop import SplitDrop, match_split_drop
 
 log = logging.getLogger(__name__)
 
@@ -508,10 +508,16 @@ class DatasetGate:
         """Compare ``new_dataset`` with the reference and decide: skip, or train on the returned delta."""
         given = as_dataset(new_dataset)  # a wrong path fails before the reference is fingerprinted
         ref = self.reference_table
-        new, problems, data = self._fingerprint(given, "new")
-        check_evidence(len(new), problems, self.policy)
-        started = time.perf_counter()
-        matched, internal = self._match(new, ref)
+        if self._shard is not None:  # each rank keeps its share of the drop while matching, then gathers it
+            drop, problems, data = self._split_drop(given)
+            started = time.perf_counter()
+            matched, internal = self._match_split(drop, ref, self._shard)
+            new = drop.whole()
+        else:
+            new, problems, data = self._fingerprint(given, "new")
+            check_evidence(len(new), problems, self.policy)
+            started = time.perf_counter()
+            matched, internal = self._match(new, ref)
         log.info("matching: %d new against %d reference samples in %.2f s", len(new), len(ref),
                  time.perf_counter() - started)
         started = time.perf_counter()
@@ -521,8 +527,6 @@ class DatasetGate:
 
     def _match(self, new: FingerprintTable, ref: FingerprintTable) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Cross and internal matches; reused from the cache when fingerprints and config are unchanged."""
-        if self._shard is not None:
-            return self._match_split(new, ref, self._shard)
         key = _match_key(new, ref, self.config) if self.cache is not None and self.encoder is None else None
         stored = self.cache.result(key) if self.cache is not None and key is not None else None
         if stored is not None:
@@ -545,29 +549,32 @@ class DatasetGate:
             self.cache.save()
         return matched, internal
 
-    def _match_split(self, new: FingerprintTable, ref: FingerprintTable, shard: ReferenceShard,
+    def _split_drop(self, given: Dataset | Stream) -> tuple[SplitDrop, list[Problem], Dataset]:
+        """The drop fingerprinted by the ranks together, this rank keeping its own rows (a stream, which every rank
+        reads whole, is shared out after); its problems (every rank's) and dataset. Collective."""
+        if isinstance(given, Stream):
+            whole, problems, data = self._fingerprint(given, "new")
+            drop = SplitDrop.of_whole(whole)
+        else:
+            own, problems, data = self._fingerprint(given, "new", gather=False)
+            drop = SplitDrop.from_own(own)
+        check_evidence(drop.total, problems, self.policy)
+        return drop, problems, data
+
+    def _match_split(self, drop: SplitDrop, ref: FingerprintTable, shard: ReferenceShard,
                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Cross and internal matches with the reference split across ranks: each rank matches every new sample
-        against its own reference rows, and the internal duplicates against every ``world``-th new row; the
-        cascade's reductions make both frames those of one process (global reference rows)."""
-        internal_rows = np.arange(shard.rank, len(new), shard.world, dtype=np.int64)
-        internal_part = new.rows(internal_rows)
-        internal_shard = ReferenceShard(internal_rows, len(new), int(_large_enough_to_align(new).sum()),
-                                        shard.rank, shard.world)
-        new_emb = ref_emb = part_emb = None
+        """Cross and internal matches with the reference split across ranks (and the drop too, gathered a chunk at
+        a time: :func:`~vdc_torch.search.split_drop.match_split_drop`); the cascade's reductions make both frames
+        those of one process (global rows)."""
+        embed = None
         if self.encoder is not None:
             from vdc_torch.fingerprints.encoder import embed_thumbs
 
-            new_emb, ref_emb = embed_thumbs(self.encoder, new.thumbs), embed_thumbs(self.encoder, ref.thumbs)
-            part_emb = new_emb[internal_rows]
-        caches = FeatureCaches()
+            def embed(thumbs: Any) -> Any:
+                return embed_thumbs(self.encoder, thumbs)
+
         label = "matching" if self.progress and shard.rank == 0 else None
-        matched = match_tables(new, ref, self.config, new_embeddings=new_emb, ref_embeddings=ref_emb,
-                               feature_caches=caches, progress=label, shard=shard)
-        internal = match_tables(new, internal_part, self.config, same_table=True, new_embeddings=new_emb,
-                                ref_embeddings=part_emb, feature_caches=caches,
-                                progress=label and "internal duplicates", shard=internal_shard)
-        return matched, internal
+        return match_split_drop(drop, ref, shard, self.config, embed=embed, progress=label)
 
     # -- queries ---------------------------------------------------------------------------------------------
     def query(self, images: Any) -> pd.DataFrame:

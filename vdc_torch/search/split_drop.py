@@ -1,0 +1,113 @@
+"""A drop matched against a reference split across ``torch.distributed`` ranks, with the drop split as well.
+
+Each rank fingerprints its share of the new samples and keeps only those rows (:class:`SplitDrop`). The cascade
+still needs every new sample on every rank (each rank holds a different part of the reference), but not all at
+once: :func:`match_split_drop` gathers the drop :data:`DROP_CHUNK_ROWS` rows at a time, matches each chunk
+against this rank's part of the reference (and, for the duplicates inside the drop, against this rank's own
+rows), and lets the chunk go. A sample's answer depends only on that sample and the reference (the cascade's
+radii, indexes and tie-breaks are per query and over the whole reference), so the frames are those one process
+gives for the whole drop, while a rank holds its share of the drop, one chunk and the cascade's working memory
+instead of the whole drop beside that working memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from vdc_torch.collective import all_gather_arrays, all_gather_bytes, all_sum, rank_and_world
+from vdc_torch.fingerprints.compute import FingerprintTable
+from vdc_torch.fingerprints.table import table_from_bytes, table_to_bytes
+from vdc_torch.search.cascade import match_tables
+from vdc_torch.search.config import MATCH_COLUMNS, MatchConfig
+from vdc_torch.search.shards import ReferenceShard, _large_enough_to_align
+from vdc_torch.search.verify import FeatureCaches
+
+#: New samples gathered and matched at once (a CIFAR-size row is ~3.8 KB: ~60 MB a chunk on every rank).
+DROP_CHUNK_ROWS = 16_384
+
+
+@dataclass(frozen=True)
+class SplitDrop:
+    """This rank's rows of a drop split across ranks: ``own`` row ``i`` is row ``positions[i]`` of the whole drop
+    (rows in ``sample_index`` order), which has ``total`` rows."""
+
+    own: FingerprintTable
+    positions: np.ndarray
+    total: int
+
+    @classmethod
+    def from_own(cls, own: FingerprintTable) -> SplitDrop:
+        """The rows this rank fingerprinted, placed among every rank's by ``sample_index`` (collective)."""
+        (every,) = all_gather_arrays(np.asarray(own.sample_index, np.int64))
+        positions = np.searchsorted(np.sort(every), np.asarray(own.sample_index, np.int64))
+        return cls(own, positions.astype(np.int64), len(every))
+
+    @classmethod
+    def of_whole(cls, table: FingerprintTable) -> SplitDrop:
+        """A drop every rank holds whole (a stream), shared out: rank ``r`` keeps rows ``r, r + W, ...``."""
+        rank, world = rank_and_world()
+        rows = np.arange(rank, len(table), world, dtype=np.int64)
+        return cls(table.rows(rows), rows, len(table))
+
+    def rows(self, start: int, stop: int) -> FingerprintTable:
+        """Rows ``start:stop`` of the whole drop, on every rank (collective)."""
+        mine = np.flatnonzero((self.positions >= start) & (self.positions < stop))
+        parts = [table_from_bytes(blob) for blob in all_gather_bytes(table_to_bytes(self.own.rows(mine)))]
+        merged = FingerprintTable.concat(parts)
+        return merged.rows(np.argsort(merged.sample_index, kind="stable"))
+
+    def whole(self) -> FingerprintTable:
+        """The whole drop on every rank (collective)."""
+        return self.rows(0, self.total)
+
+
+#: Maps thumbnails to unit embeddings (the gate's encoder), for the encoder stage.
+Embed = Callable[[np.ndarray], np.ndarray]
+
+
+def match_split_drop(drop: SplitDrop, ref: FingerprintTable, shard: ReferenceShard, config: MatchConfig,
+                     *, internal: bool = True, embed: Embed | None = None, progress: str | None = None,
+                     chunk_rows: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Cross matches of the drop against the reference (``ref`` is this rank's part, ``shard`` where it lies) and,
+    with ``internal``, the duplicates inside the drop: the frames one process gives for the whole drop and the
+    whole reference (new rows and reference rows of the whole drop and reference). ``chunk_rows`` new rows are
+    gathered at a time (default :data:`DROP_CHUNK_ROWS`). Collective."""
+    chunk_rows = chunk_rows or DROP_CHUNK_ROWS
+    large_total = all_sum(int(_large_enough_to_align(drop.own).sum()))
+    ref_emb = embed(ref.thumbs) if embed is not None else None
+    own_emb = embed(drop.own.thumbs) if embed is not None and internal else None
+    cross: list[pd.DataFrame] = []
+    inside: list[pd.DataFrame] = []
+    for start in range(0, drop.total, chunk_rows):
+        chunk = drop.rows(start, min(drop.total, start + chunk_rows))
+        new_emb = embed(chunk.thumbs) if embed is not None else None
+        caches = FeatureCaches()  # the chunk's images verified against the reference are described once for both
+        found = match_tables(chunk, ref, config, new_embeddings=new_emb, ref_embeddings=ref_emb,
+                             feature_caches=caches, progress=progress, shard=shard)
+        cross.append(_shifted(found, start, 0))
+        if internal:  # against this rank's own rows, numbered from the chunk's first row (earlier ones negative)
+            own_shard = ReferenceShard(drop.positions - start, drop.total, large_total, shard.rank, shard.world)
+            found = match_tables(chunk, drop.own, config, same_table=True, new_embeddings=new_emb,
+                                 ref_embeddings=own_emb, feature_caches=caches,
+                                 progress=progress and "internal duplicates", shard=own_shard)
+            inside.append(_shifted(found, start, start))
+        del chunk, caches, new_emb
+    return _joined(cross), _joined(inside)
+
+
+def _shifted(frame: pd.DataFrame, new_offset: int, ref_offset: int) -> pd.DataFrame:
+    if not len(frame):
+        return frame
+    frame = frame.copy()
+    frame["new_row"] = frame["new_row"].to_numpy(np.int64) + new_offset
+    frame["ref_row"] = frame["ref_row"].to_numpy(np.int64) + ref_offset
+    return frame
+
+
+def _joined(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=MATCH_COLUMNS)
