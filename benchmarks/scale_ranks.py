@@ -202,10 +202,19 @@ def worker(args: argparse.Namespace) -> None:
     else:
         matches = match_tables(new, part, config)
     match_s = time.perf_counter() - started
+    match_peak_mb = peak_rss_mb()
+    dist.barrier()
+    gather_peak_mb = match_peak_mb
+    if world > 1:  # what the check does next: the drop gathered whole for the decision, matching's memory gone
+        reset_peak_rss()
+        whole = drop.whole()
+        gather_peak_mb = peak_rss_mb()
+        del whole
     dist.barrier()
     text = matches.to_json(orient="split", double_precision=15)
     result = {"rank": rank, "world": world, "rows": hi - lo, "build_s": build_s, "match_s": match_s,
-              "base_mb": base_mb, "held_mb": held_mb, "peak_mb": peak_rss_mb(), "sent": collective.traffic["sent"] - sent0,
+              "base_mb": base_mb, "held_mb": held_mb, "peak_mb": max(match_peak_mb, gather_peak_mb),
+              "match_peak_mb": match_peak_mb, "gather_peak_mb": gather_peak_mb, "sent": collective.traffic["sent"] - sent0,
               "received": collective.traffic["received"] - received0, "matches": len(matches),
               "kinds": matches["kind"].value_counts().to_dict() if len(matches) else {},
               "sha256": hashlib.sha256(text.encode()).hexdigest(), "truth": truth}
@@ -258,6 +267,8 @@ def main() -> None:
         peak = max(x["peak_mb"] for x in r)
         data = max(x["peak_mb"] - x["base_mb"] for x in r)
         rows.append([str(world), f"{max(x['rows'] for x in r):,}", f"{max(x['match_s'] for x in r):.1f} s",
+                     f"{max(x['match_peak_mb'] for x in r):,.0f} MB",
+                     f"{max(x['gather_peak_mb'] for x in r):,.0f} MB" if world > 1 else "–",
                      f"{peak:,.0f} MB", f"{single_peak / world + 300:,.0f} MB",
                      f"{max(x['base_mb'] for x in r):,.0f} MB", f"{data:,.0f} MB",
                      f"{single_data / world + 300:,.0f} MB" + ("" if data <= single_data / world + 300 else " (missed)"),
@@ -271,12 +282,15 @@ def main() -> None:
             f"{truth['mirror']:,} mirror images of reference rows), `MatchConfig(use_features=False)`. Match time "
             "is the slowest rank's matching call (`match_split_drop`: the drop gathered in chunks; W=1: `match_tables`); "
             "peak is `VmHWM` over the call (the part and the rank's share of the new table held; the column *held* "
-            "is the RSS before it); *program* is a rank's RSS before it builds any data "
+            "is the RSS before it), and then over what the check does next with W > 1, gathering the whole drop for "
+            "the decision (`SplitDrop.whole`, matching's working memory gone); *peak per rank* is the larger of the "
+            "two. *Program* is a rank's RSS before it builds any data "
             "(torch, the process group, vdc_torch's matching code and its compiled Hamming loop loaded), and *data* "
             "is the peak above it, the memory that grows with the reference and the drop. Sent is the sum over "
-            "ranks, received the largest. "
+            "ranks, received the largest (the drop's chunks for matching and for the decision among them). "
             f"Every run found {base[0]['matches']:,} matches ({base[0]['kinds']}).\n\n"
-            + md_table(["ranks W", "reference rows per rank", "match time", "peak per rank",
+            + md_table(["ranks W", "reference rows per rank", "match time", "peak matching",
+                        "peak gathering the drop", "peak per rank",
                         "1/W of W=1 + 300 MB", "program", "data (peak above program)",
                         "target on data (1/W of W=1 + 300 MB)", "held before matching", "bytes sent (all ranks)",
                         "bytes received (per rank)", "same match table as W=1"], rows)

@@ -58,6 +58,7 @@ SCRIPT = textwrap.dedent(
     from vdc_torch.search.shards import ReferenceShard
 
     split_drop.DROP_CHUNK_ROWS = 23  # the drop gathered a few rows at a time: many chunks, the same decision
+    split_drop.GATHER_ROWS = 5
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     photos_ref, photos_new, manifest, out = sys.argv[1:5]
@@ -180,7 +181,7 @@ UPDATE_SCRIPT = textwrap.dedent(
     from vdc_torch.errors import InvalidParameterError
     from vdc_torch.search import split_drop
 
-    split_drop.DROP_CHUNK_ROWS = 17
+    split_drop.DROP_CHUNK_ROWS, split_drop.GATHER_ROWS = 17, 4
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     manifest, extra, out, new = sys.argv[1:5]

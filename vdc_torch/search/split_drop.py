@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,8 @@ from vdc_torch.search.verify import FeatureCaches
 
 #: New samples gathered and matched at once (a CIFAR-size row is ~3.8 KB: ~60 MB a chunk on every rank).
 DROP_CHUNK_ROWS = 16_384
+#: New samples moved between ranks by one collective (its buffers hold ~5 copies of their bytes: ~40 MB).
+GATHER_ROWS = 2048
 
 
 @dataclass(frozen=True)
@@ -54,15 +57,33 @@ class SplitDrop:
         return cls(table.rows(rows), rows, len(table))
 
     def rows(self, start: int, stop: int) -> FingerprintTable:
-        """Rows ``start:stop`` of the whole drop, on every rank (collective)."""
-        mine = np.flatnonzero((self.positions >= start) & (self.positions < stop))
-        parts = [table_from_bytes(blob) for blob in all_gather_bytes(table_to_bytes(self.own.rows(mine)))]
-        merged = FingerprintTable.concat(parts)
-        return merged.rows(np.argsort(merged.sample_index, kind="stable"))
+        """Rows ``start:stop`` of the whole drop, on every rank (collective). They travel :data:`GATHER_ROWS` at a
+        time into columns made once, so what a gather holds besides them (its bytes, as sent and received, and the
+        parts they unpack to) stays that of a few thousand rows however many are gathered."""
+        columns: dict[str, Any] = {}
+        for first in range(start, stop, GATHER_ROWS):
+            last = min(stop, first + GATHER_ROWS)
+            piece = self._gathered(first, last)
+            for name in piece.__dataclass_fields__:
+                value = getattr(piece, name)
+                if isinstance(value, np.ndarray):
+                    if name not in columns:
+                        columns[name] = np.empty((stop - start, *value.shape[1:]), value.dtype)
+                    columns[name][first - start : last - start] = value
+                else:
+                    columns.setdefault(name, []).extend(value)
+        return FingerprintTable(**columns) if columns else FingerprintTable.empty()
 
     def whole(self) -> FingerprintTable:
         """The whole drop on every rank (collective)."""
         return self.rows(0, self.total)
+
+    def _gathered(self, start: int, stop: int) -> FingerprintTable:
+        """Rows ``start:stop`` of the whole drop from every rank's own rows, in order (collective)."""
+        mine = np.flatnonzero((self.positions >= start) & (self.positions < stop))
+        parts = [table_from_bytes(blob) for blob in all_gather_bytes(table_to_bytes(self.own.rows(mine)))]
+        merged = FingerprintTable.concat(parts)
+        return merged.rows(np.argsort(merged.sample_index, kind="stable"))
 
 
 #: Maps thumbnails to unit embeddings (the gate's encoder), for the encoder stage.
