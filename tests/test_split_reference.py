@@ -50,7 +50,9 @@ SCRIPT = textwrap.dedent(
     import numpy as np
     import torch.distributed as dist
     sys.path.insert(0, sys.argv[5])
+    sys.path.insert(0, sys.argv[8])
     from speed_matching import make_tables
+    from test_split_reference import synthetic_drop
     from vdc_torch import DatasetGate
     from vdc_torch.fingerprints.per_image import encode_detail
     from vdc_torch.search.cascade import match_tables
@@ -92,11 +94,33 @@ SCRIPT = textwrap.dedent(
     shard = ReferenceShard.across_ranks(rows, ref.rows(rows))
     frame = match_tables(new, ref.rows(rows), shard=shard)
     result["synthetic"] = frame.to_json(orient="split", double_precision=15)
+    # a drop of 22k rows, matched 9,000 at a time: large enough for an inverted file over the drop's own rows in the
+    # search for its internal duplicates
+    drop, small_ref, small = synthetic_drop()
+    rows = np.arange(rank, len(small_ref), 2)
+    shard = ReferenceShard.across_ranks(rows, small_ref.rows(rows))
+    frames = split_drop.match_split_drop(split_drop.SplitDrop.of_whole(drop), small_ref.rows(rows), shard, small,
+                                         chunk_rows=9000)
+    result["drop"] = [f.to_json(orient="split", double_precision=15) for f in frames]
     with open(f"{out}/rank{rank}.json", "w") as handle:
         json.dump(result, handle)
     dist.destroy_process_group()
     """
 )
+
+
+def synthetic_drop() -> tuple[Any, Any, Any]:
+    """A 22k-row drop (a 20k synthetic reference and 2k rows with copies of it), that reference, and a config without
+    the rotation and frame stages (they would take most of the time on random tables)."""
+    from vdc_torch.fingerprints.compute import FingerprintTable
+    from vdc_torch.search.config import MatchConfig
+
+    new, ref, _ = make_tables(20_000, 2_000, seed=5)
+    detail = encode_detail(np.random.default_rng(2).integers(0, 256, (8, 8), dtype=np.uint8))
+    ref.details, new.details = [detail] * len(ref), [detail] * len(new)
+    drop = FingerprintTable.concat([ref, new])
+    drop.sample_index = np.arange(len(drop))
+    return drop, ref, MatchConfig(max_rotation=0, framed=False)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +155,7 @@ def test_two_ranks_holding_half_the_reference_each_decide_as_one_process(data: d
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     args = [str(data[k]) for k in ("photos_ref", "photos_new", "manifest", "out")] + [
-        str(ROOT / "benchmarks"), str(data["cifar_ref"]), str(data["cifar_new"])]
+        str(ROOT / "benchmarks"), str(data["cifar_ref"]), str(data["cifar_new"]), str(ROOT / "tests")]
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              str(script), *args], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -171,6 +195,11 @@ def test_two_ranks_holding_half_the_reference_each_decide_as_one_process(data: d
     whole = match_tables(new, ref).to_json(orient="split", double_precision=15)
     assert ranks[0]["synthetic"] == ranks[1]["synthetic"] == whole
     assert len(json.loads(whole)["data"]) >= truth["exact"] + truth["near"]
+
+    drop, small_ref, small = synthetic_drop()
+    one = [match_tables(drop, small_ref, small), match_tables(drop, drop, small, same_table=True)]
+    assert ranks[0]["drop"] == ranks[1]["drop"] == [f.to_json(orient="split", double_precision=15) for f in one]
+    assert len(one[0]) >= 20_000 and len(one[1]) >= 60  # every reference row, and the copies among the 2k
 
 
 UPDATE_SCRIPT = textwrap.dedent(

@@ -478,20 +478,26 @@ class DatasetGate:
 
         With the reference split across ``torch.distributed`` ranks the call is collective: the ranks fingerprint
         the drop together, each keeps one consecutive block of its rows (the reference's rows stay in the order one
-        process would give them), and a :meth:`save` to the sharded manifest the gate was loaded from (or saved to)
+        process would give them; no rank holds the whole drop), and a :meth:`save` to the sharded manifest the gate was loaded from (or saved to)
         then writes one new shard per rank of its added rows and leaves the stored shards as they are.
         """
         base = self.reference_table
-        table, problems, _ = self._fingerprint(as_dataset(dataset), "update")
-        added = len(table)
         if self._shard is None:
+            table, problems, _ = self._fingerprint(as_dataset(dataset), "update")
+            added = len(table)
             table.sample_index = table.sample_index + (int(base.sample_index.max()) + 1 if len(base) else 0)
-        else:  # every rank fingerprinted its share and holds the whole drop (gathered): it keeps one block of it
+        else:  # the ranks fingerprint their shares; rank r then keeps block r of the drop (gathered block by block)
             shard = self._shard
+            drop, problems, _ = self._split_drop(as_dataset(dataset), "update")
+            added = drop.total
+            bounds = [r * added // shard.world for r in range(shard.world + 1)]
+            for r in range(shard.world):
+                rows = drop.rows(bounds[r], bounds[r + 1])
+                if r == shard.rank:
+                    table = rows
+            block = np.arange(bounds[shard.rank], bounds[shard.rank + 1])
             (last,) = all_gather_arrays(np.asarray([int(base.sample_index.max()) if len(base) else -1], np.int64))
             table.sample_index = table.sample_index + int(last.max()) + 1
-            block = np.arange(shard.rank * added // shard.world, (shard.rank + 1) * added // shard.world)
-            table = table.rows(block)
         grown = getattr(self, "_stored_table", None) is base
         self._table = concat_tables([base, table])
         if self._shard is not None:
@@ -509,7 +515,8 @@ class DatasetGate:
         given = as_dataset(new_dataset)  # a wrong path fails before the reference is fingerprinted
         ref = self.reference_table
         if self._shard is not None:  # each rank keeps its share of the drop while matching, then gathers it
-            drop, problems, data = self._split_drop(given)
+            drop, problems, data = self._split_drop(given, "new")
+            check_evidence(drop.total, problems, self.policy)
             started = time.perf_counter()
             matched, internal = self._match_split(drop, ref, self._shard)
             new = drop.whole()
@@ -549,17 +556,14 @@ class DatasetGate:
             self.cache.save()
         return matched, internal
 
-    def _split_drop(self, given: Dataset | Stream) -> tuple[SplitDrop, list[Problem], Dataset]:
-        """The drop fingerprinted by the ranks together, this rank keeping its own rows (a stream, which every rank
+    def _split_drop(self, given: Dataset | Stream, desc: str) -> tuple[SplitDrop, list[Problem], Dataset]:
+        """A drop fingerprinted by the ranks together, this rank keeping its own rows (a stream, which every rank
         reads whole, is shared out after); its problems (every rank's) and dataset. Collective."""
         if isinstance(given, Stream):
-            whole, problems, data = self._fingerprint(given, "new")
-            drop = SplitDrop.of_whole(whole)
-        else:
-            own, problems, data = self._fingerprint(given, "new", gather=False)
-            drop = SplitDrop.from_own(own)
-        check_evidence(drop.total, problems, self.policy)
-        return drop, problems, data
+            whole, problems, data = self._fingerprint(given, desc)
+            return SplitDrop.of_whole(whole), problems, data
+        own, problems, data = self._fingerprint(given, desc, gather=False)
+        return SplitDrop.from_own(own), problems, data
 
     def _match_split(self, drop: SplitDrop, ref: FingerprintTable, shard: ReferenceShard,
                      ) -> tuple[pd.DataFrame, pd.DataFrame]:

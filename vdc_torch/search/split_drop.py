@@ -24,6 +24,7 @@ from vdc_torch.fingerprints.compute import FingerprintTable
 from vdc_torch.fingerprints.table import table_from_bytes, table_to_bytes
 from vdc_torch.search.cascade import match_tables
 from vdc_torch.search.config import MATCH_COLUMNS, MatchConfig
+from vdc_torch.search.reference_index import ReferenceIndex
 from vdc_torch.search.shards import ReferenceShard, _large_enough_to_align
 from vdc_torch.search.verify import FeatureCaches
 
@@ -99,6 +100,10 @@ def match_split_drop(drop: SplitDrop, ref: FingerprintTable, shard: ReferenceSha
     gathered at a time (default :data:`DROP_CHUNK_ROWS`). Collective."""
     chunk_rows = chunk_rows or DROP_CHUNK_ROWS
     large_total = all_sum(int(_large_enough_to_align(drop.own).sum()))
+    # the indexes several stages share (exact keys, pHashes) are built once for every chunk; the others per chunk
+    ref_index = ReferenceIndex(ref, shard=shard)
+    own_index = ReferenceIndex(drop.own, shard=ReferenceShard(drop.positions, drop.total, large_total, shard.rank,
+                                                              shard.world)) if internal else None
     ref_emb = embed(ref.thumbs) if embed is not None else None
     own_emb = embed(drop.own.thumbs) if embed is not None and internal else None
     cross: list[pd.DataFrame] = []
@@ -108,12 +113,13 @@ def match_split_drop(drop: SplitDrop, ref: FingerprintTable, shard: ReferenceSha
         new_emb = embed(chunk.thumbs) if embed is not None else None
         caches = FeatureCaches()  # the chunk's images verified against the reference are described once for both
         found = match_tables(chunk, ref, config, new_embeddings=new_emb, ref_embeddings=ref_emb,
-                             feature_caches=caches, progress=progress, shard=shard)
+                             feature_caches=caches, progress=progress, ref_index=ref_index, shard=shard)
         cross.append(_shifted(found, start, 0))
-        if internal:  # against this rank's own rows, numbered from the chunk's first row (earlier ones negative)
+        if internal:  # against this rank's own rows, numbered from the chunk's first row (earlier ones negative;
+            # the index keeps the drop's own numbering, which picks the inverted file's training rows)
             own_shard = ReferenceShard(drop.positions - start, drop.total, large_total, shard.rank, shard.world)
             found = match_tables(chunk, drop.own, config, same_table=True, new_embeddings=new_emb,
-                                 ref_embeddings=own_emb, feature_caches=caches,
+                                 ref_embeddings=own_emb, feature_caches=caches, ref_index=own_index,
                                  progress=progress and "internal duplicates", shard=own_shard)
             inside.append(_shifted(found, start, start))
         del chunk, caches, new_emb
