@@ -207,7 +207,9 @@ def worker(args: argparse.Namespace) -> None:
     gather_peak_mb = match_peak_mb
     if world > 1:  # what the check does next: the drop gathered whole for the decision, matching's memory gone
         reset_peak_rss()
-        whole = drop.whole()
+        packed = drop.packed()
+        del drop
+        whole = packed.whole()
         gather_peak_mb = peak_rss_mb()
         del whole
     dist.barrier()
@@ -283,7 +285,7 @@ def main() -> None:
             "is the slowest rank's matching call (`match_split_drop`: the drop gathered in chunks; W=1: `match_tables`); "
             "peak is `VmHWM` over the call (the part and the rank's share of the new table held; the column *held* "
             "is the RSS before it), and then over what the check does next with W > 1, gathering the whole drop for "
-            "the decision (`SplitDrop.whole`, matching's working memory gone); *peak per rank* is the larger of the "
+            "the decision (`SplitDrop.packed().whole()`, matching's working memory gone); *peak per rank* is the larger of the "
             "two. *Program* is a rank's RSS before it builds any data "
             "(torch, the process group, vdc_torch's matching code and its compiled Hamming loop loaded), and *data* "
             "is the peak above it, the memory that grows with the reference and the drop. Sent is the sum over "

@@ -519,7 +519,9 @@ class DatasetGate:
             check_evidence(drop.total, problems, self.policy)
             started = time.perf_counter()
             matched, internal = self._match_split(drop, ref, self._shard)
-            new = drop.whole()
+            packed = drop.packed()
+            del drop  # its rows are in the pieces now: the rank's share is not held twice while the drop gathers
+            new = packed.whole()
         else:
             new, problems, data = self._fingerprint(given, "new")
             check_evidence(len(new), problems, self.policy)

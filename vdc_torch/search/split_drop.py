@@ -12,7 +12,7 @@ instead of the whole drop beside that working memory.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +30,8 @@ from vdc_torch.search.verify import FeatureCaches
 
 #: New samples gathered and matched at once (a CIFAR-size row is ~3.8 KB: ~60 MB a chunk on every rank).
 DROP_CHUNK_ROWS = 16_384
-#: New samples moved between ranks by one collective (its buffers hold ~5 copies of their bytes: ~40 MB).
-GATHER_ROWS = 2048
+#: New samples moved between ranks by one collective (its buffers hold ~5 copies of their bytes: ~20 MB).
+GATHER_ROWS = 1024
 
 
 @dataclass(frozen=True)
@@ -61,30 +61,57 @@ class SplitDrop:
         """Rows ``start:stop`` of the whole drop, on every rank (collective). They travel :data:`GATHER_ROWS` at a
         time into columns made once, so what a gather holds besides them (its bytes, as sent and received, and the
         parts they unpack to) stays that of a few thousand rows however many are gathered."""
-        columns: dict[str, Any] = {}
-        for first in range(start, stop, GATHER_ROWS):
-            last = min(stop, first + GATHER_ROWS)
-            piece = self._gathered(first, last)
-            for name in piece.__dataclass_fields__:
-                value = getattr(piece, name)
-                if isinstance(value, np.ndarray):
-                    if name not in columns:
-                        columns[name] = np.empty((stop - start, *value.shape[1:]), value.dtype)
-                    columns[name][first - start : last - start] = value
-                else:
-                    columns.setdefault(name, []).extend(value)
-        return FingerprintTable(**columns) if columns else FingerprintTable.empty()
+        pieces = (self._piece(first, min(stop, first + GATHER_ROWS)) for first in range(start, stop, GATHER_ROWS))
+        return _gathered(pieces, stop - start)
+
+    def packed(self) -> PackedDrop:
+        """This rank's rows as the pieces a gather of the whole drop sends: the table can go before it is gathered
+        (:meth:`PackedDrop.whole`), so a rank never holds its own rows twice, as rows and in the whole drop."""
+        return PackedDrop([self._piece(first, first + GATHER_ROWS) for first in range(0, self.total, GATHER_ROWS)],
+                          self.total)
+
+    def _piece(self, start: int, stop: int) -> bytes:
+        mine = np.flatnonzero((self.positions >= start) & (self.positions < stop))
+        return table_to_bytes(self.own.rows(mine))
+
+
+@dataclass
+class PackedDrop:
+    """This rank's rows of a drop split across ranks, as byte pieces of :data:`GATHER_ROWS` rows of the whole."""
+
+    pieces: list[bytes]
+    total: int
 
     def whole(self) -> FingerprintTable:
-        """The whole drop on every rank (collective)."""
-        return self.rows(0, self.total)
+        """The whole drop on every rank (collective); each piece is let go once sent."""
+        def sent() -> Iterator[bytes]:
+            while self.pieces:
+                yield self.pieces.pop(0)
 
-    def _gathered(self, start: int, stop: int) -> FingerprintTable:
-        """Rows ``start:stop`` of the whole drop from every rank's own rows, in order (collective)."""
-        mine = np.flatnonzero((self.positions >= start) & (self.positions < stop))
-        parts = [table_from_bytes(blob) for blob in all_gather_bytes(table_to_bytes(self.own.rows(mine)))]
+        return _gathered(sent(), self.total)
+
+
+def _gathered(pieces: Iterator[bytes], rows: int) -> FingerprintTable:
+    """``rows`` consecutive rows of a drop from every rank's byte pieces of them, gathered one piece at a time into
+    columns made once (collective: every rank sends as many pieces)."""
+    columns: dict[str, Any] = {}
+    done = 0
+    for blob in pieces:
+        parts = [table_from_bytes(b) for b in all_gather_bytes(blob)]
+        del blob
         merged = FingerprintTable.concat(parts)
-        return merged.rows(np.argsort(merged.sample_index, kind="stable"))
+        piece = merged.rows(np.argsort(merged.sample_index, kind="stable"))
+        del parts, merged
+        for name in piece.__dataclass_fields__:
+            value = getattr(piece, name)
+            if isinstance(value, np.ndarray):
+                if name not in columns:
+                    columns[name] = np.empty((rows, *value.shape[1:]), value.dtype)
+                columns[name][done : done + len(piece)] = value
+            else:
+                columns.setdefault(name, []).extend(value)
+        done += len(piece)
+    return FingerprintTable(**columns) if columns else FingerprintTable.empty()
 
 
 #: Maps thumbnails to unit embeddings (the gate's encoder), for the encoder stage.
