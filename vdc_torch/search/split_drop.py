@@ -7,7 +7,9 @@ against this rank's part of the reference (and, for the duplicates inside the dr
 rows), and lets the chunk go. A sample's answer depends only on that sample and the reference (the cascade's
 radii, indexes and tie-breaks are per query and over the whole reference), so the frames are those one process
 gives for the whole drop, while a rank holds its share of the drop, one chunk and the cascade's working memory
-instead of the whole drop beside that working memory.
+instead of the whole drop beside that working memory. The decision then needs the whole drop on every rank: a rank
+packs its share into the byte pieces it sends (:meth:`SplitDrop.packed`) and lets the rows go before the drop is
+gathered (:meth:`PackedDrop.whole`).
 """
 
 from __future__ import annotations
