@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from vdc_torch import DatasetGate
 from vdc_torch.decision.store.manifest import manifest_info, shards_of_rank
@@ -205,7 +207,10 @@ def test_two_ranks_holding_half_the_reference_each_decide_as_one_process(data: d
 UPDATE_SCRIPT = textwrap.dedent(
     """
     import json, sys
+    from pathlib import Path
+    import torch
     import torch.distributed as dist
+    from PIL import Image
     from vdc_torch import DatasetGate
     from vdc_torch.errors import InvalidParameterError
     from vdc_torch.search import split_drop
@@ -213,8 +218,8 @@ UPDATE_SCRIPT = textwrap.dedent(
     split_drop.DROP_CHUNK_ROWS, split_drop.GATHER_ROWS = 17, 4
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    manifest, extra, out, new = sys.argv[1:5]
-    queries = sys.argv[5:]
+    manifest, extra, out, new, one_folder = sys.argv[1:6]
+    queries = sys.argv[6:]
     result = {}
     gate = DatasetGate.load(manifest, workers=0)
     result["rows"] = len(gate.reference_table)
@@ -224,6 +229,16 @@ UPDATE_SCRIPT = textwrap.dedent(
         result["mismatch"] = "answered"
     except InvalidParameterError as exc:
         result["mismatch"] = str(exc)
+    # a drop of one image: one rank holds none of it
+    result["one"] = json.loads(gate.check(one_folder).to_json())
+
+    class Stream(torch.utils.data.IterableDataset):  # every rank reads a stream whole, then shares it out
+        def __iter__(self):
+            for path in queries[:6]:
+                with Image.open(path) as image:
+                    yield image.convert("RGB"), 0
+
+    result["stream"] = json.loads(gate.check(Stream()).to_json())
     result["added"] = gate.update(extra)
     result["rows_after"] = len(gate.reference_table)
     result["check"] = json.loads(gate.check(new).to_json())
@@ -267,11 +282,15 @@ def test_two_ranks_answer_queries_and_append_an_update_as_one_process(data: dict
     shutil.copytree(manifest.with_name(manifest.name + ".shards"), before / (manifest.name + ".shards"))
     stored = {p.name: p.read_bytes() for p in manifest.with_name(manifest.name + ".shards").iterdir()}
     queries = [str(p) for p in sorted(data["photos_new"].iterdir())]
+    one_folder = work / "one"
+    one_folder.mkdir()
+    os.link(queries[0], one_folder / Path(queries[0]).name)
     script = work / "update.py"
     script.write_text(UPDATE_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             str(script), str(manifest), str(extra), str(work), str(data["photos_new"]), *queries], env=env,
+                             str(script), str(manifest), str(extra), str(work), str(data["photos_new"]), str(one_folder),
+                             *queries], env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [json.loads((work / f"update{r}.json").read_text()) for r in (0, 1)]
@@ -284,6 +303,18 @@ def test_two_ranks_answer_queries_and_append_an_update_as_one_process(data: dict
     assert answers["seen"].sum() >= 20 and (~answers["seen"]).sum() >= len(list(extra.iterdir()))
     for r in ranks:
         assert "every rank must pass the same images" in r["mismatch"] and "rank 1: 3" in r["mismatch"]
+
+    one = json.loads(single.check(one_folder).to_json())
+    assert ranks[0]["one"] == ranks[1]["one"] == one and one["counts"]["readable"] == 1
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            for path in queries[:6]:
+                with Image.open(path) as image:
+                    yield image.convert("RGB"), 0
+
+    streamed = json.loads(single.check(Stream()).to_json())
+    assert ranks[0]["stream"] == ranks[1]["stream"] == streamed and streamed["counts"]["readable"] == 6
 
     added = single.update(extra)
     assert ranks[0]["added"] == ranks[1]["added"] == added == len(list(extra.iterdir()))
