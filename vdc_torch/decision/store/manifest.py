@@ -360,14 +360,15 @@ def save_manifest_of_ranks(
             except ManifestError as exc:
                 error = str(exc)
         agree(error)
-        # whether to append, and past which sample index the added rows go: rank 0 read the index, every rank needs it
+        # whether every rank can append to the index rank 0 read, and past which sample index the added rows go
         first_row = append_after[1] if append_after is not None and 0 <= append_after[1] <= len(table) else -1
         added_from = int(table.sample_index[first_row:].min()) if 0 <= first_row < len(table) else None
         asked = all_gather_json([append_after[0] if append_after is not None else None, first_row, added_from])
-        appending = (current is not None and all(lineage == current.lineage and rows >= 0 for lineage, rows, _ in asked))
-        stored_last = current.last_sample_index if current is not None else -1
-        lowest = min((a for _, _, a in asked if a is not None), default=stored_last + 1)
-        appending, shift = all_gather_json([appending, max(0, stored_last + 1 - lowest) if appending else 0])[0]
+        appending, shift = False, 0
+        if current is not None and all(lineage == current.lineage and rows >= 0 for lineage, rows, _ in asked):
+            lowest = min((a for _, _, a in asked if a is not None), default=current.last_sample_index + 1)
+            appending, shift = True, max(0, current.last_sample_index + 1 - lowest)
+        appending, shift = all_gather_json([appending, shift])[0]  # rank 0's answer: only it read the index
         record, error = None, None
         first_row = first_row if appending else 0
         try:
@@ -392,10 +393,11 @@ def save_manifest_of_ranks(
                                            [*current.shards, *named])
                     else:
                         index = ShardIndex(FINGERPRINT_VERSION, _sharded.new_lineage(), meta, named)
-                    if not appending or named or current is None or current.meta != index.meta:
+                    rewrite = not appending or named or current is None or current.meta != index.meta
+                    if rewrite:
                         _sharded.write_index(target, index)
                     remove_unnamed_shards(folder, {r.file for r in index.shards})
-                    stored = [index.lineage, len(index.shards), target.stat().st_size]
+                    stored = [index.lineage, len(index.shards), target.stat().st_size if rewrite else 0]
             except ManifestError as exc:
                 error = str(exc)
         agree(error)
