@@ -239,6 +239,18 @@ UPDATE_SCRIPT = textwrap.dedent(
                     yield image.convert("RGB"), 0
 
     result["stream"] = json.loads(gate.check(Stream()).to_json())
+
+    class ByNode(torch.utils.data.IterableDataset):  # each rank its own share, as WebDataset's split_by_node
+        def __iter__(self):
+            for path in queries[rank:6:2]:
+                with Image.open(path) as image:
+                    yield image.convert("RGB"), 0
+
+    try:
+        gate.check(ByNode())
+        result["by_node"] = "decided"
+    except InvalidParameterError as exc:
+        result["by_node"] = str(exc)
     result["added"] = gate.update(extra)
     result["rows_after"] = len(gate.reference_table)
     result["check"] = json.loads(gate.check(new).to_json())
@@ -315,6 +327,8 @@ def test_two_ranks_answer_queries_and_append_an_update_as_one_process(data: dict
 
     streamed = json.loads(single.check(Stream()).to_json())
     assert ranks[0]["stream"] == ranks[1]["stream"] == streamed and streamed["counts"]["readable"] == 6
+    for r in ranks:  # a stream that gives each rank other samples is refused on every rank, not matched wrongly
+        assert "a stream must give every rank the same samples" in r["by_node"], r["by_node"]
 
     added = single.update(extra)
     assert ranks[0]["added"] == ranks[1]["added"] == added == len(list(extra.iterdir()))

@@ -14,6 +14,7 @@ gathered (:meth:`PackedDrop.whole`).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vdc_torch.collective import all_gather_arrays, all_gather_bytes, all_sum, rank_and_world
+from vdc_torch.collective import all_gather_arrays, all_gather_bytes, all_gather_json, all_sum, rank_and_world
+from vdc_torch.errors import InvalidParameterError
 from vdc_torch.fingerprints.compute import FingerprintTable
 from vdc_torch.fingerprints.table import table_from_bytes, table_to_bytes
 from vdc_torch.search.cascade import match_tables
@@ -54,8 +56,20 @@ class SplitDrop:
 
     @classmethod
     def of_whole(cls, table: FingerprintTable) -> SplitDrop:
-        """A drop every rank holds whole (a stream), shared out: rank ``r`` keeps rows ``r, r + W, ...``."""
+        """A drop every rank holds whole (a stream), shared out: rank ``r`` keeps rows ``r, r + W, ...``.
+
+        Collective. Every rank must hold the same rows (a stream that gives each rank its own share, as
+        WebDataset's ``split_by_node`` does, cannot be matched this way): otherwise an error on every rank."""
         rank, world = rank_and_world()
+        held = hashlib.blake2b(np.asarray(table.sample_index, np.int64).tobytes(), digest_size=16)
+        for digest in table.pixel_digest:
+            held.update(digest or b"")
+        seen = all_gather_json([len(table), held.hexdigest()])
+        if any(other != seen[0] for other in seen):
+            counts = ", ".join(f"rank {r}: {n}" for r, (n, _) in enumerate(seen))
+            raise InvalidParameterError(
+                "with the reference split across ranks, a stream must give every rank the same samples (it gave "
+                f"{counts} samples, or other ones): pass every rank the whole stream, or a map-style dataset")
         rows = np.arange(rank, len(table), world, dtype=np.int64)
         return cls(table.rows(rows), rows, len(table))
 
