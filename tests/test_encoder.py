@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,9 @@ from PIL import Image
 from torch import nn
 
 from vdc_torch import DatasetGate, MatchConfig
+from vdc_torch.decision.gate import DECISION_SCHEMA_PATH
 from vdc_torch.fingerprints.encoder import LayerEncoder, embed_thumbs, nearest_neighbours
+from vdc_torch.search.encoder_threshold import choose_threshold
 
 
 def tiny_cnn() -> nn.Sequential:
@@ -79,3 +82,113 @@ def test_query_with_an_encoder_gives_the_encoder_match_of_check(photos, tmp_path
     answers = gate.query([copy, photos[7]])
     assert answers["method"].tolist()[0] == "encoder" and answers["ref_path"].iloc[0] == photos[0].name
     assert answers["kind"].iloc[1] == "new"
+
+
+# -- the encoder stage's threshold, derived from the reference ------------------------------------------------------
+
+class _Centred(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - x.mean(dim=(1, 2, 3), keepdim=True)
+
+
+def pixel_encoder() -> LayerEncoder:
+    """An encoder whose cosine is the correlation of 8x8 colour thumbnails: it tells copies from other pictures."""
+    return LayerEncoder(nn.Sequential(nn.AvgPool2d(4), _Centred(), nn.Flatten()), grid=0)
+
+
+#: The pixel cascade switched off by impossible thresholds: only the encoder stage can match.
+ENCODER_ONLY = dict(near_duplicate_similarity=2.0, use_features=False, use_alignment=False)
+
+
+@pytest.fixture
+def copy_drop(photos, tmp_path: Path) -> tuple[Path, Path]:
+    """A reference of 24 camera photos; a drop of 10 other photos and a cropped, shrunk JPEG-60 copy of the first."""
+    ref, new = tmp_path / "ref", tmp_path / "new"
+    ref.mkdir()
+    new.mkdir()
+    for f in photos[:24]:
+        shutil.copy(f, ref / f.name)
+    for f in photos[24:34]:
+        shutil.copy(f, new / f.name)
+    with Image.open(photos[0]) as im:
+        w, h = im.size
+        im.convert("RGB").crop((w // 20, h // 20, w - w // 20, h - h // 20)).resize((w * 3 // 5, h * 3 // 5)).save(
+            new / "copy.jpg", quality=60)
+    return ref, new
+
+
+def test_the_gate_derives_the_encoder_threshold_from_the_reference(photos, copy_drop) -> None:
+    ref, new = copy_drop
+    gate = DatasetGate(reference=ref, encoder=pixel_encoder(), config=MatchConfig(**ENCODER_ONLY), workers=0)
+    decision = gate.check(new)
+    found = decision.matches[decision.matches["method"] == "encoder"]
+    assert list(found["new_path"]) == ["copy.jpg"] and found.iloc[0]["ref_path"] == photos[0].name
+    threshold = json.loads(decision.to_json())["encoder"]
+    assert threshold["source"] == "calibrated" and threshold["target_precision"] == 0.99
+    assert threshold["sample"] == 24 and threshold["negatives"] == 24 and threshold["positives"] >= 24 * 8
+    assert threshold["estimated_precision"] >= 0.99 and 0.2 < threshold["estimated_recall"] < 1.0
+    # the copy lies above the derived cosine; every other photo of the drop below it
+    assert found.iloc[0]["score"] >= threshold["similarity"] > 0.5
+    schema = json.loads(DECISION_SCHEMA_PATH.read_text())
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(json.loads(decision.to_json()), schema, cls=jsonschema.Draft202012Validator)
+    # the same reference loaded from a manifest (thumbnails read on demand) gives the same threshold
+    gate.save(ref.parent / "ref.vdc")
+    loaded = DatasetGate.load(ref.parent / "ref.vdc", encoder=pixel_encoder(), config=MatchConfig(**ENCODER_ONLY),
+                              workers=0)
+    assert json.loads(loaded.check(new).to_json())["encoder"] == threshold
+    answers = loaded.query([new / "copy.jpg", photos[30]])
+    assert answers["method"].tolist()[0] == "encoder" and answers["kind"].tolist()[1] == "new"
+    assert loaded.encoder_threshold.to_dict() == threshold
+
+
+def test_a_fixed_encoder_similarity_is_used_as_given(copy_drop) -> None:
+    ref, new = copy_drop
+    config = MatchConfig(**ENCODER_ONLY, encoder_similarity=0.995)  # above the copy's cosine (~0.96)
+    decision = DatasetGate(reference=ref, encoder=pixel_encoder(), config=config, workers=0).check(new)
+    assert not (decision.matches["method"] == "encoder").any()
+    assert decision.to_dict()["encoder"] == {
+        "similarity": 0.995, "source": "fixed", "target_precision": None, "estimated_precision": None,
+        "estimated_recall": None, "positives": 0, "negatives": 0, "sample": 0, "note": ""}
+    assert DatasetGate(reference=ref, workers=0).check(new).to_dict()["encoder"] is None  # no encoder, no section
+
+
+def test_an_encoder_that_cannot_tell_copies_from_look_alikes_matches_nothing(copy_drop, caplog) -> None:
+    ref, new = copy_drop
+    # a constant embedding: every pair has cosine 1, copies and other pictures alike
+    encoder = LayerEncoder(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 4)), grid=0)
+    nn.init.zeros_(encoder.body[2].weight)
+    nn.init.ones_(encoder.body[2].bias)
+    with caplog.at_level("WARNING"):
+        decision = DatasetGate(reference=ref, encoder=encoder, config=MatchConfig(**ENCODER_ONLY),
+                               workers=0).check(new)
+    assert not (decision.matches["method"] == "encoder").any()
+    threshold = decision.to_dict()["encoder"]
+    assert threshold["similarity"] is None and threshold["estimated_recall"] == 0.0
+    assert "no cosine keeps precision 0.99" in threshold["note"] and "encoder stage off" in caplog.text
+
+
+def test_choose_threshold_keeps_the_precision_at_the_lowest_cosine() -> None:
+    # 100 copies at 0.80..0.99, 100 look-alikes at 0.50..0.90: below 0.90 the look-alikes come in
+    positives = np.linspace(0.80, 0.99, 100)
+    negatives = np.linspace(0.50, 0.90, 100)
+    chosen = choose_threshold(positives, negatives, 0.99, sample=100)
+    fp = (negatives >= chosen.similarity).sum()
+    tp = (positives >= chosen.similarity).sum()
+    assert tp / (tp + fp) >= 0.99 and chosen.estimated_precision >= 0.99
+    lower = positives[positives < chosen.similarity].max()  # the next positive down breaks the precision
+    assert tp / (tp + 1 + (negatives >= lower).sum()) < 0.99
+    assert chosen.estimated_recall == tp / 100
+    # twice the look-alikes at the same rates: the same cosine (negatives weighted to the positives' count)
+    assert choose_threshold(positives, np.repeat(negatives, 2), 0.99, 100).similarity == chosen.similarity
+    assert choose_threshold(positives, negatives, 0.5, 100).similarity < chosen.similarity
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(encoder_similarity=1.5), "encoder_similarity=1.5 must be a cosine in"),
+    (dict(encoder_precision=1.0), r"encoder_precision=1.0 must lie in \(0, 1\)"),
+    (dict(encoder_calibration_samples=1), "encoder_calibration_samples=1 must be >= 2"),
+])
+def test_encoder_threshold_settings_are_checked(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MatchConfig(**kwargs)

@@ -350,3 +350,46 @@ def test_two_ranks_answer_queries_and_append_an_update_as_one_process(data: dict
     assert len(reloaded.reference_table) == total + added
     assert reloaded.query(queries).to_json(orient="split") == after.to_json(orient="split")
     assert json.loads(reloaded.check(data["photos_new"]).to_json()) == decided
+
+
+ENCODER_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import torch.distributed as dist
+    sys.path.insert(0, sys.argv[4])
+    from test_encoder import pixel_encoder
+    from vdc_torch import DatasetGate
+
+    dist.init_process_group("gloo")
+    ref, new, out = sys.argv[1:4]
+    gate = DatasetGate(reference=ref, workers=0, encoder=pixel_encoder())
+    result = {"check": json.loads(gate.check(new).to_json()), "rows": len(gate.reference_table)}
+    result["query"] = gate.query(sorted(str(p) for p in __import__("pathlib").Path(new).iterdir())).to_json()
+    with open(f"{out}/encoder_rank{dist.get_rank()}.json", "w") as handle:
+        json.dump(result, handle)
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_two_ranks_derive_the_encoder_threshold_of_one_process(data: dict[str, Path]) -> None:
+    """The calibration sample is drawn from the whole reference and its look-alikes searched on every rank's rows:
+    the threshold, and so the decision, are those of one process."""
+    script = data["out"] / "encoder.py"
+    script.write_text(ENCODER_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    args = [str(data["photos_ref"]), str(data["photos_new"]), str(data["out"]), str(ROOT / "tests")]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(script), *args], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [json.loads((data["out"] / f"encoder_rank{r}.json").read_text()) for r in (0, 1)]
+    from test_encoder import pixel_encoder  # tests/ is on sys.path under pytest (rootdir conftest)
+
+    gate = DatasetGate(reference=data["photos_ref"], workers=0, encoder=pixel_encoder())
+    single = json.loads(gate.check(data["photos_new"]).to_json())
+    assert ranks[0]["check"] == ranks[1]["check"] == single
+    assert single["encoder"]["source"] == "calibrated" and single["encoder"]["similarity"] is not None
+    assert single["encoder"]["negatives"] > 0.9 * single["counts"]["reference"]
+    assert 0 < ranks[0]["rows"] < single["counts"]["reference"]
+    queries = gate.query(sorted(str(p) for p in data["photos_new"].iterdir()))
+    assert ranks[0]["query"] == ranks[1]["query"] == queries.to_json()

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ from vdc_torch.search.cascade import (
     MatchConfig,
     match_tables,
 )
+from vdc_torch.search.encoder_threshold import EncoderThreshold, encoder_threshold
 from vdc_torch.search.reference_index import ReferenceIndex
 from vdc_torch.search.shards import ReferenceShard
 from vdc_torch.search.split_drop import SplitDrop, match_split_drop
@@ -106,6 +107,10 @@ class Decision:
     novel_indices: list[int] = field(default_factory=list)
     #: A key per novel sample to persist the delta: its path (relative to the root), or a stream item's key.
     delta_keys: list[str] = field(default_factory=list)
+    #: With an encoder: the cosine its stage counted from, derived from the reference at
+    #: ``MatchConfig.encoder_precision`` unless ``encoder_similarity`` was set, with the estimated precision and
+    #: recall behind it (:class:`~vdc_torch.search.encoder_threshold.EncoderThreshold`); ``None`` without one.
+    encoder: EncoderThreshold | None = None
 
     def __str__(self) -> str:
         return self.reason
@@ -185,6 +190,7 @@ class Decision:
             "delta_keys": list(self.delta_keys),
             "policy": asdict(self.policy),
             "config": self.config.to_dict(),
+            "encoder": None if self.encoder is None else self.encoder.to_dict(),
             "new_root": self.new_root,
             "reference_root": self.reference_root,
         }
@@ -303,6 +309,8 @@ class DatasetGate:
         self.no_reference: str | None = None
         self._query_index: ReferenceIndex | None = None  # kept by query() for the reference table it was built on
         self._query_embeddings: Any = None
+        #: The encoder stage's threshold and the reference table it was derived from (see :meth:`_encoder_config`).
+        self._encoder_threshold: tuple[FingerprintTable, EncoderThreshold] | None = None
         #: Under a ``torch.distributed`` process group of several ranks, each rank holds only its part of the
         #: reference (``split_reference``; see :meth:`check`): where it lies, else ``None``.
         self.split_reference = split_reference
@@ -543,15 +551,16 @@ class DatasetGate:
                 stored["internal"], columns=MATCH_COLUMNS
             )
         new_emb = ref_emb = None
+        config = self.config
         if self.encoder is not None:
-            from vdc_torch.fingerprints.encoder import embed_thumbs
-
-            new_emb, ref_emb = embed_thumbs(self.encoder, new.thumbs), embed_thumbs(self.encoder, ref.thumbs)
+            ref_emb = self._embed(ref.thumbs)
+            config = self._encoder_config(ref, ref_emb)
+            new_emb = self._embed(new.thumbs) if config.encoder_similarity is not None else None
         caches = FeatureCaches()  # the new images verified against the reference are described once for both calls
         label = "matching" if self.progress else None
-        matched = match_tables(new, ref, self.config, new_embeddings=new_emb, ref_embeddings=ref_emb,
+        matched = match_tables(new, ref, config, new_embeddings=new_emb, ref_embeddings=ref_emb,
                                feature_caches=caches, progress=label)
-        internal = match_tables(new, new, self.config, same_table=True, new_embeddings=new_emb, ref_embeddings=new_emb,
+        internal = match_tables(new, new, config, same_table=True, new_embeddings=new_emb, ref_embeddings=new_emb,
                                 feature_caches=caches, progress=label and "internal duplicates")
         if self.cache is not None and key is not None:
             self.cache.store_result(key, {"cross": _records(matched), "internal": _records(internal)})
@@ -572,15 +581,43 @@ class DatasetGate:
         """Cross and internal matches with the reference split across ranks (and the drop too, gathered a chunk at
         a time: :func:`~vdc_torch.search.split_drop.match_split_drop`); the cascade's reductions make both frames
         those of one process (global rows)."""
-        embed = None
+        embed, ref_emb, config = None, None, self.config
         if self.encoder is not None:
-            from vdc_torch.fingerprints.encoder import embed_thumbs
-
-            def embed(thumbs: Any) -> Any:
-                return embed_thumbs(self.encoder, thumbs)
-
+            ref_emb = self._embed(ref.thumbs)
+            config = self._encoder_config(ref, ref_emb)
+            embed = self._embed if config.encoder_similarity is not None else None
         label = "matching" if self.progress and shard.rank == 0 else None
-        return match_split_drop(drop, ref, shard, self.config, embed=embed, progress=label)
+        return match_split_drop(drop, ref, shard, config, embed=embed, ref_embeddings=ref_emb, progress=label)
+
+    def _embed(self, thumbs: Any) -> Any:
+        """Unit embeddings of (n, 32, 32, 3) thumbnails by the gate's encoder."""
+        from vdc_torch.fingerprints.encoder import embed_thumbs
+
+        return embed_thumbs(self.encoder, thumbs)
+
+    def _encoder_config(self, ref: FingerprintTable, ref_emb: Any) -> MatchConfig:
+        """The config with the encoder stage's cosine: ``encoder_similarity`` when set, else derived once per
+        reference table from its own copies and look-alikes (:func:`encoder_threshold`; collective with the
+        reference split across ranks). ``None`` in it means the stage accepts nothing."""
+        if self._encoder_threshold is None or self._encoder_threshold[0] is not ref:
+            started = time.perf_counter()
+            threshold = encoder_threshold(ref.thumbs, ref_emb, self._embed, self.config, self._shard)
+            self._encoder_threshold = (ref, threshold)
+            if threshold.source == "calibrated":
+                log.info("encoder threshold: cosine %s (estimated precision %s, recall %s on %d copies and %d "
+                         "look-alikes of %d reference samples) in %.2f s%s", threshold.similarity,
+                         threshold.estimated_precision, threshold.estimated_recall, threshold.positives,
+                         threshold.negatives, threshold.sample, time.perf_counter() - started,
+                         f"; {threshold.note}" if threshold.note else "")
+            if threshold.similarity is None:
+                log.warning("encoder stage off: %s", threshold.note)
+        return replace(self.config, encoder_similarity=self._encoder_threshold[1].similarity)
+
+    @property
+    def encoder_threshold(self) -> EncoderThreshold | None:
+        """The encoder stage's threshold of the last check, update or query (``None`` before one, or without an
+        encoder)."""
+        return None if self._encoder_threshold is None else self._encoder_threshold[1]
 
     # -- queries ---------------------------------------------------------------------------------------------
     def query(self, images: Any) -> pd.DataFrame:
@@ -603,17 +640,18 @@ class DatasetGate:
         if self._query_index is None or self._query_index.ref is not ref:
             self._query_index = ReferenceIndex(ref, keep=True, shard=self._shard)
             self._query_embeddings = None
-        embed = None
+        embed, config = None, self.config
         if self.encoder is not None:
-            from vdc_torch.fingerprints.encoder import embed_thumbs
-
             if self._query_embeddings is None:
-                self._query_embeddings = embed_thumbs(self.encoder, ref.thumbs)
+                self._query_embeddings = self._embed(ref.thumbs)
+            config = self._encoder_config(ref, self._query_embeddings)
 
             def embed(thumbs: Any) -> tuple[Any, Any]:
-                return embed_thumbs(self.encoder, thumbs), self._query_embeddings
+                return self._embed(thumbs), self._query_embeddings
 
-        return query_reference(self._query_index, images, self.config, self.policy.counted_kinds, embed)
+            if config.encoder_similarity is None:
+                embed = None
+        return query_reference(self._query_index, images, config, self.policy.counted_kinds, embed)
 
     def _decision(
         self,
@@ -689,7 +727,7 @@ class DatasetGate:
             skipped=skipped, novel_indices=delta_indices, delta_keys=delta_keys,
             matches=matches.reset_index(drop=True), conflicts=conflicts, problems=problem_frame,
             internal_duplicates=internal_dups, classes=classes, quality=quality, counts=counts, policy=self.policy,
-            config=self.config,
+            config=self.config, encoder=self.encoder_threshold if self.encoder is not None else None,
             new_fingerprints=new, reference_fingerprints=ref, new_root=data.root,
             reference_root=str(self.meta.get("reference_root", "")),
             reference_from_files=self._reference is not None,

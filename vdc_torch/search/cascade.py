@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from vdc_torch.collective import all_gather_arrays
+from vdc_torch.errors import InvalidParameterError
 from vdc_torch.fingerprints.compute import CROP_BOXES, FingerprintTable, phash_batch
 from vdc_torch.search.candidates import (  # noqa: F401  (re-exported)
     KNN_ADD_CHUNK,
@@ -466,6 +467,9 @@ def _encoder_stage(run: _Run, new_embeddings: np.ndarray | None, ref_embeddings:
         best = top_k_per_query(q, rg, cos, k)
         best = best[owner[best] == run.shard.rank]
         q, r, cos = q[best], r[best], cos[best]
+    if config.encoder_similarity is None:
+        raise InvalidParameterError("embeddings were given but MatchConfig.encoder_similarity is None: set the cosine, "
+                                    "or derive it with vdc_torch.search.encoder_threshold.encoder_threshold")
     keep = (r >= 0) & run.allowed(q, np.maximum(r, 0)) & (cos >= config.encoder_similarity)
     if same_table:
         keep &= run.global_rows(np.maximum(r, 0)) != q

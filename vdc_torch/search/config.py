@@ -7,6 +7,8 @@ import enum
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from vdc_torch.errors import InvalidParameterError
+
 
 class MatchKind(str, enum.Enum):
     """How strongly a match says "already trained on", strongest first (the tables hold the plain strings)."""
@@ -90,8 +92,10 @@ class MatchConfig:
     use_alignment: bool = True  # candidates that features cannot verify: dense alignment (smooth pictures)
     overlay_boxes: bool = True  # unmatched samples: compare the 70 % corner crops box to box (captions, logos)
     aligned_similarity: float = 0.92  # gray NCC of the aligned pair (align.py) for a near-duplicate
-    encoder_similarity: float = 0.92  # cosine of model embeddings to count (CIFAR-10 gallery: 0.90-0.92 mixes in
-    # look-alikes)
+    encoder_similarity: float | None = None  # cosine of model embeddings to count; None: derived from the
+    # reference at encoder_precision (search/encoder_threshold.py); the small CIFAR-10 CNN's gallery put it at 0.92
+    encoder_precision: float = 0.99  # ... the precision that derived cosine keeps on the reference's own copies
+    encoder_calibration_samples: int = 1000  # ... reference samples (augmented copies and nearest look-alikes)
     encoder_min_thumb_similarity: float = 0.0  # pixel sanity check of encoder candidates (gray thumbnail NCC)
     max_rotation: float = 30.0  # unmatched samples: turned back by up to this many degrees (0 disables the stage)
     rotation_min_thumb_similarity: float = 0.6  # ... gray NCC of the turned-back centre crop with the reference's
@@ -99,6 +103,16 @@ class MatchConfig:
     # degrees (a phone photo whose EXIF orientation was lost on export), verified by local features
     framed: bool = True  # unmatched samples: look up the rectangles bounded by straight edges (a reference inside a
     # screenshot, a frame or a pad of its own blurred copy), verified with the reference inside the new image
+
+    def __post_init__(self) -> None:
+        if self.encoder_similarity is not None and not -1.0 <= self.encoder_similarity <= 1.0:
+            raise InvalidParameterError(f"encoder_similarity={self.encoder_similarity!r} must be a cosine in "
+                                        "[-1, 1], or None to derive it from the reference")
+        if not 0.0 < self.encoder_precision < 1.0:
+            raise InvalidParameterError(f"encoder_precision={self.encoder_precision!r} must lie in (0, 1)")
+        if self.encoder_calibration_samples < 2:
+            raise InvalidParameterError(
+                f"encoder_calibration_samples={self.encoder_calibration_samples!r} must be >= 2")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -135,19 +135,21 @@ Embed = Callable[[np.ndarray], np.ndarray]
 
 
 def match_split_drop(drop: SplitDrop, ref: FingerprintTable, shard: ReferenceShard, config: MatchConfig,
-                     *, internal: bool = True, embed: Embed | None = None, progress: str | None = None,
-                     chunk_rows: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                     *, internal: bool = True, embed: Embed | None = None, ref_embeddings: np.ndarray | None = None,
+                     progress: str | None = None, chunk_rows: int | None = None,
+                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cross matches of the drop against the reference (``ref`` is this rank's part, ``shard`` where it lies) and,
     with ``internal``, the duplicates inside the drop: the frames one process gives for the whole drop and the
     whole reference (new rows and reference rows of the whole drop and reference). ``chunk_rows`` new rows are
-    gathered at a time (default :data:`DROP_CHUNK_ROWS`). Collective."""
+    gathered at a time (default :data:`DROP_CHUNK_ROWS`). ``embed`` turns on the encoder stage (``ref_embeddings``:
+    the reference part's embeddings when already computed). Collective."""
     chunk_rows = chunk_rows or DROP_CHUNK_ROWS
     large_total = all_sum(int(_large_enough_to_align(drop.own).sum()))
     # the indexes several stages share (exact keys, pHashes) are built once for every chunk; the others per chunk
     ref_index = ReferenceIndex(ref, shard=shard)
     own_index = ReferenceIndex(drop.own, shard=ReferenceShard(drop.positions, drop.total, large_total, shard.rank,
                                                               shard.world)) if internal else None
-    ref_emb = embed(ref.thumbs) if embed is not None else None
+    ref_emb = None if embed is None else ref_embeddings if ref_embeddings is not None else embed(ref.thumbs)
     own_emb = embed(drop.own.thumbs) if embed is not None and internal else None
     cross: list[pd.DataFrame] = []
     inside: list[pd.DataFrame] = []

@@ -1,0 +1,176 @@
+"""The encoder stage's cosine threshold, derived from the reference itself at a named precision.
+
+A fixed cosine means something else for every model, layer and dataset: 0.92 separates copies from look-alikes for
+the small CNN of ``../shared/notes/model-encoder-on-cifar10.md``, while another model's embeddings of the same
+images may all lie above 0.95. So the gate measures, on a seeded sample of the reference:
+
+* **positives**: an augmented copy of each sampled reference thumbnail (mirror, a crop of up to 15 % per side
+  resized back, saturation, contrast and brightness changes, JPEG re-encoding at quality 40-90), scored by its
+  cosine to the original's embedding, the pair the encoder stage has to find;
+* **negatives**: each sampled reference's nearest *other* reference (the hardest look-alike, the pair the stage
+  would wrongly report when an unrelated new sample resembles it), skipping neighbours whose thumbnails correlate
+  at near-duplicate level (``near_duplicate_similarity``, plain or mirrored): those are copies inside the
+  reference, not negatives.
+
+The threshold is the lowest cosine at which the estimated precision on the balanced sample (as many negatives as
+positives, by rate) is at least ``encoder_precision``; the estimated precision and recall at that cosine go into
+the decision's JSON. When no cosine reaches the precision, the stage accepts nothing and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from vdc_torch.collective import all_gather_arrays
+from vdc_torch.search.config import MatchConfig
+from vdc_torch.search.shards import ReferenceShard
+from vdc_torch.search.thumbs import ThumbVerifier
+
+log = logging.getLogger(__name__)
+
+#: Seed of the calibration sample and its augmentations: the same reference gives the same threshold.
+CALIBRATION_SEED = 0
+#: Nearest other references searched per sampled reference for a negative that is not a copy.
+NEGATIVE_NEIGHBOURS = 5
+#: With a small reference, each sampled thumbnail gets this many augmented copies at most, so the positives
+#: number at least ``encoder_calibration_samples`` where the reference allows.
+MAX_COPIES_PER_SAMPLE = 8
+
+#: Maps (n, 32, 32, 3) uint8 thumbnails to (n, D) unit embeddings (the gate's encoder).
+Embed = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class EncoderThreshold:
+    """The cosine the encoder stage counts from (``None``: the stage accepts nothing, ``note`` says why), and where
+    it came from (``"calibrated"`` or ``"fixed"``)."""
+
+    similarity: float | None
+    source: str
+    target_precision: float | None = None
+    #: Estimated on the calibration sample (balanced: negatives weighted to the positives' count).
+    estimated_precision: float | None = None
+    estimated_recall: float | None = None
+    positives: int = 0
+    negatives: int = 0
+    #: Reference samples the positives and negatives came from.
+    sample: int = 0
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def encoder_threshold(ref_thumbs: Any, ref_embeddings: np.ndarray, embed: Embed, config: MatchConfig,
+                      shard: ReferenceShard | None = None) -> EncoderThreshold:
+    """The encoder stage's threshold for this reference: ``config.encoder_similarity`` when set, else calibrated
+    (module docstring). With a split ``shard`` (``ref_thumbs`` and ``ref_embeddings`` this rank's rows) the call
+    is collective and gives every rank the threshold one process holding the whole reference gets."""
+    if config.encoder_similarity is not None:
+        return EncoderThreshold(float(config.encoder_similarity), "fixed")
+    split = shard is not None and shard.split
+    total = shard.total if split else len(ref_embeddings)
+    if total < 2:
+        return EncoderThreshold(None, "calibrated", config.encoder_precision, sample=total,
+                                note="a reference of fewer than 2 samples has no negatives to calibrate on; "
+                                     "the encoder stage accepts nothing")
+    rng = np.random.default_rng(CALIBRATION_SEED)
+    sample = np.sort(rng.choice(total, size=min(total, config.encoder_calibration_samples), replace=False))
+    thumbs = _sample_thumbs(ref_thumbs, sample, shard if split else None)
+    copies = max(1, min(MAX_COPIES_PER_SAMPLE, -(-config.encoder_calibration_samples // len(sample))))
+    originals = np.repeat(np.arange(len(sample)), copies)
+    augmented = np.stack([augment_thumb(thumbs[i], rng) for i in originals])
+    sample_emb = embed(thumbs)
+    positives = np.einsum("ij,ij->i", embed(augmented), sample_emb[originals])
+    negatives = _hardest_negatives(sample, thumbs, sample_emb, ref_thumbs, ref_embeddings, config,
+                                   shard if split else None)
+    return choose_threshold(positives, negatives, config.encoder_precision, len(sample))
+
+
+def choose_threshold(positives: np.ndarray, negatives: np.ndarray, target_precision: float,
+                     sample: int) -> EncoderThreshold:
+    """The lowest positive's cosine at which ``positives`` (copies) against ``negatives`` (look-alikes), weighted
+    to equal numbers, keep ``target_precision``; the threshold accepting nothing when none does."""
+    pos = np.sort(np.asarray(positives, np.float64))[::-1]
+    neg = np.sort(np.asarray(negatives, np.float64))
+    counts = dict(positives=len(pos), negatives=len(neg), sample=sample, target_precision=target_precision)
+    if not len(pos) or not len(neg):
+        return EncoderThreshold(None, "calibrated", note="no positives or negatives to calibrate on", **counts)
+    weight = len(pos) / len(neg)
+    true_pos = np.arange(1, len(pos) + 1)
+    false_pos = (len(neg) - np.searchsorted(neg, pos, side="left")) * weight  # negatives >= each cut
+    precision = true_pos / (true_pos + false_pos)
+    ok = np.flatnonzero(precision >= target_precision)
+    if not len(ok):
+        return EncoderThreshold(None, "calibrated", estimated_recall=0.0,
+                                note=f"no cosine keeps precision {target_precision:g} on this reference: its "
+                                     "copies are not closer than its look-alikes, so the encoder stage accepts "
+                                     "nothing", **counts)
+    cut = int(ok[-1])
+    return EncoderThreshold(float(pos[cut]), "calibrated", estimated_precision=round(float(precision[cut]), 4),
+                            estimated_recall=round((cut + 1) / len(pos), 4), **counts)
+
+
+def augment_thumb(thumb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A copy of a (32, 32, 3) uint8 RGB thumbnail as a re-export would make it: maybe mirrored, cropped by up to
+    15 % per side and resized back, saturation 0.5-1.2, contrast 0.8-1.2, brightness -20..20, JPEG 40-90."""
+    side_y, side_x = thumb.shape[:2]
+    image = thumb[:, ::-1] if rng.random() < 0.5 else thumb
+    left, right, top, bottom = rng.uniform(0.0, 0.15, 4)
+    x0, x1 = int(round(left * side_x)), side_x - int(round(right * side_x))
+    y0, y1 = int(round(top * side_y)), side_y - int(round(bottom * side_y))
+    image = cv2.resize(np.ascontiguousarray(image[y0:y1, x0:x1]), (side_x, side_y), interpolation=cv2.INTER_LINEAR)
+    pixels = image.astype(np.float32)
+    gray = pixels @ np.float32([0.299, 0.587, 0.114])
+    pixels = gray[..., None] + (pixels - gray[..., None]) * rng.uniform(0.5, 1.2)
+    mean = pixels.mean()
+    pixels = (pixels - mean) * rng.uniform(0.8, 1.2) + mean + rng.uniform(-20.0, 20.0)
+    image = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    quality = int(rng.integers(40, 91))
+    ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(image[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return np.ascontiguousarray(cv2.imdecode(encoded, cv2.IMREAD_COLOR)[:, :, ::-1])
+
+
+def _sample_thumbs(ref_thumbs: Any, sample: np.ndarray, shard: ReferenceShard | None) -> np.ndarray:
+    """Thumbnails of the sampled global rows, in order (gathered from the ranks that hold them)."""
+    if shard is None:
+        return np.asarray(ref_thumbs[sample])
+    mine, local = shard.owned(sample)
+    held = np.asarray(ref_thumbs[local]) if len(local) else np.zeros((0, 32, 32, 3), np.uint8)
+    rows, thumbs = all_gather_arrays(sample[mine], held.reshape(len(held), -1))
+    order = np.argsort(rows, kind="stable")
+    return np.ascontiguousarray(thumbs[order].reshape(len(rows), 32, 32, 3))
+
+
+def _hardest_negatives(sample: np.ndarray, thumbs: np.ndarray, sample_emb: np.ndarray, ref_thumbs: Any,
+                       ref_embeddings: np.ndarray, config: MatchConfig, shard: ReferenceShard | None) -> np.ndarray:
+    """Per sampled reference, the cosine to its nearest other reference that is not a copy of it (over every
+    rank's rows with a split shard)."""
+    from vdc_torch.fingerprints.encoder import nearest_neighbours
+
+    k = min(NEGATIVE_NEIGHBOURS + 1, len(ref_embeddings))
+    if k:
+        sims, ids = nearest_neighbours(sample_emb, ref_embeddings, k=k)
+    else:
+        sims, ids = np.zeros((len(sample), 0), np.float32), np.zeros((len(sample), 0), np.int64)
+    q = np.repeat(np.arange(len(sample)), sims.shape[1])
+    local, cos = ids.reshape(-1).astype(np.int64), sims.reshape(-1).astype(np.float32)
+    found = local >= 0
+    q, local, cos = q[found], local[found], cos[found]
+    rows = local if shard is None else shard.to_global(local)
+    verifier = ThumbVerifier(thumbs, ref_thumbs, config)
+    copy = np.maximum(verifier.similarity(q, local), verifier.similarity(q, local, mirror=True))
+    keep = (rows != sample[q]) & (copy < config.near_duplicate_similarity)
+    q, cos = q[keep], cos[keep]
+    if shard is not None:
+        q, cos = all_gather_arrays(q, cos)
+    best = np.full(len(sample), -np.inf, np.float32)
+    np.maximum.at(best, q, cos)
+    return best[np.isfinite(best)]
