@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vdc_torch import DatasetGate
+from vdc_torch import DatasetGate, MatchConfig
 from vdc_torch.decision.store.manifest import manifest_info, shards_of_rank
 from vdc_torch.fingerprints.per_image import encode_detail
 from vdc_torch.search.cascade import match_tables
@@ -358,13 +358,13 @@ ENCODER_SCRIPT = textwrap.dedent(
     import torch.distributed as dist
     sys.path.insert(0, sys.argv[4])
     from test_encoder import pixel_encoder
-    from vdc_torch import DatasetGate
+    from vdc_torch import DatasetGate, MatchConfig
 
     dist.init_process_group("gloo")
     ref, new, out = sys.argv[1:4]
-    gate = DatasetGate(reference=ref, workers=0, encoder=pixel_encoder())
+    gate = DatasetGate(reference=ref, workers=0, encoder=pixel_encoder(), config=MatchConfig(encoder_precision=0.95))
     result = {"check": json.loads(gate.check(new).to_json()), "rows": len(gate.reference_table)}
-    result["query"] = gate.query(sorted(str(p) for p in __import__("pathlib").Path(new).iterdir())).to_json()
+    result["query"] = gate.query(sorted(str(p) for p in __import__("pathlib").Path(new).rglob("copy*"))).to_json()
     with open(f"{out}/encoder_rank{dist.get_rank()}.json", "w") as handle:
         json.dump(result, handle)
     dist.destroy_process_group()
@@ -378,18 +378,20 @@ def test_two_ranks_derive_the_encoder_threshold_of_one_process(data: dict[str, P
     script = data["out"] / "encoder.py"
     script.write_text(ENCODER_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    args = [str(data["photos_ref"]), str(data["photos_new"]), str(data["out"]), str(ROOT / "tests")]
+    args = [str(data["cifar_ref"]), str(data["cifar_new"]), str(data["out"]), str(ROOT / "tests")]
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              str(script), *args], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [json.loads((data["out"] / f"encoder_rank{r}.json").read_text()) for r in (0, 1)]
     from test_encoder import pixel_encoder  # tests/ is on sys.path under pytest (rootdir conftest)
 
-    gate = DatasetGate(reference=data["photos_ref"], workers=0, encoder=pixel_encoder())
-    single = json.loads(gate.check(data["photos_new"]).to_json())
+    gate = DatasetGate(reference=data["cifar_ref"], workers=0, encoder=pixel_encoder(),
+                       config=MatchConfig(encoder_precision=0.95))
+    single = json.loads(gate.check(data["cifar_new"]).to_json())
     assert ranks[0]["check"] == ranks[1]["check"] == single
     assert single["encoder"]["source"] == "calibrated" and single["encoder"]["similarity"] is not None
-    assert single["encoder"]["negatives"] > 0.9 * single["counts"]["reference"]
+    assert single["encoder"]["sample"] == single["counts"]["reference"] == 600
+    assert any(m["method"] == "encoder" for m in single["matches"])
     assert 0 < ranks[0]["rows"] < single["counts"]["reference"]
-    queries = gate.query(sorted(str(p) for p in data["photos_new"].iterdir()))
+    queries = gate.query(sorted(str(p) for p in data["cifar_new"].rglob("copy*")))
     assert ranks[0]["query"] == ranks[1]["query"] == queries.to_json()

@@ -95,7 +95,7 @@ class MatchConfig:
     encoder_similarity: float | None = None  # cosine of model embeddings to count; None: derived from the
     # reference at encoder_precision (search/encoder_threshold.py); the small CIFAR-10 CNN's gallery put it at 0.92
     encoder_precision: float = 0.99  # ... the precision that derived cosine keeps on the reference's own copies
-    encoder_calibration_samples: int = 1000  # ... reference samples (augmented copies and nearest look-alikes)
+    encoder_calibration_samples: int = 2000  # ... reference samples (augmented copies and nearest look-alikes)
     encoder_min_thumb_similarity: float = 0.0  # pixel sanity check of encoder candidates (gray thumbnail NCC)
     max_rotation: float = 30.0  # unmatched samples: turned back by up to this many degrees (0 disables the stage)
     rotation_min_thumb_similarity: float = 0.6  # ... gray NCC of the turned-back centre crop with the reference's

@@ -4,17 +4,21 @@ A fixed cosine means something else for every model, layer and dataset: 0.92 sep
 the small CNN of ``../shared/notes/model-encoder-on-cifar10.md``, while another model's embeddings of the same
 images may all lie above 0.95. So the gate measures, on a seeded sample of the reference:
 
-* **positives**: an augmented copy of each sampled reference thumbnail (mirror, a crop of up to 15 % per side
-  resized back, saturation, contrast and brightness changes, JPEG re-encoding at quality 40-90), scored by its
-  cosine to the original's embedding, the pair the encoder stage has to find;
-* **negatives**: each sampled reference's nearest *other* reference (the hardest look-alike, the pair the stage
-  would wrongly report when an unrelated new sample resembles it), skipping neighbours whose thumbnails correlate
-  at near-duplicate level (``near_duplicate_similarity``, plain or mirrored): those are copies inside the
-  reference, not negatives.
+* **positives**: an augmented copy of each sampled reference thumbnail (a crop of up to 10 % per side resized
+  back, saturation 0.7-1.2, contrast 0.9-1.1, brightness -10..10, JPEG re-encoding at quality 60-95), scored by
+  its cosine to the original's embedding: the pair the encoder stage has to find. Not mirrored: the stage compares
+  embeddings as they are, and the cascade's mirror stages find flipped copies;
+* **negatives**: each sampled reference's nearest *other* reference that the stage could report (its thumbnail
+  check, ``encoder_min_thumb_similarity``, passes): the hardest look-alike, the pair the stage would wrongly report
+  when an unrelated new sample resembles it. Neighbours whose thumbnails correlate at near-duplicate level
+  (``near_duplicate_similarity``, plain or mirrored) are skipped: those are copies inside the reference.
 
-The threshold is the lowest cosine at which the estimated precision on the balanced sample (as many negatives as
-positives, by rate) is at least ``encoder_precision``; the estimated precision and recall at that cosine go into
-the decision's JSON. When no cosine reaches the precision, the stage accepts nothing and says so.
+The threshold is the lowest cosine at which the precision on a balanced sample (as many look-alikes as copies) is
+at least ``encoder_precision`` *with 95 % confidence*: the share of copies above it is taken at its lower and the
+share of look-alikes at its upper one-sided Wilson bound, so a reference of a few hundred samples cannot show 0.99
+and the stage stays off rather than trust a handful of negatives. The threshold, the precision and recall bounds
+behind it and the counts go into the decision's JSON; when no cosine reaches the precision the stage is left out
+and the JSON says why.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import numpy as np
 
 from vdc_torch.collective import all_gather_arrays
 from vdc_torch.search.config import MatchConfig
-from vdc_torch.search.shards import ReferenceShard
+from vdc_torch.search.shards import ReferenceShard, top_k_per_query
 from vdc_torch.search.thumbs import ThumbVerifier
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,8 @@ NEGATIVE_NEIGHBOURS = 5
 #: With a small reference, each sampled thumbnail gets this many augmented copies at most, so the positives
 #: number at least ``encoder_calibration_samples`` where the reference allows.
 MAX_COPIES_PER_SAMPLE = 8
+#: One-sided 95 % normal quantile of the Wilson bounds on the shares of copies and look-alikes above a cosine.
+CONFIDENCE_Z = 1.645
 
 #: Maps (n, 32, 32, 3) uint8 thumbnails to (n, D) unit embeddings (the gate's encoder).
 Embed = Callable[[np.ndarray], np.ndarray]
@@ -54,7 +60,8 @@ class EncoderThreshold:
     similarity: float | None
     source: str
     target_precision: float | None = None
-    #: Estimated on the calibration sample (balanced: negatives weighted to the positives' count).
+    #: On the calibration sample, balanced (as many look-alikes as copies): the precision's lower 95 % bound
+    #: and the recall's (share of copies at or above the cosine) lower 95 % bound.
     estimated_precision: float | None = None
     estimated_recall: float | None = None
     positives: int = 0
@@ -93,46 +100,56 @@ def encoder_threshold(ref_thumbs: Any, ref_embeddings: np.ndarray, embed: Embed,
     return choose_threshold(positives, negatives, config.encoder_precision, len(sample))
 
 
+def wilson_bounds(hits: np.ndarray, total: int, z: float = CONFIDENCE_Z) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper Wilson score bounds of the proportions ``hits / total``."""
+    p = np.asarray(hits, np.float64) / total
+    centre = p + z * z / (2 * total)
+    spread = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
+    scale = 1 + z * z / total
+    return (centre - spread) / scale, (centre + spread) / scale
+
+
 def choose_threshold(positives: np.ndarray, negatives: np.ndarray, target_precision: float,
                      sample: int) -> EncoderThreshold:
-    """The lowest positive's cosine at which ``positives`` (copies) against ``negatives`` (look-alikes), weighted
-    to equal numbers, keep ``target_precision``; the threshold accepting nothing when none does."""
+    """The lowest positive's cosine at which ``positives`` (copies) against ``negatives`` (look-alikes), in equal
+    numbers, keep ``target_precision`` with 95 % confidence (module docstring); accepting nothing when none does."""
     pos = np.sort(np.asarray(positives, np.float64))[::-1]
     neg = np.sort(np.asarray(negatives, np.float64))
     counts = dict(positives=len(pos), negatives=len(neg), sample=sample, target_precision=target_precision)
     if not len(pos) or not len(neg):
         return EncoderThreshold(None, "calibrated", note="no positives or negatives to calibrate on", **counts)
-    weight = len(pos) / len(neg)
-    true_pos = np.arange(1, len(pos) + 1)
-    false_pos = (len(neg) - np.searchsorted(neg, pos, side="left")) * weight  # negatives >= each cut
-    precision = true_pos / (true_pos + false_pos)
+    recall, _ = wilson_bounds(np.arange(1, len(pos) + 1), len(pos))  # copies at or above each positive's cosine
+    _, false_rate = wilson_bounds(len(neg) - np.searchsorted(neg, pos, side="left"), len(neg))  # look-alikes
+    precision = recall / (recall + false_rate)
     ok = np.flatnonzero(precision >= target_precision)
     if not len(ok):
-        return EncoderThreshold(None, "calibrated", estimated_recall=0.0,
-                                note=f"no cosine keeps precision {target_precision:g} on this reference: its "
-                                     "copies are not closer than its look-alikes, so the encoder stage accepts "
-                                     "nothing", **counts)
+        return EncoderThreshold(
+            None, "calibrated", estimated_precision=round(float(precision.max()), 4), estimated_recall=0.0,
+            note=f"no cosine shows precision {target_precision:g} with 95 % confidence on this reference (at best "
+                 f"{precision.max():.3f} from {len(neg)} look-alikes: its copies are not far enough from its "
+                 "look-alikes, or too few reference samples to tell), so the encoder stage accepts nothing",
+            **counts)
     cut = int(ok[-1])
     return EncoderThreshold(float(pos[cut]), "calibrated", estimated_precision=round(float(precision[cut]), 4),
-                            estimated_recall=round((cut + 1) / len(pos), 4), **counts)
+                            estimated_recall=round(float(recall[cut]), 4), **counts)
 
 
 def augment_thumb(thumb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A copy of a (32, 32, 3) uint8 RGB thumbnail as a re-export would make it: maybe mirrored, cropped by up to
-    15 % per side and resized back, saturation 0.5-1.2, contrast 0.8-1.2, brightness -20..20, JPEG 40-90."""
+    """A copy of a (32, 32, 3) uint8 RGB thumbnail as a re-export would make it: cropped by up to 10 % per side and
+    resized back, saturation 0.7-1.2, contrast 0.9-1.1, brightness -10..10, JPEG 60-95."""
     side_y, side_x = thumb.shape[:2]
-    image = thumb[:, ::-1] if rng.random() < 0.5 else thumb
-    left, right, top, bottom = rng.uniform(0.0, 0.15, 4)
+    image = thumb
+    left, right, top, bottom = rng.uniform(0.0, 0.10, 4)
     x0, x1 = int(round(left * side_x)), side_x - int(round(right * side_x))
     y0, y1 = int(round(top * side_y)), side_y - int(round(bottom * side_y))
     image = cv2.resize(np.ascontiguousarray(image[y0:y1, x0:x1]), (side_x, side_y), interpolation=cv2.INTER_LINEAR)
     pixels = image.astype(np.float32)
     gray = pixels @ np.float32([0.299, 0.587, 0.114])
-    pixels = gray[..., None] + (pixels - gray[..., None]) * rng.uniform(0.5, 1.2)
+    pixels = gray[..., None] + (pixels - gray[..., None]) * rng.uniform(0.7, 1.2)
     mean = pixels.mean()
-    pixels = (pixels - mean) * rng.uniform(0.8, 1.2) + mean + rng.uniform(-20.0, 20.0)
+    pixels = (pixels - mean) * rng.uniform(0.9, 1.1) + mean + rng.uniform(-10.0, 10.0)
     image = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
-    quality = int(rng.integers(40, 91))
+    quality = int(rng.integers(60, 96))
     ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(image[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok
     return np.ascontiguousarray(cv2.imdecode(encoded, cv2.IMREAD_COLOR)[:, :, ::-1])
@@ -151,13 +168,13 @@ def _sample_thumbs(ref_thumbs: Any, sample: np.ndarray, shard: ReferenceShard | 
 
 def _hardest_negatives(sample: np.ndarray, thumbs: np.ndarray, sample_emb: np.ndarray, ref_thumbs: Any,
                        ref_embeddings: np.ndarray, config: MatchConfig, shard: ReferenceShard | None) -> np.ndarray:
-    """Per sampled reference, the cosine to its nearest other reference that is not a copy of it (over every
-    rank's rows with a split shard)."""
+    """Per sampled reference, the cosine to its nearest other reference that is not a copy of it and that the
+    encoder stage's thumbnail check lets through (over every rank's rows with a split shard)."""
     from vdc_torch.fingerprints.encoder import nearest_neighbours
 
-    k = min(NEGATIVE_NEIGHBOURS + 1, len(ref_embeddings))
-    if k:
-        sims, ids = nearest_neighbours(sample_emb, ref_embeddings, k=k)
+    k = NEGATIVE_NEIGHBOURS + 1
+    if len(ref_embeddings):
+        sims, ids = nearest_neighbours(sample_emb, ref_embeddings, k=min(k, len(ref_embeddings)))
     else:
         sims, ids = np.zeros((len(sample), 0), np.float32), np.zeros((len(sample), 0), np.int64)
     q = np.repeat(np.arange(len(sample)), sims.shape[1])
@@ -165,9 +182,17 @@ def _hardest_negatives(sample: np.ndarray, thumbs: np.ndarray, sample_emb: np.nd
     found = local >= 0
     q, local, cos = q[found], local[found], cos[found]
     rows = local if shard is None else shard.to_global(local)
+    if shard is not None:  # the k nearest over every rank's rows (as one process finds them), then this rank's
+        rank = np.full(len(q), shard.rank, np.int64)
+        q, rows, cos, owner, local = all_gather_arrays(q, rows, cos, rank, local)
+        best = top_k_per_query(q, rows, cos, k)
+        best = best[owner[best] == shard.rank]
+        q, rows, cos, local = q[best], rows[best], cos[best], local[best]
     verifier = ThumbVerifier(thumbs, ref_thumbs, config)
-    copy = np.maximum(verifier.similarity(q, local), verifier.similarity(q, local, mirror=True))
-    keep = (rows != sample[q]) & (copy < config.near_duplicate_similarity)
+    plain = verifier.similarity(q, local)
+    copy = np.maximum(plain, verifier.similarity(q, local, mirror=True))
+    keep = ((rows != sample[q]) & (copy < config.near_duplicate_similarity)
+            & (plain >= config.encoder_min_thumb_similarity))
     q, cos = q[keep], cos[keep]
     if shard is not None:
         q, cos = all_gather_arrays(q, cos)
