@@ -356,6 +356,55 @@ def run_imagededup(suite, new_names, ref_names, truth) -> dict[str, dict[str, An
     return out
 
 
+# ================================================================================================ fastdup
+
+#: fastdup's "near duplicate" similarity (its galleries' default).
+FASTDUP_THRESHOLD = 0.9
+
+
+def run_fastdup(suite, new_names, ref_names, truth) -> dict[str, dict[str, Any]]:
+    """fastdup (bundled ONNX model, its own venv) on one folder of the reference and new files: a new image's
+    predicted reference is its most similar reference among fastdup's 20 nearest neighbours."""
+    from baselines import BaselineError, fastdup_run
+
+    tmp = Path(tempfile.mkdtemp(prefix="vdc-acc-fastdup-"))
+    try:
+        for folder, names in ((suite.ref_dir, ref_names), (suite.new_dir, new_names)):
+            for n in names:  # links, not symlinks: fastdup lists regular files only
+                try:
+                    os.link(folder / n, tmp / n)
+                except OSError:
+                    shutil.copy(folder / n, tmp / n)
+        t = time.perf_counter()
+        try:
+            r = fastdup_run(tmp, threshold=0.5, k=20, num_threads=2)
+        except (BaselineError, OSError, subprocess.SubprocessError) as exc:  # a missing venv must not sink the run
+            log(f"fastdup failed: {exc}")
+            return {"fastdup": {"family": "fastdup", "error": str(exc)}}
+        wall = time.perf_counter() - t
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    refs = set(ref_names)
+    best_sim: dict[str, tuple[float, str]] = {}
+    for a, b, sim in r["pairs"]:
+        if a in refs or b not in refs:
+            continue
+        if sim > best_sim.get(a, (-np.inf, ""))[0]:
+            best_sim[a] = (sim, b)
+    best = [best_sim[n][1] if n in best_sim else None for n in new_names]
+    dist = np.array([-best_sim[n][0] if n in best_sim else np.inf for n in new_names])  # negated: lower is closer
+    curve = sweep(best, dist, new_names, truth)
+    pred = {n: (best_sim[n][1] if n in best_sim and best_sim[n][0] >= FASTDUP_THRESHOLD else None)
+            for n in new_names}
+    entry = {
+        "family": "fastdup", "best_ref": best, "distance": dist, "curve": curve, "best_f1": best_f1(curve),
+        "seconds": r["run_s"], "wall_s": wall, "version": r.get("version"), "unreadable": r.get("unreadable", []),
+        "defaults": {"default": {"threshold": -FASTDUP_THRESHOLD, "pred": pred, "score": score(pred, truth)}},
+    }
+    log(f"fastdup {r.get('version')}: {r['run_s']:.1f}s F1 {entry['defaults']['default']['score']['overall']['f1']:.3f}")
+    return {"fastdup": entry}
+
+
 # ================================================================================================ diagnostics
 
 
@@ -778,6 +827,8 @@ def _thr(name: str, thr: float) -> str:
         return "–"
     if name.startswith("features:"):
         return f"inliers ≥ {-thr:g}"
+    if name.startswith("fastdup"):
+        return f"similarity ≥ {-thr:.4g}"
     if name.startswith("metric:"):
         m = name.split(":")[1]
         from vdc_torch.fingerprints.metrics import METRIC_RANGES
@@ -1262,6 +1313,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "out")
     ap.add_argument("--keep-suite", action="store_true", help="keep the suite folder (printed) instead of deleting it")
     ap.add_argument("--no-imagededup", action="store_true")
+    ap.add_argument("--no-fastdup", action="store_true")
     ap.add_argument("--no-benchmarks-md", action="store_true",
                     help="do not write the section of benchmarks/results/accuracy_real_photos.md")
     args = ap.parse_args(argv)
@@ -1303,6 +1355,7 @@ def main(argv: list[str] | None = None) -> int:
 
         single = run_single_methods(suite, new_names, ref_names, truth)
         idd = {} if args.no_imagededup else run_imagededup(suite, new_names, ref_names, truth)
+        fdup = {} if args.no_fastdup else run_fastdup(suite, new_names, ref_names, truth)
 
         results: dict[str, dict[str, Any]] = {
             "cascade": {
@@ -1314,6 +1367,7 @@ def main(argv: list[str] | None = None) -> int:
                 },
             },
             **idd,
+            **fdup,
             **single,
         }
         fails = failures(cascade, truth, diag)
@@ -1343,6 +1397,8 @@ def main(argv: list[str] | None = None) -> int:
             (next(iter(e["defaults"].values()))["score"]["overall"]["f1"] for k, e in idd.items() if "defaults" in e),
             default=float("nan"),
         )
+        fdup_f1 = (fdup["fastdup"]["defaults"]["default"]["score"]["overall"]["f1"]
+                   if "defaults" in fdup.get("fastdup", {}) else float("nan"))
         pool = suite.pool_report
         trimmed = [x for x in trims if max(x["trimmed"].values()) >= 0.03]
         trimmed_refs = {x["ref"] for x in trimmed}
@@ -1404,7 +1460,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"**Targets** (default cascade): recall ≥ 0.97 in every transform class — "
                 f"{below_text}; "
                 f"overall precision ≥ 0.99 — {o['precision']:.3f} ({'met' if o['precision'] >= 0.99 else 'missed'}); "
-                f"F1 {o['f1']:.3f} vs best imagededup {_f(idd_f1)}."
+                f"F1 {o['f1']:.3f} vs best imagededup {_f(idd_f1)}, fastdup {_f(fdup_f1)}."
             ),
             "",
             "### Overall, every method at its default threshold",
@@ -1413,7 +1469,8 @@ def main(argv: list[str] | None = None) -> int:
                 'A predicted copy is right only with the right reference. "Best F1 over sweep" picks the threshold '
                 "on this very suite (an optimistic upper bound, not a calibration). Times: cascade = reference + new "
                 "fingerprints and matching; single methods = computing and comparing their own representation "
-                "after one shared decode; imagededup = its encode + find (its own process)."
+                "after one shared decode; imagededup = its encode + find, fastdup = its run (each in its own "
+                f"process). fastdup counts a pair at similarity ≥ {FASTDUP_THRESHOLD} (its galleries' near duplicate)."
             ),
             "",
             overall_table(results),
@@ -1432,6 +1489,7 @@ def main(argv: list[str] | None = None) -> int:
             per_class_matrix(
                 [("cascade", s_strict), ("cascade+similar", s_loose)]
                 + [(_method_label(k), first(k)) for k in results if k.startswith("imagededup:")]
+                + [(k, first(k)) for k in results if k == "fastdup" and "defaults" in results[k]]
                 + [(_method_label(k), first(k)) for k in results if k.startswith("hash:")],
                 truth,
             ),

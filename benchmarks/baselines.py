@@ -7,10 +7,12 @@ venv's Python on them, and reads the results back from a JSON file (no pickle). 
 are measured inside the child process around the library calls only, so interpreter
 start-up and imports are excluded (they are reported separately as ``process_s``).
 
-Venvs (override with ``VDC_IMAGEDEDUP_PYTHON`` / ``VDC_VISDATCOMPY_PYTHON``)::
+Venvs (override with ``VDC_IMAGEDEDUP_PYTHON`` / ``VDC_VISDATCOMPY_PYTHON`` / ``VDC_FASTDUP_PYTHON``)::
 
     python -m venv --system-site-packages /tmp/venvs/imagededup   # reuses the system torch
     /tmp/venvs/imagededup/bin/pip install imagededup
+    python3 -m venv /tmp/venvs/fastdup && /tmp/venvs/fastdup/bin/pip install fastdup   # offline, bundled model;
+    # never a dependency of vdc_torch: the model's licence is non-commercial
     /root/.pyenv/versions/3.12.1/bin/python -m venv /tmp/venvs/visdatcompy
     /tmp/venvs/visdatcompy/bin/pip install visdatcompy
 
@@ -51,6 +53,8 @@ __all__ = [
     "BaselineError",
     "cifar10_subset",
     "flat_dir",
+    "fastdup_python",
+    "fastdup_run",
     "imagededup_python",
     "imagededup_run",
     "visdatcompy_python",
@@ -81,6 +85,10 @@ class BaselineError(RuntimeError):
 
 def imagededup_python() -> Path:
     return Path(os.environ.get("VDC_IMAGEDEDUP_PYTHON") or "/tmp/venvs/imagededup/bin/python")
+
+
+def fastdup_python() -> Path:
+    return Path(os.environ.get("VDC_FASTDUP_PYTHON") or "/tmp/venvs/fastdup/bin/python")
 
 
 def visdatcompy_python() -> Path:
@@ -214,6 +222,55 @@ def imagededup_run(
         "search_method": search_method,
     }
     return _run_child(imagededup_python(), _IMAGEDEDUP_RUNNER, args, timeout)
+
+
+# --------------------------------------------------------------------------------------------
+# fastdup
+
+_FASTDUP_RUNNER = textwrap.dedent(
+    """
+    import contextlib, io, json, os, sys, time
+    from importlib.metadata import version
+
+    def main():
+        args = json.load(open(sys.argv[1]))
+        import fastdup
+        work = os.path.join(os.path.dirname(sys.argv[2]), "work")
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):  # progress bars and banners
+            fd = fastdup.create(work_dir=work, input_dir=args["image_dir"])
+            fd.run(overwrite=True, threshold=args["threshold"], nearest_neighbors_k=args["k"],
+                   num_threads=args["num_threads"], verbose=False)
+        t1 = time.perf_counter()
+        pairs = fd.similarity()
+        valid = fd.annotations()
+        json.dump({
+            "tool": "fastdup", "version": version("fastdup"), "run_s": t1 - t0,
+            "n_images": int(valid["is_valid"].sum()),
+            "unreadable": [os.path.basename(f) for f, ok in zip(valid["filename"], valid["is_valid"]) if not ok],
+            "pairs": [[os.path.basename(a), os.path.basename(b), float(d)]
+                      for a, b, d in zip(pairs["filename_from"], pairs["filename_to"], pairs["distance"])],
+        }, open(sys.argv[2], "w"))
+
+    if __name__ == "__main__":
+        main()
+    """
+)
+
+
+def fastdup_run(image_dir: str | os.PathLike[str], threshold: float = 0.5, k: int = 20, num_threads: int = 2,
+                timeout: float | None = 7200) -> dict:
+    """Run fastdup (its bundled ONNX model, offline) on every image of ``image_dir``.
+
+    Returns ``{"run_s", "n_images", "unreadable": [name], "pairs": [[name, other, similarity], ...]}``: each image's
+    ``k`` nearest others with cosine similarity >= ``threshold`` (both directions are listed). fastdup's galleries
+    call 0.9 a near duplicate.
+    """
+    image_dir = Path(image_dir).resolve()
+    if not image_dir.is_dir():
+        raise ValueError(f"image_dir={str(image_dir)!r} is not a directory")
+    args = {"image_dir": str(image_dir), "threshold": threshold, "k": k, "num_threads": num_threads}
+    return _run_child(fastdup_python(), _FASTDUP_RUNNER, args, timeout)
 
 
 # --------------------------------------------------------------------------------------------
