@@ -142,18 +142,20 @@ def test_the_gate_derives_the_encoder_threshold_from_the_reference(cifar_drop) -
     decision = gate.check(new)
     threshold = json.loads(decision.to_json())["encoder"]
     assert threshold["source"] == "calibrated" and threshold["target_precision"] == 0.99
-    assert threshold["sample"] == 1200 and threshold["positives"] == 2400 and threshold["negatives"] > 700
+    assert threshold["sample"] == 1200 and threshold["positives"] == 2400 and threshold["negatives"] > 300
     assert threshold["estimated_precision"] >= 0.99 and 0.2 < threshold["estimated_recall"] < 1.0
     assert 0.5 < threshold["similarity"] < 1.0
     found = decision.matches[decision.matches["method"] == "encoder"]
     assert (found["score"] >= threshold["similarity"]).all()
     right = [copy_of.get(Path(n).name) == "/".join(Path(r).parts[-2:])
              for n, r in zip(found["new_path"], found["ref_path"])]
-    # re-encoded and lightly edited copies are found; of the 1,200 CIFAR test images only a few are matched, all to
-    # a training image of their own class (CIFAR's own test/train near-duplicates among them)
+    # re-encoded and lightly edited copies are found; of the 1,200 CIFAR test images few are matched (the bound
+    # allows ~0.6 % of them), nearly all to a training image of their own class (CIFAR's own test/train
+    # near-duplicates among them)
+    assert threshold["false_match_rate"] < 0.01
     wrong = found[[not ok for ok in right]]
-    assert sum(right) >= 20 and len(wrong) <= 8
-    assert all(Path(n).parts[-2] == Path(r).parts[-2] for n, r in zip(wrong["new_path"], wrong["ref_path"]))
+    other_class = [n for n, r in zip(wrong["new_path"], wrong["ref_path"]) if Path(n).parts[-2] != Path(r).parts[-2]]
+    assert sum(right) >= 20 and len(wrong) <= 12 and len(other_class) <= 2
     schema = json.loads(DECISION_SCHEMA_PATH.read_text())
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(json.loads(decision.to_json()), schema, cls=jsonschema.Draft202012Validator)
@@ -167,6 +169,69 @@ def test_the_gate_derives_the_encoder_threshold_from_the_reference(cifar_drop) -
     assert loaded.encoder_threshold.to_dict() == threshold
 
 
+class _Squeezed(nn.Module):
+    """The pixel encoder's unit vector next to a constant of the same length: every cosine c becomes (c + 1) / 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pixels = nn.Sequential(nn.AvgPool2d(4), _Centred(), nn.Flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        unit = torch.nn.functional.normalize(self.pixels(x), dim=1)
+        return torch.cat([unit, torch.ones(len(unit), 1)], dim=1)
+
+
+def test_the_threshold_follows_the_encoder_and_the_matches_stay(cifar_drop) -> None:
+    ref, new, _ = cifar_drop
+    config = MatchConfig(**ENCODER_ONLY)
+    plain = DatasetGate(reference=ref, encoder=pixel_encoder(), config=config, workers=0).check(new)
+    squeezed = DatasetGate(reference=ref, encoder=LayerEncoder(_Squeezed(), grid=0), config=config,
+                           workers=0).check(new)
+    cosine, squeezed_cosine = plain.encoder.similarity, squeezed.encoder.similarity
+    assert squeezed_cosine == pytest.approx((cosine + 1) / 2, abs=1e-5)  # a fixed cosine would fit one of them
+    assert squeezed_cosine - cosine > 0.03
+
+    def pairs(decision) -> list[tuple[str, str]]:
+        rows = decision.matches[decision.matches["method"] == "encoder"]
+        return sorted(zip(rows["new_path"], rows["ref_path"]))
+
+    assert pairs(plain) == pairs(squeezed) and len(pairs(plain)) >= 20
+
+
+def test_a_check_derives_the_threshold_again_for_a_new_config_or_encoder(cifar_drop) -> None:
+    ref, new, _ = cifar_drop
+    gate = DatasetGate(reference=ref, encoder=pixel_encoder(), config=MatchConfig(**ENCODER_ONLY), workers=0)
+    derived = gate.check(new).encoder
+    assert derived.source == "calibrated"
+    gate.config = MatchConfig(**ENCODER_ONLY, encoder_similarity=0.99)
+    assert gate.check(new).encoder.similarity == 0.99
+    assert gate.query([new / "airplane" / "0013.jpg"]) is not None and gate.encoder_threshold.similarity == 0.99
+    gate.config = MatchConfig(**ENCODER_ONLY)
+    gate.encoder = LayerEncoder(_Squeezed(), grid=0)
+    assert gate.query([new / "airplane" / "0013.jpg"]) is not None
+    assert gate.encoder_threshold.similarity == pytest.approx((derived.similarity + 1) / 2, abs=1e-5)
+
+
+def test_copies_inside_the_reference_are_not_counted_as_look_alikes(cifar_drop, tmp_path: Path) -> None:
+    ref, _, _ = cifar_drop
+    doubled = tmp_path / "doubled"
+    shutil.copytree(ref, doubled)
+    for f in sorted(doubled.rglob("*.jpg"))[::6]:  # 200 pictures twice, the second re-encoded
+        with Image.open(f) as im:
+            im.save(f.with_name("again_" + f.name), quality=85)
+    gate = DatasetGate(reference=doubled, encoder=pixel_encoder(), workers=0)
+    embeddings = embed_thumbs(gate.encoder, gate.reference_table.thumbs)
+    from vdc_torch.search.encoder_threshold import encoder_threshold
+
+    def derive(config: MatchConfig):
+        return encoder_threshold(gate.reference_table.thumbs, embeddings, gate._embed, config)
+
+    kept = derive(MatchConfig())  # the re-encoded copies correlate at near-duplicate level: skipped
+    assert kept.similarity is not None and kept.false_match_rate < 0.01
+    counted = derive(MatchConfig(near_duplicate_similarity=2.0))  # taken for look-alikes, they near 1.0
+    assert counted.similarity is None or counted.similarity > kept.similarity
+
+
 def test_a_small_reference_cannot_show_the_precision_so_the_stage_stays_off(copy_drop, caplog) -> None:
     ref, new = copy_drop  # 24 reference photos: 24 look-alikes cannot show a false-match rate of 1 %
     with caplog.at_level("WARNING"):
@@ -174,7 +239,7 @@ def test_a_small_reference_cannot_show_the_precision_so_the_stage_stays_off(copy
                                workers=0).check(new)
     threshold = decision.to_dict()["encoder"]
     assert threshold["similarity"] is None and 0 < threshold["negatives"] <= 24
-    assert "no cosine shows precision 0.99 with 95 % confidence" in threshold["note"]
+    assert "no cosine shows balanced precision 0.99" in threshold["note"] and "too few" in threshold["note"]
     assert "encoder stage off" in caplog.text
     assert not (decision.matches["method"] == "encoder").any()
 
@@ -189,7 +254,8 @@ def test_a_fixed_encoder_similarity_is_used_as_given(photos, copy_drop) -> None:
     assert not (decision.matches["method"] == "encoder").any()
     assert decision.to_dict()["encoder"] == {
         "similarity": 0.995, "source": "fixed", "target_precision": None, "estimated_precision": None,
-        "estimated_recall": None, "positives": 0, "negatives": 0, "sample": 0, "note": ""}
+        "estimated_recall": None, "false_match_rate": None, "positives": 0, "negatives": 0, "sample": 0,
+        "note": ""}
     assert DatasetGate(reference=ref, workers=0).check(new).to_dict()["encoder"] is None  # no encoder, no section
 
 
@@ -205,7 +271,7 @@ def test_an_encoder_that_cannot_tell_copies_from_look_alikes_matches_nothing(cop
     assert not (decision.matches["method"] == "encoder").any()
     threshold = decision.to_dict()["encoder"]
     assert threshold["similarity"] is None and threshold["estimated_recall"] == 0.0
-    assert "no cosine shows precision 0.99" in threshold["note"] and "encoder stage off" in caplog.text
+    assert "no cosine shows balanced precision 0.99" in threshold["note"] and "encoder stage off" in caplog.text
 
 
 def test_choose_threshold_keeps_the_precision_with_confidence() -> None:
@@ -226,7 +292,7 @@ def test_choose_threshold_keeps_the_precision_with_confidence() -> None:
     low, high = wilson_bounds(np.array([0, 50]), 100)  # none of 100: up to 2.6 %; half: 42-58 % (95 %, one-sided)
     assert np.allclose(low, [0.0, 0.4188], atol=1e-4) and np.allclose(high, [0.0264, 0.5812], atol=1e-4)
     few = choose_threshold(positives, np.linspace(0.50, 0.90, 20), 0.99, sample=20)
-    assert few.similarity is None and few.estimated_recall == 0.0 and "95 % confidence" in few.note
+    assert few.similarity is None and few.estimated_recall == 0.0 and "too few to rule out" in few.note
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -309,8 +309,9 @@ class DatasetGate:
         self.no_reference: str | None = None
         self._query_index: ReferenceIndex | None = None  # kept by query() for the reference table it was built on
         self._query_embeddings: Any = None
-        #: The encoder stage's threshold and the reference table it was derived from (see :meth:`_encoder_config`).
-        self._encoder_threshold: tuple[FingerprintTable, EncoderThreshold] | None = None
+        #: The encoder stage's threshold of the last check or query, and what it was derived from (the reference
+        #: table, the encoder, the config; see :meth:`_encoder_config`).
+        self._encoder_threshold: tuple[tuple[Any, ...], EncoderThreshold] | None = None
         #: Under a ``torch.distributed`` process group of several ranks, each rank holds only its part of the
         #: reference (``split_reference``; see :meth:`check`): where it lies, else ``None``.
         self.split_reference = split_reference
@@ -554,7 +555,7 @@ class DatasetGate:
         config = self.config
         if self.encoder is not None:
             ref_emb = self._embed(ref.thumbs)
-            config = self._encoder_config(ref, ref_emb)
+            config = self._encoder_config(ref, ref_emb, reuse=False)
             new_emb = self._embed(new.thumbs) if config.encoder_similarity is not None else None
         caches = FeatureCaches()  # the new images verified against the reference are described once for both calls
         label = "matching" if self.progress else None
@@ -584,7 +585,7 @@ class DatasetGate:
         embed, ref_emb, config = None, None, self.config
         if self.encoder is not None:
             ref_emb = self._embed(ref.thumbs)
-            config = self._encoder_config(ref, ref_emb)
+            config = self._encoder_config(ref, ref_emb, reuse=False)
             embed = self._embed if config.encoder_similarity is not None else None
         label = "matching" if self.progress and shard.rank == 0 else None
         return match_split_drop(drop, ref, shard, config, embed=embed, ref_embeddings=ref_emb, progress=label)
@@ -595,28 +596,29 @@ class DatasetGate:
 
         return embed_thumbs(self.encoder, thumbs)
 
-    def _encoder_config(self, ref: FingerprintTable, ref_emb: Any) -> MatchConfig:
-        """The config with the encoder stage's cosine: ``encoder_similarity`` when set, else derived once per
-        reference table from its own copies and look-alikes (:func:`encoder_threshold`; collective with the
-        reference split across ranks). ``None`` in it means the stage accepts nothing."""
-        if self._encoder_threshold is None or self._encoder_threshold[0] is not ref:
+    def _encoder_config(self, ref: FingerprintTable, ref_emb: Any, reuse: bool) -> MatchConfig:
+        """The config with the encoder stage's cosine: ``encoder_similarity`` when set, else derived from the
+        reference's own copies and look-alikes (:func:`encoder_threshold`; collective with the reference split
+        across ranks). A check derives it afresh, as it embeds the reference afresh (the model may have trained
+        since); ``reuse`` (queries, whose reference embeddings are kept) keeps it while the reference table, the
+        encoder object and the config are the same. ``None`` in it means the stage accepts nothing."""
+        key = (id(ref), id(self.encoder), self.config)
+        if not reuse or self._encoder_threshold is None or self._encoder_threshold[0] != key:
             started = time.perf_counter()
             threshold = encoder_threshold(ref.thumbs, ref_emb, self._embed, self.config, self._shard)
-            self._encoder_threshold = (ref, threshold)
+            self._encoder_threshold = (key, threshold)
             if threshold.source == "calibrated":
-                log.info("encoder threshold: cosine %s (estimated precision %s, recall %s on %d copies and %d "
-                         "look-alikes of %d reference samples) in %.2f s%s", threshold.similarity,
-                         threshold.estimated_precision, threshold.estimated_recall, threshold.positives,
-                         threshold.negatives, threshold.sample, time.perf_counter() - started,
-                         f"; {threshold.note}" if threshold.note else "")
+                log.info("encoder threshold: cosine %s (balanced precision >= %s, recall >= %s, false-match rate "
+                         "<= %s on %d copies and %d look-alikes of %d reference samples) in %.2f s", threshold.similarity,
+                         threshold.estimated_precision, threshold.estimated_recall, threshold.false_match_rate,
+                         threshold.positives, threshold.negatives, threshold.sample, time.perf_counter() - started)
             if threshold.similarity is None:
                 log.warning("encoder stage off: %s", threshold.note)
         return replace(self.config, encoder_similarity=self._encoder_threshold[1].similarity)
 
     @property
     def encoder_threshold(self) -> EncoderThreshold | None:
-        """The encoder stage's threshold of the last check, update or query (``None`` before one, or without an
-        encoder)."""
+        """The encoder stage's threshold of the last check or query (``None`` before one, or without an encoder)."""
         return None if self._encoder_threshold is None else self._encoder_threshold[1]
 
     # -- queries ---------------------------------------------------------------------------------------------
@@ -628,7 +630,9 @@ class DatasetGate:
         whether it counts as seen under the policy; ``kind`` is ``"new"`` when nothing matches and
         ``"unreadable"`` (with the reason in ``evidence``) for an image that could not be decoded. The first call
         builds the reference's indexes and keeps them (about 1.5 KB per reference image); later calls cost their
-        images' fingerprints and the index look-ups. No dataset is built and no worker process started.
+        images' fingerprints and the index look-ups. No dataset is built and no worker process started. With an
+        encoder, the reference's embeddings and the stage's threshold are kept too, until ``gate.encoder`` or
+        ``gate.config`` is replaced: after training the model in place, assign the encoder again to re-embed.
 
         With the reference split across ``torch.distributed`` ranks (see :meth:`check`) the call is collective:
         every rank passes the same images and gets the same frame, the one a single process holding the whole
@@ -641,13 +645,16 @@ class DatasetGate:
             self._query_index = ReferenceIndex(ref, keep=True, shard=self._shard)
             self._query_embeddings = None
         embed, config = None, self.config
-        if self.encoder is not None:
-            if self._query_embeddings is None:
-                self._query_embeddings = self._embed(ref.thumbs)
-            config = self._encoder_config(ref, self._query_embeddings)
+        if self.encoder is not None:  # the reference's embeddings are kept for this reference and encoder object
+            key = (id(ref), id(self.encoder))
+            if self._query_embeddings is None or self._query_embeddings[0] != key:
+                self._query_embeddings = (key, self._embed(ref.thumbs))
+                self._encoder_threshold = None
+            ref_emb = self._query_embeddings[1]
+            config = self._encoder_config(ref, ref_emb, reuse=True)
 
             def embed(thumbs: Any) -> tuple[Any, Any]:
-                return self._embed(thumbs), self._query_embeddings
+                return self._embed(thumbs), ref_emb
 
             if config.encoder_similarity is None:
                 embed = None

@@ -4,21 +4,24 @@ A fixed cosine means something else for every model, layer and dataset: 0.92 sep
 the small CNN of ``../shared/notes/model-encoder-on-cifar10.md``, while another model's embeddings of the same
 images may all lie above 0.95. So the gate measures, on a seeded sample of the reference:
 
-* **positives**: an augmented copy of each sampled reference thumbnail (a crop of up to 10 % per side resized
+* **copies** (positives): an edited copy of each sampled reference thumbnail (a crop of up to 10 % per side resized
   back, saturation 0.7-1.2, contrast 0.9-1.1, brightness -10..10, JPEG re-encoding at quality 60-95), scored by
-  its cosine to the original's embedding: the pair the encoder stage has to find. Not mirrored: the stage compares
-  embeddings as they are, and the cascade's mirror stages find flipped copies;
-* **negatives**: each sampled reference's nearest *other* reference that the stage could report (its thumbnail
-  check, ``encoder_min_thumb_similarity``, passes): the hardest look-alike, the pair the stage would wrongly report
-  when an unrelated new sample resembles it. Neighbours whose thumbnails correlate at near-duplicate level
-  (``near_duplicate_similarity``, plain or mirrored) are skipped: those are copies inside the reference.
+  its cosine to the original's embedding, and a miss when the stage's thumbnail check
+  (``encoder_min_thumb_similarity``) would turn the pair down: the pair the encoder stage has to find. Not
+  mirrored: the stage compares embeddings as they are, and the cascade's mirror stages find flipped copies;
+* **look-alikes** (negatives): each sampled reference's nearest *other* reference, each pair once: the pair the
+  stage would wrongly report when an unrelated new sample resembles it, below every cosine when the stage's
+  thumbnail check would turn it down. Neighbours whose thumbnails correlate at near-duplicate level
+  (``near_duplicate_similarity``, plain or mirrored) are skipped, being copies inside the reference.
 
-The threshold is the lowest cosine at which the precision on a balanced sample (as many look-alikes as copies) is
-at least ``encoder_precision`` *with 95 % confidence*: the share of copies above it is taken at its lower and the
-share of look-alikes at its upper one-sided Wilson bound, so a reference of a few hundred samples cannot show 0.99
-and the stage stays off rather than trust a handful of negatives. The threshold, the precision and recall bounds
-behind it and the counts go into the decision's JSON; when no cosine reaches the precision the stage is left out
-and the JSON says why.
+The threshold is the lowest cosine at which the *balanced* precision (copies against as many look-alikes) is at
+least ``encoder_precision`` with the share of copies above it taken at its lower and the share of look-alikes at
+its upper one-sided 95 % Wilson bound (each bound at one cosine; copies of one sample count as one sample). So a
+reference of a few hundred samples cannot show 0.99, and the stage stays off rather than trust a handful of
+look-alikes. Balanced precision is not the precision on a drop, which depends on how many of its samples are
+copies: the upper bound of the false-match rate (the share of unrelated samples whose nearest look-alike reaches
+the cosine) is reported with it. All of it goes into the decision's JSON; when no cosine reaches the precision the
+stage is left out and the JSON says why.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from vdc_torch.collective import all_gather_arrays
+from vdc_torch.collective import all_gather_arrays, all_gather_json
 from vdc_torch.search.config import MatchConfig
 from vdc_torch.search.shards import ReferenceShard, top_k_per_query
 from vdc_torch.search.thumbs import ThumbVerifier
@@ -60,10 +63,12 @@ class EncoderThreshold:
     similarity: float | None
     source: str
     target_precision: float | None = None
-    #: On the calibration sample, balanced (as many look-alikes as copies): the precision's lower 95 % bound
-    #: and the recall's (share of copies at or above the cosine) lower 95 % bound.
+    #: On the calibration sample at ``similarity``: the balanced precision (as many look-alikes as copies) from
+    #: the two bounds, the lower 95 % bound of the share of copies found (recall) and the upper 95 % bound of the
+    #: share of look-alikes reported (false-match rate of an unrelated sample).
     estimated_precision: float | None = None
     estimated_recall: float | None = None
+    false_match_rate: float | None = None
     positives: int = 0
     negatives: int = 0
     #: Reference samples the positives and negatives came from.
@@ -84,8 +89,8 @@ def encoder_threshold(ref_thumbs: Any, ref_embeddings: np.ndarray, embed: Embed,
     split = shard is not None and shard.split
     total = shard.total if split else len(ref_embeddings)
     if total < 2:
-        return EncoderThreshold(None, "calibrated", config.encoder_precision, sample=total,
-                                note="a reference of fewer than 2 samples has no negatives to calibrate on; "
+        return EncoderThreshold(None, "calibrated", config.encoder_precision, estimated_recall=0.0, sample=total,
+                                note="a reference of fewer than 2 samples has no look-alikes to calibrate on; "
                                      "the encoder stage accepts nothing")
     rng = np.random.default_rng(CALIBRATION_SEED)
     sample = np.sort(rng.choice(total, size=min(total, config.encoder_calibration_samples), replace=False))
@@ -95,43 +100,63 @@ def encoder_threshold(ref_thumbs: Any, ref_embeddings: np.ndarray, embed: Embed,
     augmented = np.stack([augment_thumb(thumbs[i], rng) for i in originals])
     sample_emb = embed(thumbs)
     positives = np.einsum("ij,ij->i", embed(augmented), sample_emb[originals])
+    reportable = ThumbVerifier(augmented, thumbs, config).similarity(np.arange(len(originals)), originals)
+    positives = np.where(reportable >= config.encoder_min_thumb_similarity, positives, -np.inf)
     negatives = _hardest_negatives(sample, thumbs, sample_emb, ref_thumbs, ref_embeddings, config,
                                    shard if split else None)
-    return choose_threshold(positives, negatives, config.encoder_precision, len(sample))
+    chosen = choose_threshold(positives, negatives, config.encoder_precision, len(sample),
+                              samples=config.encoder_calibration_samples)
+    if split:  # every rank computed it; an accelerator's rounding may differ per rank, so rank 0's value counts
+        chosen = EncoderThreshold(**all_gather_json(chosen.to_dict())[0])
+    return chosen
 
 
-def wilson_bounds(hits: np.ndarray, total: int, z: float = CONFIDENCE_Z) -> tuple[np.ndarray, np.ndarray]:
-    """Lower and upper Wilson score bounds of the proportions ``hits / total``."""
-    p = np.asarray(hits, np.float64) / total
+def wilson_bounds(hits: np.ndarray, total: int, z: float = CONFIDENCE_Z,
+                  share: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper Wilson score bounds of the proportions ``hits / total`` (or of ``share`` observed on
+    ``total`` independent samples)."""
+    p = np.asarray(hits, np.float64) / total if share is None else np.asarray(share, np.float64)
     centre = p + z * z / (2 * total)
     spread = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
     scale = 1 + z * z / total
     return (centre - spread) / scale, (centre + spread) / scale
 
 
-def choose_threshold(positives: np.ndarray, negatives: np.ndarray, target_precision: float,
-                     sample: int) -> EncoderThreshold:
-    """The lowest positive's cosine at which ``positives`` (copies) against ``negatives`` (look-alikes), in equal
-    numbers, keep ``target_precision`` with 95 % confidence (module docstring); accepting nothing when none does."""
+def choose_threshold(positives: np.ndarray, negatives: np.ndarray, target_precision: float, sample: int,
+                     samples: int | None = None) -> EncoderThreshold:
+    """The lowest copy's cosine at which ``positives`` (copies; ``-inf`` for a copy the stage cannot report) against
+    ``negatives`` (look-alikes; ``-inf`` for none) keep ``target_precision`` (module docstring); accepting nothing
+    when none does. The copies count as ``sample`` independent samples. ``samples``: the configured sample size,
+    named in the note when it is what limits the precision that can be shown."""
     pos = np.sort(np.asarray(positives, np.float64))[::-1]
     neg = np.sort(np.asarray(negatives, np.float64))
-    counts = dict(positives=len(pos), negatives=len(neg), sample=sample, target_precision=target_precision)
-    if not len(pos) or not len(neg):
-        return EncoderThreshold(None, "calibrated", note="no positives or negatives to calibrate on", **counts)
-    recall, _ = wilson_bounds(np.arange(1, len(pos) + 1), len(pos))  # copies at or above each positive's cosine
-    _, false_rate = wilson_bounds(len(neg) - np.searchsorted(neg, pos, side="left"), len(neg))  # look-alikes
+    counts = dict(positives=len(pos), negatives=int(np.isfinite(neg).sum()), sample=sample,
+                  target_precision=target_precision)
+    if not np.isfinite(pos).any() or not len(neg):
+        return EncoderThreshold(None, "calibrated", estimated_recall=0.0,
+                                note="no copies or look-alikes to calibrate on; the encoder stage accepts nothing",
+                                **counts)
+    pos = pos[np.isfinite(pos)]
+    found = np.arange(1, len(pos) + 1) / len(positives)  # share of copies at or above each copy's cosine
+    recall, _ = wilson_bounds(None, min(sample, len(positives)), share=found)
+    _, false_rate = wilson_bounds(len(neg) - np.searchsorted(neg, pos, side="left"), len(neg))
     precision = recall / (recall + false_rate)
     ok = np.flatnonzero(precision >= target_precision)
     if not len(ok):
+        best = float(precision.max())
+        limit = ("" if samples is None or sample < samples else
+                 f", or raise MatchConfig.encoder_calibration_samples ({samples}) where the reference has more")
         return EncoderThreshold(
-            None, "calibrated", estimated_precision=round(float(precision.max()), 4), estimated_recall=0.0,
-            note=f"no cosine shows precision {target_precision:g} with 95 % confidence on this reference (at best "
-                 f"{precision.max():.3f} from {len(neg)} look-alikes: its copies are not far enough from its "
-                 "look-alikes, or too few reference samples to tell), so the encoder stage accepts nothing",
+            None, "calibrated", estimated_precision=round(best, 4), estimated_recall=0.0,
+            note=f"no cosine shows balanced precision {target_precision:g} on this reference (at best {best:.4f} "
+                 f"from {sample} samples: too few to rule out a {1 - target_precision:.2%} false-match rate, or its "
+                 "copies lie among its look-alikes), so the encoder stage accepts nothing; lower "
+                 f"MatchConfig.encoder_precision or fix MatchConfig.encoder_similarity to use it{limit}",
             **counts)
     cut = int(ok[-1])
     return EncoderThreshold(float(pos[cut]), "calibrated", estimated_precision=round(float(precision[cut]), 4),
-                            estimated_recall=round(float(recall[cut]), 4), **counts)
+                            estimated_recall=round(float(recall[cut]), 4),
+                            false_match_rate=round(float(false_rate[cut]), 5), **counts)
 
 
 def augment_thumb(thumb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -161,15 +186,16 @@ def _sample_thumbs(ref_thumbs: Any, sample: np.ndarray, shard: ReferenceShard | 
         return np.asarray(ref_thumbs[sample])
     mine, local = shard.owned(sample)
     held = np.asarray(ref_thumbs[local]) if len(local) else np.zeros((0, 32, 32, 3), np.uint8)
-    rows, thumbs = all_gather_arrays(sample[mine], held.reshape(len(held), -1))
+    rows, thumbs = all_gather_arrays(sample[mine], held.reshape(len(held), 32 * 32 * 3))
     order = np.argsort(rows, kind="stable")
     return np.ascontiguousarray(thumbs[order].reshape(len(rows), 32, 32, 3))
 
 
 def _hardest_negatives(sample: np.ndarray, thumbs: np.ndarray, sample_emb: np.ndarray, ref_thumbs: Any,
                        ref_embeddings: np.ndarray, config: MatchConfig, shard: ReferenceShard | None) -> np.ndarray:
-    """Per sampled reference, the cosine to its nearest other reference that is not a copy of it and that the
-    encoder stage's thumbnail check lets through (over every rank's rows with a split shard)."""
+    """Per sampled reference, the cosine to its nearest other reference that is not a copy of it, ``-inf`` when the
+    encoder stage's thumbnail check turns that pair down (or none is among its nearest); a pair that is both
+    samples' nearest counts once (over every rank's rows with a split shard)."""
     from vdc_torch.fingerprints.encoder import nearest_neighbours
 
     k = NEGATIVE_NEIGHBOURS + 1
@@ -191,11 +217,18 @@ def _hardest_negatives(sample: np.ndarray, thumbs: np.ndarray, sample_emb: np.nd
     verifier = ThumbVerifier(thumbs, ref_thumbs, config)
     plain = verifier.similarity(q, local)
     copy = np.maximum(plain, verifier.similarity(q, local, mirror=True))
-    keep = ((rows != sample[q]) & (copy < config.near_duplicate_similarity)
-            & (plain >= config.encoder_min_thumb_similarity))
-    q, cos = q[keep], cos[keep]
+    keep = (rows != sample[q]) & (copy < config.near_duplicate_similarity)
+    q, rows, cos = q[keep], rows[keep], cos[keep]
+    reported = plain[keep] >= config.encoder_min_thumb_similarity
     if shard is not None:
-        q, cos = all_gather_arrays(q, cos)
-    best = np.full(len(sample), -np.inf, np.float32)
-    np.maximum.at(best, q, cos)
-    return best[np.isfinite(best)]
+        q, rows, cos, reported = all_gather_arrays(q, rows, cos, reported)
+    # the nearest per sample (highest cosine, then lowest row), which the stage reports if its check passes; then
+    # each unordered pair once
+    first = top_k_per_query(q, rows, cos, 1)
+    q, rows, cos = q[first], rows[first], np.where(reported[first], cos[first], -np.inf)
+    pair = np.stack([np.minimum(sample[q], rows), np.maximum(sample[q], rows)], axis=1)
+    _, once = np.unique(pair, axis=0, return_index=True)
+    nearest = np.full(len(sample), -np.inf)
+    nearest[q] = np.nan  # a pair already counted for the other sample: no observation of its own
+    nearest[q[once]] = cos[once]
+    return nearest[~np.isnan(nearest)]
