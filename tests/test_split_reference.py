@@ -365,6 +365,11 @@ ENCODER_SCRIPT = textwrap.dedent(
     gate = DatasetGate(reference=ref, workers=0, encoder=pixel_encoder(), config=MatchConfig(encoder_precision=0.95))
     result = {"check": json.loads(gate.check(new).to_json()), "rows": len(gate.reference_table)}
     result["query"] = gate.query(sorted(str(p) for p in __import__("pathlib").Path(new).rglob("copy*"))).to_json()
+    # a sharded manifest of one shard: rank 1 holds no reference row
+    loaded = DatasetGate.load(sys.argv[5], workers=0, encoder=pixel_encoder(),
+                              config=MatchConfig(encoder_precision=0.95))
+    result["one_shard"] = json.loads(loaded.check(new).to_json())
+    result["one_shard_rows"] = len(loaded.reference_table)
     with open(f"{out}/encoder_rank{dist.get_rank()}.json", "w") as handle:
         json.dump(result, handle)
     dist.destroy_process_group()
@@ -377,8 +382,10 @@ def test_two_ranks_derive_the_encoder_threshold_of_one_process(data: dict[str, P
     the threshold, and so the decision, are those of one process."""
     script = data["out"] / "encoder.py"
     script.write_text(ENCODER_SCRIPT)
+    one_shard = data["out"] / "encoder_one_shard.vdc"
+    DatasetGate(reference=data["cifar_ref"], workers=0).save(one_shard, sharded=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    args = [str(data["cifar_ref"]), str(data["cifar_new"]), str(data["out"]), str(ROOT / "tests")]
+    args = [str(data["cifar_ref"]), str(data["cifar_new"]), str(data["out"]), str(ROOT / "tests"), str(one_shard)]
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              str(script), *args], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -395,3 +402,6 @@ def test_two_ranks_derive_the_encoder_threshold_of_one_process(data: dict[str, P
     assert 0 < ranks[0]["rows"] < single["counts"]["reference"]
     queries = gate.query(sorted(str(p) for p in data["cifar_new"].rglob("copy*")))
     assert ranks[0]["query"] == ranks[1]["query"] == queries.to_json()
+    loaded = DatasetGate.load(one_shard, workers=0, encoder=pixel_encoder(), config=MatchConfig(encoder_precision=0.95))
+    assert ranks[1]["one_shard_rows"] == 0 and ranks[0]["one_shard_rows"] == 600
+    assert ranks[0]["one_shard"] == ranks[1]["one_shard"] == json.loads(loaded.check(data["cifar_new"]).to_json())
