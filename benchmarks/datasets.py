@@ -467,6 +467,7 @@ RESULTS_FILES = {
     "cifar_overlap": ("CIFAR-10: test images already seen in training", "`benchmarks/cifar_overlap.py`"),
     "cifar_end_to_end": ("CIFAR-10 end to end", "`benchmarks/speed_cifar.py`"),
     "encoder_cifar": ("Model encoder on CIFAR-10", "`benchmarks/encoder_cifar.py`"),
+    "encoder_threshold": ("Encoder threshold derived from the reference", "`benchmarks/encoder_threshold.py`"),
     "fingerprint_throughput": ("Fingerprinting throughput", "`benchmarks/speed_fingerprint.py`"),
     "fuzzing": ("Fuzzing untrusted inputs", "`benchmarks/fuzz.py`"),
     "quality_flags": ("Quality flags", "`benchmarks/quality_flags.py`"),

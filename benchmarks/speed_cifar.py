@@ -1,4 +1,4 @@
-"""CIFAR-10 end to end: DatasetGate(reference=train 50k).check(test 10k), cold, against imagededup PHash.
+"""CIFAR-10 end to end: DatasetGate(reference=train 50k).check(test 10k), cold, against imagededup PHash and fastdup.
 
 Run::
 
@@ -97,7 +97,9 @@ class StageTimer:
             return "internal duplicates (match_tables new×new)" if kwargs.get("same_table") else \
                 "cross matching (match_tables new×ref)"
 
-        self.wrap(gate, "compute_fingerprints", fp_name)
+        # the gate fingerprints through its cache layer (with or without a cache file) since the store redesign
+        self.wrap(gate, "fingerprint_with_cache" if hasattr(gate, "fingerprint_with_cache") else "compute_fingerprints",
+                  fp_name)
         self.wrap(gate, "match_tables", match_name)
         self.wrap(matching.HammingIndex, "search", "index search")
         for method in ("similarity", "detail_similarity", "gray_similarity"):
@@ -197,6 +199,27 @@ def imagededup_subset(files: list[Path], n: int, tmp: Path, seed: int = 0) -> di
             "encode_cpu_s": r.get("encode_cpu_s"), "dup_pairs": dups, "process_s": r.get("process_s")}
 
 
+def fastdup_subset(files: list[Path], n: int, tmp: Path, seed: int = 0) -> dict[str, Any]:
+    """fastdup (bundled ONNX model, its own venv; ``baselines.fastdup_run``) on ``n`` random files, hard-linked
+    into one folder (fastdup lists regular files)."""
+    from baselines import fastdup_run
+
+    chosen = random.Random(seed).sample(files, n)
+    root = tmp / f"fastdup_{n}"
+    root.mkdir(parents=True)
+    for f in chosen:
+        target = root / f"{f.parent.parent.name}_{f.parent.name}_{f.name}"
+        try:
+            os.link(f, target)
+        except OSError:
+            shutil.copy(f, target)
+    try:
+        r = fastdup_run(root, threshold=0.9, k=2, num_threads=WORKERS, timeout=7200)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return {"n": r["n_images"], "run_s": r["run_s"], "pairs": len(r["pairs"]) // 2, "version": r.get("version")}
+
+
 def stat_all(files: list[Path]) -> float:
     t0 = time.perf_counter()
     for f in files:
@@ -209,6 +232,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="cold gate runs (median)")
     parser.add_argument("--ided-sizes", type=int, nargs="+", default=[3000, 12000])
     parser.add_argument("--ided-full", action="store_true", help="also run imagededup on all 60k files")
+    parser.add_argument("--fastdup", type=int, default=0, metavar="N",
+                        help="also run fastdup on N random files of the 60k (extrapolated linearly; 60000: all)")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--limit", type=int, default=0, help="smoke test: only this many files per split")
@@ -255,6 +280,11 @@ def main() -> int:
                 d = imagededup_subset(all_files, sizes[i], tmp)
                 ided.append(d)
                 print(f"  encode {d['encode_s']:.1f} s, find {d['find_s']:.2f} s, {d['dup_pairs']} pairs", flush=True)
+        fastdup = None
+        if args.fastdup:
+            print(f"\n== fastdup on {args.fastdup:,} files ({load_line()}) ==", flush=True)
+            fastdup = fastdup_subset(all_files, min(args.fastdup, len(all_files)), tmp)
+            print(f"  {fastdup['run_s']:.1f} s, {fastdup['pairs']} pairs at similarity >= 0.9", flush=True)
         if args.ided_full:
             print(f"\n== imagededup PHash on all {len(all_files):,} files ({load_line()}) ==", flush=True)
             ided.append(imagededup_subset(all_files, len(all_files), tmp))
@@ -350,6 +380,12 @@ def main() -> int:
          f"({IMAGEDEDUP_FULL_S / cold:.1f}× against the {IMAGEDEDUP_FULL_S:.0f} s quoted from an earlier machine). ")
         + "imagededup only hashes and finds pHash neighbours; the gate also verifies, matches mirrors and crops "
         "and decides.",
+        *([f"- fastdup {fastdup['version']} (bundled ONNX model, {WORKERS} threads) on {fastdup['n']:,} of the files "
+           f"in this run: {fastdup['run_s']:.0f} s"
+           + (f", ≈{fastdup['run_s'] * n_full / fastdup['n']:.0f} s for all {n_full:,} (linear: its time is the "
+              "per-image embedding)" if fastdup["n"] < n_full - 10 else "")
+           + f" → vdc_torch is **{fastdup['run_s'] * n_full / fastdup['n'] / cold:.1f}×** faster."]
+          if fastdup is not None else []),
         f"- Fingerprinting is {100 * (fp_ref + fp_new) / cold:.0f} % of the cold run "
         f"({(len(all_files)) / (fp_ref + fp_new):.0f} images/s over both sets).",
     ]
