@@ -223,10 +223,29 @@ def test_gate_encoder_option_imports_a_module_factory(scenario, tmp_path, monkey
     code = cli.main(["gate", "--reference", str(scenario.reference), "--new", str(scenario.new),
                      "--encoder", "my_encoders:tiny", "--json", str(out), "-q"])
     assert code == 0
-    assert json.loads(out.read_text())["action"] == "train"
+    document = json.loads(out.read_text())
+    assert document["action"] == "train"
+    assert document["encoder"]["source"] == "calibrated" and document["encoder"]["target_precision"] == 0.99
+    code = cli.main(["gate", "--reference", str(scenario.reference), "--new", str(scenario.new),
+                     "--encoder", "my_encoders:tiny", "--encoder-similarity", "0.97", "--json", str(out), "-q"])
+    assert code == 0 and json.loads(out.read_text())["encoder"]["similarity"] == 0.97
+    cli.main(["gate", "--reference", str(scenario.reference), "--new", str(scenario.new),
+              "--encoder", "my_encoders:tiny", "--encoder-precision", "0.9", "--json", str(out), "-q"])
+    assert json.loads(out.read_text())["encoder"]["target_precision"] == 0.9
     assert cli.main(["gate", "--reference", str(scenario.reference), "--new", str(scenario.new),
                      "--encoder", "my_encoders:absent", "-q"]) == 1
     sys.modules.pop("my_encoders", None)
+
+
+def test_encoder_threshold_options_need_an_encoder_and_a_valid_value(scenario, capsys) -> None:
+    from vdc_torch.faces import cli
+
+    assert cli.main(["gate", "--reference", str(scenario.reference), "--new", str(scenario.new),
+                     "--encoder-precision", "0.95", "-q"]) == 1
+    assert "--encoder-precision needs --encoder" in capsys.readouterr().err
+    code = cli.main(["gate", "--reference", str(scenario.reference), "--new", str(scenario.new),
+                     "--encoder-similarity", "1.5"])
+    assert code == cli.EXIT_USAGE and "1.5 is not a cosine between -1 and 1" in capsys.readouterr().err
 
 
 # -- first minutes: a fast --help, names that match the registries --------------------------------------------

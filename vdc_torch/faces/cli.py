@@ -101,11 +101,19 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def _open_gate(reference: str, args: argparse.Namespace, policy: Any) -> Any:
     from vdc_torch.decision.gate import DatasetGate
-    from vdc_torch.errors import DatasetNotFoundError
+    from vdc_torch.errors import DatasetNotFoundError, InvalidParameterError
 
     kwargs = {"policy": policy, "workers": args.workers, "progress": _progress(args)}
+    encoder_settings = {name: getattr(args, name, None) for name in ("encoder_precision", "encoder_similarity")}
+    encoder_settings = {name: value for name, value in encoder_settings.items() if value is not None}
+    if encoder_settings and not getattr(args, "encoder", None):
+        given = ", ".join("--" + name.replace("_", "-") for name in encoder_settings)
+        raise InvalidParameterError(f"{given} needs --encoder (they set its threshold)")
     if getattr(args, "encoder", None):
+        from vdc_torch.search.config import MatchConfig
+
         kwargs["encoder"] = load_encoder(args.encoder)
+        kwargs["config"] = MatchConfig(**encoder_settings)
     if getattr(args, "cache", None):
         kwargs["cache"] = args.cache
     if os.path.isfile(reference):

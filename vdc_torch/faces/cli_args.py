@@ -76,6 +76,23 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _open_fraction(text: str) -> float:
+    value = _fraction(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not strictly between 0 and 1")
+    return value
+
+
+def _cosine(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a cosine between -1 and 1") from None
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a cosine between -1 and 1")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -220,6 +237,11 @@ def _add_gate(sub: Any, common: argparse.ArgumentParser, workers: argparse.Argum
     p.add_argument("--encoder", metavar="MODULE:NAME",
                    help="add model features as a method: NAME in MODULE is a torch module mapping an image batch "
                         "to embeddings, or a function returning one (e.g. mypkg.models:gate_encoder)")
+    p.add_argument("--encoder-precision", type=_open_fraction, default=None, metavar="X",
+                   help="with --encoder: the precision its cosine threshold is derived from the reference at "
+                        "(default 0.99; the decision's JSON gives the cosine and its estimates under 'encoder')")
+    p.add_argument("--encoder-similarity", type=_cosine, default=None, metavar="COS",
+                   help="with --encoder: count model embeddings at this cosine instead of deriving it")
     p.add_argument("--cache", metavar="FILE",
                    help="fingerprint cache file: unchanged files are not decoded again on the next run")
 
