@@ -118,3 +118,40 @@ def test_the_html_report_pictures_the_flagged_samples_and_lists_classes(drop: tu
     assert quality_part.count("data-flags=") == len(DEGRADED) and re.search('data-flags="[a-z_,]*dark', quality_part)
     assert quality_part.count("src=\"data:image/") == len(DEGRADED)
     assert '<section id="classes"><h2>Classes</h2><p class="muted">The new data is unlabelled' in page
+
+
+def _measure_one_by_one(table, rows) -> pd.DataFrame:
+    """The measurements as they were taken before batching (one row at a time), the reference for the batched."""
+    import cv2
+
+    from vdc_torch.fingerprints.per_image import decode_detail
+
+    out = []
+    for row in rows:
+        gray = decode_detail(table.details[row])
+        thumb = np.asarray(table.thumbs[row], dtype=np.float32)
+        p05, p95 = np.percentile(gray, (5, 95))
+        sharpness = float(cv2.Laplacian(gray, cv2.CV_32F).var()) if min(gray.shape) >= 3 else 0.0
+        out.append({"contrast": round(float(gray.std()), 2), "p05": p05, "p95": p95, "sharpness": round(sharpness, 2),
+                    "colour": round(float(thumb.reshape(-1, 3).std(axis=0).max()), 2)})
+    return pd.DataFrame(out)
+
+
+def test_measuring_in_batches_gives_the_values_of_one_by_one(drop: tuple[Path, Path, list[Path]], tmp_path) -> None:
+    reference, new, good = drop  # photos of many sizes, degraded copies, tiny and strip-shaped ones
+    for i, path in enumerate(good):  # and photos of one size, measured as one stack
+        with Image.open(path) as im:
+            im.convert("RGB").resize((320, 240)).save(new / f"same_size_{i}.png")
+    gate = DatasetGate(reference=str(reference), workers=0)
+    table = gate.check(str(new)).new_fingerprints
+    gate.save(tmp_path / "ref.vdc")
+    stored = DatasetGate.load(tmp_path / "ref.vdc", workers=0).reference_table  # rows read from the manifest
+    for fingerprints in (table, stored):
+        rows = list(range(len(fingerprints)))[::-1]  # any order
+        batched = quality.measure(fingerprints, rows)
+        expected = _measure_one_by_one(fingerprints, rows)
+        for column in ("contrast", "colour", "p05", "p95", "sharpness"):
+            np.testing.assert_array_equal(batched[column].to_numpy(), expected[column].to_numpy(), err_msg=column)
+        assert batched["row"].tolist() == rows
+    shapes = [quality.decode_detail(table.details[r]).shape for r in range(len(table))]
+    assert max(shapes.count(shape) for shape in shapes) >= 6  # the stacked path was taken

@@ -56,22 +56,34 @@ QUALITY_COLUMNS = ("index", "path", "flags", "width", "height", "contrast", "p05
 
 def measure(table: FingerprintTable, rows: Sequence[int] | None = None) -> pd.DataFrame:
     """The measurements behind the flags for ``rows`` of ``table`` (default: all): contrast (gray standard
-    deviation), 5th and 95th gray percentiles, thumbnail colour spread and sharpness (Laplacian variance)."""
+    deviation), 5th and 95th gray percentiles, thumbnail colour spread and sharpness (Laplacian variance).
+
+    The rows' thumbnails and detail images are read in one call each, and detail images of one size are measured
+    together (CIFAR-10's 9,500 novel test images took 2.3 s one by one, most of a cached re-run)."""
     rows = list(range(len(table))) if rows is None else [int(r) for r in rows]
+    picked = np.asarray(rows, dtype=np.int64)
     contrast = np.zeros(len(rows), np.float64)
     p05 = np.zeros(len(rows), np.float64)
     p95 = np.zeros(len(rows), np.float64)
     sharpness = np.zeros(len(rows), np.float64)
     colour = np.zeros(len(rows), np.float64)
-    for out, row in enumerate(rows):
-        gray = decode_detail(table.details[row])
-        contrast[out] = float(gray.std())
-        p05[out], p95[out] = np.percentile(gray, (5, 95))
-        sharpness[out] = float(cv2.Laplacian(gray, cv2.CV_32F).var()) if min(gray.shape) >= 3 else 0.0
-        thumb = np.asarray(table.thumbs[row], dtype=np.float32)
-        colour[out] = float(thumb.reshape(-1, 3).std(axis=0).max())
+    if len(rows):
+        thumbs = np.asarray(table.thumbs[picked], dtype=np.float32).reshape(len(rows), -1, 3)
+        colour[:] = thumbs.std(axis=1).max(axis=1)
+        details = table.details[picked] if hasattr(table.details, "take") else [table.details[r] for r in rows]
+        grays = [decode_detail(detail) for detail in details]
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for out, gray in enumerate(grays):
+            by_shape.setdefault(gray.shape, []).append(out)
+        for shape, members in by_shape.items():
+            stack = np.stack([grays[out] for out in members])
+            contrast[members] = stack.std(axis=(1, 2))
+            p05[members], p95[members] = np.percentile(stack, (5, 95), axis=(1, 2))
+            if min(shape) >= 3:  # else no Laplacian: sharpness 0
+                edges = np.stack([cv2.Laplacian(gray, cv2.CV_32F) for gray in stack])
+                sharpness[members] = edges.var(axis=(1, 2))
     return pd.DataFrame({
-        "row": np.asarray(rows, dtype=np.int64),
+        "row": picked,
         "width": table.width[rows].astype(np.int64), "height": table.height[rows].astype(np.int64),
         "contrast": contrast.round(2), "colour": colour.round(2), "p05": p05, "p95": p95,
         "sharpness": sharpness.round(2),
