@@ -144,7 +144,7 @@ def _working_copy(pixels: np.ndarray) -> np.ndarray:
     return shrink_to_side(pixels, DETAIL_SIDE)
 
 
-def _rows_by_shape(grays: Sequence[np.ndarray]) -> dict[tuple[int, int], list[int]]:
+def rows_by_shape(grays: Sequence[np.ndarray]) -> dict[tuple[int, int], list[int]]:
     """Positions of the images of each shape (images of one shape are processed as one stack)."""
     by_shape: dict[tuple[int, int], list[int]] = {}
     for i, gray in enumerate(grays):
@@ -156,7 +156,7 @@ def _content_boxes(grays: Sequence[np.ndarray]) -> list[tuple[int, int, int, int
     """:func:`content_box` of each image; images of one shape whose four edges are all textured (most pictures)
     are recognised together, without a call each."""
     boxes: list[tuple[int, int, int, int] | None] = [None] * len(grays)
-    for (h, w), rows in _rows_by_shape(grays).items():
+    for (h, w), rows in rows_by_shape(grays).items():
         if len(rows) > 1:
             stack = np.stack([grays[i] for i in rows])
             edges = (stack[:, 0, :], stack[:, -1, :], stack[:, :, 0], stack[:, :, -1])
@@ -232,7 +232,7 @@ def crop_coefficients(grays: Sequence[np.ndarray]) -> np.ndarray:
     the DCT folded into two small matrices per box (:func:`_crop_matrices`); larger ones crop by crop.
     """
     out = np.empty((len(grays), len(CROP_BOXES), 8, 8), np.float32)
-    for (h, w), rows in _rows_by_shape(grays).items():
+    for (h, w), rows in rows_by_shape(grays).items():
         if max(h, w) <= SMALL_CONTENT_SIDE:
             left, right, left_of_box, right_of_box = _crop_matrices(h, w)
             stack = np.stack([grays[i] for i in rows]).astype(np.float32)  # (m, h, w)

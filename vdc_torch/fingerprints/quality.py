@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from vdc_torch.fingerprints.per_image import decode_detail
+from vdc_torch.fingerprints.per_image import decode_detail, rows_by_shape
 from vdc_torch.fingerprints.table import FingerprintTable
 
 #: Standard deviation of the gray levels (and of each thumbnail channel) under which a picture is ``blank``.
@@ -72,10 +72,7 @@ def measure(table: FingerprintTable, rows: Sequence[int] | None = None) -> pd.Da
         colour[:] = thumbs.std(axis=1).max(axis=1)
         details = table.details[picked] if hasattr(table.details, "take") else [table.details[r] for r in rows]
         grays = [decode_detail(detail) for detail in details]
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for out, gray in enumerate(grays):
-            by_shape.setdefault(gray.shape, []).append(out)
-        for shape, members in by_shape.items():
+        for shape, members in rows_by_shape(grays).items():
             stack = np.stack([grays[out] for out in members])
             contrast[members] = stack.std(axis=(1, 2))
             p05[members], p95[members] = np.percentile(stack, (5, 95), axis=(1, 2))

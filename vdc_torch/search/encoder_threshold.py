@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from vdc_torch.collective import all_gather_arrays, all_gather_json
+from vdc_torch.fingerprints.compute import THUMB_SIDE
 from vdc_torch.search.config import MatchConfig
 from vdc_torch.search.shards import ReferenceShard, top_k_per_query
 from vdc_torch.search.thumbs import ThumbVerifier
@@ -185,10 +186,11 @@ def _sample_thumbs(ref_thumbs: Any, sample: np.ndarray, shard: ReferenceShard | 
     if shard is None:
         return np.asarray(ref_thumbs[sample])
     mine, local = shard.owned(sample)
-    held = np.asarray(ref_thumbs[local]) if len(local) else np.zeros((0, 32, 32, 3), np.uint8)
-    rows, thumbs = all_gather_arrays(sample[mine], held.reshape(len(held), 32 * 32 * 3))
+    side = THUMB_SIDE
+    held = np.asarray(ref_thumbs[local]) if len(local) else np.zeros((0, side, side, 3), np.uint8)
+    rows, thumbs = all_gather_arrays(sample[mine], held.reshape(len(held), side * side * 3))
     order = np.argsort(rows, kind="stable")
-    return np.ascontiguousarray(thumbs[order].reshape(len(rows), 32, 32, 3))
+    return np.ascontiguousarray(thumbs[order].reshape(len(rows), side, side, 3))
 
 
 def _hardest_negatives(sample: np.ndarray, thumbs: np.ndarray, sample_emb: np.ndarray, ref_thumbs: Any,
