@@ -66,11 +66,16 @@ class _Parser(argparse.ArgumentParser):
 # -- argument types ------------------------------------------------------------------------------------------
 
 
-def _fraction(text: str) -> float:
+def _number(text: str, expected: str) -> float:
+    """``text`` as a float; an argparse error saying it is not ``expected`` otherwise."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number between 0 and 1") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not {expected}") from None
+
+
+def _fraction(text: str) -> float:
+    value = _number(text, "a number between 0 and 1")
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{value!r} is not between 0 and 1")
     return value
@@ -84,20 +89,14 @@ def _open_fraction(text: str) -> float:
 
 
 def _cosine(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a cosine between -1 and 1") from None
+    value = _number(text, "a cosine between -1 and 1")
     if not -1.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{value!r} is not a cosine between -1 and 1")
     return value
 
 
 def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _number(text, "a number")
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} must be a number >= 0")
     return value
