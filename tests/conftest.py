@@ -25,6 +25,16 @@ def photo_files() -> list[Path]:
     return [f for f in files if f.name != "corrupted.jpg"]  # corrupted.jpg is damaged on purpose
 
 
+def photo_folders(root: Path, reference: list[Path], new: list[Path]) -> tuple[Path, Path]:
+    """``root/ref`` and ``root/new`` holding copies of these photos under their own names."""
+    folders = root / "ref", root / "new"
+    for folder, files in zip(folders, (reference, new)):
+        folder.mkdir()
+        for f in files:
+            shutil.copy(f, folder / f.name)
+    return folders
+
+
 @pytest.fixture(scope="session")
 def photos() -> list[Path]:
     files = photo_files()

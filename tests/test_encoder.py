@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import photo_folders
 from PIL import Image
 from torch import nn
 
@@ -50,13 +51,7 @@ def test_embeddings_find_a_copy_as_its_own_nearest_neighbour(photos) -> None:
 
 
 def test_gate_with_encoder_reports_encoder_matches(photos, tmp_path: Path) -> None:
-    ref, new = tmp_path / "ref", tmp_path / "new"
-    ref.mkdir()
-    new.mkdir()
-    for f in photos[:6]:
-        shutil.copy(f, ref / f.name)
-    for f in photos[6:10]:
-        shutil.copy(f, new / f.name)
+    ref, new = photo_folders(tmp_path, photos[:6], photos[6:10])
     # with the pixel cascade switched off by impossible thresholds, only the encoder can match
     config = MatchConfig(near_duplicate_similarity=2.0, use_features=False, use_alignment=False,
                          encoder_similarity=0.999)
@@ -103,13 +98,7 @@ ENCODER_ONLY = dict(near_duplicate_similarity=2.0, use_features=False, use_align
 @pytest.fixture
 def copy_drop(photos, tmp_path: Path) -> tuple[Path, Path]:
     """A reference of 24 camera photos; a drop of 10 other photos and a cropped, shrunk JPEG-60 copy of the first."""
-    ref, new = tmp_path / "ref", tmp_path / "new"
-    ref.mkdir()
-    new.mkdir()
-    for f in photos[:24]:
-        shutil.copy(f, ref / f.name)
-    for f in photos[24:34]:
-        shutil.copy(f, new / f.name)
+    ref, new = photo_folders(tmp_path, photos[:24], photos[24:34])
     with Image.open(photos[0]) as im:
         w, h = im.size
         im.convert("RGB").crop((w // 20, h // 20, w - w // 20, h - h // 20)).resize((w * 3 // 5, h * 3 // 5)).save(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch.utils.data
-from conftest import COWS, COWS_DUPLICATES
+from conftest import COWS, COWS_DUPLICATES, photo_folders
 from PIL import Image
 
 from vdc_torch import Action, Dataset, DatasetGate, Policy, decide
@@ -66,13 +66,8 @@ def test_exact_copies_and_internal_duplicates_of_the_original_examples() -> None
 
 
 def test_duplicates_inside_the_new_dataset_leave_one_copy_in_the_delta(photos, tmp_path: Path) -> None:
-    ref, new = tmp_path / "ref", tmp_path / "new"
-    ref.mkdir()
-    new.mkdir()
-    for f in photos[:5]:
-        shutil.copy(f, ref / f.name)
+    ref, new = photo_folders(tmp_path, photos[:5], photos[5:10])
     for f in photos[5:10]:
-        shutil.copy(f, new / f.name)
         with Image.open(f) as im:
             im.convert("RGB").resize((im.width // 2, im.height // 2)).save(new / f"half_{f.stem}.png")
     decision = DatasetGate(reference=ref).check(new)
