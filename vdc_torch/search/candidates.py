@@ -24,11 +24,10 @@ from vdc_torch.fingerprints.compute import (
 from vdc_torch.search.config import MatchConfig
 from vdc_torch.search.geometry import (
     _CENTRE_BOXES,
-    FRAME_RECTANGLES,
     _rotation_angles,
     _turned_back_crops,
-    framed_rectangles,
 )
+from vdc_torch.search.frames import FRAME_RECTANGLES, framed_picture, framed_rectangles
 from vdc_torch.search.index import HammingIndex, InvertedFileIP
 from vdc_torch.search.shards import ReferenceShard, _large_enough_to_align, global_rows, top_k_per_query  # noqa: F401
 from vdc_torch.search.thumbs import (
@@ -260,7 +259,8 @@ def _frame_candidates(
     frame, a pad filled with a blurred copy of the picture.
 
     Every other source looks up the new image's own hashes, which describe the whole screenshot. Here the
-    rectangles of the new detail image bounded by straight edges (:func:`framed_rectangles`) are cut out, pHashed
+    rectangles of the new detail image that may hold a framed picture (:func:`framed_rectangles`) are cut out,
+    trimmed of uniform borders as every pHash is (:func:`framed_picture`), pHashed
     and looked up among the references' pHashes; hits are verified both ways (the reference inside the new image).
     Only pictures large enough for dense alignment.
     """
@@ -273,9 +273,8 @@ def _frame_candidates(
         codes, owners = [], []
         for row in part:
             detail = decode_detail(new.details[row])
-            for t, b, left, r in framed_rectangles(detail):
-                codes.append(cv2.resize(np.ascontiguousarray(detail[t:b, left:r]), (32, 32),
-                                        interpolation=cv2.INTER_AREA))
+            for box in framed_rectangles(detail):
+                codes.append(cv2.resize(framed_picture(detail, box), (32, 32), interpolation=cv2.INTER_AREA))
                 owners.append(row)
         if not codes:
             return np.zeros(0, np.uint64), np.zeros(0, np.int64)

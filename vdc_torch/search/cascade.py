@@ -13,8 +13,9 @@ Order of evidence, cheapest and surest first:
    the thumbnail check, verified by local features (ratio test + RANSAC inliers + coverage) -> ``near_duplicate``
 7. ``rotation`` — still unmatched samples turned back by up to ``max_rotation`` degrees, their centre crops
    looked up among the crop hashes, verified by local features                  -> ``near_duplicate``
-8. ``framed`` — still unmatched samples: rectangles bounded by straight edges (a picture inside a screenshot, a
-   frame, a blurred pad) looked up among the pHashes, verified with the reference inside the new image
+8. ``framed`` — still unmatched samples: the rectangles a flat or smooth surround or straight edges bound (a picture
+   inside a screenshot, a frame, a blurred pad; :mod:`~vdc_torch.search.frames`) looked up among the pHashes,
+   verified with the reference inside the new image
                                                                                 -> ``near_duplicate``
 
 Crops and mirrors count as near-duplicates unless ``crop_is_duplicate`` / ``mirror_is_duplicate`` is False (see

@@ -32,7 +32,8 @@ KIND_RANK: dict[str, int] = {kind.value: rank for rank, kind in enumerate(MatchK
 #: 18: framed pictures (a reference inside a screenshot, a frame or a blurred pad) are looked up.
 #: 19: candidates of a verification stage are tried in one order, ties broken by reference row (not by index
 #: internals), so a reference split across ranks verifies in the same order as one process.
-MATCHING_VERSION = 19
+#: 20: framed pictures are also bounded by a flat or smooth surround and looked up trimmed of uniform borders.
+MATCHING_VERSION = 20
 
 
 MATCH_COLUMNS = ["new_row", "ref_row", "kind", "method", "score", "evidence"]
@@ -101,8 +102,9 @@ class MatchConfig:
     rotation_min_thumb_similarity: float = 0.6  # ... gray NCC of the turned-back centre crop with the reference's
     quarter_turns: bool = True  # unmatched samples: look up the pHashes of the picture turned by 90, 180 and 270
     # degrees (a phone photo whose EXIF orientation was lost on export), verified by local features
-    framed: bool = True  # unmatched samples: look up the rectangles bounded by straight edges (a reference inside a
-    # screenshot, a frame or a pad of its own blurred copy), verified with the reference inside the new image
+    framed: bool = True  # unmatched samples: look up the rectangles that a flat or smooth surround or straight edges
+    # bound (a reference inside a screenshot, a frame or a pad of its own blurred copy), verified with the reference
+    # inside the new image
 
     def __post_init__(self) -> None:
         if self.encoder_similarity is not None and not -1.0 <= self.encoder_similarity <= 1.0:
