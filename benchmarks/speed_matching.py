@@ -171,17 +171,20 @@ def synthetic_codes(n_ref: int, n_new: int, seed: int = 0, planted: float = 0.03
     return ref, new
 
 
-_DETAIL_PNG: bytes | None = None
+_DETAIL: bytes | None = None
 
 
-def tiny_png() -> bytes:
-    global _DETAIL_PNG
-    if _DETAIL_PNG is None:
-        import cv2
+def tiny_detail() -> bytes:
+    """One shared 8x8 gray detail image, stored as the library stores a CIFAR-size detail (raw bytes).
 
-        ok, enc = cv2.imencode(".png", np.full((8, 8), 128, np.uint8))
-        _DETAIL_PNG = enc.tobytes()
-    return _DETAIL_PNG
+    (It was a PNG until details became raw or JPEG only: manifests with PNG details are refused as corrupt, so
+    this benchmark failed from that change until it wrote raw details.)"""
+    global _DETAIL
+    if _DETAIL is None:
+        from vdc_torch.fingerprints.per_image import encode_detail
+
+        _DETAIL = encode_detail(np.full((8, 8), 128, np.uint8))
+    return _DETAIL
 
 
 def make_table(n: int, rng: np.random.Generator, prefix: str, phash: np.ndarray, phash_mirror: np.ndarray,
@@ -190,7 +193,7 @@ def make_table(n: int, rng: np.random.Generator, prefix: str, phash: np.ndarray,
     from vdc_torch.fingerprints.compute import CROP_BOXES, FingerprintTable
 
     k = len(CROP_BOXES)
-    png = tiny_png()
+    detail = tiny_detail()
     empty: dict[str, str] = {}
     columns: dict[str, Any] = {
         "sample_index": np.arange(n, dtype=np.int64),
@@ -206,7 +209,7 @@ def make_table(n: int, rng: np.random.Generator, prefix: str, phash: np.ndarray,
         "phash_whole": phash,
         "crop_hashes": rng.integers(0, 2**64 - 1, size=(n, k), dtype=np.uint64, endpoint=True),
         "thumbs": thumbs,
-        "details": [png] * n,
+        "details": [detail] * n,
         "file_size": [None] * n,
         "mtime_ns": [None] * n,
         "extra_hashes": [empty] * n,
@@ -224,7 +227,7 @@ def make_tables(n_ref: int, n_new: int, seed: int = 0, planted: float = 0.03, ex
                 mirrored: float = 0.005):
     """Synthetic reference and new tables with realistic-but-random values.
 
-    pHashes uniform random 64-bit; thumbnails random uint8; details one shared 8x8 PNG. Of the new rows,
+    pHashes uniform random 64-bit; thumbnails random uint8; details one shared 8x8 raw detail. Of the new rows,
     ``exact`` are byte-identical copies of reference rows (same digests), ``planted`` are near-duplicates
     (pHash with 0..8 bits flipped, thumbnail = reference thumbnail + noise sigma 4) and ``mirrored`` are
     mirror images (``phash_mirror`` near the reference pHash, thumbnail flipped), so every stage of the

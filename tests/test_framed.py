@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from vdc_torch import Dataset
 from vdc_torch.fingerprints.compute import compute_fingerprints
 from vdc_torch.search.cascade import MatchConfig, match_tables
-from vdc_torch.search.frames import framed_rectangles
+from vdc_torch.search.frames import framed_picture, framed_rectangles
 
 
 def large_photos() -> list[Path]:
@@ -195,3 +195,12 @@ def test_a_band_padded_above_and_below_spans_the_width() -> None:
     expected = np.array([top, top + band.height * scale, 0, detail.shape[1]])
     rectangles = np.array(framed_rectangles(detail))
     assert (np.abs(rectangles - expected).max(axis=1) <= 2).any(), (rectangles, expected)
+
+
+def test_a_framed_picture_of_a_few_pixels_is_cut_out_whole() -> None:
+    """The framed stage runs on any detail image; a rectangle of 2 px (an 8 px detail) has no margin to shave."""
+    detail = np.asarray(Image.open(large_photos()[0]).convert("L").resize((8, 8)))
+    for box in framed_rectangles(detail) + [(0, 2, 0, 8), (3, 5, 2, 4)]:
+        t, b, lft, r = box
+        picture = framed_picture(detail, box)
+        assert 0 < picture.shape[0] <= b - t and 0 < picture.shape[1] <= r - lft

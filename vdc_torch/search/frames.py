@@ -85,10 +85,11 @@ def framed_picture(detail: np.ndarray, box: Box) -> np.ndarray:
     """
     t, b, left, r = box
     picture = detail[t:b, left:r]
-    inner = picture[1:-1, 1:-1]
-    top, bottom, first, last = content_box(inner)
-    if (top, bottom, first, last) != (0, inner.shape[0], 0, inner.shape[1]):
-        return np.ascontiguousarray(inner[top:bottom, first:last])
+    if min(picture.shape) > 2:  # a margin leaves something to trim
+        inner = picture[1:-1, 1:-1]
+        top, bottom, first, last = content_box(inner)
+        if (top, bottom, first, last) != (0, inner.shape[0], 0, inner.shape[1]):
+            return np.ascontiguousarray(inner[top:bottom, first:last])
     top, bottom, first, last = content_box(picture)
     return np.ascontiguousarray(picture[top:bottom, first:last])
 
