@@ -66,14 +66,16 @@ def framed_rectangles(detail: np.ndarray, count: int = FRAME_RECTANGLES) -> list
     if h < 8 or w < 8:
         return []
     edges = edge_rectangles(g)
+    flat, smooth = (np.array(surrounded_box(g, s(g)), np.int64).reshape(-1, 4) for s in (flat_surround, smooth_surround))
+    boxes = np.concatenate([flat, edges[:1], smooth, edges[1:]])
     apart = FRAME_DISTINCT * max(h, w)
-    chosen: list[np.ndarray] = []
-    for box in [*surrounded_box(g, flat_surround(g)), *edges[:1], *surrounded_box(g, smooth_surround(g)), *edges[1:]]:
-        if all(np.abs(np.asarray(box) - other).max() > apart for other in chosen):
-            chosen.append(np.asarray(box))
-            if len(chosen) == count:
-                break
-    return [tuple(int(v) for v in box) for box in chosen]
+    open_boxes = np.ones(len(boxes), bool)  # not within FRAME_DISTINCT of a box chosen before
+    chosen: list[Box] = []
+    while len(chosen) < count and open_boxes.any():
+        first = boxes[int(np.argmax(open_boxes))]
+        chosen.append(tuple(int(v) for v in first))
+        open_boxes &= np.abs(boxes - first).max(axis=1) > apart
+    return chosen
 
 
 def framed_picture(detail: np.ndarray, box: Box) -> np.ndarray:
@@ -81,7 +83,8 @@ def framed_picture(detail: np.ndarray, box: Box) -> np.ndarray:
     (:func:`content_box`), so that a reference whose own border was trimmed is looked up by the same picture.
 
     The outermost lines of the box may blend the border with the surround (the detail is area-resized), which
-    would stop the trim; when trimming inside a 1 px margin finds a border, that is what is returned.
+    would stop the trim, so the trim is looked for inside a 1 px margin; where it finds no border, the whole box
+    is returned.
     """
     t, b, left, r = box
     picture = detail[t:b, left:r]
@@ -90,8 +93,7 @@ def framed_picture(detail: np.ndarray, box: Box) -> np.ndarray:
         top, bottom, first, last = content_box(inner)
         if (top, bottom, first, last) != (0, inner.shape[0], 0, inner.shape[1]):
             return np.ascontiguousarray(inner[top:bottom, first:last])
-    top, bottom, first, last = content_box(picture)
-    return np.ascontiguousarray(picture[top:bottom, first:last])
+    return np.ascontiguousarray(picture)
 
 
 def _acceptable(t: Any, b: Any, left: Any, r: Any, h: int, w: int) -> Any:
@@ -122,7 +124,7 @@ def surrounded_box(gray: np.ndarray, surround: np.ndarray | None) -> list[Box]:
 
 
 def _border_labels(labels: np.ndarray) -> np.ndarray:
-    """The labels along the image's border: top row, bottom row, left column, right column."""
+    """The values (labels, mask bits) along the image's border: top row, bottom row, left column, right column."""
     return np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
 
 
@@ -133,6 +135,8 @@ def flat_surround(g: np.ndarray) -> np.ndarray | None:
     not reached). ``None`` where there is none."""
     h, w = g.shape
     flat = cv2.morphologyEx(g, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) <= FRAME_FLAT_LEVELS
+    if not _border_labels(flat).any():  # most photos: nothing flat along the border, no labelling needed
+        return None
     n, labels, stats, _ = cv2.connectedComponentsWithStats(flat.astype(np.uint8), connectivity=4)
     large = np.zeros(n, bool)
     large[1:] = stats[1:, cv2.CC_STAT_AREA] >= FRAME_SURROUND_SHARE * h * w
@@ -145,14 +149,16 @@ def flat_surround(g: np.ndarray) -> np.ndarray | None:
     filled = np.zeros((h + 2, w + 2), np.uint8)
     surround = np.zeros((h + 2, w + 2), np.uint8)
     flags = 4 | cv2.FLOODFILL_FIXED_RANGE | cv2.FLOODFILL_MASK_ONLY | (1 << 8)
-    for y, x in zip(ys.tolist(), xs.tolist()):
-        if filled[y + 1, x + 1]:
-            continue
+    todo = np.ones(len(ys), bool)  # seeds no fill has reached yet
+    while todo.any():
+        i = int(np.argmax(todo))
         region = np.zeros_like(filled)
-        area = cv2.floodFill(g, region, (x, y), 0, FRAME_FLAT_LEVELS, FRAME_FLAT_LEVELS, flags)[0]
+        area = cv2.floodFill(g, region, (int(xs[i]), int(ys[i])), 0, FRAME_FLAT_LEVELS, FRAME_FLAT_LEVELS, flags)[0]
         filled |= region
         if area >= FRAME_SURROUND_SHARE * h * w:
             surround |= region
+        todo &= filled[ys + 1, xs + 1] == 0
+        todo[i] = False
     return surround[1:-1, 1:-1].astype(bool) if surround.any() else None
 
 
@@ -162,9 +168,10 @@ def smooth_surround(g: np.ndarray) -> np.ndarray | None:
     of the image. ``None`` where there is none."""
     h, w = g.shape
     f = g.astype(np.float32)
-    detail_level = cv2.boxFilter(np.abs(f - cv2.GaussianBlur(f, (0, 0), 1.0)), -1, (5, 5))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats((detail_level < FRAME_SMOOTH_LEVELS).astype(np.uint8),
-                                                           connectivity=4)
+    smooth = cv2.boxFilter(np.abs(f - cv2.GaussianBlur(f, (0, 0), 1.0)), -1, (5, 5)) < FRAME_SMOOTH_LEVELS
+    if not _border_labels(smooth).any():
+        return None
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(smooth.astype(np.uint8), connectivity=4)
     touching = np.unique(_border_labels(labels))
     large = touching[(touching > 0) & (stats[touching, cv2.CC_STAT_AREA] >= FRAME_SURROUND_SHARE * h * w)]
     return np.isin(labels, large) if len(large) else None
@@ -190,8 +197,9 @@ def _refined(gray: np.ndarray, box: Box) -> Box:
             strongest(across_cols, r - reach, r + 1) if r < w else w)
 
 
-def edge_rectangles(detail: np.ndarray) -> list[Box]:
-    """Rectangles whose four sides run along edges, best first.
+def edge_rectangles(detail: np.ndarray) -> np.ndarray:
+    """Rectangles whose four sides run along edges, best first: an ``(n, 4)`` int64 array of
+    ``(top, bottom, left, right)``.
 
     Each side is scored by the share of its length that is an edge seen from that side: the gray level steps
     by :data:`FRAME_EDGE_STEP` across it, or by :data:`FRAME_WEAK_STEP` where the surround just outside is flat
@@ -216,13 +224,15 @@ def edge_rectangles(detail: np.ndarray) -> list[Box]:
     ok = _acceptable(t, b, left, r, h, w)
     t, b, left, r = t[ok], b[ok], left[ok], r[ok]
 
-    def along_rows(edges: np.ndarray, row: np.ndarray) -> np.ndarray:
-        sums = np.concatenate([np.zeros((h + 1, 1), np.float32), np.cumsum(edges, axis=1)], axis=1)
-        return (sums[row, r] - sums[row, left]) / (r - left)
+    def along_rows(edges: np.ndarray, row: np.ndarray) -> np.ndarray:  # prefix sums of the candidate lines only
+        lines, which = np.unique(row, return_inverse=True)
+        sums = np.concatenate([np.zeros((len(lines), 1), np.float32), np.cumsum(edges[lines], axis=1)], axis=1)
+        return (sums[which, r] - sums[which, left]) / (r - left)
 
     def along_cols(edges: np.ndarray, col: np.ndarray) -> np.ndarray:
-        sums = np.concatenate([np.zeros((1, w + 1), np.float32), np.cumsum(edges, axis=0)], axis=0)
-        return (sums[b, col] - sums[t, col]) / (b - t)
+        lines, which = np.unique(col, return_inverse=True)
+        sums = np.concatenate([np.zeros((1, len(lines)), np.float32), np.cumsum(edges[:, lines], axis=0)], axis=0)
+        return (sums[b, which] - sums[t, which]) / (b - t)
 
     sides = np.stack([along_rows(top, t), along_rows(bottom, b), along_cols(left_side, left),
                       along_cols(right_side, r)])
@@ -232,7 +242,7 @@ def edge_rectangles(detail: np.ndarray) -> list[Box]:
     # a rectangle is as good as its weakest side (two full-width toolbar edges do not make a picture); then the
     # mean; ties: the first rectangle in (t, b, l, r) order
     order = np.lexsort((r, left, b, t, -mean, -weakest))
-    return [tuple(box) for box in np.stack([t, b, left, r], axis=1)[order].tolist()]
+    return np.stack([t, b, left, r], axis=1).astype(np.int64)[order]
 
 
 def _edges_from_outside(steps: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
