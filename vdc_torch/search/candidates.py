@@ -186,7 +186,8 @@ def _rotation_candidates(
     """Unmatched samples that may be rotated copies on the same canvas (black or smeared corners, size unchanged).
 
     Each is turned back by ``±ROTATION_STEP, ±2·ROTATION_STEP, ... ±max_rotation`` degrees; the centre crop of each
-    (:func:`_turned_back_crops`) is pHashed and looked up among the references' hashes of the same crop box. Hits
+    (:func:`_turned_back_crops`) is pHashed and looked up among the references' hashes of the same crop box and of
+    the smaller centred ones (a copy rotated, then cropped upright, shows a smaller centre of the reference). Hits
     whose crops correlate (gray NCC >= ``rotation_min_thumb_similarity``) go to local features, which verify any
     rotation. Only pictures large enough for dense alignment (not CIFAR size: at 32 px a turned-back crop keeps too
     little to hash) and only samples every earlier stage left unmatched pay for it.
@@ -211,31 +212,40 @@ def _rotation_candidates(
     boxes = np.concatenate([b for _, b in parts])
     query_rows = np.repeat(rows, len(angles))
     n_large = len(ref_rows) if shard is None else shard.large_total
-    radius = chance_limited_radius(config.crop_radius, n_large * len(angles))
-    found_q, found_r, found_d = [], [], []
-    for _, box in _CENTRE_BOXES:
-        which = np.flatnonzero(boxes == box)
+    # a turned-back crop is looked up among the references' crops of its own box and of every smaller centred box:
+    # a copy rotated and then cropped to an upright rectangle shows less of the reference than its own canvas,
+    # so its turned-back crop shows the centre of the reference at a smaller box
+    keep_of = {box: keep for keep, box in _CENTRE_BOXES}
+    looked_up_by = {ref_box: [box for box, keep in keep_of.items() if keep >= keep_of[ref_box] - 1e-6]
+                    for ref_box in keep_of}  # reference box -> the turned-back boxes looked up there
+    lookups = sum(np.isin(boxes, crops).sum() for crops in looked_up_by.values()) / len(rows)  # per sample
+    radius = chance_limited_radius(config.crop_radius, round(n_large * lookups))
+    found_q, found_r, found_d, found_box = [], [], [], []
+    for _, ref_box in _CENTRE_BOXES:
+        which = np.flatnonzero(np.isin(boxes, looked_up_by[ref_box]))
         if not len(which):
             continue
-        index, _ = ref_index.crop_box(box) if ref_index is not None else _box_index(ref, ref_rows, box)
+        index, _ = ref_index.crop_box(ref_box) if ref_index is not None else _box_index(ref, ref_rows, ref_box)
         q, r, dist = index.search(codes[which], radius)
         q, r = which[q], ref_rows[r]
         keep = query_rows[q] != global_rows(shard, r) if same_table else np.ones(len(q), dtype=bool)
         found_q.append(q[keep]), found_r.append(r[keep]), found_d.append(dist[keep])
+        found_box.append(np.full(int(keep.sum()), ref_box))
     q, r, dist = np.concatenate(found_q), np.concatenate(found_r), np.concatenate(found_d)
+    ref_boxes = np.concatenate(found_box)
     if same_table:
         keep = global_rows(shard, r) < query_rows[q]
-        q, r, dist = q[keep], r[keep], dist[keep]
+        q, r, dist, ref_boxes = q[keep], r[keep], dist[keep], ref_boxes[keep]
     if not len(q):
         return []
-    # the turned-back crop against the same crop of the reference (a cheap check before local features); the
-    # crops of the samples with a hash hit are turned back again (the same arithmetic), the others never kept
+    # the turned-back crop against the reference's crop it was found by (a cheap check before local features);
+    # the crops of the samples with a hash hit are turned back again (the same arithmetic), the others never kept
     hit_positions, hit_of = np.unique(q // len(angles), return_inverse=True)
     again, _ = turned(rows[hit_positions].tolist())
     new_crops = again[hit_of * len(angles) + q % len(angles)]
     ref_ids, which = np.unique(r, return_inverse=True)
     details = [decode_detail(ref.details[row]) for row in ref_ids.tolist()]
-    ref_crops = _resized_crops(details, which, boxes[q]).astype(np.float32)
+    ref_crops = _resized_crops(details, which, ref_boxes).astype(np.float32)
     similarity = np.einsum("ij,ij->i", _normalized_rows(new_crops), _normalized_rows(ref_crops))
     ok = similarity >= config.rotation_min_thumb_similarity
     log.debug("rotation stage: %d samples x %d angles, %d hash hits, %d to verify", len(rows), len(angles), len(q),

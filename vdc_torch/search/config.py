@@ -32,7 +32,8 @@ KIND_RANK: dict[str, int] = {kind.value: rank for rank, kind in enumerate(MatchK
 #: 18: framed pictures (a reference inside a screenshot, a frame or a blurred pad) are looked up.
 #: 19: candidates of a verification stage are tried in one order, ties broken by reference row (not by index
 #: internals), so a reference split across ranks verifies in the same order as one process.
-#: 20: framed pictures are also bounded by a flat or smooth surround and looked up trimmed of uniform borders.
+#: 20: framed pictures are also bounded by a flat or smooth surround and looked up trimmed of uniform borders; a
+#: turned-back crop is also looked up among smaller centred crops (a copy rotated, then cropped upright).
 MATCHING_VERSION = 20
 
 
@@ -99,7 +100,9 @@ class MatchConfig:
     encoder_calibration_samples: int = 2000  # ... reference samples (augmented copies and nearest look-alikes)
     encoder_min_thumb_similarity: float = 0.0  # pixel sanity check of encoder candidates (gray thumbnail NCC)
     max_rotation: float = 30.0  # unmatched samples: turned back by up to this many degrees (0 disables the stage)
-    rotation_min_thumb_similarity: float = 0.6  # ... gray NCC of the turned-back centre crop with the reference's
+    rotation_min_thumb_similarity: float = 0.45  # ... gray NCC of the turned-back centre crop with the reference's
+    # crop it was found by; a copy rotated and cropped upright meets a smaller crop at up to ~10 % other scale and
+    # 2.5 degrees off (seed 2's at 0.50, below the former 0.6); local features then verify
     quarter_turns: bool = True  # unmatched samples: look up the pHashes of the picture turned by 90, 180 and 270
     # degrees (a phone photo whose EXIF orientation was lost on export), verified by local features
     framed: bool = True  # unmatched samples: look up the rectangles that a flat or smooth surround or straight edges
