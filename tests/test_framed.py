@@ -197,10 +197,28 @@ def test_a_band_padded_above_and_below_spans_the_width() -> None:
     assert (np.abs(rectangles - expected).max(axis=1) <= 2).any(), (rectangles, expected)
 
 
-def test_a_framed_picture_of_a_few_pixels_is_cut_out_whole() -> None:
-    """The framed stage runs on any detail image; a rectangle of 2 px (an 8 px detail) has no margin to shave."""
-    detail = np.asarray(Image.open(large_photos()[0]).convert("L").resize((8, 8)))
-    for box in framed_rectangles(detail) + [(0, 2, 0, 8), (3, 5, 2, 4)]:
-        t, b, lft, r = box
-        picture = framed_picture(detail, box)
-        assert 0 < picture.shape[0] <= b - t and 0 < picture.shape[1] <= r - lft
+def test_every_rectangle_is_a_non_empty_box_inside_the_image() -> None:
+    """Small and blank details too: a bright line inside a small picture once drew both refined sides onto it
+    (an empty box that crashed the whole match), and a blank image is no evidence of a frame."""
+    line_in_small_picture = np.full((48, 64), 20, np.uint8)
+    line_in_small_picture[10:22, 8:56] = 30
+    line_in_small_picture[16:19, 8:56] = 200
+    rng = np.random.default_rng(0)
+    blocks = []
+    for _ in range(60):  # a few flat blocks on a flat canvas, 8-80 px a side
+        h, w = (int(v) for v in rng.integers(8, 81, size=2))
+        image = np.full((h, w), int(rng.integers(0, 256)), np.uint8)
+        for _ in range(3):
+            t, b = sorted(int(v) for v in rng.integers(0, h + 1, size=2))
+            lft, r = sorted(int(v) for v in rng.integers(0, w + 1, size=2))
+            image[t:b, lft:r] = int(rng.integers(0, 256))
+        blocks.append(image)
+    photo = np.asarray(Image.open(large_photos()[0]).convert("L").resize((8, 8)))
+    for detail in [line_in_small_picture, photo, *blocks]:
+        h, w = detail.shape
+        for box in framed_rectangles(detail):
+            t, b, lft, r = box
+            assert 0 <= t < b <= h and 0 <= lft < r <= w, (detail.shape, box)
+            picture = framed_picture(detail, box)
+            assert 0 < picture.shape[0] <= b - t and 0 < picture.shape[1] <= r - lft
+    assert framed_rectangles(np.zeros((100, 100), np.uint8)) == []

@@ -33,8 +33,8 @@ FRAME_MAX_AREA = 0.92
 #: Weight of the image's own border as a side of a framed picture (a picture in a corner touches it); a picture
 #: padded on two opposite sides touches it on the other two, which then count in full.
 FRAME_BORDER_WEIGHT = 0.5
-#: A surround is a region of the border where the gray level stays within FRAME_FLAT_LEVELS of where it starts
-#: and of its neighbours, covering at least FRAME_SURROUND_SHARE of the image (a viewer's background, a toolbar,
+#: A surround is a region reached from a flat pixel of the border while the gray level stays within
+#: FRAME_FLAT_LEVELS of that pixel's, covering at least FRAME_SURROUND_SHARE of the image (a viewer's background, a toolbar,
 #: a letterbox); the picture's sides are then looked for up to FRAME_REFINE_REACH px inside its edge (the stored
 #: detail is a JPEG, whose ringing keeps a few pixels next to an edge from being flat).
 FRAME_FLAT_LEVELS = 2
@@ -68,6 +68,7 @@ def framed_rectangles(detail: np.ndarray, count: int = FRAME_RECTANGLES) -> list
     edges = edge_rectangles(g)
     flat, smooth = (np.array(surrounded_box(g, s(g)), np.int64).reshape(-1, 4) for s in (flat_surround, smooth_surround))
     boxes = np.concatenate([flat, edges[:1], smooth, edges[1:]])
+    boxes = boxes[(boxes[:, 1] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 2])]
     apart = FRAME_DISTINCT * max(h, w)
     open_boxes = np.ones(len(boxes), bool)  # not within FRAME_DISTINCT of a box chosen before
     chosen: list[Box] = []
@@ -119,7 +120,9 @@ def surrounded_box(gray: np.ndarray, surround: np.ndarray | None) -> list[Box]:
     for i in (np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable") + 1).tolist():
         x, y, bw, bh = stats[i, :4].tolist()
         if _acceptable(y, y + bh, x, x + bw, h, w):
-            return [_refined(gray, (y, y + bh, x, x + bw))]
+            refined = _refined(gray, (y, y + bh, x, x + bw))
+            # on a small picture both sides may snap to one edge inside it: then the region's own box
+            return [refined if _acceptable(*refined, h, w) else (y, y + bh, x, x + bw)]
     return []
 
 
@@ -129,10 +132,10 @@ def _border_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def flat_surround(g: np.ndarray) -> np.ndarray | None:
-    """A viewer's background, a toolbar, a letterbox: the regions reached from the border while the gray level
-    stays within :data:`FRAME_FLAT_LEVELS` of where the region starts and of its neighbours, each covering at
-    least :data:`FRAME_SURROUND_SHARE` of the image (a fixed range, so a smooth gradient inside the picture is
-    not reached). ``None`` where there is none."""
+    """A viewer's background, a toolbar, a letterbox: the regions reached by a flood from a flat border pixel (its
+    3x3 neighbourhood within :data:`FRAME_FLAT_LEVELS`) while the gray level stays within FRAME_FLAT_LEVELS of
+    that pixel's (a fixed range, so a smooth gradient inside the picture is not reached), each covering at least
+    :data:`FRAME_SURROUND_SHARE` of the image. ``None`` where there is none."""
     h, w = g.shape
     flat = cv2.morphologyEx(g, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) <= FRAME_FLAT_LEVELS
     if not _border_labels(flat).any():  # most photos: nothing flat along the border, no labelling needed
@@ -202,7 +205,8 @@ def edge_rectangles(detail: np.ndarray) -> np.ndarray:
     ``(top, bottom, left, right)``.
 
     Each side is scored by the share of its length that is an edge seen from that side: the gray level steps
-    by :data:`FRAME_EDGE_STEP` across it, or by :data:`FRAME_WEAK_STEP` where the surround just outside is flat
+    by more than :data:`FRAME_EDGE_STEP` across it, or by :data:`FRAME_WEAK_STEP` or more where the surround just
+    outside is flat
     or blurred (the image's own border scores :data:`FRAME_BORDER_WEIGHT`, or 1 where the rectangle spans the
     image between two opposite borders: a picture padded on the other two sides); rectangles are ranked by their
     weakest side, then by the mean of the four. Sides are drawn from the :data:`FRAME_EDGE_LINES` rows and
@@ -239,9 +243,11 @@ def edge_rectangles(detail: np.ndarray) -> np.ndarray:
     sides[2:, (left == 0) & (r == w)] = 1.0  # a picture padded above and below spans the width: its own sides
     sides[:2, (t == 0) & (b == h)] = 1.0
     weakest, mean = sides.min(axis=0), sides.mean(axis=0)
-    # a rectangle is as good as its weakest side (two full-width toolbar edges do not make a picture); then the
-    # mean; ties: the first rectangle in (t, b, l, r) order
+    # a rectangle is as good as its weakest side (a toolbar's two long edges and the picture's top make no
+    # picture; a band between two long edges that spans the image, the shape of a pad, does); then the mean;
+    # ties: the first rectangle in (t, b, l, r) order. A side with no edge at all is no evidence (a blank image).
     order = np.lexsort((r, left, b, t, -mean, -weakest))
+    order = order[weakest[order] > 0]
     return np.stack([t, b, left, r], axis=1).astype(np.int64)[order]
 
 
@@ -249,8 +255,8 @@ def _edges_from_outside(steps: np.ndarray, axis: int) -> tuple[np.ndarray, np.nd
     """Edge maps (float32, one more line than pixels along ``axis``) of the boundaries between
     neighbouring pixel lines, seen as the first and as the second side of a picture (top/left, bottom/right).
 
-    ``steps`` are the absolute differences along ``axis``. A boundary is an edge where it steps by
-    :data:`FRAME_EDGE_STEP`, or by :data:`FRAME_WEAK_STEP` while the step beyond it on the outside is at most
+    ``steps`` are the absolute differences along ``axis``. A boundary is an edge where it steps by more than
+    :data:`FRAME_EDGE_STEP`, or by :data:`FRAME_WEAK_STEP` or more while the step beyond it on the outside is at most
     1/:data:`FRAME_OUTSIDE_RATIO` of it. The image's own border is :data:`FRAME_BORDER_WEIGHT`.
     """
     s = np.moveaxis(steps, axis, 0)
