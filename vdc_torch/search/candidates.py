@@ -218,19 +218,25 @@ def _rotation_candidates(
     keep_of = {box: keep for keep, box in _CENTRE_BOXES}
     looked_up_by = {ref_box: [box for box, keep in keep_of.items() if keep >= keep_of[ref_box] - 1e-6]
                     for ref_box in keep_of}  # reference box -> the turned-back boxes looked up there
-    lookups = sum(np.isin(boxes, crops).sum() for crops in looked_up_by.values()) / len(rows)  # per sample
-    radius = chance_limited_radius(config.crop_radius, round(n_large * lookups))
+    # each sample's radius from its own lookups (its angles' boxes decide how many), so a pair is found or not
+    # whatever else is in the batch
+    lookups = sum(np.isin(boxes, crops).astype(np.int64) for crops in looked_up_by.values())
+    per_sample = lookups.reshape(len(rows), len(angles)).sum(axis=1)
+    radius_of = {n: chance_limited_radius(config.crop_radius, n_large * n) for n in np.unique(per_sample).tolist()}
+    code_radius = np.repeat([radius_of[n] for n in per_sample.tolist()], len(angles))
     found_q, found_r, found_d, found_box = [], [], [], []
     for _, ref_box in _CENTRE_BOXES:
-        which = np.flatnonzero(np.isin(boxes, looked_up_by[ref_box]))
-        if not len(which):
+        looked_up = np.isin(boxes, looked_up_by[ref_box])
+        if not looked_up.any():
             continue
         index, _ = ref_index.crop_box(ref_box) if ref_index is not None else _box_index(ref, ref_rows, ref_box)
-        q, r, dist = index.search(codes[which], radius)
-        q, r = which[q], ref_rows[r]
-        keep = query_rows[q] != global_rows(shard, r) if same_table else np.ones(len(q), dtype=bool)
-        found_q.append(q[keep]), found_r.append(r[keep]), found_d.append(dist[keep])
-        found_box.append(np.full(int(keep.sum()), ref_box))
+        for radius in np.unique(code_radius[looked_up]).tolist():
+            which = np.flatnonzero(looked_up & (code_radius == radius))
+            q, r, dist = index.search(codes[which], radius)
+            q, r = which[q], ref_rows[r]
+            keep = query_rows[q] != global_rows(shard, r) if same_table else np.ones(len(q), dtype=bool)
+            found_q.append(q[keep]), found_r.append(r[keep]), found_d.append(dist[keep])
+            found_box.append(np.full(int(keep.sum()), ref_box))
     q, r, dist = np.concatenate(found_q), np.concatenate(found_r), np.concatenate(found_d)
     ref_boxes = np.concatenate(found_box)
     if same_table:
@@ -250,7 +256,7 @@ def _rotation_candidates(
     ok = similarity >= config.rotation_min_thumb_similarity
     log.debug("rotation stage: %d samples x %d angles, %d hash hits, %d to verify", len(rows), len(angles), len(q),
               int(ok.sum()))
-    q, r, dist = q[ok], r[ok], dist[ok]
+    q, r, dist, ref_boxes = q[ok], r[ok], dist[ok], ref_boxes[ok]
     if not len(q):
         return []
     # one angle per pair, the closest hash (verified once)
