@@ -34,9 +34,9 @@ FRAME_MAX_AREA = 0.92
 #: padded on two opposite sides touches it on the other two, which then count in full.
 FRAME_BORDER_WEIGHT = 0.5
 #: A surround is a region reached from a flat pixel of the border while the gray level stays within
-#: FRAME_FLAT_LEVELS of that pixel's, covering at least FRAME_SURROUND_SHARE of the image (a viewer's background, a toolbar,
-#: a letterbox); the picture's sides are then looked for up to FRAME_REFINE_REACH px inside its edge (the stored
-#: detail is a JPEG, whose ringing keeps a few pixels next to an edge from being flat).
+#: FRAME_FLAT_LEVELS of that pixel's, covering at least FRAME_SURROUND_SHARE of the image (a viewer's background,
+#: a toolbar, a letterbox); the picture's sides are then looked for up to FRAME_REFINE_REACH px inside its edge
+#: (the stored detail is a JPEG, whose ringing keeps a few pixels next to an edge from being flat).
 FRAME_FLAT_LEVELS = 2
 FRAME_SURROUND_SHARE = 0.05
 FRAME_REFINE_REACH = 6
@@ -66,9 +66,9 @@ def framed_rectangles(detail: np.ndarray, count: int = FRAME_RECTANGLES) -> list
     if h < 8 or w < 8:
         return []
     edges = edge_rectangles(g)
-    flat, smooth = (np.array(surrounded_box(g, s(g)), np.int64).reshape(-1, 4) for s in (flat_surround, smooth_surround))
-    boxes = np.concatenate([flat, edges[:1], smooth, edges[1:]])
-    boxes = boxes[(boxes[:, 1] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 2])]
+    flat, smooth = (np.array(surrounded_box(g, surround(g)), np.int64).reshape(-1, 4)
+                    for surround in (flat_surround, smooth_surround))
+    boxes = np.concatenate([flat, edges[:1], smooth, edges[1:]])  # all acceptable (_acceptable): none empty
     apart = FRAME_DISTINCT * max(h, w)
     open_boxes = np.ones(len(boxes), bool)  # not within FRAME_DISTINCT of a box chosen before
     chosen: list[Box] = []
@@ -126,9 +126,15 @@ def surrounded_box(gray: np.ndarray, surround: np.ndarray | None) -> list[Box]:
     return []
 
 
+def _border_positions(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ys, xs)`` of the pixels along an image's border: top row, bottom row, left column, right column."""
+    return (np.concatenate([np.zeros(w, int), np.full(w, h - 1), np.arange(h), np.arange(h)]),
+            np.concatenate([np.arange(w), np.arange(w), np.zeros(h, int), np.full(h, w - 1)]))
+
+
 def _border_labels(labels: np.ndarray) -> np.ndarray:
-    """The values (labels, mask bits) along the image's border: top row, bottom row, left column, right column."""
-    return np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    """The values (labels, mask bits) along the image's border, in :func:`_border_positions` order."""
+    return labels[_border_positions(*labels.shape)]
 
 
 def flat_surround(g: np.ndarray) -> np.ndarray | None:
@@ -146,8 +152,7 @@ def flat_surround(g: np.ndarray) -> np.ndarray | None:
     seeds = large[_border_labels(labels)]
     if not seeds.any():
         return None
-    ys = np.concatenate([np.zeros(w, int), np.full(w, h - 1), np.arange(h), np.arange(h)])[seeds]
-    xs = np.concatenate([np.arange(w), np.arange(w), np.zeros(h, int), np.full(h, w - 1)])[seeds]
+    ys, xs = (positions[seeds] for positions in _border_positions(h, w))
     g = g.copy()  # floodFill asks for a writable image, though it only writes the mask here
     filled = np.zeros((h + 2, w + 2), np.uint8)
     surround = np.zeros((h + 2, w + 2), np.uint8)
@@ -206,12 +211,11 @@ def edge_rectangles(detail: np.ndarray) -> np.ndarray:
 
     Each side is scored by the share of its length that is an edge seen from that side: the gray level steps
     by more than :data:`FRAME_EDGE_STEP` across it, or by :data:`FRAME_WEAK_STEP` or more where the surround just
-    outside is flat
-    or blurred (the image's own border scores :data:`FRAME_BORDER_WEIGHT`, or 1 where the rectangle spans the
-    image between two opposite borders: a picture padded on the other two sides); rectangles are ranked by their
-    weakest side, then by the mean of the four. Sides are drawn from the :data:`FRAME_EDGE_LINES` rows and
-    columns with the most edge pixels, so this costs a few thousand sums of prefix tables, not a search over
-    every rectangle.
+    outside is flat or blurred (the image's own border scores :data:`FRAME_BORDER_WEIGHT`, or 1 where the
+    rectangle spans the image between two opposite borders: a picture padded on the other two sides); rectangles
+    are ranked by their weakest side, then by the mean of the four. Sides are drawn from the
+    :data:`FRAME_EDGE_LINES` rows and columns with the most edge pixels, so this costs a few thousand sums of
+    prefix tables, not a search over every rectangle.
     """
     g = detail.astype(np.int16)
     h, w = g.shape
@@ -256,8 +260,8 @@ def _edges_from_outside(steps: np.ndarray, axis: int) -> tuple[np.ndarray, np.nd
     neighbouring pixel lines, seen as the first and as the second side of a picture (top/left, bottom/right).
 
     ``steps`` are the absolute differences along ``axis``. A boundary is an edge where it steps by more than
-    :data:`FRAME_EDGE_STEP`, or by :data:`FRAME_WEAK_STEP` or more while the step beyond it on the outside is at most
-    1/:data:`FRAME_OUTSIDE_RATIO` of it. The image's own border is :data:`FRAME_BORDER_WEIGHT`.
+    :data:`FRAME_EDGE_STEP`, or by :data:`FRAME_WEAK_STEP` or more while the step beyond it on the outside is at
+    most 1/:data:`FRAME_OUTSIDE_RATIO` of it. The image's own border is :data:`FRAME_BORDER_WEIGHT`.
     """
     s = np.moveaxis(steps, axis, 0)
     strong = s > FRAME_EDGE_STEP
