@@ -216,22 +216,20 @@ def _rotation_candidates(
     # a copy rotated and then cropped to an upright rectangle shows less of the reference than its own canvas,
     # so its turned-back crop shows the centre of the reference at a smaller box
     keep_of = {box: keep for keep, box in _CENTRE_BOXES}
-    looked_up_by = {ref_box: [box for box, keep in keep_of.items() if keep >= keep_of[ref_box] - 1e-6]
-                    for ref_box in keep_of}  # reference box -> the turned-back boxes looked up there
+    looked_up = {ref_box: np.isin(boxes, [box for box, keep in keep_of.items() if keep >= keep_of[ref_box] - 1e-6])
+                 for ref_box in keep_of}  # reference box -> which turned-back crops are looked up there
     # each sample's radius from its own lookups (its angles' boxes decide how many), so a pair is found or not
     # whatever else is in the batch
-    lookups = sum(np.isin(boxes, crops).astype(np.int64) for crops in looked_up_by.values())
-    per_sample = lookups.reshape(len(rows), len(angles)).sum(axis=1)
+    per_sample = sum(m.astype(np.int64) for m in looked_up.values()).reshape(len(rows), len(angles)).sum(axis=1)
     radius_of = {n: chance_limited_radius(config.crop_radius, n_large * n) for n in np.unique(per_sample).tolist()}
     code_radius = np.repeat([radius_of[n] for n in per_sample.tolist()], len(angles))
     found_q, found_r, found_d, found_box = [], [], [], []
     for _, ref_box in _CENTRE_BOXES:
-        looked_up = np.isin(boxes, looked_up_by[ref_box])
-        if not looked_up.any():
+        if not looked_up[ref_box].any():
             continue
         index, _ = ref_index.crop_box(ref_box) if ref_index is not None else _box_index(ref, ref_rows, ref_box)
-        for radius in np.unique(code_radius[looked_up]).tolist():
-            which = np.flatnonzero(looked_up & (code_radius == radius))
+        for radius in np.unique(code_radius[looked_up[ref_box]]).tolist():
+            which = np.flatnonzero(looked_up[ref_box] & (code_radius == radius))
             q, r, dist = index.search(codes[which], radius)
             q, r = which[q], ref_rows[r]
             keep = query_rows[q] != global_rows(shard, r) if same_table else np.ones(len(q), dtype=bool)
