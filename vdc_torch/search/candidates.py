@@ -29,7 +29,13 @@ from vdc_torch.search.geometry import (
 )
 from vdc_torch.search.frames import FRAME_RECTANGLES, framed_picture, framed_rectangles
 from vdc_torch.search.index import HammingIndex, InvertedFileIP
-from vdc_torch.search.shards import ReferenceShard, _large_enough_to_align, global_rows, top_k_per_query  # noqa: F401
+from vdc_torch.search.shards import (  # noqa: F401
+    ReferenceShard,
+    _large_enough_to_align,
+    global_rows,
+    top_k_across_ranks,
+    top_k_per_query,
+)
 from vdc_torch.search.thumbs import (
     COARSE_CHUNK,
     COARSE_DIM,
@@ -440,11 +446,7 @@ def _nearest_thumbnails(
     keep = (r >= 0) & (sim >= config.knn_min_similarity)
     q, r, sim = q[keep], r[keep], sim[keep]
     if shard is not None and shard.split:  # the k nearest over every rank's rows, then this rank's of them
-        rank = np.full(len(q), shard.rank, np.int64)
-        q, rg, sim, owner, r = all_gather_arrays(q, shard.to_global(r), sim.astype(np.float32), rank, r)
-        best = top_k_per_query(q, rg, sim, k)
-        best = best[owner[best] == shard.rank]
-        q, r, sim = q[best], r[best], sim[best]
+        q, r, _, sim = top_k_across_ranks(shard, q, r, sim, k)
     keep = np.ones(len(q), dtype=bool)
     if same_table:
         keep &= global_rows(shard, r) < q

@@ -42,7 +42,6 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from vdc_torch.collective import all_gather_arrays
 from vdc_torch.errors import InvalidParameterError
 from vdc_torch.fingerprints.compute import CROP_BOXES, FingerprintTable, phash_batch
 from vdc_torch.search.candidates import (  # noqa: F401  (re-exported)
@@ -94,7 +93,7 @@ from vdc_torch.search.geometry import (  # noqa: F401  (re-exported)
 from vdc_torch.search.index import ExactIndex, HammingIndex, InvertedFileIP  # noqa: F401  (re-exported)
 from vdc_torch.search.reference_index import ReferenceIndex
 from vdc_torch.search.results import _best_per_query, _first_per_query, _rows
-from vdc_torch.search.shards import ReferenceShard, global_rows, top_k_per_query
+from vdc_torch.search.shards import ReferenceShard, global_rows, top_k_across_ranks
 from vdc_torch.search.thumbs import (  # noqa: F401  (re-exported)
     COARSE_CHUNK,
     THUMB_BLOCK,
@@ -463,11 +462,7 @@ def _encoder_stage(run: _Run, new_embeddings: np.ndarray | None, ref_embeddings:
     if run.shard is not None:  # the k nearest over every rank's rows, then this rank's of them
         found = r >= 0
         q, r, cos = q[found], r[found], cos[found]
-        rank = np.full(len(q), run.shard.rank, np.int64)
-        q, rg, cos, owner, r = all_gather_arrays(q, run.shard.to_global(r), cos.astype(np.float32), rank, r)
-        best = top_k_per_query(q, rg, cos, k)
-        best = best[owner[best] == run.shard.rank]
-        q, r, cos = q[best], r[best], cos[best]
+        q, r, _, cos = top_k_across_ranks(run.shard, q, r, cos, k)
     if config.encoder_similarity is None:
         raise InvalidParameterError("embeddings were given but MatchConfig.encoder_similarity is None: set the cosine, "
                                     "or derive it with vdc_torch.search.encoder_threshold.encoder_threshold")

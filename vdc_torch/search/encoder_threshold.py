@@ -37,7 +37,7 @@ import numpy as np
 from vdc_torch.collective import all_gather_arrays, all_gather_json
 from vdc_torch.fingerprints.compute import THUMB_SIDE
 from vdc_torch.search.config import MatchConfig
-from vdc_torch.search.shards import ReferenceShard, top_k_per_query
+from vdc_torch.search.shards import ReferenceShard, top_k_across_ranks, top_k_per_query
 from vdc_torch.search.thumbs import ThumbVerifier
 
 log = logging.getLogger(__name__)
@@ -209,13 +209,9 @@ def _hardest_negatives(sample: np.ndarray, thumbs: np.ndarray, sample_emb: np.nd
     local, cos = ids.reshape(-1).astype(np.int64), sims.reshape(-1).astype(np.float32)
     found = local >= 0
     q, local, cos = q[found], local[found], cos[found]
-    rows = local if shard is None else shard.to_global(local)
+    rows = local
     if shard is not None:  # the k nearest over every rank's rows (as one process finds them), then this rank's
-        rank = np.full(len(q), shard.rank, np.int64)
-        q, rows, cos, owner, local = all_gather_arrays(q, rows, cos, rank, local)
-        best = top_k_per_query(q, rows, cos, k)
-        best = best[owner[best] == shard.rank]
-        q, rows, cos, local = q[best], rows[best], cos[best], local[best]
+        q, local, rows, cos = top_k_across_ranks(shard, q, local, cos, k)
     verifier = ThumbVerifier(thumbs, ref_thumbs, config)
     plain = verifier.similarity(q, local)
     copy = np.maximum(plain, verifier.similarity(q, local, mirror=True))

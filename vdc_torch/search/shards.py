@@ -106,3 +106,15 @@ def top_k_per_query(q: np.ndarray, r: np.ndarray, score: np.ndarray, k: int
     sorted_q = q[order]
     place = np.arange(len(order)) - np.searchsorted(sorted_q, sorted_q)
     return order[place < k]
+
+
+def top_k_across_ranks(shard: ReferenceShard, q: np.ndarray, r: np.ndarray, score: np.ndarray, k: int
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each query's ``k`` best pairs over every rank's rows, as one process holding the whole reference keeps
+    them (:func:`top_k_per_query` on global rows), and of those this rank's: ``(q, r, global rows, score)``, ``r``
+    this rank's rows and ``score`` float32. Collective."""
+    rank = np.full(len(q), shard.rank, np.int64)
+    q, rg, score, owner, r = all_gather_arrays(q, shard.to_global(r), score.astype(np.float32), rank, r)
+    best = top_k_per_query(q, rg, score, k)
+    best = best[owner[best] == shard.rank]
+    return q[best], r[best], rg[best], score[best]
