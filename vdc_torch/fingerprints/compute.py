@@ -92,6 +92,7 @@ class _FingerprintBatch:
     indices: list[int]
     table: FingerprintTable
     warnings: list[list[str]]
+    views: np.ndarray | None = None  # (n, h, w, 3) uint8: each row's view for a model encoder, when asked for
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,10 @@ class _FingerprintTask(torch.utils.data.Dataset):
     """
 
     def __init__(self, dataset: Any, indices: Sequence[int], extra_hashes: Sequence[str], decode_side: int | None,
-                 max_pixels: int, known: tuple[frozenset[int], frozenset[bytes]] | None = None) -> None:
+                 max_pixels: int, known: tuple[frozenset[int], frozenset[bytes]] | None = None,
+                 view_size: tuple[int, int] | None = None) -> None:
         self.dataset = dataset
+        self.view_size = view_size
         self.indices = list(indices)
         self.extra_hashes = tuple(extra_hashes)
         self.decode_side = decode_side
@@ -165,20 +168,21 @@ class _FingerprintTask(torch.utils.data.Dataset):
             except Exception as exc:  # noqa: BLE001 - never let one sample end the run
                 results.append((index, _unexpected(index, path, exc)))
         try:
-            fingerprints = fingerprint_batch([d for _, _, d in decoded], self.extra_hashes)
+            fingerprints = fingerprint_batch([d for _, _, d in decoded], self.extra_hashes, self.view_size)
             fingerprinted = [(index, fp) for (index, _, _), fp in zip(decoded, fingerprints)]
         except Exception:  # noqa: BLE001 - find the one sample that fails, keep the others
             fingerprinted = []
             for index, path, d in decoded:
                 try:
-                    fingerprinted.append((index, fingerprint_decoded(d, self.extra_hashes)))
+                    fingerprinted.append((index, fingerprint_decoded(d, self.extra_hashes, self.view_size)))
                 except Exception as exc:  # noqa: BLE001 - one sample's failure is its problem record
                     results.append((index, _unexpected(index, path, exc)))
         if fingerprinted:  # paths and labels are set in the main process (_labelled)
             indices = [index for index, _ in fingerprinted]
             fps = [fp for _, fp in fingerprinted]
             table = FingerprintTable.from_rows(indices, [""] * len(fps), [None] * len(fps), fps)
-            results.append((indices[0], _FingerprintBatch(indices, table, [fp.warnings for fp in fps])))
+            views = np.stack([fp.view for fp in fps]) if self.view_size is not None else None
+            results.append((indices[0], _FingerprintBatch(indices, table, [fp.warnings for fp in fps], views)))
         return results
 
 
@@ -236,13 +240,18 @@ def compute_fingerprints(
     distributed: bool = True,
     on_chunk: Callable[[FingerprintTable], None] | None = None,
     gather: bool = True,
+    view_size: tuple[int, int] | None = None,
+    on_views: Callable[[list[int], np.ndarray], None] | None = None,
 ) -> tuple[FingerprintTable, list[Problem]]:
     """Fingerprint the samples of a :class:`vdc_torch.Dataset` (all, or ``indices``) on ``workers`` processes.
 
     ``known`` (fingerprints computed before, e.g. a :class:`vdc_torch.decision.store.cache.FingerprintCache`)
     supplies the rows of unchanged files without decoding them; it is only read, never written: the caller keeps
     what is new. ``on_chunk`` is called with each batch of newly decoded fingerprints as soon as it is done (rows
-    carry their sample index, path and label), e.g. to checkpoint them. Under an initialised ``torch.distributed``
+    carry their sample index, path and label), e.g. to checkpoint them. ``view_size`` (height, width) makes each
+    decoded sample's view for a model encoder from the same decode (:func:`~vdc_torch.fingerprints.per_image.
+    encoder_view`), handed to ``on_views(sample indices, views)`` in this process a batch at a time and not kept
+    (rows ``known`` supplies are not decoded, so they have none). Under an initialised ``torch.distributed``
     process group (and ``distributed=True``) each rank fingerprints its shard and every rank receives the whole
     table (``gather=False``: its own rows only, and every rank's problems).
     Returns the table of usable samples (in index order) and one :class:`Problem` per unusable sample or caveat.
@@ -260,7 +269,7 @@ def compute_fingerprints(
     workers = default_workers() if workers is None else max(0, int(workers))
     if workers and not _worth_forking(dataset, todo):
         workers = 0  # starting processes costs more than it saves
-    task = _FingerprintTask(dataset, todo, extra_hashes, decode_side, max_pixels, known_content)
+    task = _FingerprintTask(dataset, todo, extra_hashes, decode_side, max_pixels, known_content, view_size)
     loader = _loader(task, len(todo), workers)
     batches: list[FingerprintTable] = []
     reused: dict[int, Fingerprint] = {}
@@ -278,7 +287,8 @@ def compute_fingerprints(
                 elif isinstance(result, _KnownContent):  # same bytes as a cached file: reuse, re-key, no decode
                     row = cache.lookup_digest(result.byte_digest)
                     if row is None:  # a checkpoint replaced that entry (its path changed) meanwhile: decode here
-                        redo = _FingerprintTask(dataset, [index], extra_hashes, decode_side, max_pixels)
+                        redo = _FingerprintTask(dataset, [index], extra_hashes, decode_side, max_pixels,
+                                                view_size=view_size)
                         results.extend(redo[[0]])
                         continue
                     reused[index] = dataclasses.replace(
@@ -292,6 +302,8 @@ def compute_fingerprints(
                     for i, warnings in zip(result.indices, result.warnings):
                         problems.extend(Problem(i, dataset.samples[i][0], w, fatal=False) for w in warnings)
                     done += len(result.indices)
+                    if on_views is not None and result.views is not None:
+                        on_views(result.indices, result.views)
             bar.update(done)
             if on_chunk is not None and chunk:
                 fresh_chunk = FingerprintTable.concat(chunk)
@@ -357,9 +369,12 @@ def fingerprint_stream(
     decode_side: int | None = DEFAULT_DECODE_SIDE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     desc: str = "fingerprinting",
+    view_size: tuple[int, int] | None = None,
+    on_views: Callable[[list[int], np.ndarray], None] | None = None,
 ) -> tuple[FingerprintTable, list[Problem]]:
     """Fingerprint ``(index, name, stored image)`` items in one pass, in this process (an iterable dataset
-    cannot be split between workers without changing what each sees).
+    cannot be split between workers without changing what each sees). ``view_size`` and ``on_views``: as for
+    :func:`compute_fingerprints`.
 
     The stored image is anything :func:`vdc_torch.decode.decode_sample` takes, or an exception (the item could
     not be read). Rows carry the item's index; paths and labels are left for the caller.
@@ -373,17 +388,19 @@ def fingerprint_stream(
         if not pending:
             return
         try:
-            fps = fingerprint_batch([d for _, _, d in pending], extra_hashes)
+            fps = fingerprint_batch([d for _, _, d in pending], extra_hashes, view_size)
             rows = [(i, name, fp) for (i, name, _), fp in zip(pending, fps)]
         except Exception:  # noqa: BLE001 - find the one sample that fails, keep the others
             rows = []
             for i, name, d in pending:
                 try:
-                    rows.append((i, name, fingerprint_decoded(d, extra_hashes)))
+                    rows.append((i, name, fingerprint_decoded(d, extra_hashes, view_size)))
                 except Exception as exc:  # noqa: BLE001
                     problems.append(_unexpected(i, name, exc))
         for i, name, fp in rows:
             problems.extend(Problem(i, name, w, fatal=False) for w in fp.warnings)
+        if rows and on_views is not None and view_size is not None:
+            on_views([i for i, _, _ in rows], np.stack([fp.view for _, _, fp in rows]))
         if rows:
             batches.append(FingerprintTable.from_rows([i for i, _, _ in rows], [""] * len(rows), [None] * len(rows),
                                                       [fp for _, _, fp in rows]))

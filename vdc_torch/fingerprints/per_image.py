@@ -114,9 +114,10 @@ def crop_pixels(box: tuple[float, float, float], height: int, width: int) -> tup
 SMALL_CONTENT_SIDE = 64
 
 
-def fingerprint_decoded(decoded: DecodedImage, extra_hashes: Sequence[str] = ()) -> Fingerprint:
+def fingerprint_decoded(decoded: DecodedImage, extra_hashes: Sequence[str] = (),
+                        view_size: tuple[int, int] | None = None) -> Fingerprint:
     """Compute every fingerprint of one decoded image (no further reading or decoding)."""
-    return fingerprint_batch([decoded], extra_hashes)[0]
+    return fingerprint_batch([decoded], extra_hashes, view_size)[0]
 
 
 @dataclass
@@ -177,8 +178,12 @@ def _prepare(small: np.ndarray, full_gray: np.ndarray, box: tuple[int, int, int,
     return _Prepared(content, gray, thumb, whole)
 
 
-def fingerprint_batch(decoded: Sequence[DecodedImage], extra_hashes: Sequence[str] = ()) -> list[Fingerprint]:
+def fingerprint_batch(decoded: Sequence[DecodedImage], extra_hashes: Sequence[str] = (),
+                      view_size: tuple[int, int] | None = None) -> list[Fingerprint]:
     """:func:`fingerprint_decoded` of many images at once: the same values, the hash arithmetic done batch-wide.
+
+    ``view_size`` (height, width) adds each image's view for a model encoder (:func:`encoder_view`) to its
+    fingerprint, from the same working copy.
 
     The pHash of the content and its mirror come from the 8-bit gray thumbnail (bit-identical to
     ``cv2.img_hash.pHash``); the crop hashes are the pHashes of the float area-resized crops of the gray content
@@ -220,8 +225,18 @@ def fingerprint_batch(decoded: Sequence[DecodedImage], extra_hashes: Sequence[st
             mtime_ns=d.mtime_ns,
             extra_hashes=extras,
             warnings=list(d.warnings),
+            view=None if view_size is None else encoder_view(p.content, view_size),
         ))
     return out
+
+
+def encoder_view(content: np.ndarray, view_size: tuple[int, int]) -> np.ndarray:
+    """The border-trimmed RGB ``content`` of the working copy (longer side at most :data:`DETAIL_SIDE`) resized to
+    ``view_size`` (height, width): what a model encoder is shown, the thumbnail's picture at the model's input size.
+    Area-averaged where it shrinks, bilinear where a side grows (inputs larger than the working copy)."""
+    height, width = int(view_size[0]), int(view_size[1])
+    shrinks = height <= content.shape[0] and width <= content.shape[1]
+    return cv2.resize(content, (width, height), interpolation=cv2.INTER_AREA if shrinks else cv2.INTER_LINEAR)
 
 
 def crop_coefficients(grays: Sequence[np.ndarray]) -> np.ndarray:

@@ -79,6 +79,9 @@ class Fingerprint:
     extra_hashes: dict[str, str] = field(default_factory=dict)  # method -> ImageHash string
     warnings: list[str] = field(default_factory=list)
     phash_whole: int | None = None  # pHash of the untrimmed picture; None: nothing was trimmed (= phash)
+    #: The picture as a model encoder sees it (``view_size`` RGB uint8, same content as ``thumb``), only when asked
+    #: for by :func:`~vdc_torch.fingerprints.per_image.fingerprint_batch`; never stored in a table.
+    view: np.ndarray | None = None
 
 
 # -- a whole dataset ---------------------------------------------------------------------------------------
