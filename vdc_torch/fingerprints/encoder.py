@@ -6,24 +6,36 @@ every other cat; instance identity lives in intermediate feature maps that keep 
 found 0.66 of the human-judged CIFAR-10 near-duplicates at 3 % flagged, versus 0.12 for the pooled output).
 :class:`LayerEncoder` therefore takes a layer name and pools that layer to a small grid.
 
-The encoder sees the 32×32 RGB thumbnail each fingerprint already holds (border-trimmed, from the single
-decode), resized to ``input_size`` when the model expects larger inputs. That keeps manifests model-independent:
-after every retraining, the reference is re-embedded from the manifest with the new model, without the images.
+What the encoder sees: with an ``input_size`` larger than the 32×32 thumbnails, each image's *view* — the
+thumbnail's border-trimmed picture at the encoder's input size (:func:`~vdc_torch.fingerprints.per_image.
+encoder_view`) — made from the single decode while the image is fingerprinted and embedded in batches on the
+model's device as fingerprinting goes (:class:`ViewEmbedder`); only the embeddings are kept (4·D bytes an image:
+8 KB for 128 channels pooled to 4×4). Where no view can be had (a reference loaded from a manifest, rows split
+across ranks, one-image queries) the encoder sees the stored 32×32 thumbnails, resized to ``input_size``, for
+the reference and the new images alike, and the decision's evidence says which it was.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vdc_torch.errors import InvalidParameterError
+from vdc_torch.fingerprints.table import THUMB_SIDE
 
 log = logging.getLogger(__name__)
+
+#: Seed of the encoder threshold's calibration sample and of its edited copies: the same reference gives the same
+#: threshold.
+CALIBRATION_SEED = 0
 
 
 class LayerEncoder(nn.Module):
@@ -74,9 +86,35 @@ class LayerEncoder(nn.Module):
         return F.normalize(out, dim=1)
 
 
+def view_size(encoder: nn.Module) -> tuple[int, int] | None:
+    """The (height, width) of the views ``encoder`` is shown (its ``input_size``), or ``None`` when the 32×32
+    thumbnails already are its input (no ``input_size``, or one no larger than a thumbnail)."""
+    size = getattr(encoder, "input_size", None)
+    if size is None:
+        return None
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    return None if height <= THUMB_SIDE and width <= THUMB_SIDE else (height, width)
+
+
+def encoder_identity(encoder: nn.Module) -> str:
+    """A digest naming what ``encoder`` computes: its class, layer, grid, input size, normalisation and the bytes
+    of every parameter and buffer. It changes when the model trains (the embeddings must then be made again)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(type(encoder).__qualname__.encode())
+    for name in ("layer", "grid", "input_size"):
+        h.update(f"{name}={getattr(encoder, name, None)!r};".encode())
+    for name, tensor in sorted(encoder.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().to("cpu").contiguous().numpy().tobytes() if tensor.dtype != torch.bfloat16 else
+                 tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 @torch.no_grad()
 def embed_thumbs(encoder: nn.Module, thumbs: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Embed (N, h, w, 3) uint8 RGB thumbnails with ``encoder``; returns (N, D) float32 L2-normalised rows."""
+    """Embed (N, h, w, 3) uint8 RGB images (thumbnails or views) with ``encoder``, resized to its ``input_size``
+    where they differ; returns (N, D) float32 L2-normalised rows."""
     was_training = encoder.training
     encoder.eval()
     try:
@@ -118,3 +156,97 @@ def nearest_neighbours(
         sims = np.stack([row[m][:k] for row, m in zip(sims, keep)]) if len(sims) else sims[:, :k]
         ids = np.stack([row[m][:k] for row, m in zip(ids, keep)]) if len(ids) else ids[:, :k]
     return sims, ids
+
+
+def augment_image(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A copy of an (h, w, 3) uint8 RGB picture as a re-export would make it: cropped by up to 10 % per side and
+    resized back, saturation 0.7-1.2, contrast 0.9-1.1, brightness -10..10, JPEG 60-95."""
+    side_y, side_x = image.shape[:2]
+    left, right, top, bottom = rng.uniform(0.0, 0.10, 4)
+    x0, x1 = int(round(left * side_x)), side_x - int(round(right * side_x))
+    y0, y1 = int(round(top * side_y)), side_y - int(round(bottom * side_y))
+    image = cv2.resize(np.ascontiguousarray(image[y0:y1, x0:x1]), (side_x, side_y), interpolation=cv2.INTER_LINEAR)
+    pixels = image.astype(np.float32)
+    gray = pixels @ np.float32([0.299, 0.587, 0.114])
+    pixels = gray[..., None] + (pixels - gray[..., None]) * rng.uniform(0.7, 1.2)
+    mean = pixels.mean()
+    pixels = (pixels - mean) * rng.uniform(0.9, 1.1) + mean + rng.uniform(-10.0, 10.0)
+    image = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    quality = int(rng.integers(60, 96))
+    ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(image[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return np.ascontiguousarray(cv2.imdecode(encoded, cv2.IMREAD_COLOR)[:, :, ::-1])
+
+
+@dataclass(frozen=True)
+class CalibrationCopies:
+    """Edited copies (:func:`augment_image`) of sampled images' views, embedded from the same decode as the image:
+    the positives of the encoder threshold's calibration (:mod:`vdc_torch.search.encoder_threshold`)."""
+
+    of: np.ndarray  # (m,) int64: the sample index (or, once placed, the table row) each copy is of
+    embeddings: np.ndarray  # (m, D) float32 unit rows
+    thumbs: np.ndarray  # (m, 32, 32, 3) uint8: each copy area-resized to a thumbnail, for the stage's pixel check
+
+
+class ViewEmbedder:
+    """Embeds the views fingerprinting hands over (``on_views`` of :func:`~vdc_torch.fingerprints.compute.
+    compute_fingerprints`), batch by batch on the encoder's device, keeping one unit row per sample index; of the
+    samples in ``calibrate`` (sample index -> number of copies) it also embeds edited copies of the same view."""
+
+    def __init__(self, encoder: nn.Module, calibrate: dict[int, int] | None = None) -> None:
+        size = view_size(encoder)
+        if size is None:
+            raise InvalidParameterError("the encoder's input_size is no larger than the 32x32 thumbnails: it is "
+                                        "shown those, not views")
+        self.encoder = encoder
+        self.size = size
+        self.calibrate = calibrate or {}
+        self.rows: dict[int, np.ndarray] = {}
+        self._copies: list[tuple[list[int], np.ndarray, np.ndarray]] = []
+
+    def __call__(self, indices: Sequence[int], views: np.ndarray) -> None:
+        for index, row in zip(indices, embed_thumbs(self.encoder, views)):
+            self.rows[int(index)] = row
+        picked = [(int(i), view) for i, view in zip(indices, views) if int(i) in self.calibrate]
+        if picked:
+            of, copies = [], []
+            for index, view in picked:
+                rng = np.random.default_rng([CALIBRATION_SEED, index])
+                for _ in range(self.calibrate[index]):
+                    of.append(index)
+                    copies.append(augment_image(view, rng))
+            stack = np.stack(copies)
+            thumbs = np.stack([cv2.resize(c, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA) for c in copies])
+            self._copies.append((of, embed_thumbs(self.encoder, stack), thumbs))
+
+    def embeddings(self, sample_index: np.ndarray) -> np.ndarray | None:
+        """The rows of these sample indices, in order; ``None`` when any has none."""
+        try:
+            rows = [self.rows[int(i)] for i in sample_index]
+        except KeyError:
+            return None
+        return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
+
+    def missing(self, sample_index: np.ndarray) -> list[int]:
+        """The sample indices that have no embedding yet."""
+        return [int(i) for i in sample_index if int(i) not in self.rows]
+
+    def copies(self) -> CalibrationCopies | None:
+        """Every calibration copy embedded so far (``None``: none)."""
+        if not self._copies:
+            return None
+        return CalibrationCopies(np.asarray([i for of, _, _ in self._copies for i in of], np.int64),
+                                 np.concatenate([e for _, e, _ in self._copies]),
+                                 np.concatenate([t for _, _, t in self._copies]))
+
+
+def calibration_plan(total: int, samples: int, max_copies: int) -> dict[int, int]:
+    """The seeded calibration sample of a dataset of ``total`` samples (sample index -> copies to make): at most
+    ``samples`` of them, each with enough copies (up to ``max_copies``) that the copies number ``samples`` where
+    the dataset allows."""
+    if total <= 0:
+        return {}
+    rng = np.random.default_rng(CALIBRATION_SEED)
+    chosen = np.sort(rng.choice(total, size=min(total, samples), replace=False))
+    copies = max(1, min(max_copies, -(-samples // len(chosen))))
+    return {int(i): copies for i in chosen}

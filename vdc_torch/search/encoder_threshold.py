@@ -36,14 +36,13 @@ import numpy as np
 
 from vdc_torch.collective import all_gather_arrays, all_gather_json
 from vdc_torch.fingerprints.compute import THUMB_SIDE
+from vdc_torch.fingerprints.encoder import CALIBRATION_SEED, CalibrationCopies, augment_image
 from vdc_torch.search.config import MatchConfig
 from vdc_torch.search.shards import ReferenceShard, top_k_across_ranks, top_k_per_query
 from vdc_torch.search.thumbs import ThumbVerifier
 
 log = logging.getLogger(__name__)
 
-#: Seed of the calibration sample and its augmentations: the same reference gives the same threshold.
-CALIBRATION_SEED = 0
 #: Nearest other references searched per sampled reference for a negative that is not a copy.
 NEGATIVE_NEIGHBOURS = 5
 #: With a small reference, each sampled thumbnail gets this many augmented copies at most, so the positives
@@ -75,18 +74,25 @@ class EncoderThreshold:
     #: Reference samples the positives and negatives came from.
     sample: int = 0
     note: str = ""
+    #: What the encoder was shown: views at its input size from each image's decode, or the 32×32 thumbnails.
+    encoder_input: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def encoder_threshold(ref_thumbs: Any, ref_embeddings: np.ndarray, embed: Embed, config: MatchConfig,
-                      shard: ReferenceShard | None = None) -> EncoderThreshold:
+                      shard: ReferenceShard | None = None, copies: CalibrationCopies | None = None
+                      ) -> EncoderThreshold:
     """The encoder stage's threshold for this reference: ``config.encoder_similarity`` when set, else calibrated
     (module docstring). With a split ``shard`` (``ref_thumbs`` and ``ref_embeddings`` this rank's rows) the call
-    is collective and gives every rank the threshold one process holding the whole reference gets."""
+    is collective and gives every rank the threshold one process holding the whole reference gets. ``copies``
+    (``of``: reference rows), made and embedded from the reference images' views while they were fingerprinted,
+    are the positives instead of edited thumbnails: the calibration then sees what the stage sees."""
     if config.encoder_similarity is not None:
         return EncoderThreshold(float(config.encoder_similarity), "fixed")
+    if copies is not None and shard is None:
+        return _threshold_from_copies(ref_thumbs, ref_embeddings, config, copies)
     split = shard is not None and shard.split
     total = shard.total if split else len(ref_embeddings)
     if total < 2:
@@ -98,7 +104,7 @@ def encoder_threshold(ref_thumbs: Any, ref_embeddings: np.ndarray, embed: Embed,
     thumbs = _sample_thumbs(ref_thumbs, sample, shard if split else None)
     copies = max(1, min(MAX_COPIES_PER_SAMPLE, -(-config.encoder_calibration_samples // len(sample))))
     originals = np.repeat(np.arange(len(sample)), copies)
-    augmented = np.stack([augment_thumb(thumbs[i], rng) for i in originals])
+    augmented = np.stack([augment_image(thumbs[i], rng) for i in originals])
     sample_emb = embed(thumbs)
     positives = np.einsum("ij,ij->i", embed(augmented), sample_emb[originals])
     reportable = ThumbVerifier(augmented, thumbs, config).similarity(np.arange(len(originals)), originals)
@@ -110,6 +116,24 @@ def encoder_threshold(ref_thumbs: Any, ref_embeddings: np.ndarray, embed: Embed,
     if split:  # every rank computed it; an accelerator's rounding may differ per rank, so rank 0's value counts
         chosen = EncoderThreshold(**all_gather_json(chosen.to_dict())[0])
     return chosen
+
+
+def _threshold_from_copies(ref_thumbs: Any, ref_embeddings: np.ndarray, config: MatchConfig,
+                           copies: CalibrationCopies) -> EncoderThreshold:
+    """:func:`encoder_threshold` with the positives given: each copy's cosine to its original's embedding."""
+    sample, originals = np.unique(copies.of, return_inverse=True)
+    if len(ref_embeddings) < 2 or not len(sample):
+        return EncoderThreshold(None, "calibrated", config.encoder_precision, estimated_recall=0.0,
+                                sample=len(sample), note="no reference samples to calibrate on; the encoder stage "
+                                                         "accepts nothing")
+    thumbs = np.asarray(ref_thumbs[sample])
+    sample_emb = ref_embeddings[sample]
+    positives = np.einsum("ij,ij->i", copies.embeddings, sample_emb[originals])
+    reportable = ThumbVerifier(copies.thumbs, thumbs, config).similarity(np.arange(len(originals)), originals)
+    positives = np.where(reportable >= config.encoder_min_thumb_similarity, positives, -np.inf)
+    negatives = _hardest_negatives(sample, thumbs, sample_emb, ref_thumbs, ref_embeddings, config, None)
+    return choose_threshold(positives, negatives, config.encoder_precision, len(sample),
+                            samples=config.encoder_calibration_samples)
 
 
 def wilson_bounds(hits: np.ndarray, total: int, z: float = CONFIDENCE_Z,
@@ -160,25 +184,8 @@ def choose_threshold(positives: np.ndarray, negatives: np.ndarray, target_precis
                             false_match_rate=round(float(false_rate[cut]), 5), **counts)
 
 
-def augment_thumb(thumb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A copy of a (32, 32, 3) uint8 RGB thumbnail as a re-export would make it: cropped by up to 10 % per side and
-    resized back, saturation 0.7-1.2, contrast 0.9-1.1, brightness -10..10, JPEG 60-95."""
-    side_y, side_x = thumb.shape[:2]
-    image = thumb
-    left, right, top, bottom = rng.uniform(0.0, 0.10, 4)
-    x0, x1 = int(round(left * side_x)), side_x - int(round(right * side_x))
-    y0, y1 = int(round(top * side_y)), side_y - int(round(bottom * side_y))
-    image = cv2.resize(np.ascontiguousarray(image[y0:y1, x0:x1]), (side_x, side_y), interpolation=cv2.INTER_LINEAR)
-    pixels = image.astype(np.float32)
-    gray = pixels @ np.float32([0.299, 0.587, 0.114])
-    pixels = gray[..., None] + (pixels - gray[..., None]) * rng.uniform(0.7, 1.2)
-    mean = pixels.mean()
-    pixels = (pixels - mean) * rng.uniform(0.9, 1.1) + mean + rng.uniform(-10.0, 10.0)
-    image = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
-    quality = int(rng.integers(60, 96))
-    ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(image[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    assert ok
-    return np.ascontiguousarray(cv2.imdecode(encoded, cv2.IMREAD_COLOR)[:, :, ::-1])
+#: The edit a calibration copy makes (the name this module gave it before views; any picture size).
+augment_thumb = augment_image
 
 
 def _sample_thumbs(ref_thumbs: Any, sample: np.ndarray, shard: ReferenceShard | None) -> np.ndarray:
