@@ -244,7 +244,7 @@ def test_a_fixed_encoder_similarity_is_used_as_given(photos, copy_drop) -> None:
     assert decision.to_dict()["encoder"] == {
         "similarity": 0.995, "source": "fixed", "target_precision": None, "estimated_precision": None,
         "estimated_recall": None, "false_match_rate": None, "positives": 0, "negatives": 0, "sample": 0,
-        "note": ""}
+        "note": "", "encoder_input": "32x32 thumbnails"}
     assert DatasetGate(reference=ref, workers=0).check(new).to_dict()["encoder"] is None  # no encoder, no section
 
 

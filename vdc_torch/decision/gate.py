@@ -28,6 +28,7 @@ from vdc_torch.decision.plan import combine, reference_labels, replay_count, rep
 from vdc_torch.decision.policy import Action, Policy, _action_and_reason, check_evidence, decide  # noqa: F401
 from vdc_torch.decision.store.cache import CacheCheckpoint, FingerprintCache, fingerprint_with_cache
 from vdc_torch.decision.store.concat import concat_tables
+from vdc_torch.decision.views import TableViews, grown, shown, table_views, view_embedder
 from vdc_torch.decision.store.manifest import (
     ManifestOrigin,
     compact_manifest,
@@ -45,6 +46,7 @@ from vdc_torch.fingerprints.compute import (
     table_from_bytes,
     table_to_bytes,
 )
+from vdc_torch.fingerprints.encoder import CalibrationCopies, encoder_identity, view_size
 from vdc_torch.fingerprints.quality import QUALITY_COLUMNS, quality_of
 from vdc_torch.fingerprints.table import LEGACY_DIGEST_ROWS, LEGACY_FINGERPRINT_VERSIONS
 from vdc_torch.search.cascade import (
@@ -274,7 +276,9 @@ class DatasetGate:
     run; it is checkpointed while fingerprinting runs, so an interrupted run resumes where it stopped.
     ``encoder`` (a module mapping an image batch to embeddings, best a :class:`vdc_torch.encoder.LayerEncoder`
     over an intermediate layer of the model being trained) adds nearest neighbours in the model's feature space
-    as a method.
+    as a method. With an ``input_size`` larger than 32, it is shown each image at that size, from the image's one
+    decode, while the images are fingerprinted (:mod:`vdc_torch.decision.views`); a reference loaded from a
+    manifest, one split across ranks and :meth:`query` show it the stored 32×32 thumbnails (of both sides).
 
     >>> gate = DatasetGate(reference="data/train_v1")            # doctest: +SKIP
     >>> decision = gate.check("data/train_v2"); decision.action   # doctest: +SKIP
@@ -316,6 +320,13 @@ class DatasetGate:
         #: reference (``split_reference``; see :meth:`check`): where it lies, else ``None``.
         self.split_reference = split_reference
         self._shard: ReferenceShard | None = None
+        #: The reference's embeddings from its views (see :mod:`vdc_torch.decision.views`) and the identity of the
+        #: encoder that made them (:func:`encoder_identity`: a model trained since makes others); the views the
+        #: last ``_fingerprint`` collected; the table fingerprinted from ``reference`` (whose images can be read
+        #: again for a new encoder's views).
+        self._ref_views: tuple[str, TableViews] | None = None
+        self._last_views: TableViews | None = None
+        self._table_of_reference: FingerprintTable | None = None
 
     # -- reference -----------------------------------------------------------------------------------------
     @property
@@ -324,7 +335,11 @@ class DatasetGate:
         if self._table is None:
             assert self._reference is not None
             split = self.split_reference and rank_and_world()[1] > 1 and not isinstance(self._reference, Stream)
-            table, problems, dataset = self._fingerprint(self._reference, "reference", gather=not split)
+            table, problems, dataset = self._fingerprint(self._reference, "reference", gather=not split,
+                                                         calibrate=True)
+            views = self._taken_views(table)
+            self._ref_views = None if views is None else (encoder_identity(self.encoder), views)
+            self._table_of_reference = table
             if split:  # this rank keeps the rows it fingerprinted; their global rows: places in the sorted whole
                 (every_index,) = all_gather_arrays(np.asarray(table.sample_index, np.int64))
                 rows = np.searchsorted(np.sort(every_index), table.sample_index)
@@ -344,12 +359,16 @@ class DatasetGate:
             self._cache = FingerprintCache(self.cache_path)
         return self._cache
 
-    def _fingerprint(self, data: Dataset | Stream, desc: str, gather: bool = True,
+    def _fingerprint(self, data: Dataset | Stream, desc: str, gather: bool = True, calibrate: bool = False,
                      ) -> tuple[FingerprintTable, list[Problem], Dataset]:
-        """Fingerprints and problems of ``data``, and the :class:`Dataset` describing its samples."""
+        """Fingerprints and problems of ``data``, and the :class:`Dataset` describing its samples. With an encoder
+        shown views, their embeddings are kept for :meth:`_taken_views` (``calibrate``: with calibration copies)."""
         started = time.perf_counter()
+        embedder = view_embedder(self.encoder, data, self.config, calibrate)
+        views = {} if embedder is None else {"view_size": embedder.size, "on_views": embedder}
+        self._last_views = None
         if isinstance(data, Stream):
-            table, problems, dataset = self._fingerprint_stream(data, desc)
+            table, problems, dataset = self._fingerprint_stream(data, desc, views)
         else:
             dataset = data
             # the cache file is checkpointed while fingerprinting runs: an interrupted run loses little
@@ -357,7 +376,7 @@ class DatasetGate:
             try:
                 table, problems = fingerprint_with_cache(
                     dataset, cache=self.cache, on_chunk=checkpoint, workers=self.workers, progress=self.progress,
-                    desc=desc, gather=gather,
+                    desc=desc, gather=gather, **views,
                 )
             except BaseException:  # Ctrl-C (or a failure): keep what was fingerprinted since the last checkpoint
                 if checkpoint is not None:
@@ -366,6 +385,9 @@ class DatasetGate:
                     except Exception as exc:  # noqa: BLE001 - the original error is the one to report
                         log.warning("could not checkpoint the fingerprint cache %s: %s", self.cache.path, exc)
                 raise
+        if embedder is not None:
+            self._last_views = table_views(embedder, table, data, workers=self.workers, progress=self.progress,
+                                           desc=f"{desc}: views for the encoder")
         table.paths = _relative_paths(table.paths, dataset.root)
         fatal = sum(p.fatal for p in problems)
         if fatal:
@@ -373,7 +395,13 @@ class DatasetGate:
         log.info("fingerprinting %s: %d samples in %.2f s", desc, len(dataset), time.perf_counter() - started)
         return table, problems, dataset
 
-    def _fingerprint_stream(self, stream: Stream, desc: str) -> tuple[FingerprintTable, list[Problem], Dataset]:
+    def _taken_views(self, table: FingerprintTable) -> TableViews | None:
+        """The views :meth:`_fingerprint` collected for ``table`` (once), ``None`` when it collected none."""
+        views, self._last_views = self._last_views, None
+        return views if views is not None and views.table is table else None
+
+    def _fingerprint_stream(self, stream: Stream, desc: str, views: dict[str, Any],
+                            ) -> tuple[FingerprintTable, list[Problem], Dataset]:
         seen: list[tuple[int, str, bool, Any]] = []
 
         def items() -> Any:
@@ -383,7 +411,7 @@ class DatasetGate:
                 yield position, f"<{stream.name}[{position}]{' ' + key if has_key else ''}>", image
 
         total = len(stream.original) if hasattr(stream.original, "__len__") else None
-        table, problems = fingerprint_stream(items(), progress=self.progress, total=total, desc=desc)
+        table, problems = fingerprint_stream(items(), progress=self.progress, total=total, desc=desc, **views)
         view = _stream_view(stream, seen)
         order = table.sample_index.tolist()
         table.paths = [view.samples[i][0] for i in order]
@@ -493,6 +521,7 @@ class DatasetGate:
         base = self.reference_table
         if self._shard is None:
             table, problems, _ = self._fingerprint(as_dataset(dataset), "update")
+            added_views = self._taken_views(table)
             added = len(table)
             table.sample_index = table.sample_index + (int(base.sample_index.max()) + 1 if len(base) else 0)
         else:  # the ranks fingerprint their shares; rank r then keeps block r of the drop (gathered block by block)
@@ -507,12 +536,15 @@ class DatasetGate:
             block = np.arange(bounds[shard.rank], bounds[shard.rank + 1])
             (last,) = all_gather_arrays(np.asarray([int(base.sample_index.max()) if len(base) else -1], np.int64))
             table.sample_index = table.sample_index + int(last.max()) + 1
-        grown = getattr(self, "_stored_table", None) is base
+        grown_only = getattr(self, "_stored_table", None) is base
         self._table = concat_tables([base, table])
+        base_views = self._reference_views(base, decode=False)
+        more = grown(base_views, added_views if self._shard is None else None, self._table)
+        self._ref_views = None if more is None else (self._ref_views[0], more)
         if self._shard is not None:
             self._shard = ReferenceShard.across_ranks(np.concatenate([self._shard.rows, self._shard.total + block]),
                                                       self._table)
-        if grown:  # only grown since it was loaded or saved: save() may append
+        if grown_only:  # only grown since it was loaded or saved: save() may append
             self._stored_table = self._table
         self.reference_problems.extend(problems)
         self._query_index = None
@@ -533,9 +565,10 @@ class DatasetGate:
             new = packed.whole()
         else:
             new, problems, data = self._fingerprint(given, "new")
+            new_views = self._taken_views(new)
             check_evidence(len(new), problems, self.policy)
             started = time.perf_counter()
-            matched, internal = self._match(new, ref)
+            matched, internal = self._match(new, ref, new_views)
         log.info("matching: %d new against %d reference samples in %.2f s", len(new), len(ref),
                  time.perf_counter() - started)
         started = time.perf_counter()
@@ -543,7 +576,8 @@ class DatasetGate:
         log.info("decision: %s in %.2f s", decision.action, time.perf_counter() - started)
         return decision
 
-    def _match(self, new: FingerprintTable, ref: FingerprintTable) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def _match(self, new: FingerprintTable, ref: FingerprintTable, new_views: TableViews | None = None,
+               ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Cross and internal matches; reused from the cache when fingerprints and config are unchanged."""
         key = _match_key(new, ref, self.config) if self.cache is not None and self.encoder is None else None
         stored = self.cache.result(key) if self.cache is not None and key is not None else None
@@ -554,9 +588,16 @@ class DatasetGate:
         new_emb = ref_emb = None
         config = self.config
         if self.encoder is not None:
-            ref_emb = self._embed(ref.thumbs)
-            config = self._encoder_config(ref, ref_emb, reuse=False)
-            new_emb = self._embed(new.thumbs) if config.encoder_similarity is not None else None
+            ref_views = self._reference_views(ref)
+            if ref_views is not None and new_views is not None:
+                ref_emb, copies, seen = ref_views.embeddings, ref_views.copies, shown(self.encoder, True)
+                config = self._encoder_config(ref, ref_emb, reuse=False, copies=copies, seen=seen)
+                new_emb = new_views.embeddings if config.encoder_similarity is not None else None
+            else:
+                seen = shown(self.encoder, False, self._why_thumbnails(ref_views, new_views))
+                ref_emb = self._embed(ref.thumbs)
+                config = self._encoder_config(ref, ref_emb, reuse=False, seen=seen)
+                new_emb = self._embed(new.thumbs) if config.encoder_similarity is not None else None
         caches = FeatureCaches()  # the new images verified against the reference are described once for both calls
         label = "matching" if self.progress else None
         matched = match_tables(new, ref, config, new_embeddings=new_emb, ref_embeddings=ref_emb,
@@ -585,7 +626,8 @@ class DatasetGate:
         embed, ref_emb, config = None, None, self.config
         if self.encoder is not None:
             ref_emb = self._embed(ref.thumbs)
-            config = self._encoder_config(ref, ref_emb, reuse=False)
+            why = "the reference is split across ranks" if view_size(self.encoder) is not None else ""
+            config = self._encoder_config(ref, ref_emb, reuse=False, seen=shown(self.encoder, False, why))
             embed = self._embed if config.encoder_similarity is not None else None
         label = "matching" if self.progress and shard.rank == 0 else None
         return match_split_drop(drop, ref, shard, config, embed=embed, ref_embeddings=ref_emb, progress=label)
@@ -596,16 +638,50 @@ class DatasetGate:
 
         return embed_thumbs(self.encoder, thumbs)
 
-    def _encoder_config(self, ref: FingerprintTable, ref_emb: Any, reuse: bool) -> MatchConfig:
+    def _reference_views(self, ref: FingerprintTable, decode: bool = True) -> TableViews | None:
+        """The reference's embeddings from its views, while they are those of ``ref`` and of the gate's encoder as
+        it is now; else, where ``ref`` was fingerprinted from images this gate can read again (``decode``), made
+        anew from them (a new or retrained encoder); else ``None``."""
+        if self.encoder is None or view_size(self.encoder) is None:
+            return None
+        identity = encoder_identity(self.encoder)
+        if self._ref_views is not None and self._ref_views[0] == identity and self._ref_views[1].table is ref:
+            return self._ref_views[1]
+        if not decode or ref is not self._table_of_reference or not isinstance(self._reference, Dataset):
+            return None
+        embedder = view_embedder(self.encoder, self._reference, self.config, calibrate=True)
+        if embedder is None:
+            return None
+        views = table_views(embedder, ref, self._reference, workers=self.workers, progress=self.progress,
+                            desc="reference: views for the encoder")
+        self._ref_views = None if views is None else (identity, views)
+        return views
+
+    def _why_thumbnails(self, ref_views: TableViews | None, new_views: TableViews | None) -> str:
+        """Why an encoder with a larger input is shown thumbnails (logged once per check); ``""`` for one without."""
+        if view_size(self.encoder) is None:
+            return ""
+        if ref_views is None:
+            why = ("the reference was loaded from a manifest, or grown by update() or read from a stream before the "
+                   "encoder changed, so its images cannot be shown to it")
+        else:
+            why = "the new images' views could not all be read"
+        log.warning("encoder: %s, so it is shown the stored 32x32 thumbnails of the reference and the new images",
+                    why)
+        return why
+
+    def _encoder_config(self, ref: FingerprintTable, ref_emb: Any, reuse: bool,
+                        copies: CalibrationCopies | None = None, seen: str = "") -> MatchConfig:
         """The config with the encoder stage's cosine: ``encoder_similarity`` when set, else derived from the
         reference's own copies and look-alikes (:func:`encoder_threshold`; collective with the reference split
         across ranks). A check derives it afresh, as it embeds the reference afresh (the model may have trained
         since); ``reuse`` (queries, whose reference embeddings are kept) keeps it while the reference table, the
         encoder object and the config are the same. ``None`` in it means the stage accepts nothing."""
-        key = (id(ref), id(self.encoder), self.config)
+        key = (id(ref), id(self.encoder), self.config, seen)
         if not reuse or self._encoder_threshold is None or self._encoder_threshold[0] != key:
             started = time.perf_counter()
-            threshold = encoder_threshold(ref.thumbs, ref_emb, self._embed, self.config, self._shard)
+            threshold = encoder_threshold(ref.thumbs, ref_emb, self._embed, self.config, self._shard, copies)
+            threshold = replace(threshold, encoder_input=seen)
             self._encoder_threshold = (key, threshold)
             if threshold.source == "calibrated":
                 log.info("encoder threshold: cosine %s (balanced precision >= %s, recall >= %s, false-match rate "
@@ -651,7 +727,8 @@ class DatasetGate:
                 self._query_embeddings = (key, self._embed(ref.thumbs))
                 self._encoder_threshold = None
             ref_emb = self._query_embeddings[1]
-            config = self._encoder_config(ref, ref_emb, reuse=True)
+            seen = shown(self.encoder, False, "queries are shown thumbnails")
+            config = self._encoder_config(ref, ref_emb, reuse=True, seen=seen)
 
             def embed(thumbs: Any) -> tuple[Any, Any]:
                 return self._embed(thumbs), ref_emb

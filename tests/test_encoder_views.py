@@ -1,0 +1,154 @@
+"""The encoder at its own input size: each image's view comes from its one decode, on real photos and CIFAR-10."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import photo_folders
+from PIL import Image
+from test_encoder import ENCODER_ONLY, _Centred, cifar_drop  # noqa: F401 - the module fixture is used here too
+from torch import nn
+
+from vdc_torch import DatasetGate, MatchConfig
+from vdc_torch.data.decode import decode_file
+from vdc_torch.fingerprints.encoder import LayerEncoder, embed_thumbs
+from vdc_torch.fingerprints.per_image import fingerprint_decoded
+
+
+class _Detail(nn.Module):
+    """Where the picture has fine detail: the absolute response of a fixed Laplacian, per colour channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+        self.register_buffer("kernel", kernel.expand(3, 1, 3, 3).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(x, self.kernel, groups=3).abs()
+
+
+def detail_encoder(size: int) -> LayerEncoder:
+    """Fine detail pooled to a 4x4 grid, next to the 8x8 colour layout: it sees what a 32 px thumbnail loses."""
+    return LayerEncoder(_Both(size), grid=0, input_size=size)
+
+
+class _Both(nn.Module):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.detail, self.colour = _Detail(), nn.Sequential(nn.AdaptiveAvgPool2d(8), _Centred())
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        detail = torch.nn.functional.adaptive_avg_pool2d(self.detail(x), 4).flatten(1)
+        colour = self.colour(x).flatten(1)
+        return torch.cat([torch.nn.functional.normalize(detail, dim=1), torch.nn.functional.normalize(colour, dim=1)],
+                         dim=1)
+
+
+@pytest.fixture
+def photo_drop(photos, tmp_path: Path) -> tuple[Path, Path]:
+    """24 camera photos as the reference; 10 other photos and a 90 % crop of the first, shrunk, JPEG 60, as new."""
+    ref, new = photo_folders(tmp_path, photos[:24], photos[24:34])
+    with Image.open(photos[0]) as im:
+        w, h = im.size
+        im.convert("RGB").crop((w // 20, h // 20, w - w // 20, h - h // 20)).resize((w * 3 // 5, h * 3 // 5)).save(
+            new / "copy.jpg", quality=60)
+    return ref, new
+
+
+def test_the_encoder_is_shown_each_photo_at_its_input_size_from_the_fingerprint_decode(photo_drop) -> None:
+    ref, new = photo_drop
+    encoder = detail_encoder(160)
+    gate = DatasetGate(reference=ref, encoder=encoder, workers=0,
+                       config=MatchConfig(**ENCODER_ONLY, encoder_similarity=0.9))
+    decision = gate.check(new)
+    assert decision.encoder.encoder_input == "160x160 views, each from its image's one decode"
+    found = decision.matches[decision.matches["method"] == "encoder"]
+    assert found["new_path"].tolist() == ["copy.jpg"] and found["ref_path"].tolist() == [sorted(ref.iterdir())[0].name]
+    # the stored row is the embedding of the picture at 160 px as decoding the file on its own gives it ...
+    table = gate.reference_table
+    stored = gate._reference_views(table).embeddings
+    first = ref / table.paths[0]
+    view = fingerprint_decoded(decode_file(first), view_size=(160, 160)).view
+    assert view.shape == (160, 160, 3)
+    np.testing.assert_allclose(stored[0], embed_thumbs(encoder, view[None])[0], atol=1e-5)
+    # ... and not the 32 px thumbnail enlarged, which has lost the fine detail the encoder measures
+    enlarged = torch.nn.functional.interpolate(torch.from_numpy(table.thumbs[:1]).permute(0, 3, 1, 2).float() / 255,
+                                               size=(160, 160), mode="bilinear", antialias=True)
+    seen = torch.from_numpy(view[None]).permute(0, 3, 1, 2).float() / 255
+    assert _Detail()(seen).mean() > 3 * _Detail()(enlarged).mean()
+    assert np.abs(stored[0] - embed_thumbs(encoder, table.thumbs[:1])[0]).max() > 0.01
+
+
+def test_rows_from_the_cache_are_decoded_again_for_their_views(photo_drop, tmp_path: Path) -> None:
+    ref, new = photo_drop
+    config = MatchConfig(**ENCODER_ONLY, encoder_similarity=0.9)
+    cache = tmp_path / "cache.vdc"
+    first = DatasetGate(reference=ref, encoder=detail_encoder(96), workers=0, cache=cache, config=config)
+    found = first.check(new).matches
+    again = DatasetGate(reference=ref, encoder=detail_encoder(96), workers=0, cache=cache, config=config)
+    decision = again.check(new)
+    views = again._reference_views(again.reference_table)
+    assert views.decoded_again == 24  # every reference row came from the cache, none had a view
+    np.testing.assert_allclose(views.embeddings, first._reference_views(first.reference_table).embeddings, atol=1e-6)
+    assert decision.encoder.encoder_input == "96x96 views, each from its image's one decode"
+    assert decision.matches.equals(found)
+
+
+def test_a_loaded_reference_shows_the_encoder_thumbnails_and_says_so(photo_drop, tmp_path: Path, caplog) -> None:
+    ref, new = photo_drop
+    config = MatchConfig(**ENCODER_ONLY, encoder_similarity=0.9)
+    DatasetGate(reference=ref, workers=0).save(tmp_path / "ref.vdc")
+    loaded = DatasetGate.load(tmp_path / "ref.vdc", encoder=detail_encoder(96), workers=0, config=config)
+    with caplog.at_level(logging.WARNING, logger="vdc_torch"):
+        decision = loaded.check(new)
+    said = decision.encoder.encoder_input
+    assert said.startswith("32x32 thumbnails resized to 96x96 (the reference was loaded from a manifest")
+    assert "shown the stored 32x32 thumbnails" in caplog.text
+    # the same encoder shown views of both sides: the evidence differs, the copy is found either way
+    viewed = DatasetGate(reference=ref, encoder=detail_encoder(96), workers=0, config=config).check(new)
+    assert viewed.encoder.encoder_input.startswith("96x96 views")
+    assert "copy.jpg" in set(decision.matches["new_path"]) and "copy.jpg" in set(viewed.matches["new_path"])
+
+
+def test_the_threshold_is_calibrated_on_copies_of_the_views(cifar_drop) -> None:  # noqa: F811
+    ref, new, copy_of = cifar_drop
+    encoder = LayerEncoder(nn.Sequential(nn.AvgPool2d(8), _Centred(), nn.Flatten()), grid=0, input_size=64)
+    gate = DatasetGate(reference=ref, encoder=encoder, config=MatchConfig(**ENCODER_ONLY), workers=0)
+    decision = gate.check(new)
+    threshold = decision.encoder
+    assert threshold.encoder_input == "64x64 views, each from its image's one decode"
+    assert threshold.source == "calibrated" and threshold.sample == 1200 and threshold.positives == 2400
+    assert threshold.estimated_precision >= 0.99 and threshold.false_match_rate < 0.01
+    copies = gate._reference_views(gate.reference_table).copies
+    assert len(copies.of) == 2400 and len(np.unique(copies.of)) == 1200
+    found = decision.matches[decision.matches["method"] == "encoder"]
+    right = [copy_of.get(Path(n).name) == r for n, r in zip(found["new_path"], found["ref_path"])]
+    assert sum(right) >= 20 and sum(not r for r in right) <= 12
+    # a second check derives the same threshold: the copies are seeded by sample index
+    assert DatasetGate(reference=ref, encoder=encoder, config=MatchConfig(**ENCODER_ONLY),
+                       workers=0).check(new).encoder == threshold
+
+
+def test_a_retrained_encoder_is_shown_the_reference_again(photo_drop) -> None:
+    ref, new = photo_drop
+    encoder = detail_encoder(96)
+    gate = DatasetGate(reference=ref, encoder=encoder, workers=0,
+                       config=MatchConfig(**ENCODER_ONLY, encoder_similarity=0.9))
+    gate.check(new)
+    before = gate._reference_views(gate.reference_table)
+    assert before.decoded_again == 0  # made while the reference was fingerprinted
+    with torch.no_grad():  # the model trains in place: same object, other weights
+        encoder.body.detail.kernel[:, :, 1, 1] = -3.0
+    decision = gate.check(new)
+    after = gate._reference_views(gate.reference_table)
+    assert after is not before and after.decoded_again == 24
+    assert np.abs(after.embeddings - before.embeddings).max() > 0.01
+    views = np.stack([fingerprint_decoded(decode_file(ref / p), view_size=(96, 96)).view
+                      for p in gate.reference_table.paths])
+    np.testing.assert_allclose(after.embeddings, embed_thumbs(encoder, views), atol=1e-5)
+    assert decision.encoder.encoder_input.startswith("96x96 views")

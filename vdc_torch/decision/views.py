@@ -1,0 +1,92 @@
+"""What the gate's encoder is shown: each image's view at the encoder's input size, from the image's one decode.
+
+A model encoder with an ``input_size`` larger than the 32×32 thumbnails is handed each image's view while the
+image is fingerprinted (:class:`~vdc_torch.fingerprints.encoder.ViewEmbedder`); this module turns what it collected
+into embeddings aligned with a fingerprint table's rows (:class:`TableViews`), decoding again only the rows whose
+fingerprints came from the cache (their images were not decoded this run), and says what the encoder saw.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from vdc_torch.collective import rank_and_world
+from vdc_torch.data.dataset import Dataset, Stream
+from vdc_torch.fingerprints.compute import FingerprintTable, compute_fingerprints
+from vdc_torch.fingerprints.encoder import CalibrationCopies, ViewEmbedder, calibration_plan, view_size
+from vdc_torch.search.config import MatchConfig
+from vdc_torch.search.encoder_threshold import MAX_COPIES_PER_SAMPLE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TableViews:
+    """The embeddings of ``table``'s views, row by row, and the calibration copies made of its rows (``of``: rows)."""
+
+    table: FingerprintTable
+    embeddings: np.ndarray
+    copies: CalibrationCopies | None
+    #: Rows decoded a second time for their views (their fingerprints came from the cache).
+    decoded_again: int = 0
+
+
+def view_embedder(encoder: nn.Module | None, data: Dataset | Stream, config: MatchConfig,
+                  calibrate: bool) -> ViewEmbedder | None:
+    """A collector of ``data``'s views for ``encoder``, or ``None`` where the encoder is shown thumbnails (none, an
+    input no larger than 32×32, or several ``torch.distributed`` ranks, each of which sees only its own rows).
+    ``calibrate``: also embed edited copies of the seeded calibration sample (a reference, with the threshold to be
+    derived), so the calibration sees what the encoder stage sees."""
+    if encoder is None or view_size(encoder) is None or rank_and_world()[1] > 1:
+        return None
+    plan: dict[int, int] = {}
+    if calibrate and config.encoder_similarity is None:
+        if isinstance(data, Stream):  # a stream of unknown length: its first samples
+            total = len(data.original) if hasattr(data.original, "__len__") else config.encoder_calibration_samples
+        else:
+            total = len(data)
+        plan = calibration_plan(total, config.encoder_calibration_samples, MAX_COPIES_PER_SAMPLE)
+    return ViewEmbedder(encoder, plan)
+
+
+def table_views(embedder: ViewEmbedder, table: FingerprintTable, data: Dataset | Stream, **options: Any,
+                ) -> TableViews | None:
+    """``table``'s rows' embeddings from ``embedder``; rows it has none of (fingerprints taken from the cache) are
+    decoded again for their views (``options``: ``workers``, ``progress``...). ``None`` when some row still has
+    none (a stream cannot be read twice)."""
+    missing = embedder.missing(table.sample_index)
+    if missing and isinstance(data, Dataset):
+        compute_fingerprints(data, indices=missing, view_size=embedder.size, on_views=embedder, distributed=False,
+                             **options)
+    embeddings = embedder.embeddings(table.sample_index)
+    if embeddings is None:
+        return None
+    copies = embedder.copies()
+    if copies is not None:  # sample indices -> this table's rows (sorted by sample index); copies of dropped rows go
+        rows = np.searchsorted(table.sample_index, copies.of)
+        placed = rows < len(table)
+        placed[placed] = table.sample_index[rows[placed]] == copies.of[placed]
+        copies = CalibrationCopies(rows[placed], copies.embeddings[placed], copies.thumbs[placed])
+    return TableViews(table, embeddings, copies, len(missing))
+
+
+def grown(base: TableViews | None, added: TableViews | None, table: FingerprintTable) -> TableViews | None:
+    """The views of ``table``, the base's rows followed by the added ones (``None`` unless both have views)."""
+    if base is None or added is None:
+        return None
+    return replace(base, table=table, embeddings=np.concatenate([base.embeddings, added.embeddings]))
+
+
+def shown(encoder: nn.Module, views: bool, why: str = "") -> str:
+    """What the encoder was shown, in words for the decision's evidence."""
+    size = view_size(encoder)
+    if views and size is not None:
+        return f"{size[0]}x{size[1]} views, each from its image's one decode"
+    if size is None:
+        return "32x32 thumbnails"
+    return f"32x32 thumbnails resized to {size[0]}x{size[1]}" + (f" ({why})" if why else "")
