@@ -40,6 +40,18 @@ def test_unknown_layer_names_the_choices() -> None:
         LayerEncoder(tiny_cnn(), layer="layer9")
 
 
+def test_a_submodule_name_is_the_output_of_its_last_node() -> None:
+    import torchvision
+
+    resnet = torchvision.models.resnet18(weights=None).eval()
+    x = torch.rand(2, 3, 64, 64)
+    by_module = LayerEncoder(resnet, layer="layer2", grid=2)(x)  # as the README writes it
+    assert torch.equal(by_module, LayerEncoder(resnet, layer="layer2.1.relu_1", grid=2)(x))
+    assert by_module.shape == (2, 128 * 4)
+    with pytest.raises(ValueError, match="layer='layer' is not a node"):  # a prefix of names is not a module
+        LayerEncoder(resnet, layer="layer")
+
+
 def test_embeddings_find_a_copy_as_its_own_nearest_neighbour(photos) -> None:
     thumbs = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32))) for p in photos[:12]])
     noisy = np.clip(thumbs.astype(int) + np.random.default_rng(0).integers(-6, 7, thumbs.shape), 0, 255)

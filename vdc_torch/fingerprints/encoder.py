@@ -42,7 +42,8 @@ class LayerEncoder(nn.Module):
     """Wrap ``model`` so it returns L2-normalised features of ``layer`` average-pooled to ``grid``×``grid``.
 
     ``layer=None`` uses the model's own output (flattened). Layer names are those of
-    ``torchvision.models.feature_extraction.get_graph_node_names(model)``.
+    ``torchvision.models.feature_extraction.get_graph_node_names(model)``, or a submodule holding some of them
+    (``"layer2"`` of a ResNet: the output of its last node).
 
     >>> encoder = LayerEncoder(model, layer="layer2", grid=4)  # doctest: +SKIP
     >>> gate = DatasetGate(reference=train_dir, encoder=encoder)  # doctest: +SKIP
@@ -62,7 +63,7 @@ class LayerEncoder(nn.Module):
             from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
             _, eval_nodes = get_graph_node_names(model)
-            if layer not in eval_nodes:
+            if layer not in eval_nodes and not any(node.startswith(layer + ".") for node in eval_nodes):
                 shown = ", ".join(eval_nodes[:40]) + (" ..." if len(eval_nodes) > 40 else "")
                 raise InvalidParameterError(f"layer={layer!r} is not a node of the model; nodes are: {shown}")
             self.body = create_feature_extractor(model, return_nodes={layer: "features"})
