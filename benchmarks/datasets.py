@@ -468,6 +468,7 @@ RESULTS_FILES = {
     "cifar_end_to_end": ("CIFAR-10 end to end", "`benchmarks/speed_cifar.py`"),
     "encoder_cifar": ("Model encoder on CIFAR-10", "`benchmarks/encoder_cifar.py`"),
     "encoder_threshold": ("Encoder threshold derived from the reference", "`benchmarks/encoder_threshold.py`"),
+    "encoder_views": ("The encoder at its own input size", "`benchmarks/encoder_views.py`"),
     "fingerprint_throughput": ("Fingerprinting throughput", "`benchmarks/speed_fingerprint.py`"),
     "fuzzing": ("Fuzzing untrusted inputs", "`benchmarks/fuzz.py`"),
     "quality_flags": ("Quality flags", "`benchmarks/quality_flags.py`"),
