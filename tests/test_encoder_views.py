@@ -99,20 +99,37 @@ def test_rows_from_the_cache_are_decoded_again_for_their_views(photo_drop, tmp_p
     assert decision.matches.equals(found)
 
 
-def test_a_loaded_reference_shows_the_encoder_thumbnails_and_says_so(photo_drop, tmp_path: Path, caplog) -> None:
+def test_a_loaded_reference_is_read_again_for_its_views_while_its_images_are_there(photo_drop, tmp_path: Path,
+                                                                                  caplog) -> None:
     ref, new = photo_drop
     config = MatchConfig(**ENCODER_ONLY, encoder_similarity=0.9)
-    DatasetGate(reference=ref, workers=0).save(tmp_path / "ref.vdc")
+    viewed = DatasetGate(reference=ref, encoder=detail_encoder(96), workers=0, config=config)
+    found = viewed.check(new)
+    viewed.save(tmp_path / "ref.vdc")
+    loaded = DatasetGate.load(tmp_path / "ref.vdc", encoder=detail_encoder(96), workers=0, config=config)
+    decision = loaded.check(new)
+    assert decision.encoder.encoder_input == "96x96 views, each from its image's one decode"
+    views = loaded._reference_views(loaded.reference_table)
+    assert views.decoded_again == 24
+    np.testing.assert_allclose(views.embeddings, viewed._reference_views(viewed.reference_table).embeddings,
+                               atol=1e-6)
+    assert decision.matches.equals(found.matches)
+    # one image gone, or one changed since the manifest was saved: the stored thumbnails, and the reason, instead
+    sorted(ref.iterdir())[5].unlink()
     loaded = DatasetGate.load(tmp_path / "ref.vdc", encoder=detail_encoder(96), workers=0, config=config)
     with caplog.at_level(logging.WARNING, logger="vdc_torch"):
-        decision = loaded.check(new)
-    said = decision.encoder.encoder_input
-    assert said.startswith("32x32 thumbnails resized to 96x96 (the reference was loaded from a manifest")
+        said = loaded.check(new).encoder.encoder_input
+    gone = f"1 of the stored reference's 24 images are not under {str(ref)!r}"
+    assert said == f"32x32 thumbnails resized to 96x96 ({gone})"
     assert "shown the stored 32x32 thumbnails" in caplog.text
-    # the same encoder shown views of both sides: the evidence differs, the copy is found either way
-    viewed = DatasetGate(reference=ref, encoder=detail_encoder(96), workers=0, config=config).check(new)
-    assert viewed.encoder.encoder_input.startswith("96x96 views")
-    assert "copy.jpg" in set(decision.matches["new_path"]) and "copy.jpg" in set(viewed.matches["new_path"])
+    viewed = DatasetGate(reference=ref, workers=0)
+    viewed.save(tmp_path / "ref23.vdc")
+    first = sorted(ref.iterdir())[0]
+    with Image.open(first) as im:
+        im.convert("RGB").save(first, quality=50)  # the same name, other bytes
+    said = DatasetGate.load(tmp_path / "ref23.vdc", encoder=detail_encoder(96), workers=0,
+                            config=config).check(new).encoder.encoder_input
+    assert said.endswith(f"(1 of the stored reference's images under {str(ref)!r} changed since it was saved)")
 
 
 def test_the_threshold_is_calibrated_on_copies_of_the_views(cifar_drop) -> None:  # noqa: F811

@@ -28,7 +28,14 @@ from vdc_torch.decision.plan import combine, reference_labels, replay_count, rep
 from vdc_torch.decision.policy import Action, Policy, _action_and_reason, check_evidence, decide  # noqa: F401
 from vdc_torch.decision.store.cache import CacheCheckpoint, FingerprintCache, fingerprint_with_cache
 from vdc_torch.decision.store.concat import concat_tables
-from vdc_torch.decision.views import TableViews, grown, shown, table_views, view_embedder
+from vdc_torch.decision.views import (
+    TableViews,
+    grown,
+    shown,
+    stored_reference_views,
+    table_views,
+    view_embedder,
+)
 from vdc_torch.decision.store.manifest import (
     ManifestOrigin,
     compact_manifest,
@@ -277,8 +284,9 @@ class DatasetGate:
     ``encoder`` (a module mapping an image batch to embeddings, best a :class:`vdc_torch.encoder.LayerEncoder`
     over an intermediate layer of the model being trained) adds nearest neighbours in the model's feature space
     as a method. With an ``input_size`` larger than 32, it is shown each image at that size, from the image's one
-    decode, while the images are fingerprinted (:mod:`vdc_torch.decision.views`); a reference loaded from a
-    manifest, one split across ranks and :meth:`query` show it the stored 32×32 thumbnails (of both sides).
+    decode, while the images are fingerprinted (:mod:`vdc_torch.decision.views`; a loaded reference is read again
+    from its folder); where the images cannot be read again, a reference split across ranks and :meth:`query`
+    show it the stored 32×32 thumbnails (of both sides).
 
     >>> gate = DatasetGate(reference="data/train_v1")            # doctest: +SKIP
     >>> decision = gate.check("data/train_v2"); decision.action   # doctest: +SKIP
@@ -327,6 +335,10 @@ class DatasetGate:
         self._ref_views: tuple[str, TableViews] | None = None
         self._last_views: TableViews | None = None
         self._table_of_reference: FingerprintTable | None = None
+        #: The table loaded from a manifest (its images may still lie under ``meta["reference_root"]``), and why
+        #: the encoder was last shown thumbnails instead of views.
+        self._loaded_table: FingerprintTable | None = None
+        self._thumbnails_because = ""
 
     # -- reference -----------------------------------------------------------------------------------------
     @property
@@ -439,6 +451,7 @@ class DatasetGate:
         gate._table = table
         gate.meta = meta
         gate._stored_at, gate._stored_table = origin, table  # what save() may append to
+        gate._loaded_table = None if split else table
         legacy = int(meta.get(LEGACY_DIGEST_ROWS, 0) or 0)
         if legacy and rank == 0:
             log.warning("%s: %d reference samples hold pixel digests of fingerprint version %s (BLAKE2b); they load "
@@ -647,13 +660,16 @@ class DatasetGate:
         identity = encoder_identity(self.encoder)
         if self._ref_views is not None and self._ref_views[0] == identity and self._ref_views[1].table is ref:
             return self._ref_views[1]
-        if not decode or ref is not self._table_of_reference or not isinstance(self._reference, Dataset):
+        options = dict(workers=self.workers, progress=self.progress, desc="reference: views for the encoder")
+        views, self._thumbnails_because = None, ""
+        if not decode:
             return None
-        embedder = view_embedder(self.encoder, self._reference, self.config, calibrate=True)
-        if embedder is None:
-            return None
-        views = table_views(embedder, ref, self._reference, workers=self.workers, progress=self.progress,
-                            desc="reference: views for the encoder")
+        if ref is self._table_of_reference and isinstance(self._reference, Dataset):
+            embedder = view_embedder(self.encoder, self._reference, self.config, calibrate=True)
+            views = None if embedder is None else table_views(embedder, ref, self._reference, **options)
+        elif ref is self._loaded_table:
+            root = str(self.meta.get("reference_root", "") or "")
+            views, self._thumbnails_because = stored_reference_views(self.encoder, ref, root, self.config, **options)
         self._ref_views = None if views is None else (identity, views)
         return views
 
@@ -662,8 +678,9 @@ class DatasetGate:
         if view_size(self.encoder) is None:
             return ""
         if ref_views is None:
-            why = ("the reference was loaded from a manifest, or grown by update() or read from a stream before the "
-                   "encoder changed, so its images cannot be shown to it")
+            why = self._thumbnails_because or (
+                "the reference was grown by update(), or read from a stream before the encoder changed, so its "
+                "images cannot be shown to it")
         else:
             why = "the new images' views could not all be read"
         log.warning("encoder: %s, so it is shown the stored 32x32 thumbnails of the reference and the new images",

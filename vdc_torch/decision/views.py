@@ -3,12 +3,14 @@
 A model encoder with an ``input_size`` larger than the 32×32 thumbnails is handed each image's view while the
 image is fingerprinted (:class:`~vdc_torch.fingerprints.encoder.ViewEmbedder`); this module turns what it collected
 into embeddings aligned with a fingerprint table's rows (:class:`TableViews`), decoding again only the rows whose
-fingerprints came from the cache (their images were not decoded this run), and says what the encoder saw.
+fingerprints came from the cache (their images were not decoded this run) or, for a reference loaded from a
+manifest, its images where they still are (:func:`stored_reference_views`), and says what the encoder saw.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -73,6 +75,32 @@ def table_views(embedder: ViewEmbedder, table: FingerprintTable, data: Dataset |
         placed[placed] = table.sample_index[rows[placed]] == copies.of[placed]
         copies = CalibrationCopies(rows[placed], copies.embeddings[placed], copies.thumbs[placed])
     return TableViews(table, embeddings, copies, len(missing))
+
+
+def stored_reference_views(encoder: nn.Module, table: FingerprintTable, root: str, config: MatchConfig,
+                           **options: Any) -> tuple[TableViews | None, str]:
+    """The views of a reference loaded from a manifest, its images read again under ``root`` (row ``i`` is
+    ``root/table.paths[i]``), with calibration copies; ``(None, why)`` when an image is gone or is no longer the
+    one fingerprinted (its bytes changed), so that the encoder is shown the stored thumbnails instead."""
+    if view_size(encoder) is None or rank_and_world()[1] > 1 or not len(table):
+        return None, "the encoder is shown thumbnails"
+    paths = [os.path.join(root, p) for p in table.paths]
+    gone = sum(not os.path.isfile(p) for p in paths)
+    if not root or gone:
+        return None, (f"{gone} of the stored reference's {len(table)} images are not under {root!r}" if root else
+                      "the manifest names no reference folder")
+    data = Dataset._blank(root)
+    data.samples = [(p, 0) for p in paths]
+    embedder = view_embedder(encoder, data, config, calibrate=True)
+    assert embedder is not None
+    log.info("encoder: reading the %d stored reference images under %s again for their views", len(table), root)
+    fresh, _ = compute_fingerprints(data, view_size=embedder.size, on_views=embedder, distributed=False, **options)
+    rows = fresh.sample_index.tolist()
+    changed = len(table) - len(rows) + sum(table.byte_digest[i] != found for i, found in zip(rows, fresh.byte_digest))
+    embeddings = embedder.embeddings(np.arange(len(table)))
+    if changed or embeddings is None:
+        return None, f"{changed} of the stored reference's images under {root!r} changed since it was saved"
+    return TableViews(table, embeddings, embedder.copies(), len(table)), ""
 
 
 def grown(base: TableViews | None, added: TableViews | None, table: FingerprintTable) -> TableViews | None:
