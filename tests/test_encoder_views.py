@@ -6,11 +6,9 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
-from conftest import photo_folders
 from PIL import Image
-from test_encoder import ENCODER_ONLY, _Centred, cifar_drop  # noqa: F401 - the module fixture is used here too
+from test_encoder import ENCODER_ONLY, _Centred, cifar_drop, copy_drop  # noqa: F401 - fixtures used here too
 from torch import nn
 
 from vdc_torch import DatasetGate, MatchConfig
@@ -49,19 +47,8 @@ class _Both(nn.Module):
                          dim=1)
 
 
-@pytest.fixture
-def photo_drop(photos, tmp_path: Path) -> tuple[Path, Path]:
-    """24 camera photos as the reference; 10 other photos and a 90 % crop of the first, shrunk, JPEG 60, as new."""
-    ref, new = photo_folders(tmp_path, photos[:24], photos[24:34])
-    with Image.open(photos[0]) as im:
-        w, h = im.size
-        im.convert("RGB").crop((w // 20, h // 20, w - w // 20, h - h // 20)).resize((w * 3 // 5, h * 3 // 5)).save(
-            new / "copy.jpg", quality=60)
-    return ref, new
-
-
-def test_the_encoder_is_shown_each_photo_at_its_input_size_from_the_fingerprint_decode(photo_drop) -> None:
-    ref, new = photo_drop
+def test_the_encoder_is_shown_each_photo_at_its_input_size_from_the_fingerprint_decode(copy_drop) -> None:
+    ref, new = copy_drop
     encoder = detail_encoder(160)
     gate = DatasetGate(reference=ref, encoder=encoder, workers=0,
                        config=MatchConfig(**ENCODER_ONLY, encoder_similarity=0.9))
@@ -84,8 +71,8 @@ def test_the_encoder_is_shown_each_photo_at_its_input_size_from_the_fingerprint_
     assert np.abs(stored[0] - embed_thumbs(encoder, table.thumbs[:1])[0]).max() > 0.01
 
 
-def test_rows_from_the_cache_are_decoded_again_for_their_views(photo_drop, tmp_path: Path) -> None:
-    ref, new = photo_drop
+def test_rows_from_the_cache_are_decoded_again_for_their_views(copy_drop, tmp_path: Path) -> None:
+    ref, new = copy_drop
     config = MatchConfig(**ENCODER_ONLY, encoder_similarity=0.9)
     cache = tmp_path / "cache.vdc"
     first = DatasetGate(reference=ref, encoder=detail_encoder(96), workers=0, cache=cache, config=config)
@@ -99,9 +86,9 @@ def test_rows_from_the_cache_are_decoded_again_for_their_views(photo_drop, tmp_p
     assert decision.matches.equals(found)
 
 
-def test_a_loaded_reference_is_read_again_for_its_views_while_its_images_are_there(photo_drop, tmp_path: Path,
+def test_a_loaded_reference_is_read_again_for_its_views_while_its_images_are_there(copy_drop, tmp_path: Path,
                                                                                   caplog) -> None:
-    ref, new = photo_drop
+    ref, new = copy_drop
     config = MatchConfig(**ENCODER_ONLY, encoder_similarity=0.9)
     viewed = DatasetGate(reference=ref, encoder=detail_encoder(96), workers=0, config=config)
     found = viewed.check(new)
@@ -151,8 +138,8 @@ def test_the_threshold_is_calibrated_on_copies_of_the_views(cifar_drop) -> None:
                        workers=0).check(new).encoder == threshold
 
 
-def test_a_retrained_encoder_is_shown_the_reference_again(photo_drop) -> None:
-    ref, new = photo_drop
+def test_a_retrained_encoder_is_shown_the_reference_again(copy_drop) -> None:
+    ref, new = copy_drop
     encoder = detail_encoder(96)
     gate = DatasetGate(reference=ref, encoder=encoder, workers=0,
                        config=MatchConfig(**ENCODER_ONLY, encoder_similarity=0.9))

@@ -8,7 +8,9 @@ images may all lie above 0.95. So the gate measures, on a seeded sample of the r
   back, saturation 0.7-1.2, contrast 0.9-1.1, brightness -10..10, JPEG re-encoding at quality 60-95), scored by
   its cosine to the original's embedding, and a miss when the stage's thumbnail check
   (``encoder_min_thumb_similarity``) would turn the pair down: the pair the encoder stage has to find. Not
-  mirrored: the stage compares embeddings as they are, and the cascade's mirror stages find flipped copies;
+  mirrored: the stage compares embeddings as they are, and the cascade's mirror stages find flipped copies. An
+  encoder shown views at its own input size gets the same edits made of each sampled image's view, from its
+  decode (:class:`~vdc_torch.fingerprints.encoder.CalibrationCopies`), not of the thumbnail;
 * **look-alikes** (negatives): each sampled reference's nearest *other* reference, each pair once: the pair the
   stage would wrongly report when an unrelated new sample resembles it, below every cosine when the stage's
   thumbnail check would turn it down. Neighbours whose thumbnails correlate at near-duplicate level
@@ -31,7 +33,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
 from vdc_torch.collective import all_gather_arrays, all_gather_json
