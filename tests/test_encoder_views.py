@@ -156,3 +156,51 @@ def test_a_retrained_encoder_is_shown_the_reference_again(copy_drop) -> None:
                       for p in gate.reference_table.paths])
     np.testing.assert_allclose(after.embeddings, embed_thumbs(encoder, views), atol=1e-5)
     assert decision.encoder.encoder_input.startswith("96x96 views")
+
+
+def test_views_kept_for_a_fixed_cosine_get_their_copies_when_the_threshold_is_then_derived(copy_drop) -> None:
+    ref, new = copy_drop
+    gate = DatasetGate(reference=ref, encoder=detail_encoder(96), workers=0,
+                       config=MatchConfig(**ENCODER_ONLY, encoder_similarity=0.9))
+    gate.check(new)
+    assert gate._reference_views(gate.reference_table).copies is None  # a fixed cosine needs none
+    gate.config = MatchConfig(**ENCODER_ONLY)
+    derived = gate.check(new).encoder
+    assert derived.encoder_input == "96x96 views, each from its image's one decode"
+    assert derived.source == "calibrated" and derived.sample == 24 and derived.positives == 24 * 8
+    assert len(gate._reference_views(gate.reference_table).copies.of) == 24 * 8
+
+
+def test_an_update_with_nothing_usable_keeps_the_views(copy_drop, tmp_path: Path) -> None:
+    ref, new = copy_drop
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.jpg").write_bytes(b"not a picture")
+    gate = DatasetGate(reference=ref, encoder=detail_encoder(96), workers=0,
+                       config=MatchConfig(**ENCODER_ONLY, encoder_similarity=0.9))
+    assert gate.update(broken) == 0 and len(gate.reference_problems) == 1
+    assert gate.check(new).encoder.encoder_input.startswith("96x96 views")
+
+
+def test_a_reference_file_changed_on_disk_is_not_shown_to_a_retrained_encoder(copy_drop, monkeypatch) -> None:
+    ref, new = copy_drop
+    encoder = detail_encoder(96)
+    gate = DatasetGate(reference=ref, encoder=encoder, workers=0,
+                       config=MatchConfig(**ENCODER_ONLY, encoder_similarity=0.9))
+    gate.check(new)
+    first = sorted(ref.iterdir())[3]
+    with Image.open(first) as im:
+        im.convert("RGB").save(first, quality=40)  # the fingerprinted picture is no longer on disk
+    with torch.no_grad():
+        encoder.body.detail.kernel[:, :, 1, 1] = -3.0
+    import vdc_torch.decision.views as views
+
+    read_again = []
+    compute = views.compute_fingerprints
+    monkeypatch.setattr(views, "compute_fingerprints", lambda data, **kw: read_again.append(kw["indices"]) or
+                        compute(data, **kw))
+    said = gate.check(new).encoder.encoder_input
+    again = gate.check(new).encoder.encoder_input
+    assert said == again == ("32x32 thumbnails resized to 96x96 (the reference: 1 of its images changed since they "
+                             "were fingerprinted)")
+    assert [len(indices) for indices in read_again] == [24]  # read again once for this encoder, not every check

@@ -29,6 +29,7 @@ from vdc_torch.decision.policy import Action, Policy, _action_and_reason, check_
 from vdc_torch.decision.store.cache import CacheCheckpoint, FingerprintCache, fingerprint_with_cache
 from vdc_torch.decision.store.concat import concat_tables
 from vdc_torch.decision.views import (
+    MANY_RANKS,
     TableViews,
     grown,
     shown,
@@ -285,8 +286,9 @@ class DatasetGate:
     over an intermediate layer of the model being trained) adds nearest neighbours in the model's feature space
     as a method. With an ``input_size`` larger than 32, it is shown each image at that size, from the image's one
     decode, while the images are fingerprinted (:mod:`vdc_torch.decision.views`; a loaded reference is read again
-    from its folder); where the images cannot be read again, a reference split across ranks and :meth:`query`
-    show it the stored 32×32 thumbnails (of both sides).
+    from its folder); where the images cannot be read again (gone, changed, or added by :meth:`update` before the
+    encoder changed), under several ranks and in :meth:`query` it is shown the stored 32×32 thumbnails (of both
+    sides), with a warning.
 
     >>> gate = DatasetGate(reference="data/train_v1")            # doctest: +SKIP
     >>> decision = gate.check("data/train_v2"); decision.action   # doctest: +SKIP
@@ -339,6 +341,10 @@ class DatasetGate:
         #: the encoder was last shown thumbnails instead of views.
         self._loaded_table: FingerprintTable | None = None
         self._thumbnails_because = ""
+        #: The encoder identity and reference table whose images could not all be read again (not tried twice),
+        #: and why the last drop's views could not all be had.
+        self._views_failed: tuple[str, FingerprintTable] | None = None
+        self._new_views_because = ""
 
     # -- reference -----------------------------------------------------------------------------------------
     @property
@@ -377,10 +383,10 @@ class DatasetGate:
         shown views, their embeddings are kept for :meth:`_taken_views` (``calibrate``: with calibration copies)."""
         started = time.perf_counter()
         embedder = view_embedder(self.encoder, data, self.config, calibrate)
-        views = {} if embedder is None else {"view_size": embedder.size, "on_views": embedder}
-        self._last_views = None
+        view_options = {} if embedder is None else {"view_size": embedder.size, "on_views": embedder}
+        self._last_views, self._new_views_because = None, ""
         if isinstance(data, Stream):
-            table, problems, dataset = self._fingerprint_stream(data, desc, views)
+            table, problems, dataset = self._fingerprint_stream(data, desc, view_options)
         else:
             dataset = data
             # the cache file is checkpointed while fingerprinting runs: an interrupted run loses little
@@ -388,7 +394,7 @@ class DatasetGate:
             try:
                 table, problems = fingerprint_with_cache(
                     dataset, cache=self.cache, on_chunk=checkpoint, workers=self.workers, progress=self.progress,
-                    desc=desc, gather=gather, **views,
+                    desc=desc, gather=gather, **view_options,
                 )
             except BaseException:  # Ctrl-C (or a failure): keep what was fingerprinted since the last checkpoint
                 if checkpoint is not None:
@@ -398,8 +404,9 @@ class DatasetGate:
                         log.warning("could not checkpoint the fingerprint cache %s: %s", self.cache.path, exc)
                 raise
         if embedder is not None:
-            self._last_views = table_views(embedder, table, data, workers=self.workers, progress=self.progress,
-                                           desc=f"{desc}: views for the encoder")
+            self._last_views, why = table_views(embedder, table, data, workers=self.workers, progress=self.progress,
+                                                desc=f"{desc}: views for the encoder")
+            self._new_views_because = why and f"the {desc} images: {why}"
         table.paths = _relative_paths(table.paths, dataset.root)
         fatal = sum(p.fatal for p in problems)
         if fatal:
@@ -412,7 +419,7 @@ class DatasetGate:
         views, self._last_views = self._last_views, None
         return views if views is not None and views.table is table else None
 
-    def _fingerprint_stream(self, stream: Stream, desc: str, views: dict[str, Any],
+    def _fingerprint_stream(self, stream: Stream, desc: str, view_options: dict[str, Any],
                             ) -> tuple[FingerprintTable, list[Problem], Dataset]:
         seen: list[tuple[int, str, bool, Any]] = []
 
@@ -423,7 +430,7 @@ class DatasetGate:
                 yield position, f"<{stream.name}[{position}]{' ' + key if has_key else ''}>", image
 
         total = len(stream.original) if hasattr(stream.original, "__len__") else None
-        table, problems = fingerprint_stream(items(), progress=self.progress, total=total, desc=desc, **views)
+        table, problems = fingerprint_stream(items(), progress=self.progress, total=total, desc=desc, **view_options)
         view = _stream_view(stream, seen)
         order = table.sample_index.tolist()
         table.paths = [view.samples[i][0] for i in order]
@@ -653,24 +660,34 @@ class DatasetGate:
 
     def _reference_views(self, ref: FingerprintTable, decode: bool = True) -> TableViews | None:
         """The reference's embeddings from its views, while they are those of ``ref`` and of the gate's encoder as
-        it is now; else, where ``ref`` was fingerprinted from images this gate can read again (``decode``), made
-        anew from them (a new or retrained encoder); else ``None``."""
+        it is now (with calibration copies when the threshold is to be derived); else, where ``ref`` was
+        fingerprinted from images this gate can read again (``decode``), made anew from them (a new or retrained
+        encoder), once per encoder and table; else ``None``, and ``_thumbnails_because`` says why."""
         if self.encoder is None or view_size(self.encoder) is None:
             return None
         identity = encoder_identity(self.encoder)
-        if self._ref_views is not None and self._ref_views[0] == identity and self._ref_views[1].table is ref:
-            return self._ref_views[1]
-        options = dict(workers=self.workers, progress=self.progress, desc="reference: views for the encoder")
-        views, self._thumbnails_because = None, ""
-        if not decode:
+        held = self._ref_views
+        if held is not None and held[0] == identity and held[1].table is ref and (
+                held[1].copies is not None or self.config.encoder_similarity is not None):
+            return held[1]
+        failed = self._views_failed
+        if not decode or (failed is not None and failed[0] == identity and failed[1] is ref):
             return None
-        if ref is self._table_of_reference and isinstance(self._reference, Dataset):
+        views, why = None, "the reference was grown by update() or read from a stream: its images cannot be read again"
+        options = dict(workers=self.workers, progress=self.progress, desc="reference: views for the encoder")
+        if rank_and_world()[1] > 1:
+            why = MANY_RANKS
+        elif ref is self._table_of_reference and isinstance(self._reference, Dataset):
             embedder = view_embedder(self.encoder, self._reference, self.config, calibrate=True)
-            views = None if embedder is None else table_views(embedder, ref, self._reference, **options)
+            assert embedder is not None  # one rank, an encoder shown views
+            views, why = table_views(embedder, ref, self._reference, **options)
+            why = why and f"the reference: {why}"
         elif ref is self._loaded_table:
             root = str(self.meta.get("reference_root", "") or "")
-            views, self._thumbnails_because = stored_reference_views(self.encoder, ref, root, self.config, **options)
+            views, why = stored_reference_views(self.encoder, ref, root, self.config, **options)
         self._ref_views = None if views is None else (identity, views)
+        self._views_failed = None if views is not None else (identity, ref)
+        self._thumbnails_because = "" if views is not None else why
         return views
 
     def _why_thumbnails(self, ref_views: TableViews | None, new_views: TableViews | None) -> str:
@@ -678,11 +695,9 @@ class DatasetGate:
         if view_size(self.encoder) is None:
             return ""
         if ref_views is None:
-            why = self._thumbnails_because or (
-                "the reference was grown by update(), or read from a stream before the encoder changed, so its "
-                "images cannot be shown to it")
+            why = self._thumbnails_because or "the reference's images cannot be read again"
         else:
-            why = "the new images' views could not all be read"
+            why = self._new_views_because or "the new images' views could not all be read"
         log.warning("encoder: %s, so it is shown the stored 32x32 thumbnails of the reference and the new images",
                     why)
         return why

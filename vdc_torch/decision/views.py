@@ -27,7 +27,11 @@ from vdc_torch.search.encoder_threshold import MAX_COPIES_PER_SAMPLE
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+#: Why an encoder is shown thumbnails under several ``torch.distributed`` ranks.
+MANY_RANKS = "each of several torch.distributed ranks fingerprints only part of the images"
+
+
+@dataclass(frozen=True, eq=False)
 class TableViews:
     """The embeddings of ``table``'s views, row by row, and the calibration copies made of its rows (``of``: rows)."""
 
@@ -57,24 +61,31 @@ def view_embedder(encoder: nn.Module | None, data: Dataset | Stream, config: Mat
 
 
 def table_views(embedder: ViewEmbedder, table: FingerprintTable, data: Dataset | Stream, **options: Any,
-                ) -> TableViews | None:
-    """``table``'s rows' embeddings from ``embedder``; rows it has none of (fingerprints taken from the cache) are
-    decoded again for their views (``options``: ``workers``, ``progress``...). ``None`` when some row still has
-    none (a stream cannot be read twice)."""
+                ) -> tuple[TableViews | None, str]:
+    """``table``'s rows' embeddings from ``embedder``; rows it has none of (fingerprints taken from the cache, or
+    every row for a new encoder) are decoded again for their views (``options``: ``workers``, ``progress``...).
+    ``(None, why)`` when some row still has none (a stream cannot be read twice, a file is gone) or a file read
+    again is no longer the one its row was fingerprinted from (its bytes changed)."""
     missing = embedder.missing(table.sample_index)
+    changed = 0
     if missing and isinstance(data, Dataset):
-        compute_fingerprints(data, indices=missing, view_size=embedder.size, on_views=embedder, distributed=False,
-                             **options)
+        fresh, _ = compute_fingerprints(data, indices=missing, view_size=embedder.size, on_views=embedder,
+                                        distributed=False, **options)
+        rows = np.searchsorted(table.sample_index, fresh.sample_index).tolist()
+        changed = sum(table.byte_digest[r] != found for r, found in zip(rows, fresh.byte_digest))
     embeddings = embedder.embeddings(table.sample_index)
-    if embeddings is None:
-        return None
+    if embeddings is None or changed:
+        unread = len(embedder.missing(table.sample_index))
+        why = [f"{unread} of its {len(table)} images could not be read again"] if unread else []
+        why += [f"{changed} of its images changed since they were fingerprinted"] if changed else []
+        return None, " and ".join(why)
     copies = embedder.copies()
     if copies is not None:  # sample indices -> this table's rows (sorted by sample index); copies of dropped rows go
         rows = np.searchsorted(table.sample_index, copies.of)
         placed = rows < len(table)
         placed[placed] = table.sample_index[rows[placed]] == copies.of[placed]
         copies = CalibrationCopies(rows[placed], copies.embeddings[placed], copies.thumbs[placed])
-    return TableViews(table, embeddings, copies, len(missing))
+    return TableViews(table, embeddings, copies, len(missing)), ""
 
 
 def stored_reference_views(encoder: nn.Module, table: FingerprintTable, root: str, config: MatchConfig,
@@ -83,7 +94,7 @@ def stored_reference_views(encoder: nn.Module, table: FingerprintTable, root: st
     ``root/table.paths[i]``), with calibration copies; ``(None, why)`` when an image is gone or is no longer the
     one fingerprinted (its bytes changed), so that the encoder is shown the stored thumbnails instead."""
     if view_size(encoder) is None or rank_and_world()[1] > 1 or not len(table):
-        return None, "the encoder is shown thumbnails"
+        return None, MANY_RANKS if rank_and_world()[1] > 1 else "no views to show"
     paths = [os.path.join(root, p) for p in table.paths]
     gone = sum(not os.path.isfile(p) for p in paths)
     if not root or gone:
@@ -107,6 +118,8 @@ def grown(base: TableViews | None, added: TableViews | None, table: FingerprintT
     """The views of ``table``, the base's rows followed by the added ones (``None`` unless both have views)."""
     if base is None or added is None:
         return None
+    if not len(added.table):  # a drop of which nothing could be used
+        return replace(base, table=table)
     return replace(base, table=table, embeddings=np.concatenate([base.embeddings, added.embeddings]))
 
 

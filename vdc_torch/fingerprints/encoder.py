@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -33,8 +35,9 @@ from vdc_torch.fingerprints.table import THUMB_SIDE
 
 log = logging.getLogger(__name__)
 
-#: Seed of the encoder threshold's calibration sample and of its edited copies: the same reference gives the same
-#: threshold.
+#: Seed of the encoder threshold's calibration sample and of its edited copies: the same reference, read the same
+#: way, gives the same threshold (views: the sample is drawn over the samples of the dataset, unusable ones
+#: included, or over the rows of a loaded manifest, so one reference with unusable images may draw two samples).
 CALIBRATION_SEED = 0
 
 
@@ -104,12 +107,33 @@ def encoder_identity(encoder: nn.Module) -> str:
     h.update(type(encoder).__qualname__.encode())
     for name in ("layer", "grid", "input_size"):
         h.update(f"{name}={getattr(encoder, name, None)!r};".encode())
-    for name, tensor in sorted(encoder.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(tensor.shape)).encode())
-        h.update(tensor.detach().to("cpu").contiguous().numpy().tobytes() if tensor.dtype != torch.bfloat16 else
-                 tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    name = ""
+    try:
+        for name, value in sorted(encoder.state_dict().items()):
+            h.update(name.encode())
+            h.update(_state_bytes(value))
+    except Exception as exc:  # noqa: BLE001 - an unknown kind of state: never the same, so always embedded anew
+        log.debug("encoder_identity: state of %s not digestible (%s); it is embedded anew each time", name, exc)
+        return f"undigestible-{uuid.uuid4().hex}"
     return h.hexdigest()
+
+
+def _state_bytes(value: Any) -> bytes:
+    """The bytes of one ``state_dict`` entry: a tensor's dtype, shape and raw storage (quantized: its integers and
+    scales), a tuple or list entry by entry, anything else its ``repr``."""
+    if isinstance(value, (tuple, list)):
+        return b"(" + b",".join(_state_bytes(v) for v in value) + b")"
+    if not isinstance(value, torch.Tensor):
+        return repr(value).encode()
+    tensor = value.detach().to("cpu")
+    head = f"{tensor.dtype}{tuple(tensor.shape)}".encode()
+    if tensor.is_quantized:
+        if tensor.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+            scales = repr((tensor.q_scale(), tensor.q_zero_point())).encode()
+        else:
+            scales = _state_bytes(tensor.q_per_channel_scales()) + _state_bytes(tensor.q_per_channel_zero_points())
+        return head + _state_bytes(tensor.int_repr()) + scales
+    return head + tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 @torch.no_grad()
@@ -179,7 +203,7 @@ def augment_image(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(cv2.imdecode(encoded, cv2.IMREAD_COLOR)[:, :, ::-1])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CalibrationCopies:
     """Edited copies (:func:`augment_image`) of sampled images' views, embedded from the same decode as the image:
     the positives of the encoder threshold's calibration (:mod:`vdc_torch.search.encoder_threshold`)."""
