@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from test_encoder import ENCODER_ONLY, _Centred, cifar_drop, copy_drop  # noqa: F401 - fixtures used here too
@@ -204,3 +205,15 @@ def test_a_reference_file_changed_on_disk_is_not_shown_to_a_retrained_encoder(co
     assert said == again == ("32x32 thumbnails resized to 96x96 (the reference: 1 of its images changed since they "
                              "were fingerprinted)")
     assert [len(indices) for indices in read_again] == [24]  # read again once for this encoder, not every check
+
+
+def test_a_query_shows_the_encoder_its_images_as_a_check_does(copy_drop) -> None:
+    ref, new = copy_drop
+    gate = DatasetGate(reference=ref, encoder=detail_encoder(96), workers=0,
+                       config=MatchConfig(**ENCODER_ONLY, encoder_similarity=0.9))
+    checked = gate.check(new).matches.set_index("new_path")
+    answers = gate.query([new / "copy.jpg", new / sorted(p.name for p in new.iterdir())[0]])
+    assert answers["method"].tolist()[0] == "encoder" and answers["ref_path"].tolist()[0] == checked.loc[
+        "copy.jpg", "ref_path"]
+    assert answers["score"].tolist()[0] == pytest.approx(checked.loc["copy.jpg", "score"], abs=1e-4)
+    assert gate.encoder_threshold.encoder_input == "96x96 views, each from its image's one decode"

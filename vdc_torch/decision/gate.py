@@ -54,7 +54,7 @@ from vdc_torch.fingerprints.compute import (
     table_from_bytes,
     table_to_bytes,
 )
-from vdc_torch.fingerprints.encoder import CalibrationCopies, encoder_identity, view_size
+from vdc_torch.fingerprints.encoder import CalibrationCopies, embed_thumbs, encoder_identity, view_size
 from vdc_torch.fingerprints.quality import QUALITY_COLUMNS, quality_of
 from vdc_torch.fingerprints.table import LEGACY_DIGEST_ROWS, LEGACY_FINGERPRINT_VERSIONS
 from vdc_torch.search.cascade import (
@@ -287,8 +287,8 @@ class DatasetGate:
     as a method. With an ``input_size`` larger than 32, it is shown each image at that size, from the image's one
     decode, while the images are fingerprinted (:mod:`vdc_torch.decision.views`; a loaded reference is read again
     from its folder); where the images cannot be read again (gone, changed, or added by :meth:`update` before the
-    encoder changed), under several ranks and in :meth:`query` it is shown the stored 32×32 thumbnails (of both
-    sides), with a warning.
+    encoder changed) and under several ranks it is shown the stored 32×32 thumbnails (of both sides), with a
+    warning; :meth:`query` shows it the queried images as the reference's were shown.
 
     >>> gate = DatasetGate(reference="data/train_v1")            # doctest: +SKIP
     >>> decision = gate.check("data/train_v2"); decision.action   # doctest: +SKIP
@@ -752,22 +752,27 @@ class DatasetGate:
         if self._query_index is None or self._query_index.ref is not ref:
             self._query_index = ReferenceIndex(ref, keep=True, shard=self._shard)
             self._query_embeddings = None
-        embed, config = None, self.config
+        embed, config, size = None, self.config, None
         if self.encoder is not None:  # the reference's embeddings are kept for this reference and encoder object
             key = (id(ref), id(self.encoder))
             if self._query_embeddings is None or self._query_embeddings[0] != key:
-                self._query_embeddings = (key, self._embed(ref.thumbs))
+                views = self._reference_views(ref) if self._shard is None else None
+                if views is not None:  # the queries' views are embedded too
+                    kept = views.embeddings, views.copies, shown(self.encoder, True), view_size(self.encoder)
+                else:
+                    why = self._why_thumbnails(None, None) if self._shard is None else MANY_RANKS
+                    kept = self._embed(ref.thumbs), None, shown(self.encoder, False, why), None
+                self._query_embeddings = (key, kept)
                 self._encoder_threshold = None
-            ref_emb = self._query_embeddings[1]
-            seen = shown(self.encoder, False, "queries are shown thumbnails")
-            config = self._encoder_config(ref, ref_emb, reuse=True, seen=seen)
+            ref_emb, copies, seen, size = self._query_embeddings[1]
+            config = self._encoder_config(ref, ref_emb, reuse=True, copies=copies, seen=seen)
 
-            def embed(thumbs: Any) -> tuple[Any, Any]:
-                return self._embed(thumbs), ref_emb
+            def embed(thumbs: Any, views: Any) -> tuple[Any, Any]:
+                return (self._embed(thumbs) if views is None else embed_thumbs(self.encoder, views)), ref_emb
 
             if config.encoder_similarity is None:
                 embed = None
-        return query_reference(self._query_index, images, config, self.policy.counted_kinds, embed)
+        return query_reference(self._query_index, images, config, self.policy.counted_kinds, embed, size)
 
     def _decision(
         self,

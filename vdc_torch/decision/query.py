@@ -55,19 +55,21 @@ def _name(item: Any, position: int) -> str:
 
 
 def query_reference(index: ReferenceIndex, images: Any, config: MatchConfig, counted_kinds: frozenset[str],
-                    embed: Any = None) -> pd.DataFrame:
+                    embed: Any = None, view_size: tuple[int, int] | None = None) -> pd.DataFrame:
     """The best reference match of each image (:data:`QUERY_COLUMNS`); ``counted_kinds`` are the kinds that count
-    as seen (the gate's policy); ``embed`` maps thumbnails to embeddings when the gate has an encoder (then it
-    returns the query's and the kept reference's embeddings). Collective when ``index.shard`` is split."""
+    as seen (the gate's policy); ``embed(thumbs, views)`` gives the query's and the kept reference's embeddings
+    when the gate has an encoder: of the images' views at ``view_size`` (made from their decode) when one is given
+    and the reference is not split, else of their thumbnails (``views`` ``None``). Collective when ``index.shard``
+    is split."""
     items = _items(images)
     names = [_name(item, i) for i, item in enumerate(items)]
     shard = index.shard if index.shard is not None and index.shard.split else None
-    table, problems = _fingerprinted(items, names, shard)
+    table, problems, views = _fingerprinted(items, names, shard, view_size if embed is not None else None)
     ref = index.ref
     n_ref = len(ref) if shard is None else shard.total
     new_emb = ref_emb = None
     if embed is not None and len(table) and n_ref:
-        new_emb, ref_emb = embed(table.thumbs)
+        new_emb, ref_emb = embed(table.thumbs, views)
     found = match_tables(table, ref, config, ref_index=index, new_embeddings=new_emb, ref_embeddings=ref_emb,
                          shard=shard) if len(table) and n_ref else pd.DataFrame(columns=["new_row", "ref_row"])
     described = _reference_rows(found["ref_row"].to_numpy(np.int64), ref, shard)
@@ -96,9 +98,11 @@ def query_reference(index: ReferenceIndex, images: Any, config: MatchConfig, cou
 
 
 def _fingerprinted(items: list[Any], names: list[str], shard: ReferenceShard | None,
-                   ) -> tuple[FingerprintTable, list[Problem]]:
-    """The fingerprints of the query images (one decode each) and their problems; with a split ``shard``, rank 0's,
-    sent to every rank, after checking that every rank asks about the same images (collective)."""
+                   view_size: tuple[int, int] | None = None,
+                   ) -> tuple[FingerprintTable, list[Problem], np.ndarray | None]:
+    """The fingerprints of the query images (one decode each), their problems and, with ``view_size`` and no split
+    ``shard``, their views for the encoder (row order; else ``None``); with a split ``shard``, rank 0's
+    fingerprints, sent to every rank, after checking that every rank asks about the same images (collective)."""
     if shard is not None:
         asked = all_gather_json(names)
         if any(other != names for other in asked):
@@ -111,14 +115,18 @@ def _fingerprinted(items: list[Any], names: list[str], shard: ReferenceShard | N
         def stream() -> Iterator[tuple[int, str, Any]]:
             yield from ((i, name, item) for i, (name, item) in enumerate(zip(names, items)))
 
-        table, problems = fingerprint_stream(stream())
+        made: dict[int, np.ndarray] = {}
+        wanted = view_size if shard is None else None
+        table, problems = fingerprint_stream(stream(), view_size=wanted,
+                                             on_views=None if wanted is None else lambda i, v: made.update(zip(i, v)))
         table.paths = [names[i] for i in table.sample_index.tolist()]
     if shard is None:
-        return table, problems
+        rows = table.sample_index.tolist()
+        return table, problems, (np.stack([made[i] for i in rows]) if view_size is not None and rows else None)
     blob = table_to_bytes(table) if shard.rank == 0 else b""
     table = table_from_bytes(all_gather_bytes(blob)[0])
     problems = [Problem(**p) for p in all_gather_json([p.to_dict() for p in problems] if shard.rank == 0 else [])[0]]
-    return table, problems
+    return table, problems, None
 
 
 def _reference_rows(rows: np.ndarray, ref: FingerprintTable, shard: ReferenceShard | None,

@@ -11,7 +11,7 @@ thumbnail's border-trimmed picture at the encoder's input size (:func:`~vdc_torc
 encoder_view`) — made from the single decode while the image is fingerprinted and embedded in batches on the
 model's device as fingerprinting goes (:class:`ViewEmbedder`); only the embeddings are kept (4·D bytes an image:
 8 KB for 128 channels pooled to 4×4). Where no view can be had (images gone since a manifest was saved, rows
-split across ranks, one-image queries) the encoder sees the stored 32×32 thumbnails, resized to ``input_size``,
+split across ranks) the encoder sees the stored 32×32 thumbnails, resized to ``input_size``,
 for the reference and the new images alike, and the decision's evidence says which it was.
 """
 
