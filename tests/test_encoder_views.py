@@ -217,3 +217,40 @@ def test_a_query_shows_the_encoder_its_images_as_a_check_does(copy_drop) -> None
         "copy.jpg", "ref_path"]
     assert answers["score"].tolist()[0] == pytest.approx(checked.loc["copy.jpg", "score"], abs=1e-4)
     assert gate.encoder_threshold.encoder_input == "96x96 views, each from its image's one decode"
+
+
+def test_a_reference_grown_by_update_is_read_again_part_by_part_for_a_retrained_encoder(copy_drop, photos,
+                                                                                      tmp_path: Path) -> None:
+    ref, new = copy_drop
+    more = tmp_path / "more"
+    more.mkdir()
+    for f in photos[34:40]:
+        (more / f.name).write_bytes(f.read_bytes())
+    encoder = detail_encoder(96)
+    gate = DatasetGate(reference=ref, encoder=encoder, workers=0,
+                       config=MatchConfig(**ENCODER_ONLY, encoder_similarity=0.9))
+    gate.check(new)
+    with torch.no_grad():  # trained on the drop ...
+        encoder.body.detail.kernel[:, :, 1, 1] = -3.0
+    added = gate.update(more)  # ... which then joins the reference
+    assert added == 6
+    decision = gate.check(new)
+    assert decision.encoder.encoder_input == "96x96 views, each from its image's one decode"
+    views = gate._reference_views(gate.reference_table)
+    table = gate.reference_table
+    assert len(views.embeddings) == len(table) == 24 + added
+    roots = [ref] * 24 + [more] * added
+    direct = np.stack([fingerprint_decoded(decode_file(root / p), view_size=(96, 96)).view
+                       for root, p in zip(roots, table.paths)])
+    np.testing.assert_allclose(views.embeddings, embed_thumbs(encoder, direct), atol=1e-5)
+    # a stream read once cannot be read again: the reason names its rows
+    class Once(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            for f in photos[40:42]:
+                yield Image.open(f).convert("RGB"), 0
+
+    assert gate.update(Once()) == 2
+    with torch.no_grad():
+        encoder.body.detail.kernel[:, :, 1, 1] = -2.0
+    said = gate.check(new).encoder.encoder_input
+    assert said.endswith(f"(the reference: its rows {24 + added}-{25 + added} came from a stream, read once)")

@@ -30,10 +30,11 @@ from vdc_torch.decision.store.cache import CacheCheckpoint, FingerprintCache, fi
 from vdc_torch.decision.store.concat import concat_tables
 from vdc_torch.decision.views import (
     MANY_RANKS,
+    ReadableRows,
     TableViews,
     grown,
+    reference_views,
     shown,
-    stored_reference_views,
     table_views,
     view_embedder,
 )
@@ -286,8 +287,8 @@ class DatasetGate:
     over an intermediate layer of the model being trained) adds nearest neighbours in the model's feature space
     as a method. With an ``input_size`` larger than 32, it is shown each image at that size, from the image's one
     decode, while the images are fingerprinted (:mod:`vdc_torch.decision.views`; a loaded reference is read again
-    from its folder); where the images cannot be read again (gone, changed, or added by :meth:`update` before the
-    encoder changed) and under several ranks it is shown the stored 32×32 thumbnails (of both sides), with a
+    from its folder, a grown one part by part); where the images cannot be read again (gone, changed, or read
+    once from a stream) and under several ranks it is shown the stored 32×32 thumbnails (of both sides), with a
     warning; :meth:`query` shows it the queried images as the reference's were shown.
 
     >>> gate = DatasetGate(reference="data/train_v1")            # doctest: +SKIP
@@ -332,14 +333,12 @@ class DatasetGate:
         self._shard: ReferenceShard | None = None
         #: The reference's embeddings from its views (see :mod:`vdc_torch.decision.views`) and the identity of the
         #: encoder that made them (:func:`encoder_identity`: a model trained since makes others); the views the
-        #: last ``_fingerprint`` collected; the table fingerprinted from ``reference`` (whose images can be read
-        #: again for a new encoder's views).
+        #: last ``_fingerprint`` collected; where the reference table's images can be read again for a new
+        #: encoder's views (its parts: the reference, each update, or the folder of a loaded manifest), and why the
+        #: encoder was last shown thumbnails instead of views.
         self._ref_views: tuple[str, TableViews] | None = None
         self._last_views: TableViews | None = None
-        self._table_of_reference: FingerprintTable | None = None
-        #: The table loaded from a manifest (its images may still lie under ``meta["reference_root"]``), and why
-        #: the encoder was last shown thumbnails instead of views.
-        self._loaded_table: FingerprintTable | None = None
+        self._readable: tuple[FingerprintTable, list[ReadableRows]] | None = None
         self._thumbnails_because = ""
         #: The encoder identity and reference table whose images could not all be read again (not tried twice),
         #: and why the last drop's views could not all be had.
@@ -357,7 +356,9 @@ class DatasetGate:
                                                          calibrate=True)
             views = self._taken_views(table)
             self._ref_views = None if views is None else (encoder_identity(self.encoder), views)
-            self._table_of_reference = table
+            part = ReadableRows(0, len(table), dataset) if isinstance(self._reference, Dataset) else \
+                ReadableRows(0, len(table))
+            self._readable = (table, [part])
             if split:  # this rank keeps the rows it fingerprinted; their global rows: places in the sorted whole
                 (every_index,) = all_gather_arrays(np.asarray(table.sample_index, np.int64))
                 rows = np.searchsorted(np.sort(every_index), table.sample_index)
@@ -458,7 +459,7 @@ class DatasetGate:
         gate._table = table
         gate.meta = meta
         gate._stored_at, gate._stored_table = origin, table  # what save() may append to
-        gate._loaded_table = None if split else table
+        gate._readable = (table, [ReadableRows(0, len(table), root=str(meta.get("reference_root", "") or ""))])
         legacy = int(meta.get(LEGACY_DIGEST_ROWS, 0) or 0)
         if legacy and rank == 0:
             log.warning("%s: %d reference samples hold pixel digests of fingerprint version %s (BLAKE2b); they load "
@@ -539,11 +540,15 @@ class DatasetGate:
         then writes one new shard per rank of its added rows and leaves the stored shards as they are.
         """
         base = self.reference_table
+        part: ReadableRows | None = None  # where the added rows' images can be read again (one process only)
         if self._shard is None:
-            table, problems, _ = self._fingerprint(as_dataset(dataset), "update")
+            source = as_dataset(dataset)
+            table, problems, _ = self._fingerprint(source, "update")
             added_views = self._taken_views(table)
             added = len(table)
-            table.sample_index = table.sample_index + (int(base.sample_index.max()) + 1 if len(base) else 0)
+            offset = int(base.sample_index.max()) + 1 if len(base) else 0
+            table.sample_index = table.sample_index + offset
+            part = ReadableRows(len(base), len(base) + added, source if isinstance(source, Dataset) else None, offset)
         else:  # the ranks fingerprint their shares; rank r then keeps block r of the drop (gathered block by block)
             shard = self._shard
             drop, problems, _ = self._split_drop(as_dataset(dataset), "update")
@@ -558,6 +563,8 @@ class DatasetGate:
             table.sample_index = table.sample_index + int(last.max()) + 1
         grown_only = getattr(self, "_stored_table", None) is base
         self._table = concat_tables([base, table])
+        readable = self._readable is not None and self._readable[0] is base and part is not None
+        self._readable = (self._table, self._readable[1] + [part]) if readable else None
         base_views = self._reference_views(base, decode=False)
         more = grown(base_views, added_views if self._shard is None else None, self._table)
         self._ref_views = None if more is None else (self._ref_views[0], more)
@@ -673,18 +680,12 @@ class DatasetGate:
         failed = self._views_failed
         if not decode or (failed is not None and failed[0] == identity and failed[1] is ref):
             return None
-        views, why = None, "the reference was grown by update() or read from a stream: its images cannot be read again"
+        views, why = None, "the reference's images cannot be read again"
         options = dict(workers=self.workers, progress=self.progress, desc="reference: views for the encoder")
         if rank_and_world()[1] > 1:
             why = MANY_RANKS
-        elif ref is self._table_of_reference and isinstance(self._reference, Dataset):
-            embedder = view_embedder(self.encoder, self._reference, self.config, calibrate=True)
-            assert embedder is not None  # one rank, an encoder shown views
-            views, why = table_views(embedder, ref, self._reference, **options)
-            why = why and f"the reference: {why}"
-        elif ref is self._loaded_table:
-            root = str(self.meta.get("reference_root", "") or "")
-            views, why = stored_reference_views(self.encoder, ref, root, self.config, **options)
+        elif self._readable is not None and self._readable[0] is ref:
+            views, why = reference_views(self.encoder, ref, self._readable[1], self.config, **options)
         self._ref_views = None if views is None else (identity, views)
         self._views_failed = None if views is not None else (identity, ref)
         self._thumbnails_because = "" if views is not None else why

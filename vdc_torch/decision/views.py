@@ -89,7 +89,7 @@ def table_views(embedder: ViewEmbedder, table: FingerprintTable, data: Dataset |
 
 
 def stored_reference_views(encoder: nn.Module, table: FingerprintTable, root: str, config: MatchConfig,
-                           **options: Any) -> tuple[TableViews | None, str]:
+                           calibrate: bool = True, **options: Any) -> tuple[TableViews | None, str]:
     """The views of a reference loaded from a manifest, its images read again under ``root`` (row ``i`` is
     ``root/table.paths[i]``), with calibration copies; ``(None, why)`` when an image is gone or is no longer the
     one fingerprinted (its bytes changed), so that the encoder is shown the stored thumbnails instead."""
@@ -102,7 +102,7 @@ def stored_reference_views(encoder: nn.Module, table: FingerprintTable, root: st
                       "the manifest names no reference folder")
     data = Dataset._blank(root)
     data.samples = [(p, 0) for p in paths]
-    embedder = view_embedder(encoder, data, config, calibrate=True)
+    embedder = view_embedder(encoder, data, config, calibrate=calibrate)
     assert embedder is not None
     log.info("encoder: reading the %d stored reference images under %s again for their views", len(table), root)
     fresh, _ = compute_fingerprints(data, view_size=embedder.size, on_views=embedder, distributed=False, **options)
@@ -112,6 +112,49 @@ def stored_reference_views(encoder: nn.Module, table: FingerprintTable, root: st
     if changed or embeddings is None:
         return None, f"{changed} of the stored reference's images under {root!r} changed since it was saved"
     return TableViews(table, embeddings, embedder.copies(), len(table)), ""
+
+
+@dataclass(frozen=True, eq=False)
+class ReadableRows:
+    """Rows ``start:stop`` of a reference table and where their images can be read again: from ``dataset`` (a row's
+    sample index minus ``offset`` is its index there), or under ``root`` by the rows' stored paths (a reference
+    loaded from a manifest); neither: they cannot (a stream), ``source`` says what they came from."""
+
+    start: int
+    stop: int
+    dataset: Dataset | None = None
+    offset: int = 0
+    root: str | None = None
+    source: str = "a stream"
+
+
+def reference_views(encoder: nn.Module, table: FingerprintTable, parts: list[ReadableRows], config: MatchConfig,
+                    **options: Any) -> tuple[TableViews | None, str]:
+    """The views of a reference whose rows ``parts`` say where to read again (their images decoded again for a new
+    encoder), with calibration copies of the first part; ``(None, why)`` as soon as a part cannot be read."""
+    if view_size(encoder) is None or rank_and_world()[1] > 1:
+        return None, MANY_RANKS if rank_and_world()[1] > 1 else "no views to show"
+    if not parts or parts[0].start != 0 or parts[-1].stop != len(table) or any(
+            a.stop != b.start for a, b in zip(parts, parts[1:])):
+        return None, "the reference's rows do not all come from images this gate can read again"
+    embeddings, copies, again = [], None, 0
+    for number, part in enumerate(parts):
+        rows = table.rows(np.arange(part.start, part.stop))
+        if part.dataset is not None:
+            rows.sample_index = rows.sample_index - part.offset
+            embedder = view_embedder(encoder, part.dataset, config, calibrate=number == 0)
+            assert embedder is not None  # one rank, an encoder shown views
+            views, why = table_views(embedder, rows, part.dataset, **options)
+        elif part.root is not None:
+            views, why = stored_reference_views(encoder, rows, part.root, config, calibrate=number == 0, **options)
+        else:
+            views, why = None, f"its rows {part.start}-{part.stop - 1} came from {part.source}, read once"
+        if views is None:
+            return None, why if part.root is not None else f"the reference: {why}"
+        embeddings.append(views.embeddings)
+        copies = views.copies if number == 0 else copies
+        again += views.decoded_again
+    return TableViews(table, np.concatenate(embeddings) if len(embeddings) > 1 else embeddings[0], copies, again), ""
 
 
 def grown(base: TableViews | None, added: TableViews | None, table: FingerprintTable) -> TableViews | None:
