@@ -72,19 +72,36 @@ def test_the_encoder_is_shown_each_photo_at_its_input_size_from_the_fingerprint_
     assert np.abs(stored[0] - embed_thumbs(encoder, table.thumbs[:1])[0]).max() > 0.01
 
 
-def test_rows_from_the_cache_are_decoded_again_for_their_views(copy_drop, tmp_path: Path) -> None:
+def test_with_a_cache_the_embeddings_are_kept_for_the_same_encoder_and_made_again_for_another(
+        copy_drop, tmp_path: Path, monkeypatch) -> None:
     ref, new = copy_drop
     config = MatchConfig(**ENCODER_ONLY, encoder_similarity=0.9)
     cache = tmp_path / "cache.vdc"
     first = DatasetGate(reference=ref, encoder=detail_encoder(96), workers=0, cache=cache, config=config)
     found = first.check(new).matches
+    assert (tmp_path / "cache.vdc.embeddings").is_file()
+    import vdc_torch.decision.views as views
+
+    decoded = []
+    compute = views.compute_fingerprints
+    monkeypatch.setattr(views, "compute_fingerprints", lambda data, **kw: decoded.append(kw["indices"]) or
+                        compute(data, **kw))
+    # the same encoder in a new process: fingerprints from the cache, embeddings from <cache>.embeddings, no decode
     again = DatasetGate(reference=ref, encoder=detail_encoder(96), workers=0, cache=cache, config=config)
     decision = again.check(new)
-    views = again._reference_views(again.reference_table)
-    assert views.decoded_again == 24  # every reference row came from the cache, none had a view
-    np.testing.assert_allclose(views.embeddings, first._reference_views(first.reference_table).embeddings, atol=1e-6)
+    kept = again._reference_views(again.reference_table)
+    assert decoded == [] and kept.decoded_again == 0
+    np.testing.assert_allclose(kept.embeddings, first._reference_views(first.reference_table).embeddings, atol=1e-6)
     assert decision.encoder.encoder_input == "96x96 views, each from its image's one decode"
     assert decision.matches.equals(found)
+    # another encoder (a model trained since) finds nothing kept: every cached row is decoded again for its views
+    retrained = detail_encoder(96)
+    with torch.no_grad():
+        retrained.body.detail.kernel[:, :, 1, 1] = -3.0
+    other = DatasetGate(reference=ref, encoder=retrained, workers=0, cache=cache, config=config)
+    other.check(new)
+    assert other._reference_views(other.reference_table).decoded_again == 24
+    assert sorted(len(indices) for indices in decoded) == [11, 24]  # the reference, then the drop
 
 
 def test_a_loaded_reference_is_read_again_for_its_views_while_its_images_are_there(copy_drop, tmp_path: Path,
@@ -254,3 +271,43 @@ def test_a_reference_grown_by_update_is_read_again_part_by_part_for_a_retrained_
         encoder.body.detail.kernel[:, :, 1, 1] = -2.0
     said = gate.check(new).encoder.encoder_input
     assert said.endswith(f"(the reference: its rows {24 + added}-{25 + added} came from a stream, read once)")
+
+
+def test_kept_embeddings_serve_a_loaded_reference_whose_images_are_gone(copy_drop, tmp_path: Path) -> None:
+    ref, new = copy_drop
+    config = MatchConfig(**ENCODER_ONLY)  # the threshold derived: the calibration copies are kept too
+    cache = tmp_path / "cache.vdc"
+    first = DatasetGate(reference=ref, encoder=detail_encoder(96), workers=0, cache=cache, config=config)
+    derived = first.check(new).encoder
+    first.save(tmp_path / "ref.vdc")
+    for f in ref.iterdir():
+        f.unlink()
+    loaded = DatasetGate.load(tmp_path / "ref.vdc", encoder=detail_encoder(96), workers=0, cache=cache, config=config)
+    decision = loaded.check(new)
+    assert decision.encoder.encoder_input == "96x96 views, each from its image's one decode"
+    assert decision.encoder == derived and derived.positives == 24 * 8
+    assert loaded._reference_views(loaded.reference_table).decoded_again == 0
+
+
+def test_the_embeddings_file_keeps_the_latest_encoders_and_ignores_a_damaged_one(copy_drop, tmp_path: Path,
+                                                                                 caplog) -> None:
+    from vdc_torch.decision.store.embeddings import KEEP_ENCODERS, EmbeddingStore
+
+    store = EmbeddingStore(tmp_path / "e.embeddings")
+    thumb = np.zeros((32, 32, 3), np.uint8)
+    for number in range(KEEP_ENCODERS + 1):
+        store.put(f"encoder-{number}", {b"digest": (np.full(4, number, np.float32), [(np.ones(4, np.float32), thumb)])})
+    assert store.get("encoder-0", [b"digest"]) == {}  # the oldest is forgotten
+    view, copies = store.get(f"encoder-{KEEP_ENCODERS}", [b"digest"])[b"digest"]
+    assert view.tolist() == [KEEP_ENCODERS] * 4 and len(copies) == 1 and copies[0][1].shape == (32, 32, 3)
+    # not an embeddings file (here: bytes of a photo): ignored with a warning, never written, the check goes on
+    ref, new = copy_drop
+    cache = tmp_path / "cache.vdc"
+    damaged = tmp_path / "cache.vdc.embeddings"
+    damaged.write_bytes(b"SQLite format 3\x00" + b"\x00" * 200)
+    before = damaged.read_bytes()
+    with caplog.at_level(logging.WARNING, logger="vdc_torch"):
+        decision = DatasetGate(reference=ref, encoder=detail_encoder(96), workers=0, cache=cache,
+                               config=MatchConfig(**ENCODER_ONLY, encoder_similarity=0.9)).check(new)
+    assert "ignoring the encoder embeddings" in caplog.text and damaged.read_bytes() == before
+    assert decision.encoder.encoder_input.startswith("96x96 views")

@@ -28,8 +28,10 @@ from vdc_torch.decision.plan import combine, reference_labels, replay_count, rep
 from vdc_torch.decision.policy import Action, Policy, _action_and_reason, check_evidence, decide  # noqa: F401
 from vdc_torch.decision.store.cache import CacheCheckpoint, FingerprintCache, fingerprint_with_cache
 from vdc_torch.decision.store.concat import concat_tables
+from vdc_torch.decision.store.embeddings import EmbeddingStore, embeddings_path
 from vdc_torch.decision.views import (
     MANY_RANKS,
+    Kept,
     ReadableRows,
     TableViews,
     grown,
@@ -339,6 +341,7 @@ class DatasetGate:
         self._ref_views: tuple[str, TableViews] | None = None
         self._last_views: TableViews | None = None
         self._readable: tuple[FingerprintTable, list[ReadableRows]] | None = None
+        self._embedding_store: EmbeddingStore | None = None
         self._thumbnails_because = ""
         #: The encoder identity and reference table whose images could not all be read again (not tried twice),
         #: and why the last drop's views could not all be had.
@@ -405,8 +408,8 @@ class DatasetGate:
                         log.warning("could not checkpoint the fingerprint cache %s: %s", self.cache.path, exc)
                 raise
         if embedder is not None:
-            self._last_views, why = table_views(embedder, table, data, workers=self.workers, progress=self.progress,
-                                                desc=f"{desc}: views for the encoder")
+            self._last_views, why = table_views(embedder, table, data, self._kept(), workers=self.workers,
+                                                progress=self.progress, desc=f"{desc}: views for the encoder")
             self._new_views_because = why and f"the {desc} images: {why}"
         table.paths = _relative_paths(table.paths, dataset.root)
         fatal = sum(p.fatal for p in problems)
@@ -414,6 +417,15 @@ class DatasetGate:
             log.warning("%s: %d of %d samples could not be used", desc, fatal, len(dataset))
         log.info("fingerprinting %s: %d samples in %.2f s", desc, len(dataset), time.perf_counter() - started)
         return table, problems, dataset
+
+    def _kept(self, identity: str | None = None) -> Kept | None:
+        """Where the encoder's embeddings are kept between runs — next to the fingerprint cache
+        (``<cache>.embeddings``), so only with ``cache=`` — and the encoder's identity; ``None`` without a cache."""
+        if self.cache is None or self.encoder is None or view_size(self.encoder) is None:
+            return None
+        if self._embedding_store is None or self._embedding_store.path != embeddings_path(self.cache.path):
+            self._embedding_store = EmbeddingStore(embeddings_path(self.cache.path))
+        return self._embedding_store, identity or encoder_identity(self.encoder)
 
     def _taken_views(self, table: FingerprintTable) -> TableViews | None:
         """The views :meth:`_fingerprint` collected for ``table`` (once), ``None`` when it collected none."""
@@ -685,7 +697,8 @@ class DatasetGate:
         if rank_and_world()[1] > 1:
             why = MANY_RANKS
         elif self._readable is not None and self._readable[0] is ref:
-            views, why = reference_views(self.encoder, ref, self._readable[1], self.config, **options)
+            views, why = reference_views(self.encoder, ref, self._readable[1], self.config, self._kept(identity),
+                                         **options)
         self._ref_views = None if views is None else (identity, views)
         self._views_failed = None if views is not None else (identity, ref)
         self._thumbnails_because = "" if views is not None else why

@@ -4,7 +4,9 @@ A model encoder with an ``input_size`` larger than the 32×32 thumbnails is hand
 image is fingerprinted (:class:`~vdc_torch.fingerprints.encoder.ViewEmbedder`); this module turns what it collected
 into embeddings aligned with a fingerprint table's rows (:class:`TableViews`), decoding again only the rows whose
 fingerprints came from the cache (their images were not decoded this run) or, for a reference loaded from a
-manifest, its images where they still are (:func:`stored_reference_views`), and says what the encoder saw.
+manifest, its images where they still are (:func:`stored_reference_views`), and says what the encoder saw. With a
+fingerprint cache, what was embedded is kept next to it (:mod:`vdc_torch.decision.store.embeddings`) and taken from
+there before anything is decoded again.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import nn
 
 from vdc_torch.collective import rank_and_world
 from vdc_torch.data.dataset import Dataset, Stream
+from vdc_torch.decision.store.embeddings import EmbeddingStore
 from vdc_torch.fingerprints.compute import FingerprintTable, compute_fingerprints
 from vdc_torch.fingerprints.encoder import CalibrationCopies, ViewEmbedder, calibration_plan, view_size
 from vdc_torch.search.config import MatchConfig
@@ -60,12 +63,38 @@ def view_embedder(encoder: nn.Module | None, data: Dataset | Stream, config: Mat
     return ViewEmbedder(encoder, plan)
 
 
-def table_views(embedder: ViewEmbedder, table: FingerprintTable, data: Dataset | Stream, **options: Any,
-                ) -> tuple[TableViews | None, str]:
+#: Where embeddings are kept between runs, and the identity of the encoder they are of.
+Kept = tuple[EmbeddingStore, str]
+
+
+def _take_kept(embedder: ViewEmbedder, kept: Kept | None, indices: list[int], digests: list[bytes | None]) -> None:
+    """Fill ``embedder`` with what ``kept`` holds of these samples (their content digests alongside)."""
+    if kept is None or not indices:
+        return
+    store, identity = kept
+    found = store.get(identity, [d for d in digests if d is not None])
+    embedder.prefill({i: found[d] for i, d in zip(indices, digests) if d is not None and d in found})
+
+
+def _keep(embedder: ViewEmbedder, kept: Kept | None, indices: list[int], digests: list[bytes | None]) -> None:
+    """Store what ``embedder`` made of these samples (those with a content digest) in ``kept``."""
+    if kept is None:
+        return
+    digest_of = dict(zip(indices, digests))
+    made = embedder.made(indices)
+    kept[0].put(kept[1], {digest_of[i]: value for i, value in made.items() if digest_of.get(i) is not None})
+
+
+def table_views(embedder: ViewEmbedder, table: FingerprintTable, data: Dataset | Stream, kept: Kept | None = None,
+                **options: Any) -> tuple[TableViews | None, str]:
     """``table``'s rows' embeddings from ``embedder``; rows it has none of (fingerprints taken from the cache, or
-    every row for a new encoder) are decoded again for their views (``options``: ``workers``, ``progress``...).
-    ``(None, why)`` when some row still has none (a stream cannot be read twice, a file is gone) or a file read
-    again is no longer the one its row was fingerprinted from (its bytes changed)."""
+    every row for a new encoder) are taken from ``kept`` where it holds them, else decoded again for their views
+    (``options``: ``workers``, ``progress``...); what was made is kept. ``(None, why)`` when some row still has
+    none (a stream cannot be read twice, a file is gone) or a file read again is no longer the one its row was
+    fingerprinted from (its bytes changed)."""
+    indices, digests = table.sample_index.tolist(), list(table.byte_digest)
+    unmade = embedder.missing(table.sample_index)
+    _take_kept(embedder, kept, unmade, [digests[r] for r in np.searchsorted(table.sample_index, unmade).tolist()])
     missing = embedder.missing(table.sample_index)
     changed = 0
     if missing and isinstance(data, Dataset):
@@ -79,6 +108,7 @@ def table_views(embedder: ViewEmbedder, table: FingerprintTable, data: Dataset |
         why = [f"{unread} of its {len(table)} images could not be read again"] if unread else []
         why += [f"{changed} of its images changed since they were fingerprinted"] if changed else []
         return None, " and ".join(why)
+    _keep(embedder, kept, indices, digests)
     copies = embedder.copies()
     if copies is not None:  # sample indices -> this table's rows (sorted by sample index); copies of dropped rows go
         rows = np.searchsorted(table.sample_index, copies.of)
@@ -89,29 +119,37 @@ def table_views(embedder: ViewEmbedder, table: FingerprintTable, data: Dataset |
 
 
 def stored_reference_views(encoder: nn.Module, table: FingerprintTable, root: str, config: MatchConfig,
-                           calibrate: bool = True, **options: Any) -> tuple[TableViews | None, str]:
-    """The views of a reference loaded from a manifest, its images read again under ``root`` (row ``i`` is
-    ``root/table.paths[i]``), with calibration copies; ``(None, why)`` when an image is gone or is no longer the
-    one fingerprinted (its bytes changed), so that the encoder is shown the stored thumbnails instead."""
+                           calibrate: bool = True, kept: Kept | None = None, **options: Any,
+                           ) -> tuple[TableViews | None, str]:
+    """The views of a reference loaded from a manifest, with calibration copies: taken from ``kept`` where it holds
+    them, else its images read again under ``root`` (row ``i`` is ``root/table.paths[i]``); ``(None, why)`` when
+    such an image is gone or is no longer the one fingerprinted (its bytes changed), so that the encoder is shown
+    the stored thumbnails instead."""
     if view_size(encoder) is None or rank_and_world()[1] > 1 or not len(table):
         return None, MANY_RANKS if rank_and_world()[1] > 1 else "no views to show"
-    paths = [os.path.join(root, p) for p in table.paths]
-    gone = sum(not os.path.isfile(p) for p in paths)
-    if not root or gone:
-        return None, (f"{gone} of the stored reference's {len(table)} images are not under {root!r}" if root else
-                      "the manifest names no reference folder")
     data = Dataset._blank(root)
-    data.samples = [(p, 0) for p in paths]
+    data.samples = [(os.path.join(root, p), 0) for p in table.paths]
     embedder = view_embedder(encoder, data, config, calibrate=calibrate)
     assert embedder is not None
-    log.info("encoder: reading the %d stored reference images under %s again for their views", len(table), root)
-    fresh, _ = compute_fingerprints(data, view_size=embedder.size, on_views=embedder, distributed=False, **options)
-    rows = fresh.sample_index.tolist()
-    changed = len(table) - len(rows) + sum(table.byte_digest[i] != found for i, found in zip(rows, fresh.byte_digest))
+    rows, digests = list(range(len(table))), list(table.byte_digest)
+    _take_kept(embedder, kept, rows, digests)
+    missing = embedder.missing(np.arange(len(table)))
+    gone = sum(not os.path.isfile(data.samples[i][0]) for i in missing)
+    if missing and (not root or gone):
+        return None, (f"{gone} of the stored reference's {len(table)} images are not under {root!r}" if root else
+                      "the manifest names no reference folder")
+    changed = 0
+    if missing:
+        log.info("encoder: reading %d stored reference images under %s again for their views", len(missing), root)
+        fresh, _ = compute_fingerprints(data, indices=missing, view_size=embedder.size, on_views=embedder,
+                                        distributed=False, **options)
+        found = fresh.sample_index.tolist()
+        changed = len(missing) - len(found) + sum(digests[i] != d for i, d in zip(found, fresh.byte_digest))
     embeddings = embedder.embeddings(np.arange(len(table)))
     if changed or embeddings is None:
         return None, f"{changed} of the stored reference's images under {root!r} changed since it was saved"
-    return TableViews(table, embeddings, embedder.copies(), len(table)), ""
+    _keep(embedder, kept, rows, digests)
+    return TableViews(table, embeddings, embedder.copies(), len(missing)), ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,7 +167,7 @@ class ReadableRows:
 
 
 def reference_views(encoder: nn.Module, table: FingerprintTable, parts: list[ReadableRows], config: MatchConfig,
-                    **options: Any) -> tuple[TableViews | None, str]:
+                    kept: Kept | None = None, **options: Any) -> tuple[TableViews | None, str]:
     """The views of a reference whose rows ``parts`` say where to read again (their images decoded again for a new
     encoder), with calibration copies of the first part; ``(None, why)`` as soon as a part cannot be read."""
     if view_size(encoder) is None or rank_and_world()[1] > 1:
@@ -144,9 +182,10 @@ def reference_views(encoder: nn.Module, table: FingerprintTable, parts: list[Rea
             rows.sample_index = rows.sample_index - part.offset
             embedder = view_embedder(encoder, part.dataset, config, calibrate=number == 0)
             assert embedder is not None  # one rank, an encoder shown views
-            views, why = table_views(embedder, rows, part.dataset, **options)
+            views, why = table_views(embedder, rows, part.dataset, kept, **options)
         elif part.root is not None:
-            views, why = stored_reference_views(encoder, rows, part.root, config, calibrate=number == 0, **options)
+            views, why = stored_reference_views(encoder, rows, part.root, config, calibrate=number == 0, kept=kept,
+                                                **options)
         else:
             views, why = None, f"its rows {part.start}-{part.stop - 1} came from {part.source}, read once"
         if views is None:

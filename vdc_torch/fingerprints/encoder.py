@@ -227,6 +227,8 @@ class ViewEmbedder:
         self.size = size
         self.calibrate = calibrate or {}
         self.rows: dict[int, np.ndarray] = {}
+        #: Samples whose embeddings were taken from a store (:meth:`prefill`), not made here.
+        self.prefilled: set[int] = set()
         self._copies: list[tuple[list[int], np.ndarray, np.ndarray]] = []
 
     def __call__(self, indices: Sequence[int], views: np.ndarray) -> None:
@@ -243,6 +245,31 @@ class ViewEmbedder:
             stack = np.stack(copies)
             thumbs = np.stack([cv2.resize(c, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA) for c in copies])
             self._copies.append((of, embed_thumbs(self.encoder, stack), thumbs))
+
+    def prefill(self, stored: dict[int, tuple[np.ndarray | None, list[tuple[np.ndarray, np.ndarray]]]]) -> None:
+        """Take embeddings made before (by sample index: the view's, and its calibration copies' with their
+        thumbnails); a sample of the calibration sample whose copies are not all there is left to be decoded."""
+        width = next((len(row) for row in self.rows.values()), None)
+        for index, (view, copies) in stored.items():
+            wanted = self.calibrate.get(index, 0)
+            if view is None or len(copies) < wanted or (width is not None and len(view) != width) or any(
+                    len(vector) != len(view) for vector, _ in copies[:wanted]):
+                continue
+            width = len(view)
+            self.rows[index] = view
+            self.prefilled.add(index)
+            if wanted:
+                self._copies.append(([index] * wanted, np.stack([vector for vector, _ in copies[:wanted]]),
+                                     np.stack([thumb for _, thumb in copies[:wanted]])))
+
+    def made(self, indices: Sequence[int]) -> dict[int, tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]]:
+        """What this embedder made (not took) of these samples: the view's embedding and the calibration copies."""
+        copies: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        for of, embeddings, thumbs in self._copies:
+            for index, vector, thumb in zip(of, embeddings, thumbs):
+                copies.setdefault(int(index), []).append((vector, thumb))
+        return {int(i): (self.rows[int(i)], copies.get(int(i), [])) for i in indices
+                if int(i) in self.rows and int(i) not in self.prefilled}
 
     def embeddings(self, sample_index: np.ndarray) -> np.ndarray | None:
         """The rows of these sample indices, in order; ``None`` when any has none."""
