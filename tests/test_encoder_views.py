@@ -311,3 +311,42 @@ def test_the_embeddings_file_keeps_the_latest_encoders_and_ignores_a_damaged_one
                                config=MatchConfig(**ENCODER_ONLY, encoder_similarity=0.9)).check(new)
     assert "ignoring the encoder embeddings" in caplog.text and damaged.read_bytes() == before
     assert decision.encoder.encoder_input.startswith("96x96 views")
+
+    # a forged row of the wrong types is left out (not a crash); an empty file (a first write cut short) is used
+    import sqlite3
+
+    forged = EmbeddingStore(tmp_path / "f.embeddings")
+    forged.put("e", {b"d": (np.ones(4, np.float32), [(np.ones(4, np.float32), thumb)])})
+    with sqlite3.connect(forged.path) as db:
+        db.execute("UPDATE embeddings SET thumb = 5 WHERE copy = 1")
+        db.execute("INSERT INTO embeddings VALUES ('e', 'text', 0, 'text', NULL)")
+    view, copies = EmbeddingStore(forged.path).get("e", [b"d", "text"])[b"d"]
+    assert view.tolist() == [1.0] * 4 and copies == []
+    empty = tmp_path / "empty.embeddings"
+    empty.write_bytes(b"")
+    assert EmbeddingStore(empty).usable
+    dangling = tmp_path / "dangling.embeddings"
+    dangling.symlink_to(tmp_path / "nowhere" / "x")
+    linked = EmbeddingStore(dangling)
+    linked.put("e", {b"d": (np.ones(4, np.float32), [])})
+    assert not linked.usable and not (tmp_path / "nowhere").exists()
+
+
+def test_kept_embeddings_are_not_used_once_the_encoder_code_changes(copy_drop, tmp_path: Path) -> None:
+    ref, new = copy_drop
+    config = MatchConfig(**ENCODER_ONLY, encoder_similarity=0.9)
+    cache = tmp_path / "cache.vdc"
+    DatasetGate(reference=ref, encoder=detail_encoder(96), workers=0, cache=cache, config=config).check(new)
+
+    class _Edited(_Both):  # the same class name and weights, another forward (what an edit of the code gives)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x.flip(-1))
+
+    _Edited.__qualname__ = _Both.__qualname__
+    edited = LayerEncoder(_Edited(96), grid=0, input_size=96)
+    from vdc_torch.fingerprints.encoder import encoder_identity
+
+    assert encoder_identity(edited) == encoder_identity(detail_encoder(96))
+    gate = DatasetGate(reference=ref, encoder=edited, workers=0, cache=cache, config=config)
+    gate.check(new)
+    assert gate._reference_views(gate.reference_table).decoded_again == 24  # nothing kept was taken

@@ -37,6 +37,7 @@ from vdc_torch.decision.views import (
     grown,
     reference_views,
     shown,
+    store_key,
     table_views,
     view_embedder,
 )
@@ -342,6 +343,7 @@ class DatasetGate:
         self._last_views: TableViews | None = None
         self._readable: tuple[FingerprintTable, list[ReadableRows]] | None = None
         self._embedding_store: EmbeddingStore | None = None
+        self._store_key: tuple[str, str] | None = None  # (encoder identity, the key of its kept embeddings)
         self._thumbnails_because = ""
         #: The encoder identity and reference table whose images could not all be read again (not tried twice),
         #: and why the last drop's views could not all be had.
@@ -420,12 +422,16 @@ class DatasetGate:
 
     def _kept(self, identity: str | None = None) -> Kept | None:
         """Where the encoder's embeddings are kept between runs — next to the fingerprint cache
-        (``<cache>.embeddings``), so only with ``cache=`` — and the encoder's identity; ``None`` without a cache."""
-        if self.cache is None or self.encoder is None or view_size(self.encoder) is None:
+        (``<cache>.embeddings``), so only with a usable ``cache=`` — and their key (:func:`store_key`); ``None``
+        without one."""
+        if self.cache is None or not self.cache.writable or self.encoder is None or view_size(self.encoder) is None:
             return None
         if self._embedding_store is None or self._embedding_store.path != embeddings_path(self.cache.path):
             self._embedding_store = EmbeddingStore(embeddings_path(self.cache.path))
-        return self._embedding_store, identity or encoder_identity(self.encoder)
+        identity = identity or encoder_identity(self.encoder)
+        if self._store_key is None or self._store_key[0] != identity:
+            self._store_key = (identity, store_key(self.encoder, identity))
+        return self._embedding_store, self._store_key[1]
 
     def _taken_views(self, table: FingerprintTable) -> TableViews | None:
         """The views :meth:`_fingerprint` collected for ``table`` (once), ``None`` when it collected none."""

@@ -11,6 +11,7 @@ there before anything is decoded again.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, replace
@@ -23,7 +24,8 @@ from vdc_torch.collective import rank_and_world
 from vdc_torch.data.dataset import Dataset, Stream
 from vdc_torch.decision.store.embeddings import EmbeddingStore
 from vdc_torch.fingerprints.compute import FingerprintTable, compute_fingerprints
-from vdc_torch.fingerprints.encoder import CalibrationCopies, ViewEmbedder, calibration_plan, view_size
+from vdc_torch.fingerprints.encoder import CalibrationCopies, ViewEmbedder, calibration_plan, embed_thumbs, view_size
+from vdc_torch.fingerprints.table import FINGERPRINT_VERSION
 from vdc_torch.search.config import MatchConfig
 from vdc_torch.search.encoder_threshold import MAX_COPIES_PER_SAMPLE
 
@@ -81,8 +83,32 @@ def _keep(embedder: ViewEmbedder, kept: Kept | None, indices: list[int], digests
     if kept is None:
         return
     digest_of = dict(zip(indices, digests))
-    made = embedder.made(indices)
-    kept[0].put(kept[1], {digest_of[i]: value for i, value in made.items() if digest_of.get(i) is not None})
+    by_digest: dict[bytes, Any] = {}
+    for index, value in embedder.made(indices).items():
+        digest = digest_of.get(index)
+        # two files of the same bytes: keep the one with calibration copies
+        if digest is not None and (digest not in by_digest or len(value[1]) > len(by_digest[digest][1])):
+            by_digest[digest] = value
+    kept[0].put(kept[1], by_digest)
+
+
+#: Bumped when what a view is changes (how it is cut from the decode), so embeddings kept of older views go unused.
+VIEW_VERSION = 1
+
+
+def store_key(encoder: nn.Module, identity: str) -> str:
+    """The key of ``encoder``'s kept embeddings: its identity (class, settings, weights), the versions of the
+    fingerprints and of the views, and a digest of its embedding of a fixed picture — code changed without the
+    weights (another pooling, say) then embeds that picture otherwise and finds nothing kept."""
+    size = view_size(encoder)
+    assert size is not None
+    rows = np.linspace(0, 255, size[0], dtype=np.float32)[:, None, None]
+    cols = np.linspace(255, 0, size[1], dtype=np.float32)[None, :, None]
+    noise = np.random.default_rng(20261208).integers(0, 64, (size[0], size[1], 3)).astype(np.float32)
+    probe = np.clip(rows * 0.5 + cols * 0.3 + noise, 0, 255).astype(np.uint8)[None]
+    embedded = np.round(embed_thumbs(encoder, probe)[0].astype(np.float64), 3).tobytes()
+    probe_digest = hashlib.blake2b(embedded, digest_size=8).hexdigest()
+    return f"{identity}:f{FINGERPRINT_VERSION}:v{VIEW_VERSION}:{probe_digest}"
 
 
 def table_views(embedder: ViewEmbedder, table: FingerprintTable, data: Dataset | Stream, kept: Kept | None = None,

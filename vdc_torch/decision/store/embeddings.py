@@ -56,43 +56,48 @@ class EmbeddingStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.usable = True
-        if self.path.exists() or self.path.is_symlink():
+        if self.path.is_symlink() and not self.path.exists():
+            self.usable = False  # a dangling link: writing would create its target somewhere else
+            log.warning("ignoring the encoder embeddings %s: a link to nothing (not written either)", self.path)
+        elif self.path.exists():
             try:
-                with closing(self._connect()) as db:
+                with closing(self._connect(read_only=True)) as db:
                     version = db.execute("PRAGMA user_version").fetchone()[0]
                     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-                if version != SCHEMA_VERSION or not {"embeddings", "encoders"} <= tables:
+                if (version, tables) != (0, set()) and (  # an empty database: one whose first put was cut short
+                        version != SCHEMA_VERSION or not {"embeddings", "encoders"} <= tables):
                     raise sqlite3.DatabaseError(f"not an embeddings file of version {SCHEMA_VERSION}")
             except (sqlite3.Error, OSError) as exc:
                 self.usable = False
                 log.warning("ignoring the encoder embeddings %s (not written either; delete it to use this path): "
                             "%s", self.path, exc)
 
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=30)
+    def _connect(self, read_only: bool = False) -> sqlite3.Connection:
+        if read_only:
+            return sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        return sqlite3.connect(self.path, timeout=30, isolation_level=None)
 
     def get(self, encoder: str, digests: Sequence[bytes]) -> dict[bytes, Stored]:
-        """What is kept of these images for this encoder (images with nothing kept are left out)."""
+        """What is kept of these images for this encoder (images with nothing kept are left out); marks the encoder
+        as used."""
         found: dict[bytes, Stored] = {}
         if not self.usable or not self.path.exists() or not digests:
             return found
         try:
-            with closing(self._connect()) as db:
+            with closing(self._connect(read_only=True)) as db:
+                tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                if "embeddings" not in tables:
+                    return found
                 for start in range(0, len(digests), _CHUNK):
                     part = list(digests[start:start + _CHUNK])
                     marks = ",".join("?" * len(part))
                     rows = db.execute(f"SELECT digest, copy, vector, thumb FROM embeddings WHERE encoder = ? AND "
                                       f"digest IN ({marks}) ORDER BY digest, copy", [encoder, *part]).fetchall()
                     for digest, copy, vector, thumb in rows:
-                        entry = found.setdefault(bytes(digest), (None, []))
-                        values = _vector(vector)
-                        if values is None:
-                            continue
-                        if copy == 0:
-                            found[bytes(digest)] = (values, entry[1])
-                        elif thumb is not None and len(thumb) == _THUMB_BYTES:
-                            pixels = np.frombuffer(thumb, np.uint8).reshape(THUMB_SIDE, THUMB_SIDE, 3)
-                            entry[1].append((values, pixels))
+                        _take_row(found, digest, copy, vector, thumb)
+            if found:
+                with closing(self._connect()) as db:
+                    db.execute("UPDATE encoders SET used = ? WHERE encoder = ?", (time.time(), encoder))
         except sqlite3.Error as exc:
             log.warning("could not read the encoder embeddings %s: %s", self.path, exc)
             return {}
@@ -110,20 +115,43 @@ class EmbeddingStore:
             rows += [(encoder, digest, k + 1, np.asarray(vector, np.float32).tobytes(),
                       np.ascontiguousarray(thumb, np.uint8).tobytes()) for k, (vector, thumb) in enumerate(copies)]
         try:
-            with closing(self._connect()) as db, db:
-                db.executescript(_SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
-                db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?)", rows)
-                db.execute("INSERT OR REPLACE INTO encoders VALUES (?, ?)", (encoder, time.time()))
-                old = [r[0] for r in db.execute("SELECT encoder FROM encoders ORDER BY used DESC LIMIT -1 OFFSET ?",
-                                                (KEEP_ENCODERS,))]
-                for name in old:
-                    db.execute("DELETE FROM embeddings WHERE encoder = ?", (name,))
-                    db.execute("DELETE FROM encoders WHERE encoder = ?", (name,))
+            with closing(self._connect()) as db:
+                db.execute("BEGIN IMMEDIATE")  # the schema, the rows and the pruning in one transaction
+                try:
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?)", rows)
+                    db.execute("INSERT OR REPLACE INTO encoders VALUES (?, ?)", (encoder, time.time()))
+                    old = [r[0] for r in db.execute(
+                        "SELECT encoder FROM encoders ORDER BY used DESC LIMIT -1 OFFSET ?", (KEEP_ENCODERS,))]
+                    for name in old:
+                        db.execute("DELETE FROM embeddings WHERE encoder = ?", (name,))
+                        db.execute("DELETE FROM encoders WHERE encoder = ?", (name,))
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
         except sqlite3.Error as exc:
             log.warning("could not keep the encoder embeddings in %s: %s", self.path, exc)
 
 
-def _vector(blob: bytes) -> np.ndarray | None:
+def _take_row(found: dict[bytes, Stored], digest: object, copy: object, vector: object, thumb: object) -> None:
+    """Add one stored row to ``found``; a row of the wrong types or sizes (damaged or forged) is left out."""
+    if not isinstance(digest, bytes) or not isinstance(copy, int) or copy < 0:
+        return
+    values = _vector(vector)
+    if values is None:
+        return
+    entry = found.setdefault(digest, (None, []))
+    if copy == 0:
+        found[digest] = (values, entry[1])
+    elif isinstance(thumb, bytes) and len(thumb) == _THUMB_BYTES:
+        entry[1].append((values, np.frombuffer(thumb, np.uint8).reshape(THUMB_SIDE, THUMB_SIDE, 3)))
+
+
+def _vector(blob: object) -> np.ndarray | None:
     """A stored float32 vector, or ``None`` for one that is not (a damaged or forged row)."""
     if not isinstance(blob, bytes) or not blob or len(blob) % 4:
         return None
