@@ -292,13 +292,15 @@ class ViewEmbedder:
                                  np.concatenate([t for _, _, t in self._copies]))
 
 
-def calibration_plan(total: int, samples: int, max_copies: int) -> dict[int, int]:
-    """The seeded calibration sample of a dataset of ``total`` samples (sample index -> copies to make): at most
-    ``samples`` of them, each with enough copies (up to ``max_copies``) that the copies number ``samples`` where
-    the dataset allows."""
+def calibration_plan(total: int, samples: int, max_copies: int,
+                     rng: np.random.Generator | None = None) -> dict[int, int]:
+    """The seeded calibration sample of a dataset of ``total`` samples (sample index -> copies to make, in index
+    order): at most ``samples`` of them, each with enough copies (up to ``max_copies``) that the copies number
+    ``samples`` where the dataset allows. Drawn from ``rng`` when given (a caller drawing more from the same
+    stream), else from :data:`CALIBRATION_SEED`."""
     if total <= 0:
         return {}
-    rng = np.random.default_rng(CALIBRATION_SEED)
+    rng = np.random.default_rng(CALIBRATION_SEED) if rng is None else rng
     chosen = np.sort(rng.choice(total, size=min(total, samples), replace=False))
     copies = max(1, min(max_copies, -(-samples // len(chosen))))
     return {int(i): copies for i in chosen}

@@ -37,7 +37,7 @@ import numpy as np
 
 from vdc_torch.collective import all_gather_arrays, all_gather_json
 from vdc_torch.fingerprints.compute import THUMB_SIDE
-from vdc_torch.fingerprints.encoder import CALIBRATION_SEED, CalibrationCopies, augment_image
+from vdc_torch.fingerprints.encoder import CALIBRATION_SEED, CalibrationCopies, augment_image, calibration_plan
 from vdc_torch.search.config import MatchConfig
 from vdc_torch.search.shards import ReferenceShard, top_k_across_ranks, top_k_per_query
 from vdc_torch.search.thumbs import ThumbVerifier
@@ -100,20 +100,15 @@ def encoder_threshold(ref_thumbs: Any, ref_embeddings: np.ndarray, embed: Embed,
         return EncoderThreshold(None, "calibrated", config.encoder_precision, estimated_recall=0.0, sample=total,
                                 note="a reference of fewer than 2 samples has no look-alikes to calibrate on; "
                                      "the encoder stage accepts nothing")
-    rng = np.random.default_rng(CALIBRATION_SEED)
-    sample = np.sort(rng.choice(total, size=min(total, config.encoder_calibration_samples), replace=False))
+    rng = np.random.default_rng(CALIBRATION_SEED)  # the sample, then its edits, from one stream
+    plan = calibration_plan(total, config.encoder_calibration_samples, MAX_COPIES_PER_SAMPLE, rng)
+    sample = np.fromiter(plan, np.int64, len(plan))
     thumbs = _sample_thumbs(ref_thumbs, sample, shard if split else None)
-    copies = max(1, min(MAX_COPIES_PER_SAMPLE, -(-config.encoder_calibration_samples // len(sample))))
-    originals = np.repeat(np.arange(len(sample)), copies)
+    originals = np.repeat(np.arange(len(sample)), list(plan.values()))
     augmented = np.stack([augment_image(thumbs[i], rng) for i in originals])
     sample_emb = embed(thumbs)
-    positives = np.einsum("ij,ij->i", embed(augmented), sample_emb[originals])
-    reportable = ThumbVerifier(augmented, thumbs, config).similarity(np.arange(len(originals)), originals)
-    positives = np.where(reportable >= config.encoder_min_thumb_similarity, positives, -np.inf)
-    negatives = _hardest_negatives(sample, thumbs, sample_emb, ref_thumbs, ref_embeddings, config,
-                                   shard if split else None)
-    chosen = choose_threshold(positives, negatives, config.encoder_precision, len(sample),
-                              samples=config.encoder_calibration_samples)
+    chosen = _threshold_of(sample, thumbs, sample_emb, originals, embed(augmented), augmented, ref_thumbs,
+                           ref_embeddings, config, shard if split else None)
     if split:  # every rank computed it; an accelerator's rounding may differ per rank, so rank 0's value counts
         chosen = EncoderThreshold(**all_gather_json(chosen.to_dict())[0])
     return chosen
@@ -128,11 +123,20 @@ def _threshold_from_copies(ref_thumbs: Any, ref_embeddings: np.ndarray, config: 
                                 sample=len(sample), note="no reference samples to calibrate on; the encoder stage "
                                                          "accepts nothing")
     thumbs = np.asarray(ref_thumbs[sample])
-    sample_emb = ref_embeddings[sample]
-    positives = np.einsum("ij,ij->i", copies.embeddings, sample_emb[originals])
-    reportable = ThumbVerifier(copies.thumbs, thumbs, config).similarity(np.arange(len(originals)), originals)
+    return _threshold_of(sample, thumbs, ref_embeddings[sample], originals, copies.embeddings, copies.thumbs,
+                         ref_thumbs, ref_embeddings, config, None)
+
+
+def _threshold_of(sample: np.ndarray, thumbs: np.ndarray, sample_emb: np.ndarray, originals: np.ndarray,
+                  copy_emb: np.ndarray, copy_thumbs: np.ndarray, ref_thumbs: Any, ref_embeddings: np.ndarray,
+                  config: MatchConfig, shard: ReferenceShard | None) -> EncoderThreshold:
+    """The threshold from the sampled references (rows ``sample``: ``thumbs``, ``sample_emb``) and the copies of
+    them (``originals``: each copy's place in ``sample``): a copy's cosine to its original is a positive unless the
+    stage's thumbnail check would turn the pair down; each sample's nearest look-alike a negative."""
+    positives = np.einsum("ij,ij->i", copy_emb, sample_emb[originals])
+    reportable = ThumbVerifier(copy_thumbs, thumbs, config).similarity(np.arange(len(originals)), originals)
     positives = np.where(reportable >= config.encoder_min_thumb_similarity, positives, -np.inf)
-    negatives = _hardest_negatives(sample, thumbs, sample_emb, ref_thumbs, ref_embeddings, config, None)
+    negatives = _hardest_negatives(sample, thumbs, sample_emb, ref_thumbs, ref_embeddings, config, shard)
     return choose_threshold(positives, negatives, config.encoder_precision, len(sample),
                             samples=config.encoder_calibration_samples)
 
