@@ -678,9 +678,7 @@ class DatasetGate:
         return match_split_drop(drop, ref, shard, config, embed=embed, ref_embeddings=ref_emb, progress=label)
 
     def _embed(self, thumbs: Any) -> Any:
-        """Unit embeddings of (n, 32, 32, 3) thumbnails by the gate's encoder."""
-        from vdc_torch.fingerprints.encoder import embed_thumbs
-
+        """Unit embeddings of (n, h, w, 3) thumbnails or views by the gate's encoder."""
         return embed_thumbs(self.encoder, thumbs)
 
     def _reference_views(self, ref: FingerprintTable, decode: bool = True) -> TableViews | None:
@@ -788,7 +786,7 @@ class DatasetGate:
             config = self._encoder_config(ref, ref_emb, reuse=True, copies=copies, seen=seen)
 
             def embed(thumbs: Any, views: Any) -> tuple[Any, Any]:
-                return (self._embed(thumbs) if views is None else embed_thumbs(self.encoder, views)), ref_emb
+                return self._embed(thumbs if views is None else views), ref_emb
 
             if config.encoder_similarity is None:
                 embed = None

@@ -111,6 +111,15 @@ def store_key(encoder: nn.Module, identity: str) -> str:
     return f"{identity}:f{FINGERPRINT_VERSION}:v{VIEW_VERSION}:{probe_digest}"
 
 
+def _decode_again(embedder: ViewEmbedder, data: Dataset, missing: list[int], digest_of: dict[int, bytes | None],
+                  **options: Any) -> int:
+    """Decode these samples of ``data`` again for their views (into ``embedder``); how many of those read are no
+    longer the images their rows were fingerprinted from (their bytes changed)."""
+    fresh, _ = compute_fingerprints(data, indices=missing, view_size=embedder.size, on_views=embedder,
+                                    distributed=False, **options)
+    return sum(digest_of[i] != found for i, found in zip(fresh.sample_index.tolist(), fresh.byte_digest))
+
+
 def table_views(embedder: ViewEmbedder, table: FingerprintTable, data: Dataset | Stream, kept: Kept | None = None,
                 **options: Any) -> tuple[TableViews | None, str]:
     """``table``'s rows' embeddings from ``embedder``; rows it has none of (fingerprints taken from the cache, or
@@ -124,10 +133,7 @@ def table_views(embedder: ViewEmbedder, table: FingerprintTable, data: Dataset |
     missing = embedder.missing(table.sample_index)
     changed = 0
     if missing and isinstance(data, Dataset):
-        fresh, _ = compute_fingerprints(data, indices=missing, view_size=embedder.size, on_views=embedder,
-                                        distributed=False, **options)
-        rows = np.searchsorted(table.sample_index, fresh.sample_index).tolist()
-        changed = sum(table.byte_digest[r] != found for r, found in zip(rows, fresh.byte_digest))
+        changed = _decode_again(embedder, data, missing, dict(zip(indices, digests)), **options)
     embeddings = embedder.embeddings(table.sample_index)
     if embeddings is None or changed:
         unread = len(embedder.missing(table.sample_index))
@@ -147,12 +153,12 @@ def table_views(embedder: ViewEmbedder, table: FingerprintTable, data: Dataset |
 def stored_reference_views(encoder: nn.Module, table: FingerprintTable, root: str, config: MatchConfig,
                            calibrate: bool = True, kept: Kept | None = None, **options: Any,
                            ) -> tuple[TableViews | None, str]:
-    """The views of a reference loaded from a manifest, with calibration copies: taken from ``kept`` where it holds
-    them, else its images read again under ``root`` (row ``i`` is ``root/table.paths[i]``); ``(None, why)`` when
-    such an image is gone or is no longer the one fingerprinted (its bytes changed), so that the encoder is shown
-    the stored thumbnails instead."""
-    if view_size(encoder) is None or rank_and_world()[1] > 1 or not len(table):
-        return None, MANY_RANKS if rank_and_world()[1] > 1 else "no views to show"
+    """The views of a reference loaded from a manifest (one process, an encoder shown views: see
+    :func:`reference_views`), with calibration copies: taken from ``kept`` where it holds them, else its images read
+    again under ``root`` (row ``i`` is ``root/table.paths[i]``); ``(None, why)`` when such an image is gone or is no
+    longer the one fingerprinted (its bytes changed), so that the encoder is shown the stored thumbnails instead."""
+    if not len(table):
+        return None, "no views to show"
     data = Dataset._blank(root)
     data.samples = [(os.path.join(root, p), 0) for p in table.paths]
     embedder = view_embedder(encoder, data, config, calibrate=calibrate)
@@ -167,10 +173,8 @@ def stored_reference_views(encoder: nn.Module, table: FingerprintTable, root: st
     changed = 0
     if missing:
         log.info("encoder: reading %d stored reference images under %s again for their views", len(missing), root)
-        fresh, _ = compute_fingerprints(data, indices=missing, view_size=embedder.size, on_views=embedder,
-                                        distributed=False, **options)
-        found = fresh.sample_index.tolist()
-        changed = len(missing) - len(found) + sum(digests[i] != d for i, d in zip(found, fresh.byte_digest))
+        changed = _decode_again(embedder, data, missing, dict(enumerate(digests)), **options)
+        changed += len(embedder.missing(np.arange(len(table))))  # present, yet unreadable now
     embeddings = embedder.embeddings(np.arange(len(table)))
     if changed or embeddings is None:
         return None, f"{changed} of the stored reference's images under {root!r} changed since it was saved"
