@@ -28,19 +28,7 @@ from vdc_torch.decision.plan import combine, reference_labels, replay_count, rep
 from vdc_torch.decision.policy import Action, Policy, _action_and_reason, check_evidence, decide  # noqa: F401
 from vdc_torch.decision.store.cache import CacheCheckpoint, FingerprintCache, fingerprint_with_cache
 from vdc_torch.decision.store.concat import concat_tables
-from vdc_torch.decision.store.embeddings import EmbeddingStore, embeddings_path
-from vdc_torch.decision.views import (
-    MANY_RANKS,
-    Kept,
-    ReadableRows,
-    TableViews,
-    grown,
-    reference_views,
-    shown,
-    store_key,
-    table_views,
-    view_embedder,
-)
+from vdc_torch.decision.views import MANY_RANKS, GateViews, ReadableRows, TableViews, shown, view_embedder
 from vdc_torch.decision.store.manifest import (
     ManifestOrigin,
     compact_manifest,
@@ -334,21 +322,8 @@ class DatasetGate:
         #: reference (``split_reference``; see :meth:`check`): where it lies, else ``None``.
         self.split_reference = split_reference
         self._shard: ReferenceShard | None = None
-        #: The reference's embeddings from its views (see :mod:`vdc_torch.decision.views`) and the identity of the
-        #: encoder that made them (:func:`encoder_identity`: a model trained since makes others); the views the
-        #: last ``_fingerprint`` collected; where the reference table's images can be read again for a new
-        #: encoder's views (its parts: the reference, each update, or the folder of a loaded manifest), and why the
-        #: encoder was last shown thumbnails instead of views.
-        self._ref_views: tuple[str, TableViews] | None = None
-        self._last_views: TableViews | None = None
-        self._readable: tuple[FingerprintTable, list[ReadableRows]] | None = None
-        self._embedding_store: EmbeddingStore | None = None
-        self._store_key: tuple[str, str] | None = None  # (encoder identity, the key of its kept embeddings)
-        self._thumbnails_because = ""
-        #: The encoder identity and reference table whose images could not all be read again (not tried twice),
-        #: and why the last drop's views could not all be had.
-        self._views_failed: tuple[str, FingerprintTable] | None = None
-        self._new_views_because = ""
+        #: What the encoder is shown and where the reference's images can be read again (:class:`GateViews`).
+        self._views = GateViews()
 
     # -- reference -----------------------------------------------------------------------------------------
     @property
@@ -359,11 +334,11 @@ class DatasetGate:
             split = self.split_reference and rank_and_world()[1] > 1 and not isinstance(self._reference, Stream)
             table, problems, dataset = self._fingerprint(self._reference, "reference", gather=not split,
                                                          calibrate=True)
-            views = self._taken_views(table)
-            self._ref_views = None if views is None else (encoder_identity(self.encoder), views)
+            views = self._views.taken(table)
+            self._views.reference = None if views is None else (encoder_identity(self.encoder), views)
             part = ReadableRows(0, len(table), dataset) if isinstance(self._reference, Dataset) else \
                 ReadableRows(0, len(table))
-            self._readable = (table, [part])
+            self._views.readable = (table, [part])
             if split:  # this rank keeps the rows it fingerprinted; their global rows: places in the sorted whole
                 (every_index,) = all_gather_arrays(np.asarray(table.sample_index, np.int64))
                 rows = np.searchsorted(np.sort(every_index), table.sample_index)
@@ -386,11 +361,11 @@ class DatasetGate:
     def _fingerprint(self, data: Dataset | Stream, desc: str, gather: bool = True, calibrate: bool = False,
                      ) -> tuple[FingerprintTable, list[Problem], Dataset]:
         """Fingerprints and problems of ``data``, and the :class:`Dataset` describing its samples. With an encoder
-        shown views, their embeddings are kept for :meth:`_taken_views` (``calibrate``: with calibration copies)."""
+        shown views, their embeddings are kept until taken (:meth:`GateViews.taken`; ``calibrate``: with
+        calibration copies)."""
         started = time.perf_counter()
         embedder = view_embedder(self.encoder, data, self.config, calibrate)
         view_options = {} if embedder is None else {"view_size": embedder.size, "on_views": embedder}
-        self._last_views, self._new_views_because = None, ""
         if isinstance(data, Stream):
             table, problems, dataset = self._fingerprint_stream(data, desc, view_options)
         else:
@@ -409,34 +384,14 @@ class DatasetGate:
                     except Exception as exc:  # noqa: BLE001 - the original error is the one to report
                         log.warning("could not checkpoint the fingerprint cache %s: %s", self.cache.path, exc)
                 raise
-        if embedder is not None:
-            self._last_views, why = table_views(embedder, table, data, self._kept(), workers=self.workers,
-                                                progress=self.progress, desc=f"{desc}: views for the encoder")
-            self._new_views_because = why and f"the {desc} images: {why}"
+        self._views.collect(embedder, table, data, desc, self.encoder, self.cache, workers=self.workers,
+                            progress=self.progress)
         table.paths = _relative_paths(table.paths, dataset.root)
         fatal = sum(p.fatal for p in problems)
         if fatal:
             log.warning("%s: %d of %d samples could not be used", desc, fatal, len(dataset))
         log.info("fingerprinting %s: %d samples in %.2f s", desc, len(dataset), time.perf_counter() - started)
         return table, problems, dataset
-
-    def _kept(self, identity: str | None = None) -> Kept | None:
-        """Where the encoder's embeddings are kept between runs — next to the fingerprint cache
-        (``<cache>.embeddings``), so only with a usable ``cache=`` — and their key (:func:`store_key`); ``None``
-        without one."""
-        if self.cache is None or not self.cache.writable or self.encoder is None or view_size(self.encoder) is None:
-            return None
-        if self._embedding_store is None or self._embedding_store.path != embeddings_path(self.cache.path):
-            self._embedding_store = EmbeddingStore(embeddings_path(self.cache.path))
-        identity = identity or encoder_identity(self.encoder)
-        if self._store_key is None or self._store_key[0] != identity:
-            self._store_key = (identity, store_key(self.encoder, identity))
-        return self._embedding_store, self._store_key[1]
-
-    def _taken_views(self, table: FingerprintTable) -> TableViews | None:
-        """The views :meth:`_fingerprint` collected for ``table`` (once), ``None`` when it collected none."""
-        views, self._last_views = self._last_views, None
-        return views if views is not None and views.table is table else None
 
     def _fingerprint_stream(self, stream: Stream, desc: str, view_options: dict[str, Any],
                             ) -> tuple[FingerprintTable, list[Problem], Dataset]:
@@ -477,7 +432,7 @@ class DatasetGate:
         gate._table = table
         gate.meta = meta
         gate._stored_at, gate._stored_table = origin, table  # what save() may append to
-        gate._readable = (table, [ReadableRows(0, len(table), root=str(meta.get("reference_root", "") or ""))])
+        gate._views.readable = (table, [ReadableRows(0, len(table), root=str(meta.get("reference_root", "") or ""))])
         legacy = int(meta.get(LEGACY_DIGEST_ROWS, 0) or 0)
         if legacy and rank == 0:
             log.warning("%s: %d reference samples hold pixel digests of fingerprint version %s (BLAKE2b); they load "
@@ -562,7 +517,7 @@ class DatasetGate:
         if self._shard is None:
             source = as_dataset(dataset)
             table, problems, _ = self._fingerprint(source, "update")
-            added_views = self._taken_views(table)
+            added_views = self._views.taken(table)
             added = len(table)
             offset = int(base.sample_index.max()) + 1 if len(base) else 0
             table.sample_index = table.sample_index + offset
@@ -581,11 +536,8 @@ class DatasetGate:
             table.sample_index = table.sample_index + int(last.max()) + 1
         grown_only = getattr(self, "_stored_table", None) is base
         self._table = concat_tables([base, table])
-        readable = self._readable is not None and self._readable[0] is base and part is not None
-        self._readable = (self._table, self._readable[1] + [part]) if readable else None
-        base_views = self._reference_views(base, decode=False)
-        more = grown(base_views, added_views if self._shard is None else None, self._table)
-        self._ref_views = None if more is None else (self._ref_views[0], more)
+        self._views.grow(self.encoder, self.config, base, self._table, part,
+                         added_views if self._shard is None else None)
         if self._shard is not None:
             self._shard = ReferenceShard.across_ranks(np.concatenate([self._shard.rows, self._shard.total + block]),
                                                       self._table)
@@ -610,7 +562,7 @@ class DatasetGate:
             new = packed.whole()
         else:
             new, problems, data = self._fingerprint(given, "new")
-            new_views = self._taken_views(new)
+            new_views = self._views.taken(new)
             check_evidence(len(new), problems, self.policy)
             started = time.perf_counter()
             matched, internal = self._match(new, ref, new_views)
@@ -639,7 +591,7 @@ class DatasetGate:
                 config = self._encoder_config(ref, ref_emb, reuse=False, copies=copies, seen=seen)
                 new_emb = new_views.embeddings if config.encoder_similarity is not None else None
             else:
-                seen = shown(self.encoder, False, self._why_thumbnails(ref_views, new_views))
+                seen = shown(self.encoder, False, self._views.why_thumbnails(self.encoder, ref_views, new_views))
                 ref_emb = self._embed(ref.thumbs)
                 config = self._encoder_config(ref, ref_emb, reuse=False, seen=seen)
                 new_emb = self._embed(new.thumbs) if config.encoder_similarity is not None else None
@@ -681,44 +633,11 @@ class DatasetGate:
         """Unit embeddings of (n, h, w, 3) thumbnails or views by the gate's encoder."""
         return embed_thumbs(self.encoder, thumbs)
 
-    def _reference_views(self, ref: FingerprintTable, decode: bool = True) -> TableViews | None:
-        """The reference's embeddings from its views, while they are those of ``ref`` and of the gate's encoder as
-        it is now (with calibration copies when the threshold is to be derived); else, where ``ref`` was
-        fingerprinted from images this gate can read again (``decode``), made anew from them (a new or retrained
-        encoder), once per encoder and table; else ``None``, and ``_thumbnails_because`` says why."""
-        if self.encoder is None or view_size(self.encoder) is None:
-            return None
-        identity = encoder_identity(self.encoder)
-        held = self._ref_views
-        if held is not None and held[0] == identity and held[1].table is ref and (
-                held[1].copies is not None or self.config.encoder_similarity is not None):
-            return held[1]
-        failed = self._views_failed
-        if not decode or (failed is not None and failed[0] == identity and failed[1] is ref):
-            return None
-        views, why = None, "the reference's images cannot be read again"
-        options = dict(workers=self.workers, progress=self.progress, desc="reference: views for the encoder")
-        if rank_and_world()[1] > 1:
-            why = MANY_RANKS
-        elif self._readable is not None and self._readable[0] is ref:
-            views, why = reference_views(self.encoder, ref, self._readable[1], self.config, self._kept(identity),
-                                         **options)
-        self._ref_views = None if views is None else (identity, views)
-        self._views_failed = None if views is not None else (identity, ref)
-        self._thumbnails_because = "" if views is not None else why
-        return views
-
-    def _why_thumbnails(self, ref_views: TableViews | None, new_views: TableViews | None) -> str:
-        """Why an encoder with a larger input is shown thumbnails (logged once per check); ``""`` for one without."""
-        if view_size(self.encoder) is None:
-            return ""
-        if ref_views is None:
-            why = self._thumbnails_because or "the reference's images cannot be read again"
-        else:
-            why = self._new_views_because or "the new images' views could not all be read"
-        log.warning("encoder: %s, so it is shown the stored 32x32 thumbnails of the reference and the new images",
-                    why)
-        return why
+    def _reference_views(self, ref: FingerprintTable) -> TableViews | None:
+        """The reference's embeddings from its views (:meth:`GateViews.of_reference`), ``None`` where the encoder
+        is shown thumbnails."""
+        return self._views.of_reference(self.encoder, ref, self.config, self.cache, workers=self.workers,
+                                        progress=self.progress)
 
     def _encoder_config(self, ref: FingerprintTable, ref_emb: Any, reuse: bool,
                         copies: CalibrationCopies | None = None, seen: str = "") -> MatchConfig:
@@ -778,7 +697,7 @@ class DatasetGate:
                 if views is not None:  # the queries' views are embedded too
                     kept = views.embeddings, views.copies, shown(self.encoder, True), view_size(self.encoder)
                 else:
-                    why = self._why_thumbnails(None, None) if self._shard is None else MANY_RANKS
+                    why = self._views.why_thumbnails(self.encoder, None, None) if self._shard is None else MANY_RANKS
                     kept = self._embed(ref.thumbs), None, shown(self.encoder, False, why), None
                 self._query_embeddings = (key, kept)
                 self._encoder_threshold = None

@@ -6,7 +6,7 @@ into embeddings aligned with a fingerprint table's rows (:class:`TableViews`), d
 fingerprints came from the cache (their images were not decoded this run) or, for a reference loaded from a
 manifest, its images where they still are (:func:`stored_reference_views`), and says what the encoder saw. With a
 fingerprint cache, what was embedded is kept next to it (:mod:`vdc_torch.decision.store.embeddings`) and taken from
-there before anything is decoded again.
+there before anything is decoded again. :class:`GateViews` is what one gate holds of all this between calls.
 """
 
 from __future__ import annotations
@@ -15,19 +15,29 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import nn
 
 from vdc_torch.collective import rank_and_world
 from vdc_torch.data.dataset import Dataset, Stream
-from vdc_torch.decision.store.embeddings import EmbeddingStore
+from vdc_torch.decision.store.embeddings import EmbeddingStore, embeddings_path
 from vdc_torch.fingerprints.compute import FingerprintTable, compute_fingerprints
-from vdc_torch.fingerprints.encoder import CalibrationCopies, ViewEmbedder, calibration_plan, embed_thumbs, view_size
+from vdc_torch.fingerprints.encoder import (
+    CalibrationCopies,
+    ViewEmbedder,
+    calibration_plan,
+    embed_thumbs,
+    encoder_identity,
+    view_size,
+)
 from vdc_torch.fingerprints.table import FINGERPRINT_VERSION
 from vdc_torch.search.config import MatchConfig
 from vdc_torch.search.encoder_threshold import MAX_COPIES_PER_SAMPLE
+
+if TYPE_CHECKING:
+    from vdc_torch.decision.store.cache import FingerprintCache
 
 log = logging.getLogger(__name__)
 
@@ -243,3 +253,105 @@ def shown(encoder: nn.Module, views: bool, why: str = "") -> str:
     if size is None:
         return "32x32 thumbnails"
     return f"32x32 thumbnails resized to {size[0]}x{size[1]}" + (f" ({why})" if why else "")
+
+
+class GateViews:
+    """What one :class:`~vdc_torch.decision.gate.DatasetGate` holds of its encoder's views between calls.
+
+    The reference's views and the identity of the encoder that made them (:func:`encoder_identity`: a model trained
+    since makes others); the views the last fingerprinting collected, until the gate takes them for its table;
+    where the reference table's images can be read again for a new encoder's views (its parts: the reference, each
+    update, or the folder of a loaded manifest); the store the embeddings are kept in between runs; and why the
+    encoder was last shown thumbnails instead of views (a reference whose images could not all be read again is
+    not tried twice with one encoder).
+    """
+
+    def __init__(self) -> None:
+        self.reference: tuple[str, TableViews] | None = None
+        self.readable: tuple[FingerprintTable, list[ReadableRows]] | None = None
+        self._last: TableViews | None = None
+        self._last_because = ""
+        self._store: EmbeddingStore | None = None
+        self._store_key: tuple[str, str] | None = None  # (encoder identity, the key of its kept embeddings)
+        self._failed: tuple[str, FingerprintTable] | None = None
+        self._thumbnails_because = ""
+
+    def kept(self, encoder: nn.Module | None, cache: FingerprintCache | None, identity: str | None = None,
+             ) -> Kept | None:
+        """Where the encoder's embeddings are kept between runs — next to the fingerprint cache
+        (``<cache>.embeddings``), so only with a usable ``cache=`` — and their key (:func:`store_key`); ``None``
+        without one."""
+        if cache is None or not cache.writable or encoder is None or view_size(encoder) is None:
+            return None
+        if self._store is None or self._store.path != embeddings_path(cache.path):
+            self._store = EmbeddingStore(embeddings_path(cache.path))
+        identity = identity or encoder_identity(encoder)
+        if self._store_key is None or self._store_key[0] != identity:
+            self._store_key = (identity, store_key(encoder, identity))
+        return self._store, self._store_key[1]
+
+    def collect(self, embedder: ViewEmbedder | None, table: FingerprintTable, data: Dataset | Stream, desc: str,
+                encoder: nn.Module | None, cache: FingerprintCache | None, **options: Any) -> None:
+        """Keep the views ``embedder`` collected while ``table`` was fingerprinted (rows it has none of taken from
+        the kept embeddings or decoded again, :func:`table_views`) until :meth:`taken`; ``None`` embedder: none."""
+        self._last, self._last_because = None, ""
+        if embedder is not None:
+            self._last, why = table_views(embedder, table, data, self.kept(encoder, cache),
+                                          desc=f"{desc}: views for the encoder", **options)
+            self._last_because = why and f"the {desc} images: {why}"
+
+    def taken(self, table: FingerprintTable) -> TableViews | None:
+        """The views :meth:`collect` kept for ``table`` (once), ``None`` when it kept none."""
+        views, self._last = self._last, None
+        return views if views is not None and views.table is table else None
+
+    def of_reference(self, encoder: nn.Module | None, ref: FingerprintTable, config: MatchConfig,
+                     cache: FingerprintCache | None = None, decode: bool = True, **options: Any,
+                     ) -> TableViews | None:
+        """The reference's views, while they are those of ``ref`` and of ``encoder`` as it is now (with calibration
+        copies when the threshold is to be derived); else, where ``ref`` was fingerprinted from images that can be
+        read again (``decode``), made anew from them (a new or retrained encoder), once per encoder and table;
+        else ``None``, and :meth:`why_thumbnails` says why."""
+        if encoder is None or view_size(encoder) is None:
+            return None
+        identity = encoder_identity(encoder)
+        held = self.reference
+        if held is not None and held[0] == identity and held[1].table is ref and (
+                held[1].copies is not None or config.encoder_similarity is not None):
+            return held[1]
+        failed = self._failed
+        if not decode or (failed is not None and failed[0] == identity and failed[1] is ref):
+            return None
+        views, why = None, "the reference's images cannot be read again"
+        if rank_and_world()[1] > 1:
+            why = MANY_RANKS
+        elif self.readable is not None and self.readable[0] is ref:
+            views, why = reference_views(encoder, ref, self.readable[1], config, self.kept(encoder, cache, identity),
+                                         desc="reference: views for the encoder", **options)
+        self.reference = None if views is None else (identity, views)
+        self._failed = None if views is not None else (identity, ref)
+        self._thumbnails_because = "" if views is not None else why
+        return views
+
+    def grow(self, encoder: nn.Module | None, config: MatchConfig, base: FingerprintTable, table: FingerprintTable,
+             part: ReadableRows | None, added: TableViews | None) -> None:
+        """``table`` is ``base`` with rows added (readable again as ``part``, with views ``added``): the reference's
+        views and readable parts grow with it where both sides have them."""
+        readable = self.readable is not None and self.readable[0] is base and part is not None
+        self.readable = (table, self.readable[1] + [part]) if readable else None  # type: ignore[index, list-item]
+        more = grown(self.of_reference(encoder, base, config, decode=False), added, table)
+        self.reference = None if more is None else (self.reference[0], more)  # type: ignore[index]
+
+    def why_thumbnails(self, encoder: nn.Module | None, ref_views: TableViews | None,
+                       new_views: TableViews | None) -> str:
+        """Why an encoder with a larger input is shown thumbnails (logged once per check); ``""`` for one
+        without."""
+        if view_size(encoder) is None:
+            return ""
+        if ref_views is None:
+            why = self._thumbnails_because or "the reference's images cannot be read again"
+        else:
+            why = self._last_because or "the new images' views could not all be read"
+        log.warning("encoder: %s, so it is shown the stored 32x32 thumbnails of the reference and the new images",
+                    why)
+        return why
