@@ -87,6 +87,26 @@ def test_a_loaded_manifest_is_read_from_other_threads(table: FingerprintTable, t
     assert got == [(row[12], row[11]) for row in expected] * 3
 
 
+@pytest.mark.parametrize("gap", [None, 0])
+def test_rows_read_together_are_the_rows_read_one_by_one(table: FingerprintTable, tmp_path: Path, gap: int | None,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # the search reads a loaded reference's details and thumbnails many rows at a time, in any order, with repeats;
+    # rows near each other in the file come in one read, which may span stored parts (tiny parts here) — or, with
+    # no gap allowed, only rows that touch share a read
+    import vdc_torch.decision.store.manifest as manifest_module
+    import vdc_torch.decision.store.stored as stored_module
+
+    monkeypatch.setattr(manifest_module, "PART_BYTES", 5000)
+    if gap is not None:
+        monkeypatch.setattr(stored_module, "SPAN_GAP", gap)
+    loaded, _ = load_manifest(saved(table, tmp_path))
+    picked = np.random.default_rng(0).integers(0, len(table), size=5 * len(table))
+    picked[:3] = [len(table) - 1, 0, len(table) - 1]
+    assert loaded.details[picked] == [table.details[i] for i in picked.tolist()]
+    np.testing.assert_array_equal(loaded.thumbs[picked], np.asarray(table.thumbs)[picked])
+    assert loaded.details[picked[:0]] == [] and loaded.thumbs[picked[:0]].shape == (0, 32, 32, 3)
+
+
 def test_an_empty_reference_round_trips(tmp_path: Path) -> None:
     loaded, meta = load_manifest(save_manifest(tmp_path / "empty.vdc", FingerprintTable.empty(), {}))
     assert len(loaded) == 0 and meta["samples"] == 0

@@ -281,6 +281,15 @@ def test_junk_details_are_a_manifest_error_naming_the_manifest_row_and_sample(ge
     assert "neither a raw detail nor a JPEG" in str(caught.value)
 
 
+def test_a_junk_detail_read_with_its_neighbours_is_refused_by_name(genuine: Path, tmp_path: Path) -> None:
+    # rows read together (one read for rows near each other) are each checked: the junk one among them is named
+    forged = rewrite_details(copy_of(genuine, tmp_path), lambda row, old: bytes(len(old)) if row == 2 else old)
+    table, _ = load_manifest(forged)
+    assert len(table.details[np.array([0, 1])]) == 2  # its neighbours alone are fine
+    with pytest.raises(ManifestError, match=r"forged\.vdc.*detail image of row 2 \('"):
+        table.details[np.array([3, 0, 2, 1])]
+
+
 @pytest.mark.parametrize("forgery", ["png 30000", "jpeg 30000", "jpeg 4096", "progressive"])
 def test_a_detail_declaring_a_huge_picture_never_reaches_the_decoder(forgery: str, genuine: Path,
                                                                      tmp_path: Path) -> None:

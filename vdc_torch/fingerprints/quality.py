@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from vdc_torch.fingerprints.per_image import decode_detail, rows_by_shape
-from vdc_torch.fingerprints.table import FingerprintTable, is_stored
+from vdc_torch.fingerprints.table import FingerprintTable, values_at
 
 #: Standard deviation of the gray levels (and of each thumbnail channel) under which a picture is ``blank``.
 BLANK_CONTRAST = 4.0
@@ -70,7 +70,7 @@ def measure(table: FingerprintTable, rows: Sequence[int] | None = None) -> pd.Da
     if len(rows):
         thumbs = np.asarray(table.thumbs[picked], dtype=np.float32).reshape(len(rows), -1, 3)
         colour[:] = thumbs.std(axis=1).max(axis=1)
-        details = table.details[picked] if is_stored(table.details) else [table.details[r] for r in rows]
+        details = values_at(table.details, picked)
         grays = [decode_detail(detail) for detail in details]
         for shape, members in rows_by_shape(grays).items():
             stack = np.stack([grays[out] for out in members])

@@ -194,6 +194,14 @@ def _pick(values: Sequence[Any], rows: list[int]) -> list[Any]:
     return list(operator.itemgetter(*rows)(values))
 
 
+def values_at(column: Sequence[Any], rows: Sequence[int] | np.ndarray) -> list[Any]:
+    """``[column[i] for i in rows]`` of a list or of a stored column, which is read in one pass (rows that lie
+    near each other in the file with one call) instead of one read per row."""
+    if is_stored(column):
+        return list(column[np.asarray(rows, dtype=np.int64)])  # type: ignore[call-overload]
+    return _pick(column, [int(r) for r in rows])
+
+
 def _take(column: Any, rows: list[int]) -> Any:
     """``rows`` of an array, a list or a stored column (a view for the latter)."""
     if is_stored(column):

@@ -21,6 +21,7 @@ from vdc_torch.fingerprints.compute import (
     default_workers,
     phash_batch,
 )
+from vdc_torch.fingerprints.table import values_at
 from vdc_torch.search.config import MatchConfig
 from vdc_torch.search.geometry import (
     _CENTRE_BOXES,
@@ -254,7 +255,7 @@ def _rotation_candidates(
     again, _ = turned(rows[hit_positions].tolist())
     new_crops = again[hit_of * len(angles) + q % len(angles)]
     ref_ids, which = np.unique(r, return_inverse=True)
-    details = [decode_detail(ref.details[row]) for row in ref_ids.tolist()]
+    details = [decode_detail(detail) for detail in values_at(ref.details, ref_ids)]
     ref_crops = _resized_crops(details, which, ref_boxes).astype(np.float32)
     similarity = np.einsum("ij,ij->i", _normalized_rows(new_crops), _normalized_rows(ref_crops))
     ok = similarity >= config.rotation_min_thumb_similarity
@@ -467,7 +468,7 @@ def _crop_hint_similarity(
     """
     def block(part: slice) -> tuple[np.ndarray, np.ndarray]:  # bounded temporaries: ~27k candidates at 1M x 100k
         rows, which = np.unique(r[part], return_inverse=True)
-        details = [decode_detail(ref.details[row]) for row in rows.tolist()]  # once per block (64 KB at 256 px)
+        details = [decode_detail(detail) for detail in values_at(ref.details, rows)]  # once per block
         tiny = np.array([min(d.shape) < ALIGN_MIN_SIDE for d in details], dtype=bool)[which]
         crops = _resized_crops(details, which, boxes[part])
         thumbs = np.asarray(new.thumbs[q[part]])
