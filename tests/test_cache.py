@@ -106,3 +106,27 @@ def test_corrupt_cache_is_ignored_with_a_warning(scenario, tmp_path: Path, caplo
     assert abs(decision.overlap - scenario.true_overlap) <= 0.02
     assert "ignoring the fingerprint cache" in caplog.text
     assert cache.read_bytes() == b"this is not a cache"  # a file we cannot read is never overwritten
+
+
+def test_fingerprinting_a_stream_never_opens_the_cache(photos: list[Path], tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    # a stream is read once and its fingerprints are not cached, so fingerprinting it (the reference, an update)
+    # does not even open the cache file (at scale, a full manifest load)
+    import torch.utils.data
+    from PIL import Image
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __init__(self, files: list[Path]) -> None:
+            self.files = files
+
+        def __iter__(self):
+            for f in self.files:
+                with Image.open(f) as image:
+                    yield image.convert("RGB"), 0
+
+    cache = tmp_path / "cache.vdc"
+    cache.write_bytes(b"this is not a cache")  # opening it would warn that it is ignored
+    gate = DatasetGate(reference=Stream(photos[:6]), cache=cache, workers=0)
+    assert gate.update(Stream(photos[6:9])) == 3 and len(gate) == 9
+    assert "ignoring the fingerprint cache" not in caplog.text
+    assert cache.read_bytes() == b"this is not a cache"

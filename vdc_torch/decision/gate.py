@@ -323,7 +323,7 @@ class DatasetGate:
         self.split_reference = split_reference
         self._shard: ReferenceShard | None = None
         #: What the encoder is shown and where the reference's images can be read again (:class:`GateViews`).
-        self._views = GateViews()
+        self._views = GateViews(lambda: self.cache)
 
     # -- reference -----------------------------------------------------------------------------------------
     @property
@@ -384,8 +384,7 @@ class DatasetGate:
                     except Exception as exc:  # noqa: BLE001 - the original error is the one to report
                         log.warning("could not checkpoint the fingerprint cache %s: %s", self.cache.path, exc)
                 raise
-        self._views.collect(embedder, table, data, desc, self.encoder, self.cache, workers=self.workers,
-                            progress=self.progress)
+        self._views.collect(embedder, table, data, desc, self.encoder, workers=self.workers, progress=self.progress)
         table.paths = _relative_paths(table.paths, dataset.root)
         fatal = sum(p.fatal for p in problems)
         if fatal:
@@ -636,8 +635,7 @@ class DatasetGate:
     def _reference_views(self, ref: FingerprintTable) -> TableViews | None:
         """The reference's embeddings from its views (:meth:`GateViews.of_reference`), ``None`` where the encoder
         is shown thumbnails."""
-        return self._views.of_reference(self.encoder, ref, self.config, self.cache, workers=self.workers,
-                                        progress=self.progress)
+        return self._views.of_reference(self.encoder, ref, self.config, workers=self.workers, progress=self.progress)
 
     def _encoder_config(self, ref: FingerprintTable, ref_emb: Any, reuse: bool,
                         copies: CalibrationCopies | None = None, seen: str = "") -> MatchConfig:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -266,7 +267,9 @@ class GateViews:
     not tried twice with one encoder).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cache: Callable[[], FingerprintCache | None]) -> None:
+        #: The gate's fingerprint cache, opened only when embeddings are to be kept next to it.
+        self._cache = cache
         self.reference: tuple[str, TableViews] | None = None
         self.readable: tuple[FingerprintTable, list[ReadableRows]] | None = None
         self._last: TableViews | None = None
@@ -276,12 +279,14 @@ class GateViews:
         self._failed: tuple[str, FingerprintTable] | None = None
         self._thumbnails_because = ""
 
-    def kept(self, encoder: nn.Module | None, cache: FingerprintCache | None, identity: str | None = None,
-             ) -> Kept | None:
+    def kept(self, encoder: nn.Module | None, identity: str | None = None) -> Kept | None:
         """Where the encoder's embeddings are kept between runs — next to the fingerprint cache
         (``<cache>.embeddings``), so only with a usable ``cache=`` — and their key (:func:`store_key`); ``None``
         without one."""
-        if cache is None or not cache.writable or encoder is None or view_size(encoder) is None:
+        if encoder is None or view_size(encoder) is None:
+            return None
+        cache = self._cache()
+        if cache is None or not cache.writable:
             return None
         if self._store is None or self._store.path != embeddings_path(cache.path):
             self._store = EmbeddingStore(embeddings_path(cache.path))
@@ -291,12 +296,12 @@ class GateViews:
         return self._store, self._store_key[1]
 
     def collect(self, embedder: ViewEmbedder | None, table: FingerprintTable, data: Dataset | Stream, desc: str,
-                encoder: nn.Module | None, cache: FingerprintCache | None, **options: Any) -> None:
+                encoder: nn.Module | None, **options: Any) -> None:
         """Keep the views ``embedder`` collected while ``table`` was fingerprinted (rows it has none of taken from
         the kept embeddings or decoded again, :func:`table_views`) until :meth:`taken`; ``None`` embedder: none."""
         self._last, self._last_because = None, ""
         if embedder is not None:
-            self._last, why = table_views(embedder, table, data, self.kept(encoder, cache),
+            self._last, why = table_views(embedder, table, data, self.kept(encoder),
                                           desc=f"{desc}: views for the encoder", **options)
             self._last_because = why and f"the {desc} images: {why}"
 
@@ -306,8 +311,7 @@ class GateViews:
         return views if views is not None and views.table is table else None
 
     def of_reference(self, encoder: nn.Module | None, ref: FingerprintTable, config: MatchConfig,
-                     cache: FingerprintCache | None = None, decode: bool = True, **options: Any,
-                     ) -> TableViews | None:
+                     decode: bool = True, **options: Any) -> TableViews | None:
         """The reference's views, while they are those of ``ref`` and of ``encoder`` as it is now (with calibration
         copies when the threshold is to be derived); else, where ``ref`` was fingerprinted from images that can be
         read again (``decode``), made anew from them (a new or retrained encoder), once per encoder and table;
@@ -326,7 +330,7 @@ class GateViews:
         if rank_and_world()[1] > 1:
             why = MANY_RANKS
         elif self.readable is not None and self.readable[0] is ref:
-            views, why = reference_views(encoder, ref, self.readable[1], config, self.kept(encoder, cache, identity),
+            views, why = reference_views(encoder, ref, self.readable[1], config, self.kept(encoder, identity),
                                          desc="reference: views for the encoder", **options)
         self.reference = None if views is None else (identity, views)
         self._failed = None if views is not None else (identity, ref)
