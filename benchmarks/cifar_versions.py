@@ -6,10 +6,10 @@
 Each run is a fresh process doing ``DatasetGate(reference=train 50k, workers=2).check(test 10k)`` from nothing
 (no cache; the page cache is warm after the first run), alternating ``--before`` and this checkout and swapping
 which goes first every round. ``--loaded`` measures the flow of a saved reference instead: the train manifest is
-written once (by this checkout) and each run does ``DatasetGate.load(manifest, workers=2).check(test 10k)``, the
-reference's thumbnails and details read from the file on demand. Printed and written to
-``benchmarks/results/cifar_end_to_end.md``: each side's median wall time, their ratio, and the test images each
-counts as seen (exact or near duplicate).
+written once by this checkout (kept beside the CIFAR-10 folder, named by the commit) and each run does
+``DatasetGate.load(manifest, workers=2).check(test 10k)``, the reference's thumbnails and details read from the
+file on demand. Printed and written to ``benchmarks/results/cifar_end_to_end.md``: each side's median wall time,
+their ratio, and the test images each counts as seen (exact or near duplicate).
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def main() -> None:
     root = cifar10_root()
     reference, run = str(root / "train"), RUN
     if args.loaded:
-        reference, run = str(root.parent / "cifar10-train.vdc"), RUN_LOADED
+        # written by this checkout, named by its commit: another checkout or fingerprint version writes its own
+        reference, run = str(root.parent / f"cifar10-train-{commit_of(REPO_ROOT)}.vdc"), RUN_LOADED
         if not Path(reference).exists():
             subprocess.run([sys.executable, "-c", SAVE, str(REPO_ROOT), str(root / "train"), reference], check=True,
                            cwd="/")
