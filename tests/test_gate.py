@@ -91,6 +91,11 @@ def test_label_conflicts_prevent_a_skip(photos, tmp_path: Path) -> None:
     row = decision.conflicts.iloc[0]
     assert (row["new_label"], row["ref_label"]) == ("dog", "cat")
     assert decision.action == Action.TRAIN
+    # "train on the delta" has something to train on: the relabelled copy, under its new label
+    assert len(decision.delta) == 1 and decision.counts["delta"] == 1
+    image, label = decision.delta[0]
+    assert decision.delta.dataset.classes[label] == "dog" and image.size == Image.open(photos[0]).size
+    assert "the delta holds them with their new labels" in decision.reason
 
 
 def test_update_grows_the_reference_so_the_same_data_is_then_skipped(scenario, tmp_path: Path) -> None:

@@ -738,10 +738,13 @@ class DatasetGate:
         quality = quality_of(new, novel_rows)
         quality = quality[quality["flags"] != ""].reset_index(drop=True)
         excluded = set(quality["index"].tolist()) if self.policy.exclude_low_quality else set()
-        delta_indices = [readable[row] for row in novel_rows if readable[row] not in excluded]
+        novel = [readable[row] for row in novel_rows if readable[row] not in excluded]
         conflicts = seen[
             seen["new_label"].notna() & seen["ref_label"].notna() & (seen["new_label"] != seen["ref_label"])
         ].reset_index(drop=True)
+        # relabelled samples are new information (a conflict means train): the delta holds them with their new label
+        relabelled = set(conflicts["new_index"].astype(np.int64).tolist()) - dup_set
+        delta_indices = sorted(set(novel) | relabelled)
         overlap = len(seen_set) / len(readable) if readable else 0.0
         problem_frame = pd.DataFrame({
             "index": pd.Series([p.index for p in problems], dtype=np.int64),
@@ -752,7 +755,7 @@ class DatasetGate:
         classes = class_coverage(new, ref, seen_set, {readable[row] for row in novel_rows}, dup_set, conflicts,
                                  ref_counts=ref_counts, ref_size=ref_size)
         new_classes = classes.loc[~classes["in_reference"], "class"].tolist() if len(classes) else []
-        action, reason = decide(overlap, len(delta_indices), len(conflicts), len(readable), self.policy,
+        action, reason = decide(overlap, len(novel), len(conflicts), len(readable), self.policy,
                                 unreadable=skipped, no_reference=self.no_reference if not ref_size else None,
                                 new_classes=new_classes, low_quality=len(quality))
         counts = {

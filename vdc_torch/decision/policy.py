@@ -143,7 +143,7 @@ def _action_and_reason(overlap: float, delta_size: int, conflicts: int, readable
     if conflicts:
         return Action.TRAIN, (
             f"Train on the delta: {conflicts} matched sample(s) carry a different label than in the reference "
-            f"(overlap {pct}, {delta_size} novel samples)."
+            f"(overlap {pct}, {delta_size} novel samples); the delta holds them with their new labels."
         )
     if overlap >= policy.skip_overlap and delta_size < policy.min_delta_to_train:
         return Action.SKIP, (
