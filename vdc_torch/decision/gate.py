@@ -77,8 +77,9 @@ class Decision:
     action: Action
     reason: str
     overlap: float
-    #: The novel, deduplicated samples as the kind of object passed in: a ``Subset`` of a torch dataset (of
-    #: exactly that object), ``ds.select(...)`` of a Hugging Face dataset, a :class:`NovelStream` of a stream.
+    #: The samples to train on — the novel, deduplicated ones and any relabelled copy (see ``conflicts``) — as the
+    #: kind of object passed in: a ``Subset`` of a torch dataset (of exactly that object), ``ds.select(...)`` of a
+    #: Hugging Face dataset, a :class:`NovelStream` of a stream.
     delta: Any
     matches: pd.DataFrame
     conflicts: pd.DataFrame
@@ -107,7 +108,7 @@ class Decision:
     skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "reason"]))
     #: Indices (in the new dataset, or positions in a stream) of the novel, deduplicated samples.
     novel_indices: list[int] = field(default_factory=list)
-    #: A key per novel sample to persist the delta: its path (relative to the root), or a stream item's key.
+    #: A key per sample of the delta to persist it: its path (relative to the root), or a stream item's key.
     delta_keys: list[str] = field(default_factory=list)
     #: With an encoder: the cosine its stage counted from, derived from the reference at
     #: ``MatchConfig.encoder_precision`` unless ``encoder_similarity`` was set, with the estimated precision and
@@ -123,7 +124,8 @@ class Decision:
 
     @property
     def delta_indices(self) -> list[int]:
-        """Indices (in the new dataset) of the novel, deduplicated samples."""
+        """Indices (in the new dataset) of the samples to train on: the novel, deduplicated ones and the relabelled
+        copies."""
         return list(self.novel_indices)
 
     def replay_indices(self, reference: Any, replay: float = 0.2, balance: str | None = "class",
