@@ -193,3 +193,32 @@ def test_hdr_and_plain_exposure_of_one_scene_are_not_duplicates(camera: str, tmp
     assert kinds.get(f"{camera}_hdr_YES.jpg", "none") in ("similar", "none")
     assert kinds["reexport.jpg"] in ("exact", "near_duplicate")
     assert decision.overlap == 0.5
+
+
+def test_class_indices_against_class_names_are_not_compared(photos, tmp_path: Path) -> None:
+    # a folder reference has class names; the same images from a torch dataset without `classes` carry indices:
+    # compared, every match was a label conflict and every index a new class, so a fully seen drop said "train"
+    files = photos[:8]
+    for i, f in enumerate(files):
+        (tmp_path / "ref" / ("cat" if i < 4 else "dog")).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, tmp_path / "ref" / ("cat" if i < 4 else "dog") / f.name)
+
+    class Indexed(torch.utils.data.Dataset):
+        targets = [int(i >= 4) for i in range(len(files))]
+
+        def __len__(self) -> int:
+            return len(files)
+
+        def __getitem__(self, i: int):
+            with Image.open(files[i]) as image:
+                return image.convert("RGB"), int(i >= 4)
+
+    decision = DatasetGate(reference=tmp_path / "ref", workers=0).check(Indexed())
+    assert decision.overlap == 1.0 and len(decision.conflicts) == 0
+    assert decision.action == Action.SKIP, decision.reason
+    assert ("Labels not compared: the new data's labels are class indices ('0', '1') and the reference's class "
+            "names ('cat', 'dog')") in decision.reason
+    # the same dataset told its class names compares them: the same images, the same labels, no conflict
+    named = Dataset.from_torch(Indexed(), classes=["cat", "dog"])
+    again = DatasetGate(reference=tmp_path / "ref", workers=0).check(named)
+    assert again.action == Action.SKIP and "Labels not compared" not in again.reason and len(again.conflicts) == 0

@@ -741,8 +741,11 @@ class DatasetGate:
         quality = quality[quality["flags"] != ""].reset_index(drop=True)
         excluded = set(quality["index"].tolist()) if self.policy.exclude_low_quality else set()
         novel = [readable[row] for row in novel_rows if readable[row] not in excluded]
+        ref_labels = list(ref_counts) if ref_counts is not None else [v for v in ref.labels if v is not None]
+        apart = _label_spaces_apart([v for v in new.labels if v is not None], ref_labels)
         conflicts = seen[
             seen["new_label"].notna() & seen["ref_label"].notna() & (seen["new_label"] != seen["ref_label"])
+            & (apart is None)
         ].reset_index(drop=True)
         # relabelled samples are new information (a conflict means train): the delta holds them with their new label
         relabelled = set(conflicts["new_index"].astype(np.int64).tolist()) - dup_set
@@ -756,10 +759,13 @@ class DatasetGate:
         skipped = int(problem_frame["fatal"].sum()) if len(problem_frame) else 0
         classes = class_coverage(new, ref, seen_set, {readable[row] for row in novel_rows}, dup_set, conflicts,
                                  ref_counts=ref_counts, ref_size=ref_size)
-        new_classes = classes.loc[~classes["in_reference"], "class"].tolist() if len(classes) else []
+        new_classes = classes.loc[~classes["in_reference"], "class"].tolist() if len(classes) and apart is None else []
         action, reason = decide(overlap, len(novel), len(conflicts), len(readable), self.policy,
                                 unreadable=skipped, no_reference=self.no_reference if not ref_size else None,
                                 new_classes=new_classes, low_quality=len(quality))
+        if apart is not None:
+            log.warning("labels not compared: %s", apart)
+            reason += f" Labels not compared: {apart}."
         counts = {
             "new": len(data),
             "readable": len(readable),
@@ -837,6 +843,28 @@ def class_coverage(new: FingerprintTable, ref: FingerprintTable, seen: set[int],
         "conflicts": pd.Series([conflict_counts.get(c, 0) for c in names], dtype=np.int64),
         "in_reference": pd.Series([ref_counts.get(c, 0) > 0 or not labelled_reference for c in names], dtype=bool),
     }, columns=list(CLASS_COLUMNS))
+
+
+def _label_spaces_apart(new_labels: list[Any], ref_labels: list[Any]) -> str | None:
+    """Why the two sides' labels cannot be compared — one side's are all class indices (0, 1, ...: a torch
+    dataset without ``classes``, a stream's ``cls``) and the other's all class names (a folder) — or ``None``.
+    Compared anyway, every match would be a label conflict and every index a class the reference never saw."""
+    def indices(labels: list[Any]) -> set[bool]:
+        return {str(v).strip().lstrip("-").isdigit() for v in labels}
+
+    new_kind, ref_kind = indices(new_labels), indices(ref_labels)
+    if len(new_kind) != 1 or len(ref_kind) != 1 or new_kind == ref_kind:
+        return None
+
+    def shown(labels: list[Any]) -> str:
+        names = sorted({str(v) for v in labels}, key=lambda v: (len(v), v))
+        return ", ".join(repr(v) for v in names[:3]) + (", ..." if len(names) > 3 else "")
+
+    which = ("the new data's", "the reference's") if new_kind == {True} else ("the reference's", "the new data's")
+    numbered, named = (new_labels, ref_labels) if new_kind == {True} else (ref_labels, new_labels)
+    return (f"{which[0]} labels are class indices ({shown(numbered)}) and {which[1]} class names "
+            f"({shown(named)}); give both sides class names (a dataset with `classes`, or "
+            f"Dataset.from_torch(dataset, classes=[...])) to compare them")
 
 
 def _matched_rows_of_ranks(matched: pd.DataFrame, ref: FingerprintTable, shard: ReferenceShard,
