@@ -204,6 +204,23 @@ def test_index_never_writes_into_the_dataset_folder(scenario, tmp_path: Path) ->
     assert sorted(p.name for p in scenario.reference.iterdir()) == before
 
 
+def test_index_and_update_take_max_problem_share(photos, tmp_path: Path, capsys) -> None:
+    # a folder with more than 5 % unreadable files gets no manifest; the error names the option that allows it
+    folder, drop = tmp_path / "ref", tmp_path / "drop"
+    for target, files in ((folder, photos[:6]), (drop, photos[6:9])):
+        target.mkdir()
+        for f in files:
+            shutil.copy(f, target / f.name)
+        (target / "broken.jpg").write_bytes(b"not an image")
+    manifest = tmp_path / "m.vdc"
+    assert main(["index", str(folder), "-o", str(manifest), "-q"]) == EXIT_ERROR
+    assert "--max-problem-share" in capsys.readouterr().err and not manifest.exists()
+    assert main(["index", str(folder), "-o", str(manifest), "-q", "--max-problem-share", "0.2"]) == EXIT_TRAIN
+    assert main(["update", str(manifest), str(drop), "-q"]) == EXIT_ERROR
+    assert main(["update", str(manifest), str(drop), "-q", "--max-problem-share", "0.3"]) == EXIT_TRAIN
+    assert "added 3 novel sample(s)" in capsys.readouterr().out
+
+
 def test_gate_encoder_option_imports_a_module_factory(scenario, tmp_path, monkeypatch) -> None:
     import json
     import sys

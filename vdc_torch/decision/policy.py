@@ -86,7 +86,7 @@ def check_evidence(readable: int, problems: Sequence[Problem], policy: Policy, w
     raise InsufficientEvidenceError(
         f"no decision: {head}, so whatever it holds is unknown" + (f". First problems: {reasons}" if reasons else "")
         + ". Fix or remove the files (decision problems list them all), or raise Policy(max_problem_share=...) "
-        "to decide on the readable part"
+        "(vdc: --max-problem-share) to decide on the readable part"
     )
 
 

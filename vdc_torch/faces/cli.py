@@ -61,6 +61,13 @@ def _policy(args: argparse.Namespace) -> Any:
     )
 
 
+def _problem_policy(args: argparse.Namespace) -> Any:
+    """The default policy with ``--max-problem-share`` (``vdc index`` and ``vdc update`` decide nothing else)."""
+    from vdc_torch.decision.gate import Policy
+
+    return Policy() if args.max_problem_share is None else Policy(max_problem_share=args.max_problem_share)
+
+
 def _note_known(args: argparse.Namespace, cache: Any, dataset: Any, head: str) -> None:
     """Say how many samples of ``dataset`` ``cache`` already holds (they are not decoded again)."""
     known = cache.count_known(path for path, _ in dataset.samples) if len(cache) else 0
@@ -81,7 +88,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     partial = FingerprintCache(checkpoint_path(args.output), strict=True)
     resumed = partial.path.exists()
     _note_known(args, partial, dataset, "resuming: ")
-    gate = DatasetGate(reference=dataset, workers=args.workers, progress=_progress(args), cache=partial)
+    gate = DatasetGate(reference=dataset, workers=args.workers, progress=_progress(args), cache=partial,
+                       policy=_problem_policy(args))
     try:
         samples = len(gate)  # fingerprints now, so the manifest records the reference root
     except InsufficientEvidenceError:
@@ -222,7 +230,8 @@ def cmd_update(args: argparse.Namespace) -> int:
         DatasetGate.load(args.manifest, workers=args.workers).save(args.manifest, sharded=True)  # converts once
         _note(args, f"converted {args.manifest} to a sharded manifest ({args.manifest}.shards/)")
     created = not os.path.exists(args.manifest)
-    decision = pretrain_gate(args.dir, args.manifest, workers=args.workers, progress=_progress(args))
+    decision = pretrain_gate(args.dir, args.manifest, workers=args.workers, progress=_progress(args),
+                             policy=_problem_policy(args))
     added = commit_training(decision, args.manifest, force=True, workers=args.workers, progress=_progress(args))
     if args.sharded and created and os.path.exists(args.manifest) and not is_index_file(args.manifest):
         DatasetGate.load(args.manifest, workers=args.workers).save(args.manifest, sharded=True)

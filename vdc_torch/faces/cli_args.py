@@ -193,6 +193,8 @@ def _add_index(sub: Any, common: argparse.ArgumentParser, workers: argparse.Argu
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", metavar="DIR", help="image folder (class sub-folders become labels, as in ImageFolder)")
     p.add_argument("-o", "--output", required=True, metavar="MANIFEST", help="manifest file to write")
+    p.add_argument("--max-problem-share", type=_fraction, default=None, metavar="X",
+                   help="index although up to this fraction of the images cannot be read (default 0.05)")
 
 
 def _add_gate(sub: Any, common: argparse.ArgumentParser, workers: argparse.ArgumentParser) -> None:
@@ -256,6 +258,9 @@ def _add_update(sub: Any, common: argparse.ArgumentParser, workers: argparse.Arg
     p.add_argument("manifest", metavar="MANIFEST", help="the manifest to grow (created when absent); a sharded "
                    "manifest grows by one shard of the added samples")
     p.add_argument("dir", metavar="DIR", help="the folder the model was trained on")
+    p.add_argument("--max-problem-share", type=_fraction, default=None, metavar="X",
+                   help="add the readable samples although up to this fraction of DIR cannot be read (default "
+                        "0.05)")
     p.add_argument("--sharded", action="store_true",
                    help="make MANIFEST a sharded manifest (converting a single file once), so this and later "
                         "updates write only the added samples")
