@@ -312,3 +312,12 @@ def test_the_package_keeps_its_public_names_while_importing_lazily() -> None:
 
     with pytest.raises(AttributeError, match="no attribute 'DatasetGat'"):
         vdc_torch.DatasetGat  # noqa: B018
+
+
+def test_a_reader_that_stops_early_is_no_error(manifest: Path) -> None:
+    # `vdc info --json M | head`: the pipe closes before vdc writes; it stops quietly, as a Unix tool does
+    process = subprocess.Popen([sys.executable, "-m", "vdc_torch", "info", "--json", str(manifest)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # the reader is gone before the first byte (imports take far longer)
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 141 and err == "", err

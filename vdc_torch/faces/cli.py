@@ -16,6 +16,7 @@ module does, for the command line only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # imported where used: `vdc --help` and usage errors must not
 
 from vdc_torch.faces.cli_args import (  # noqa: F401 - the exit codes and the parser are part of this module's API
     DEDUP_EXIT_CODES_HELP,
+    EXIT_BROKEN_PIPE,
     EXIT_CODES_HELP,
     EXIT_DUPLICATES,
     EXIT_ERROR,
@@ -312,6 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vdc: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `vdc ... | head` stopped reading: nothing to report, as for any Unix tool
+        with contextlib.suppress(OSError):  # and no second error when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as exc:
         if getattr(args, "debug", False):
             raise

@@ -24,6 +24,8 @@ EXIT_USAGE = 2
 EXIT_DUPLICATES = 3
 EXIT_SKIP = 99
 EXIT_INTERRUPTED = 130
+#: The reader of the output went away (``vdc ... | head``): 128 + SIGPIPE, as a Unix tool killed by it.
+EXIT_BROKEN_PIPE = 141
 
 EXIT_CODES_HELP = f"""\
 exit codes of `vdc gate`:
@@ -34,6 +36,7 @@ exit codes of `vdc gate`:
   {EXIT_USAGE:<3} usage error: bad command line
 `vdc dedup` exits {EXIT_TRAIN} = no duplicates, {EXIT_DUPLICATES} = duplicates found (see 'vdc dedup --help').
 other commands exit {EXIT_TRAIN} on success, {EXIT_ERROR} on error and {EXIT_USAGE} on a bad command line.
+any command exits {EXIT_INTERRUPTED} when interrupted (Ctrl-C) and {EXIT_BROKEN_PIPE} when its output's reader stops early.
 
 shell:   vdc gate --reference ref.vdc --new drop/ --quiet; case $? in 0) train;; 99) echo skipped;; *) exit 1;; esac
 """
