@@ -36,7 +36,8 @@ exit codes of `vdc gate`:
   {EXIT_USAGE:<3} usage error: bad command line
 `vdc dedup` exits {EXIT_TRAIN} = no duplicates, {EXIT_DUPLICATES} = duplicates found (see 'vdc dedup --help').
 other commands exit {EXIT_TRAIN} on success, {EXIT_ERROR} on error and {EXIT_USAGE} on a bad command line.
-any command exits {EXIT_INTERRUPTED} when interrupted (Ctrl-C) and {EXIT_BROKEN_PIPE} when its output's reader stops early.
+any command exits {EXIT_INTERRUPTED} when interrupted (Ctrl-C), {EXIT_BROKEN_PIPE} when the reader of its output stops
+early (`| head`).
 
 shell:   vdc gate --reference ref.vdc --new drop/ --quiet; case $? in 0) train;; 99) echo skipped;; *) exit 1;; esac
 """
