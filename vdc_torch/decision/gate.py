@@ -276,10 +276,10 @@ class DatasetGate:
     :meth:`load`). ``workers`` processes fingerprint in parallel (default: all cores); ``cache`` names a
     fingerprint cache file (or is a :class:`FingerprintCache`) so unchanged files are not decoded again on the next
     run; it is checkpointed while fingerprinting runs, so an interrupted run resumes where it stopped.
-    ``encoder`` (a module mapping an image batch to embeddings, best a :class:`vdc_torch.encoder.LayerEncoder`
-    over an intermediate layer of the model being trained) adds nearest neighbours in the model's feature space
-    as a method. With an ``input_size`` larger than 32, it is shown each image at that size, from the image's one
-    decode, while the images are fingerprinted (:mod:`vdc_torch.decision.views`; a loaded reference is read again
+    ``encoder`` (a module mapping an image batch to embeddings, best a
+    :class:`vdc_torch.fingerprints.encoder.LayerEncoder` over an intermediate layer of the model being trained)
+    adds nearest neighbours in the model's feature space as a method. With an ``input_size`` larger than 32, it is
+    shown each image at that size, from the image's one decode, while the images are fingerprinted (:mod:`vdc_torch.decision.views`; a loaded reference is read again
     from its folder, a grown one part by part); where the images cannot be read again (gone, changed, or read
     once from a stream) and under several ranks it is shown the stored 32×32 thumbnails (of both sides), with a
     warning; :meth:`query` shows it the queried images as the reference's were shown.
