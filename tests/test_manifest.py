@@ -30,6 +30,7 @@ from vdc_torch.decision.store.manifest import (
     lock_path,
     resolve_sample_path,
     save_manifest,
+    save_sharded_manifest,
 )
 from vdc_torch.fingerprints.compute import FINGERPRINT_VERSION, FingerprintTable
 
@@ -357,7 +358,10 @@ def test_save_refuses_to_overwrite_what_is_not_a_manifest(table: FingerprintTabl
     with pytest.raises(ManifestError, match=r"refusing to overwrite .*not a vdc_torch manifest|it is a directory"):
         save_manifest(path, table, {})
     assert (path.read_bytes() if path.is_file() else None) == content
-    assert set(os.listdir(tmp_path)) - names <= {"reference.vdc.lock"}
+    assert set(os.listdir(tmp_path)) == names  # not even a lock file beside the user's file
+    with pytest.raises(ManifestError):
+        save_sharded_manifest(path, table, {})
+    assert set(os.listdir(tmp_path)) == names
 
 
 def test_save_replaces_an_empty_or_damaged_manifest(table: FingerprintTable, tmp_path: Path) -> None:

@@ -131,6 +131,7 @@ def save_manifest(
         raise ManifestError(f"cannot save manifest {name!r}: meta is not JSON-serialisable ({exc})") from exc
     with _os_errors_named("save manifest", name):
         target.parent.mkdir(parents=True, exist_ok=True)
+        _check_replaceable(target)  # a refused file gets no lock file beside it (checked again under the lock)
         with _locked(target, lock_timeout):
             _check_replaceable(target)
             _remove_stale_temp_files(target)
@@ -185,6 +186,7 @@ def remove_manifest(path: str | os.PathLike[str], *, lock_timeout: float = DEFAU
     if not target.exists() and not lock.exists() and not lock.is_symlink():
         return False
     with _os_errors_named("remove manifest", str(target)):
+        _check_replaceable(target)  # a refused file gets no lock file beside it (checked again under the lock)
         with _locked(target, lock_timeout):
             _check_replaceable(target)  # the same files a save may replace: manifests, empty or damaged ones
             _remove_stale_temp_files(target)
@@ -234,6 +236,7 @@ def save_sharded_manifest(
     _check_shapes(table, name)
     with _os_errors_named("save manifest", name):
         target.parent.mkdir(parents=True, exist_ok=True)
+        _check_replaceable(target)  # a refused file gets no lock file beside it (checked again under the lock)
         with _locked(target, lock_timeout):
             _check_replaceable(target)
             _remove_stale_temp_files(target)
@@ -315,6 +318,7 @@ def save_manifest_of_ranks(
             try:
                 with _os_errors_named("save manifest", name):
                     target.parent.mkdir(parents=True, exist_ok=True)
+                    _check_replaceable(target)  # a refused file gets no lock file (checked again under the lock)
                     stack.enter_context(_locked(target, lock_timeout))
                     _check_replaceable(target)
                     _remove_stale_temp_files(target)
