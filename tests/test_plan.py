@@ -88,6 +88,28 @@ def test_training_set_of_folders_is_one_dataset_with_classes_merged_by_name(fold
     assert isinstance(image, Image.Image)
 
 
+def test_training_set_of_vdc_datasets_keeps_their_transform(folders: tuple[Path, Path]) -> None:
+    # one vdc_torch.Dataset applies one transform: the one the new data or the reference set, to every sample
+    reference, new = folders
+    to_tensor = torchvision.transforms.Compose([torchvision.transforms.Resize((32, 32)),
+                                                torchvision.transforms.ToTensor()])
+    decision = DatasetGate(reference=str(reference), workers=0).check(str(new))
+    train_on = decision.training_set(VdcDataset(str(reference), transform=to_tensor), replay=0.5)
+    assert isinstance(train_on, VdcDataset) and train_on.transform is to_tensor
+    assert all(train_on[i][0].shape == (3, 32, 32) for i in (0, len(train_on) - 1))  # a new and a replayed one
+    batch, _ = next(iter(torch.utils.data.DataLoader(train_on, batch_size=4)))
+    assert batch.shape == (4, 3, 32, 32)
+    # the new data's transform when the reference is a folder: one training pipeline
+    decision = DatasetGate(reference=str(reference), workers=0).check(VdcDataset(str(new), transform=to_tensor))
+    assert decision.training_set(str(reference), replay=0.5)[NOVEL][0].shape == (3, 32, 32)
+    # two different transforms: each part keeps its own (and their class numbers are not merged: said)
+    gray = torchvision.transforms.Compose([torchvision.transforms.Grayscale(), to_tensor])
+    with pytest.warns(UserWarning, match="number their classes differently"):
+        both = decision.training_set(VdcDataset(str(reference), transform=gray), replay=0.5)
+    assert isinstance(both, torch.utils.data.ConcatDataset)
+    assert both[0][0].shape == (3, 32, 32) and both[NOVEL][0].shape == (1, 32, 32)
+
+
 def test_training_set_of_hugging_face_datasets_is_one_hf_dataset(folders: tuple[Path, Path]) -> None:
     datasets = pytest.importorskip("datasets")
     reference, new = folders

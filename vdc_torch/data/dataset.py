@@ -56,6 +56,13 @@ from vdc_torch.errors import DatasetNotFoundError, ImageDecodeError, InvalidPara
 log = logging.getLogger(__name__)
 
 
+def one_transform(parts: Sequence[Dataset]) -> bool:
+    """Whether the parts set at most one ``transform`` and one ``target_transform`` between them (the same objects,
+    or none), so that one :class:`Dataset` of them all applies what each part applied."""
+    return all(len({id(t) for t in (getattr(p, name) for p in parts) if t is not None}) <= 1
+               for name in ("transform", "target_transform"))
+
+
 class Dataset(torch.utils.data.Dataset):
     """A map-style torch dataset of images, with ImageFolder-style labels when the root has class folders.
 
@@ -214,12 +221,19 @@ class Dataset(torch.utils.data.Dataset):
 
     @classmethod
     def concat(cls, parts: Sequence[Dataset]) -> Dataset:
-        """One dataset of several, in order (``ConcatDataset``); class lists that differ are merged by name."""
+        """One dataset of several, in order (``ConcatDataset``); class lists that differ are merged by name. The
+        parts' ``transform`` (and ``target_transform``) applies to all: parts that set different ones cannot be one
+        dataset (:func:`one_transform` tells)."""
         parts = list(parts)
+        if not one_transform(parts):
+            raise InvalidParameterError("Dataset.concat of parts with different transforms: one dataset applies one "
+                                        "transform; use torch.utils.data.ConcatDataset to keep each part's own")
         same = all(p.classes == parts[0].classes for p in parts)
         classes = list(parts[0].classes) if same else sorted({c for p in parts for c in p.classes})
         roots = {p.root for p in parts}
         self = cls._blank(roots.pop() if len(roots) == 1 else "", classes)
+        self.transform = next((p.transform for p in parts if p.transform is not None), None)
+        self.target_transform = next((p.target_transform for p in parts if p.target_transform is not None), None)
         index = {c: i for i, c in enumerate(classes)}
         for p in parts:
             for path, label in p.samples:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch.utils.data
 
-from vdc_torch.data.dataset import Dataset, is_hf_dataset
+from vdc_torch.data.dataset import Dataset, is_hf_dataset, one_transform
 from vdc_torch.decision.inputs import as_dataset
 from vdc_torch.errors import InvalidParameterError
 
@@ -113,7 +113,11 @@ def combine(delta: Any, reference: Any, reference_data: Dataset, positions: list
         return torch.utils.data.ConcatDataset([delta, replayed])
     delta_inner = delta.dataset if isinstance(delta, torch.utils.data.Subset) else None
     if isinstance(delta_inner, Dataset) and isinstance(reference, (str, os.PathLike, Dataset)):
-        return Dataset.concat([delta_inner.view(list(delta.indices)), reference_data.view(positions)])
+        parts = [delta_inner.view(list(delta.indices)), reference_data.view(positions)]
+        if one_transform(parts):  # a folder reference takes the new data's transform: one training pipeline
+            return Dataset.concat(parts)
+        _warn_on_label_clash(delta_inner, reference_data)  # each part keeps its own transform
+        return torch.utils.data.ConcatDataset(parts)
     if isinstance(reference, (str, os.PathLike)):
         reference = reference_data
     _warn_on_label_clash(delta_inner if delta_inner is not None else delta, reference)
