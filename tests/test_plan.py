@@ -161,3 +161,15 @@ def test_cli_writes_the_plan_as_file_lists(folders: tuple[Path, Path], tmp_path:
     main(["gate", "--reference", str(reference), "--new", str(new), "--plan", str(again), "--replay", "0.5",
           "--seed", "2", "--workers", "0", "-q"])
     assert json.loads(again.read_text())["replay"] == plan["replay"]
+
+
+def test_the_plan_names_its_roots_absolutely(folders: tuple[Path, Path], tmp_path: Path, monkeypatch) -> None:
+    # folders given relative to the working directory: the plan is read elsewhere, so its roots are absolute
+    reference, new = folders
+    monkeypatch.chdir(reference.parent)
+    plan_path = tmp_path / "plan.json"
+    assert main(["gate", "--reference", reference.name, "--new", new.name, "--plan", str(plan_path), "--workers", "0",
+                 "-q"]) == 0
+    plan = json.loads(plan_path.read_text())
+    assert plan["new_root"] == str(new) and plan["reference_root"] == str(reference)
+    assert all((Path(plan["new_root"]) / p).is_file() for p in plan["delta"])

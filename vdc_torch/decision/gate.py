@@ -168,7 +168,9 @@ class Decision:
         return {
             "format": "vdc_torch.plan", "version": 1, "action": str(self.action),
             "replay_fraction": replay, "balance": balance, "seed": seed,
-            "new_root": self.new_root, "reference_root": self.reference_root,
+            # absolute: the plan is read by other processes, from other working directories
+            "new_root": self.new_root and os.path.abspath(self.new_root),
+            "reference_root": self.reference_root and os.path.abspath(self.reference_root),
             "delta": list(self.delta_keys),
             "replay": [ref.paths[p] for p in positions],
             "replay_per_class": dict(sorted(per_class.items())),
