@@ -20,7 +20,7 @@ from PIL import Image
 
 from vdc_torch import Dataset, DatasetGate, Policy
 from vdc_torch.data.dataset import NovelStream
-from vdc_torch.errors import ImageDecodeError, InsufficientEvidenceError
+from vdc_torch.errors import ImageDecodeError, InsufficientEvidenceError, InvalidParameterError
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 N_COPIES, N_NOVEL = 6, 8
@@ -146,6 +146,12 @@ def test_hugging_face_streaming_dataset(gate, drop) -> None:
     assert decision.delta_keys == [str(i) for i in novel_positions()]
     yielded = list(decision.delta)
     assert [item["label"] for item in yielded] == [labels[i] for i in novel_positions()]
+    # two DataLoader workers each count their share of the stream from 0: positions would pick other items
+    sharded = hf_dataset(images, labels).to_iterable_dataset(num_shards=2)
+    delta = gate.check(sharded).delta
+    assert len(list(torch.utils.data.DataLoader(delta, batch_size=None, num_workers=1))) == N_NOVEL
+    with pytest.raises(InvalidParameterError, match=r"picks its items by their position(.|\n)*num_workers=0"):
+        list(torch.utils.data.DataLoader(delta, batch_size=None, num_workers=2))
 
 
 def test_webdataset_tar_of_real_images(gate, drop, tmp_path: Path) -> None:

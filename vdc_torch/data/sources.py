@@ -232,7 +232,8 @@ class NovelStream(torch.utils.data.IterableDataset):
     """The delta of an iterable dataset: the original stream, yielding only the novel items, in their order.
 
     Items are recognised by their WebDataset ``__key__`` where they carry one (robust to worker and node
-    splitting), else by their position in the stream (so the stream must replay in the same order).
+    splitting), else by their position in the stream (so the stream must replay in the same order, in one
+    process: read by several DataLoader workers, it is an :class:`InvalidParameterError`, never other items).
     ``keys`` lists them, so a pipeline can persist the delta.
     """
 
@@ -247,11 +248,20 @@ class NovelStream(torch.utils.data.IterableDataset):
         return len(self.keys)
 
     def __iter__(self) -> Iterator[Any]:
+        worker = torch.utils.data.get_worker_info()
+        split = worker is not None and worker.num_workers > 1
         for position, item in enumerate(self.original):
             if self.by_key and isinstance(item, dict) and "__key__" in item:
                 if str(item["__key__"]) in self._key_set:
                     yield item
-            elif position in self.positions:
+                continue
+            if split:  # each worker counts its own share from 0: positions would pick other items, silently
+                raise InvalidParameterError(
+                    f"the delta of this {type(self.original).__name__} picks its items by their position in the "
+                    f"stream (they carry no __key__), and each of the DataLoader's {worker.num_workers} workers "
+                    "numbers its own share of the stream from 0; read the delta with num_workers=0 (or 1), or "
+                    "give every item a unique __key__")
+            if position in self.positions:
                 yield item
 
     def __repr__(self) -> str:
