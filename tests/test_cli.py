@@ -321,3 +321,26 @@ def test_a_reader_that_stops_early_is_no_error(manifest: Path) -> None:
     process.stdout.close()  # the reader is gone before the first byte (imports take far longer)
     err = process.stderr.read()
     assert process.wait(timeout=120) == 141 and err == "", err
+
+
+def test_the_vdc_script_imports_an_encoder_module_from_the_working_directory(photos, tmp_path: Path) -> None:
+    # `vdc gate --encoder myenc:tiny` run where myenc.py lies, as `python -m vdc_torch` finds it
+    script = Path(sys.executable).parent / "vdc"
+    assert script.exists(), "the vdc console script is installed next to the interpreter (pip install -e .)"
+    for name, files in (("ref", photos[:3]), ("new", photos[2:5])):
+        (tmp_path / name).mkdir()
+        for f in files:
+            shutil.copy(f, tmp_path / name / f.name)
+    (tmp_path / "myenc.py").write_text(
+        "import torch\nfrom torch import nn\nfrom vdc_torch.fingerprints.encoder import LayerEncoder\n"
+        "def tiny():\n    torch.manual_seed(0)\n"
+        "    return LayerEncoder(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), layer='1', grid=2)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run([str(script), "gate", "--reference", "ref", "--new", "new", "--encoder", "myenc:tiny",
+                          "--workers", "0", "-q", "--json", "d.json"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "d.json").read_text())["encoder"]["encoder_input"].startswith("32x32")
+    missing = subprocess.run([str(script), "gate", "--reference", "ref", "--new", "new", "--encoder", "nomod:tiny",
+                              "-q"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 1 and "looked in the working directory and on PYTHONPATH" in missing.stderr

@@ -151,9 +151,18 @@ def load_encoder(spec: str) -> Any:
     if not sep or not module_name or not attr:
         raise InvalidParameterError(f"--encoder={spec!r} is not of the form MODULE:NAME (e.g. mypkg.models:encoder)")
     try:
-        target = getattr(importlib.import_module(module_name), attr)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            # the `vdc` script does not look in the working directory, `python -m vdc_torch` does: so do the same
+            if exc.name != module_name.split(".")[0] or os.getcwd() in sys.path or "" in sys.path:
+                raise
+            sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(module_name)
+        target = getattr(module, attr)
     except (ImportError, AttributeError) as exc:
-        raise InvalidParameterError(f"--encoder={spec!r} cannot be imported: {exc}") from exc
+        raise InvalidParameterError(f"--encoder={spec!r} cannot be imported: {exc} (looked in the working "
+                                    "directory and on PYTHONPATH)") from exc
     encoder = target if isinstance(target, torch.nn.Module) else target() if callable(target) else target
     if not isinstance(encoder, torch.nn.Module):
         raise InvalidParameterError(f"--encoder={spec!r} gave {type(encoder).__name__}, not a torch.nn.Module")
