@@ -354,12 +354,12 @@ def _train_loader(trainer: Any, version: str) -> Any:
         source = getattr(trainer.fit_loop, "_data_source", None)
         if source is None or not hasattr(source, "dataloader"):
             raise RuntimeError(f"VdcGateCallback cannot find the train dataloader in Lightning {version}; "
-                               "gate the dataset with vdc_torch.hooks.pretrain_gate before trainer.fit instead")
+                               "gate the dataset with vdc_torch.pretrain_gate before trainer.fit instead")
         loader = source.dataloader()
     if not isinstance(loader, torch.utils.data.DataLoader):
         raise InvalidParameterError(
             f"VdcGateCallback gates one train DataLoader; got {type(loader).__name__}. Gate each dataset with "
-            "vdc_torch.hooks.pretrain_gate before trainer.fit instead"
+            "vdc_torch.pretrain_gate before trainer.fit instead"
         )
     return loader
 
@@ -370,7 +370,7 @@ def _install_train_loader(trainer: Any, loader: Any, version: str) -> None:
     source = getattr(fit_loop, "_data_source", None)
     if source is None or not hasattr(source, "instance") or not hasattr(fit_loop, "_combined_loader"):
         raise RuntimeError(f"VdcGateCallback(on_train='delta') cannot replace the train dataloader in Lightning "
-                           f"{version}; use on_train='report', or gate with vdc_torch.hooks.pretrain_gate and pass "
+                           f"{version}; use on_train='report', or gate with vdc_torch.pretrain_gate and pass "
                            "DataLoader(decision.delta, ...) to trainer.fit")
     fetcher = getattr(fit_loop, "_data_fetcher", None)
     if fetcher is not None:  # the old loader was already materialised: release its iterator and workers
