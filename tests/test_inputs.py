@@ -154,6 +154,32 @@ def test_hugging_face_streaming_dataset(gate, drop) -> None:
         list(torch.utils.data.DataLoader(delta, batch_size=None, num_workers=2))
 
 
+def test_a_stream_delta_added_to_the_reference_keeps_its_class_names(drop) -> None:
+    # the delta of an HF stream names its classes as the stream does: added to the reference, the same stream is
+    # then all seen (it was stored as 0/1 against 'cat'/'dog', so every later check found label conflicts)
+    _, images, labels = drop
+    stream = hf_dataset(images, labels).to_iterable_dataset()
+    gate = DatasetGate(reference=hf_dataset(images[:N_COPIES], labels[:N_COPIES]), workers=0)
+    first = gate.check(stream)
+    assert first.overlap == pytest.approx(TRUTH) and len(first.delta) == N_NOVEL
+    assert gate.update(first.delta) == N_NOVEL
+    assert set(gate.reference_table.labels) == {"cat", "dog"}
+    again = gate.check(stream)
+    assert again.overlap == 1.0 and len(again.conflicts) == 0 and again.action == "skip", again.reason
+    # a reference grown from a stream with bare class indices holds names and indices: a name against an index is
+    # no conflict, and the reason says how many were not compared
+
+    class Indexed(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield from ((images[i], labels[i]) for i in novel_positions())
+
+    mixed = DatasetGate(reference=hf_dataset(images[:N_COPIES], labels[:N_COPIES]), workers=0)
+    assert mixed.update(Indexed()) == N_NOVEL
+    decided = mixed.check(stream)
+    assert len(decided.conflicts) == 0 and decided.action == "skip", decided.reason
+    assert f"Labels not compared: {N_NOVEL} matched sample(s) carry a class index on one side" in decided.reason
+
+
 def test_webdataset_tar_of_real_images(gate, drop, tmp_path: Path) -> None:
     wds = pytest.importorskip("webdataset")
     _, images, labels = drop

@@ -213,6 +213,8 @@ class Stream:
                 elif isinstance(feature, datasets.ClassLabel) and (label_key in (None, column)) and not self.classes:
                     self.classes = list(feature.names)
             self.plain = plain
+        elif isinstance(dataset, NovelStream):  # a stream's delta names its classes as the stream did
+            self.classes = Stream(dataset.original, image_key=image_key, label_key=label_key).classes
         self.name = type(dataset).__name__
 
     def items(self) -> Iterator[tuple[int, str, Any, Any]]:

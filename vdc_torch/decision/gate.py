@@ -744,11 +744,14 @@ class DatasetGate:
         excluded = set(quality["index"].tolist()) if self.policy.exclude_low_quality else set()
         novel = [readable[row] for row in novel_rows if readable[row] not in excluded]
         ref_labels = list(ref_counts) if ref_counts is not None else [v for v in ref.labels if v is not None]
-        apart = _label_spaces_apart([v for v in new.labels if v is not None], ref_labels)
-        conflicts = seen[
-            seen["new_label"].notna() & seen["ref_label"].notna() & (seen["new_label"] != seen["ref_label"])
-            & (apart is None)
-        ].reset_index(drop=True)
+        apart = sides_apart = _label_spaces_apart([v for v in new.labels if v is not None], ref_labels)
+        # a class index on one side and a class name on the other say nothing about each other: not a conflict
+        labelled = seen["new_label"].notna() & seen["ref_label"].notna()
+        same_kind = _is_index(seen["new_label"]) == _is_index(seen["ref_label"])
+        conflicts = seen[labelled & same_kind & (seen["new_label"] != seen["ref_label"])].reset_index(drop=True)
+        if apart is None and (labelled & ~same_kind).any():
+            apart = (f"{int((labelled & ~same_kind).sum())} matched sample(s) carry a class index on one side and a "
+                     "class name on the other")
         # relabelled samples are new information (a conflict means train): the delta holds them with their new label
         relabelled = set(conflicts["new_index"].astype(np.int64).tolist()) - dup_set
         delta_indices = sorted(set(novel) | relabelled)
@@ -761,7 +764,8 @@ class DatasetGate:
         skipped = int(problem_frame["fatal"].sum()) if len(problem_frame) else 0
         classes = class_coverage(new, ref, seen_set, {readable[row] for row in novel_rows}, dup_set, conflicts,
                                  ref_counts=ref_counts, ref_size=ref_size)
-        new_classes = classes.loc[~classes["in_reference"], "class"].tolist() if len(classes) and apart is None else []
+        new_classes = classes.loc[~classes["in_reference"], "class"].tolist() if len(classes) and not sides_apart \
+            else []
         action, reason = decide(overlap, len(novel), len(conflicts), len(readable), self.policy,
                                 unreadable=skipped, no_reference=self.no_reference if not ref_size else None,
                                 new_classes=new_classes, low_quality=len(quality))
@@ -845,6 +849,11 @@ def class_coverage(new: FingerprintTable, ref: FingerprintTable, seen: set[int],
         "conflicts": pd.Series([conflict_counts.get(c, 0) for c in names], dtype=np.int64),
         "in_reference": pd.Series([ref_counts.get(c, 0) > 0 or not labelled_reference for c in names], dtype=bool),
     }, columns=list(CLASS_COLUMNS))
+
+
+def _is_index(labels: pd.Series) -> pd.Series:
+    """Which labels are class indices (0, 1, ...) rather than class names."""
+    return labels.astype(str).str.strip().str.lstrip("-").str.isdigit()
 
 
 def _label_spaces_apart(new_labels: list[Any], ref_labels: list[Any]) -> str | None:
