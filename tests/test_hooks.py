@@ -208,6 +208,23 @@ def test_callback_trains_on_the_delta_then_grows_the_manifest(lightning, photos,
     assert callback.committed == 10 and manifest_size(tmp_path / "ckpt" / "reference.vdc") == 20
 
 
+@pytest.mark.parametrize("cut", [{"max_steps": 1}, {"limit_train_batches": 2}])
+def test_callback_grows_the_manifest_only_after_a_whole_pass(lightning, photos, tmp_path: Path, cut: dict) -> None:
+    # a fit cut short trained on part of the delta: adding all of it would make the next gate skip the rest
+    from vdc_torch.faces.hooks import VdcGateCallback
+
+    reference = labelled(photos, tmp_path / "ref", range(10))
+    new = labelled(photos, tmp_path / "new", range(20), prefix="drop_")  # 10 old photos (renamed) + 10 new
+    manifest = tmp_path / "ckpt" / "reference.vdc"
+    callback = VdcGateCallback(manifest, reference=reference)
+    model = tiny_model(lightning)
+    fit = lightning.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=[callback], **cut)
+    with pytest.warns(UserWarning, match=r"ran \d of the 3 batches of one pass.*manifest is left unchanged"):
+        fit.fit(model, DataLoader(image_folder(new), batch_size=4, shuffle=True))
+    assert model.seen < 10 and callback.committed == 0 and manifest_size(manifest) == 10
+
+
 def test_callback_stops_the_fit_when_everything_was_seen(lightning, photos, tmp_path: Path) -> None:
     from vdc_torch.faces.hooks import VdcGateCallback
 

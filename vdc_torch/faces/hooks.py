@@ -216,8 +216,9 @@ def _make_callback_class() -> type:
         * ``train`` and ``on_train="delta"`` (default): the train dataloader is rebuilt over ``decision.delta``
           with the same batch size, shuffling, workers and collate function; ``on_train="report"`` only logs.
 
-        On fit end, only if at least one training batch ran and the fit was not interrupted, the delta is added
-        to the manifest (``update_manifest=False`` turns this off). The decision is kept in ``self.decision``.
+        On fit end, only if a whole pass over the training data ran (not cut short by ``max_steps``,
+        ``limit_train_batches`` or an interrupt), the delta is added to the manifest (``update_manifest=False``
+        turns this off); else a warning says so. The decision is kept in ``self.decision``.
 
         >>> trainer = Trainer(callbacks=[VdcGateCallback("ckpt/reference.vdc", reference="data/v1")])  # doctest: +SKIP
         >>> trainer.fit(model, train_loader)                                                         # doctest: +SKIP
@@ -308,6 +309,12 @@ def _make_callback_class() -> type:
             if self._batches == 0 or getattr(trainer, "interrupted", False):
                 rank_zero_info("VdcGateCallback: no training batch ran; the manifest is left unchanged")
                 return
+            per_pass = _batches_per_pass(trainer)
+            if per_pass is not None and self._batches < per_pass:  # max_steps, limit_train_batches, a stop
+                rank_zero_warn(f"VdcGateCallback: the fit ran {self._batches} of the {per_pass} batches of one pass "
+                               "over its data, so not every sample of the delta was trained on; the manifest is "
+                               "left unchanged (call commit_training(callback.decision, manifest_path) once it is)")
+                return
             if trainer.is_global_zero:
                 self.committed = commit_training(self.decision, self.manifest_path, force=True,
                                                  workers=self.workers, progress=self.progress)
@@ -322,6 +329,14 @@ def _make_callback_class() -> type:
 
     VdcGateCallback.__module__ = __name__
     return VdcGateCallback
+
+
+def _batches_per_pass(trainer: Any) -> int | None:
+    """Batches of one whole pass over the trainer's train dataloader on this rank (``None``: not known)."""
+    try:
+        return len(trainer.train_dataloader)
+    except TypeError:  # an iterable loader, a collection of loaders: not known
+        return None
 
 
 def decision_metrics(decision: Decision) -> dict[str, float]:
