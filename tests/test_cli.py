@@ -187,9 +187,12 @@ def test_info_describes_a_manifest_a_folder_and_an_image(scenario, manifest, pho
         (labelled / name).mkdir(parents=True)
         for f in files:
             shutil.copy(f, labelled / name / f.name)
+    shutil.copy(photos[5], labelled / photos[5].name)  # loose beside the class folders: not a sample
+    (labelled / "notes.txt").write_text("not an image")
     assert main(["info", str(labelled), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["images"] == 5 and info["classes"] == {"cat": 3, "dog": 2}
+    assert info["skipped"] == 2 and sum(info["skipped because"].values()) == 2  # said, not only under -v
     canon = next(p for p in photos if p.name == "Canon_40D.jpg")
     assert main(["info", str(canon), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -210,6 +210,9 @@ def _describe_folder(path: str) -> dict[str, Any]:
         "classes": {name: per_class.get(name, 0) for name in dataset.classes},
         "extensions": dict(sorted(extensions.items())),
         "bytes": sum(os.path.getsize(p) for p, _ in dataset.samples if os.path.isfile(p)),
+        # what the folder holds that is not a sample (loose files beside class folders, other file types, ...)
+        "skipped": len(dataset.skipped),
+        "skipped because": dict(Counter(f.reason for f in dataset.skipped).most_common(5)),
     }
 
 
