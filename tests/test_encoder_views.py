@@ -350,3 +350,26 @@ def test_kept_embeddings_are_not_used_once_the_encoder_code_changes(copy_drop, t
     gate = DatasetGate(reference=ref, encoder=edited, workers=0, cache=cache, config=config)
     gate.check(new)
     assert gate._reference_views(gate.reference_table).decoded_again == 24  # nothing kept was taken
+
+
+def test_a_saved_reference_grown_by_update_is_read_again_part_by_part(copy_drop, photos, tmp_path: Path) -> None:
+    # the manifest records the folder of each part, so a loaded reference grown by update still gets views
+    ref, new = copy_drop
+    more = tmp_path / "more"
+    more.mkdir()
+    for f in photos[34:40]:
+        (more / f.name).write_bytes(f.read_bytes())
+    gate = DatasetGate(reference=ref, workers=0)
+    assert gate.update(more) == 6
+    gate.save(tmp_path / "ref.vdc")
+    loaded = DatasetGate.load(tmp_path / "ref.vdc", encoder=detail_encoder(96), workers=0,
+                              config=MatchConfig(**ENCODER_ONLY, encoder_similarity=0.9))
+    decision = loaded.check(new)
+    assert decision.encoder.encoder_input == "96x96 views, each from its image's one decode"
+    table = loaded.reference_table
+    views = loaded._reference_views(table)
+    assert views.decoded_again == len(table) == 30
+    roots = [ref] * 24 + [more] * 6
+    direct = np.stack([fingerprint_decoded(decode_file(root / p), view_size=(96, 96)).view
+                       for root, p in zip(roots, table.paths)])
+    np.testing.assert_allclose(views.embeddings, embed_thumbs(loaded.encoder, direct), atol=1e-5)

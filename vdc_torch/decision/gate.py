@@ -26,6 +26,7 @@ from vdc_torch.decision.display import decision_html
 from vdc_torch.decision.inputs import _stream_view, _StreamView, as_dataset, delta_of  # noqa: F401 - re-exported
 from vdc_torch.decision.plan import combine, reference_labels, replay_count, replay_positions
 from vdc_torch.decision.policy import Action, Policy, _action_and_reason, check_evidence, decide  # noqa: F401
+from vdc_torch.decision.roots import add_part, parts_of, root_of
 from vdc_torch.decision.store.cache import CacheCheckpoint, FingerprintCache, fingerprint_with_cache
 from vdc_torch.decision.store.concat import concat_tables
 from vdc_torch.decision.views import MANY_RANKS, GateViews, ReadableRows, TableViews, shown, view_embedder
@@ -101,6 +102,9 @@ class Decision:
     reference_fingerprints: FingerprintTable | None = field(default=None, repr=False)
     new_root: str = ""
     reference_root: str = ""
+    #: ``(first sample index, folder)`` of each part of the reference (:mod:`vdc_torch.decision.roots`): a row's
+    #: path is relative to its own part's folder (rows added by ``update`` came from the drop's folder).
+    reference_parts: list[tuple[int, str]] = field(default_factory=list)
     #: True when the reference was fingerprinted from its files in this process (not loaded from a manifest, whose
     #: stored paths may come from anyone): only then may a report read pictures from reference paths.
     reference_from_files: bool = False
@@ -172,9 +176,20 @@ class Decision:
             "new_root": self.new_root and os.path.abspath(self.new_root),
             "reference_root": self.reference_root and os.path.abspath(self.reference_root),
             "delta": list(self.delta_keys),
-            "replay": [ref.paths[p] for p in positions],
+            "replay": [self._replayed_path(ref, p) for p in positions],
             "replay_per_class": dict(sorted(per_class.items())),
         }
+
+    def _replayed_path(self, ref: FingerprintTable, row: int) -> str:
+        """A reference row's path for the plan: relative to ``reference_root`` where it came from there, else the
+        path under its own part's folder (a drop ``update`` added), absolute."""
+        path = ref.paths[row]
+        root = root_of(self.reference_parts, int(ref.sample_index[row])) if self.reference_parts else ""
+        if not root or path.startswith("<") or os.path.isabs(path):
+            return path
+        if self.reference_root and os.path.abspath(root) == os.path.abspath(self.reference_root):
+            return path
+        return os.path.join(os.path.abspath(root), path)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything as JSON-able Python values."""
@@ -435,7 +450,7 @@ class DatasetGate:
         gate._table = table
         gate.meta = meta
         gate._stored_at, gate._stored_table = origin, table  # what save() may append to
-        gate._views.readable = (table, [ReadableRows(0, len(table), root=str(meta.get("reference_root", "") or ""))])
+        gate._views.readable = (table, _stored_parts(table, meta))
         legacy = int(meta.get(LEGACY_DIGEST_ROWS, 0) or 0)
         if legacy and rank == 0:
             log.warning("%s: %d reference samples hold pixel digests of fingerprint version %s (BLAKE2b); they load "
@@ -525,9 +540,11 @@ class DatasetGate:
             offset = int(base.sample_index.max()) + 1 if len(base) else 0
             table.sample_index = table.sample_index + offset
             part = ReadableRows(len(base), len(base) + added, source if isinstance(source, Dataset) else None, offset)
+            if added:  # its rows' paths are relative to the drop's folder, not the reference's
+                add_part(self.meta, offset, source.root if isinstance(source, Dataset) else "")
         else:  # the ranks fingerprint their shares; rank r then keeps block r of the drop (gathered block by block)
             shard = self._shard
-            drop, problems, _ = self._split_drop(as_dataset(dataset), "update")
+            drop, problems, data = self._split_drop(as_dataset(dataset), "update")
             added = drop.total
             bounds = [r * added // shard.world for r in range(shard.world + 1)]
             for r in range(shard.world):
@@ -537,6 +554,8 @@ class DatasetGate:
             block = np.arange(bounds[shard.rank], bounds[shard.rank + 1])
             (last,) = all_gather_arrays(np.asarray([int(base.sample_index.max()) if len(base) else -1], np.int64))
             table.sample_index = table.sample_index + int(last.max()) + 1
+            if added:
+                add_part(self.meta, int(last.max()) + 1, data.root)
         grown_only = getattr(self, "_stored_table", None) is base
         self._table = concat_tables([base, table])
         self._views.grow(self.encoder, self.config, base, self._table, part,
@@ -802,7 +821,7 @@ class DatasetGate:
             internal_duplicates=internal_dups, classes=classes, quality=quality, counts=counts, policy=self.policy,
             config=self.config, encoder=self.encoder_threshold if self.encoder is not None else None,
             new_fingerprints=new, reference_fingerprints=ref, new_root=data.root,
-            reference_root=str(self.meta.get("reference_root", "")),
+            reference_root=str(self.meta.get("reference_root", "")), reference_parts=parts_of(self.meta),
             reference_from_files=self._reference is not None,
         )
 
@@ -849,6 +868,17 @@ def class_coverage(new: FingerprintTable, ref: FingerprintTable, seen: set[int],
         "conflicts": pd.Series([conflict_counts.get(c, 0) for c in names], dtype=np.int64),
         "in_reference": pd.Series([ref_counts.get(c, 0) > 0 or not labelled_reference for c in names], dtype=bool),
     }, columns=list(CLASS_COLUMNS))
+
+
+def _stored_parts(table: FingerprintTable, meta: dict[str, Any]) -> list[ReadableRows]:
+    """Where a loaded reference's rows can be read again: each part's rows under its folder (the reference root, and
+    the folder of each drop ``update`` added; :mod:`vdc_torch.decision.roots`)."""
+    parts = parts_of(meta)
+    index = np.asarray(table.sample_index, np.int64)
+    if len(parts) == 1 or (len(index) > 1 and np.any(np.diff(index) <= 0)):  # one part, or rows out of order
+        return [ReadableRows(0, len(table), root=parts[0][1])]
+    starts = [int(np.searchsorted(index, first)) for first, _ in parts] + [len(table)]
+    return [ReadableRows(a, b, root=folder or None) for (_, folder), a, b in zip(parts, starts, starts[1:]) if b > a]
 
 
 def _is_index(labels: pd.Series) -> pd.Series:

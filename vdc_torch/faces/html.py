@@ -21,6 +21,7 @@ from PIL import Image as PILImage
 from PIL import ImageOps
 
 from vdc_torch.data.decode import shrink_to_side
+from vdc_torch.decision.roots import root_of
 from vdc_torch.decision.store.manifest import resolve_sample_path
 from vdc_torch.errors import InvalidParameterError
 from vdc_torch.fingerprints.per_image import decode_detail
@@ -43,12 +44,14 @@ class _Pictures:
     """Small embedded pictures of samples: from the file when it exists, else from the stored fingerprint.
 
     ``contained``: only paths lexically inside ``root`` are read (a manifest's stored paths); ``read_files=False``:
-    never a file, always the stored fingerprint.
+    never a file, always the stored fingerprint. ``parts`` (a reference grown by updates, see
+    :mod:`vdc_torch.decision.roots`): each sample's path is under its own part's folder instead of ``root``.
     """
 
     def __init__(self, table: FingerprintTable | None, root: str, *, read_files: bool = True,
-                 contained: bool = False) -> None:
+                 contained: bool = False, parts: list[tuple[int, str]] | None = None) -> None:
         self.root = root
+        self.parts = parts or []
         self.read_files = read_files
         self.contained = contained
         self.rows: dict[int, int] = {}
@@ -65,7 +68,7 @@ class _Pictures:
         return self._cache[key]
 
     def _load(self, sample_index: int, rel_path: str) -> tuple[str, str]:
-        path = self._file(rel_path)
+        path = self._file(rel_path, root_of(self.parts, sample_index) if self.parts else self.root)
         if path is not None:
             try:
                 return _data_uri(_thumbnail_from_file(path)), "file"
@@ -79,13 +82,13 @@ class _Pictures:
                 log.debug("report: fingerprint picture of row %d failed (%s)", row, exc)
         return "", "missing"
 
-    def _file(self, rel_path: str) -> str | None:
+    def _file(self, rel_path: str, root: str) -> str | None:
         if not self.read_files or not rel_path or rel_path.startswith("<"):
             return None  # not to be read, or an in-memory sample, e.g. "<CIFAR10[3]>"
         if self.contained:
-            inside = resolve_sample_path(self.root, rel_path)
+            inside = resolve_sample_path(root, rel_path)
             return str(inside) if inside is not None and inside.is_file() else None
-        path = rel_path if os.path.isabs(rel_path) else os.path.join(self.root, rel_path) if self.root else None
+        path = rel_path if os.path.isabs(rel_path) else os.path.join(root, rel_path) if root else None
         return path if path and os.path.isfile(path) else None
 
 

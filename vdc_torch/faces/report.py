@@ -84,7 +84,8 @@ def write_html(
     _check_limits(max_pairs=max_pairs, max_novel=max_novel)
     new_pics = _Pictures(decision.new_fingerprints, decision.new_root)
     ref_pics = _Pictures(decision.reference_fingerprints, decision.reference_root,
-                         read_files=bool(getattr(decision, "reference_from_files", False)), contained=True)
+                         read_files=bool(getattr(decision, "reference_from_files", False)), contained=True,
+                         parts=getattr(decision, "reference_parts", None))
     parts = [_header(decision, title), "<main>", _summary(decision)]
     if plots:
         parts.append(_plots_section(decision))
