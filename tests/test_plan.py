@@ -173,3 +173,13 @@ def test_the_plan_names_its_roots_absolutely(folders: tuple[Path, Path], tmp_pat
     plan = json.loads(plan_path.read_text())
     assert plan["new_root"] == str(new) and plan["reference_root"] == str(reference)
     assert all((Path(plan["new_root"]) / p).is_file() for p in plan["delta"])
+
+
+def test_a_reference_given_relative_is_saved_with_its_absolute_root(folders: tuple[Path, Path], tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    # saved from one working directory, read from another: the manifest's root still names the folder
+    reference, new = folders
+    monkeypatch.chdir(reference.parent)
+    DatasetGate(reference=reference.name, workers=0).save(tmp_path / "ref.vdc")
+    monkeypatch.chdir(tmp_path)
+    assert DatasetGate.load(tmp_path / "ref.vdc").meta["reference_root"] == str(reference)

@@ -365,7 +365,8 @@ class DatasetGate:
             check_evidence(len(table) if self._shard is None else self._shard.total, problems, self.policy,
                            "reference")
             self._table, self.reference_problems = table, problems
-            self.meta.setdefault("reference_root", dataset.root)
+            # absolute: a manifest is read from other working directories (plans, views, reports resolve under it)
+            self.meta.setdefault("reference_root", os.path.abspath(dataset.root) if dataset.root else dataset.root)
         return self._table
 
     @property

@@ -132,7 +132,7 @@ def commit_training(
             gate.save(path)
         return 0
     if root and not gate.meta.get("reference_root") and len(gate) == 0:
-        gate.meta["reference_root"] = root  # the first rows' paths are relative to this root
+        gate.meta["reference_root"] = os.path.abspath(root)  # the first rows' paths are relative to this root
     added = gate.update(dataset)
     gate.save(path)
     log.info("added %d sample(s) to %s (now %d)", added, path, len(gate))
