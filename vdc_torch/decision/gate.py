@@ -296,10 +296,11 @@ class DatasetGate:
     ``encoder`` (a module mapping an image batch to embeddings, best a
     :class:`vdc_torch.fingerprints.encoder.LayerEncoder` over an intermediate layer of the model being trained)
     adds nearest neighbours in the model's feature space as a method. With an ``input_size`` larger than 32, it is
-    shown each image at that size, from the image's one decode, while the images are fingerprinted (:mod:`vdc_torch.decision.views`; a loaded reference is read again
-    from its folder, a grown one part by part); where the images cannot be read again (gone, changed, or read
-    once from a stream) and under several ranks it is shown the stored 32×32 thumbnails (of both sides), with a
-    warning; :meth:`query` shows it the queried images as the reference's were shown.
+    shown each image at that size, from the image's one decode, while the images are fingerprinted
+    (:mod:`vdc_torch.decision.views`; a loaded reference is read again from its folder, a grown one part by part);
+    where the images cannot be read again (gone, changed, or read once from a stream) and under several ranks it
+    is shown the stored 32×32 thumbnails (of both sides), with a warning; :meth:`query` shows it the queried
+    images as the reference's were shown.
 
     >>> gate = DatasetGate(reference="data/train_v1")            # doctest: +SKIP
     >>> decision = gate.check("data/train_v2"); decision.action   # doctest: +SKIP
@@ -891,21 +892,19 @@ def _label_spaces_apart(new_labels: list[Any], ref_labels: list[Any]) -> str | N
     """Why the two sides' labels cannot be compared — one side's are all class indices (0, 1, ...: a torch
     dataset without ``classes``, a stream's ``cls``) and the other's all class names (a folder) — or ``None``.
     Compared anyway, every match would be a label conflict and every index a class the reference never saw."""
-    def indices(labels: list[Any]) -> set[bool]:
-        return {str(v).strip().lstrip("-").isdigit() for v in labels}
-
-    new_kind, ref_kind = indices(new_labels), indices(ref_labels)
+    new_kind, ref_kind = (set(_is_index(pd.Series(labels, dtype=object)).tolist()) for labels in (new_labels,
+                                                                                              ref_labels))
     if len(new_kind) != 1 or len(ref_kind) != 1 or new_kind == ref_kind:
         return None
 
-    def shown(labels: list[Any]) -> str:
+    def listed(labels: list[Any]) -> str:
         names = sorted({str(v) for v in labels}, key=lambda v: (len(v), v))
         return ", ".join(repr(v) for v in names[:3]) + (", ..." if len(names) > 3 else "")
 
     which = ("the new data's", "the reference's") if new_kind == {True} else ("the reference's", "the new data's")
     numbered, named = (new_labels, ref_labels) if new_kind == {True} else (ref_labels, new_labels)
-    return (f"{which[0]} labels are class indices ({shown(numbered)}) and {which[1]} class names "
-            f"({shown(named)}); give both sides class names (a dataset with `classes`, or "
+    return (f"{which[0]} labels are class indices ({listed(numbered)}) and {which[1]} class names "
+            f"({listed(named)}); give both sides class names (a dataset with `classes`, or "
             f"Dataset.from_torch(dataset, classes=[...])) to compare them")
 
 
